@@ -1,0 +1,238 @@
+"""experiments.yaml: loading and validation.
+
+Every problem becomes one `ConfigError` line that names the file, the key
+path and what is allowed, e.g.
+
+    experiments.yaml: experiments.fig2.fractions[1]: 2.0 is outside (0, 1]
+
+Validation runs before anything starts or is written.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import Any
+
+import yaml
+
+from workers import data as D
+from workers.lineage import MASK_METHODS
+from workers.models import ARCHS
+from workers.spec import TrainSpec
+
+
+class ConfigError(Exception):
+    """Bad input in experiments.yaml: a one-line, user-facing message."""
+
+
+# key -> (checker, description) for the scalar sections. Checkers return an
+# error string or None.
+def _int(lo=None):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"{v!r} is not an integer"
+        if lo is not None and v < lo:
+            return f"{v!r} must be >= {lo}"
+    return check
+
+
+def _num(lo=None, hi=None, lo_open=False, hi_open=False):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"{v!r} is not a number"
+        if lo is not None and (v < lo or (lo_open and v == lo)) or \
+                hi is not None and (v > hi or (hi_open and v == hi)):
+            lb = "(" if lo_open else "["
+            rb = ")" if hi_open else "]"
+            return f"{v!r} is outside {lb}{'-inf' if lo is None else _fmt(lo)}, " \
+                   f"{'inf' if hi is None else _fmt(hi)}{rb}"
+    return check
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        return f"{v!r} is not true/false"
+
+
+def _choice(options):
+    def check(v):
+        if v not in options:
+            return f"{v!r} is not one of {', '.join(map(str, options))}"
+    return check
+
+
+def _str(v):
+    if not isinstance(v, str) or not v:
+        return f"{v!r} is not a non-empty string"
+
+
+def _fmt(x):
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+TRAIN_KEYS = {
+    "epochs": _int(1), "batch_size": _int(1), "lr": _num(0, lo_open=True),
+    "momentum": _num(0, 1), "weight_decay": _num(0), "schedule": _choice(["cosine", "constant"]),
+    "bf16": _bool, "channels_last": _bool,
+}
+IMP_KEYS = {
+    "rounds": _int(0), "rate": _num(0, 1, lo_open=True, hi_open=True), "rewind_epoch": _int(0),
+    "prunable": _choice(["conv", "conv+linear"]),
+}
+MODEL_KEYS = {"width": _num(0, lo_open=True), "init": _choice(["random"])}
+RESOURCE_KEYS = {"gpu": _num(0), "cpu": _num(0, lo_open=True)}
+RUNTIME_KEYS = {"checkpoint_every": _int(0), "checkpoint_interval_s": _num(0), "eval_every": _int(0),
+                "max_device_images": _int(0)}
+AXES = {
+    "datasets": lambda: _choice(sorted(D.DATASETS)),
+    "fractions": lambda: _num(0, 1, lo_open=True),
+    "images_per_class": lambda: _int(1),
+    "augmentations": lambda: _choice(list(D.AUGMENTATIONS)),
+    "methods": lambda: _choice(sorted(MASK_METHODS)),
+    "archs": lambda: _choice(sorted(ARCHS)),
+    "seeds": lambda: _int(0),
+}
+SECTIONS = {"train": TRAIN_KEYS, "imp": IMP_KEYS, "model": MODEL_KEYS, "resources": RESOURCE_KEYS,
+            "runtime": RUNTIME_KEYS}
+SCALARS = {"arch": _choice(sorted(ARCHS)), "selection": _choice(["val", "test"]),
+           "val_fraction": _num(0, 1, lo_open=True, hi_open=True), "data_root": _str,
+           "description": lambda v: None if isinstance(v, str) else f"{v!r} is not a string"}
+EXPERIMENT_KEYS = set(AXES) | set(SECTIONS) | set(SCALARS)
+TOP_KEYS = {"defaults", "experiments"}
+
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    "arch": "resnet18",
+    "seeds": [0],
+    "methods": ["imp"],
+    "augmentations": ["none"],
+    "train": {},
+    "imp": {},
+    "model": {},
+    "selection": "val",
+    "resources": {"gpu": 1, "cpu": 4},
+    "runtime": {},
+}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML silently keeps the last)."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_config(path: str) -> dict:
+    """Read and validate the whole file; returns {"defaults":..., "experiments": {...}}."""
+    name = path
+    if not os.path.exists(path):
+        raise ConfigError(f"{name}: file not found")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        doc = yaml.load(raw.decode("utf-8"), Loader=_UniqueKeyLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{name}: invalid YAML: {where}{problem}") from None
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read: {e.strerror}") from None
+    return validate(doc, name)
+
+
+def validate(doc: Any, name: str = "experiments.yaml") -> dict:
+    def err(path: str, msg: str):
+        raise ConfigError(f"{name}: {path}: {msg}" if path else f"{name}: {msg}")
+
+    if not isinstance(doc, dict):
+        err("", "the top level must be a mapping with an 'experiments' key")
+    for k in doc:
+        if k not in TOP_KEYS:
+            err(str(k), f"unknown key; allowed: {', '.join(sorted(TOP_KEYS))}")
+    defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        err("defaults", "must be a mapping")
+    _check_experiment(defaults, "defaults", err, partial=True)
+    exps = doc.get("experiments")
+    if not isinstance(exps, dict) or not exps:
+        err("experiments", "must be a non-empty mapping of experiment names")
+    out = {}
+    for ename, body in exps.items():
+        path = f"experiments.{ename}"
+        if not isinstance(ename, str) or not ename.replace("_", "").replace("-", "").isalnum():
+            err(path, "experiment names use letters, digits, '_' and '-'")
+        if not isinstance(body, dict):
+            err(path, "must be a mapping")
+        merged = _merge(_merge(BUILTIN_DEFAULTS, defaults), body)
+        _check_experiment(body, path, err, partial=True)
+        _check_experiment(merged, path, err, partial=False)
+        out[ename] = merged
+    return {"defaults": defaults, "experiments": out}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
+    for k, v in body.items():
+        p = f"{path}.{k}"
+        if k not in EXPERIMENT_KEYS:
+            err(p, f"unknown key; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
+        if k in AXES:
+            if not isinstance(v, list) or not v:
+                err(p, f"must be a non-empty list, got {v!r}")
+            check = AXES[k]()
+            for i, item in enumerate(v):
+                msg = check(item)
+                if msg:
+                    err(f"{p}[{i}]", msg)
+            if len(set(map(repr, v))) != len(v):
+                err(p, "has duplicate entries")
+        elif k in SECTIONS:
+            if not isinstance(v, dict):
+                err(p, f"must be a mapping, got {v!r}")
+            for sk, sv in v.items():
+                if sk not in SECTIONS[k]:
+                    err(f"{p}.{sk}", f"unknown key; allowed: {', '.join(sorted(SECTIONS[k]))}")
+                msg = SECTIONS[k][sk](sv)
+                if msg:
+                    err(f"{p}.{sk}", msg)
+        elif k in SCALARS:
+            msg = SCALARS[k](v)
+            if msg:
+                err(p, msg)
+    if partial:
+        return
+    for required in ("datasets",):
+        if required not in body:
+            err(f"{path}.{required}", "is required")
+    if "fractions" not in body and "images_per_class" not in body:
+        err(f"{path}.fractions", "is required (or images_per_class)")
+    epochs = body["train"].get("epochs", TrainSpec.epochs)
+    rewind = body["imp"].get("rewind_epoch", 2)
+    if rewind > epochs:
+        err(f"{path}.imp.rewind_epoch", f"{rewind} is after the last epoch ({epochs})")
+    if body["selection"] == "val" and 1.0 in body.get("fractions", []):
+        err(f"{path}.fractions", "1.0 leaves no held-out validation images; set selection: test")

@@ -1,0 +1,252 @@
+"""The Ray Tune adapter: one Tune trial per IMP lineage.
+
+Tune schedules, pins GPUs (CUDA_VISIBLE_DEVICES per trial) and retries
+failed trials; it is *not* the record of what is done. Storage manifests
+are: every `run` reads them, skips finished lineages, and starts a fresh
+Tune experiment for the rest, whose trainables continue each lineage from
+its last committed round. A driver killed at any moment therefore costs
+at most the rounds in flight (or less, with mid-round checkpoints), and
+re-running the same command is the whole resume procedure.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import asdict
+from typing import Optional
+
+from orchestrator.grid import Trial
+from workers.spec import RunOptions, TrialSpec
+from workers.store import SweepStore
+
+
+class DriverError(Exception):
+    """A user-facing problem detected before any trial starts."""
+
+
+def _log(msg: str) -> None:
+    stamp = _dt.datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp}] {msg}", flush=True)
+
+
+# --- what runs inside a Tune trial -----------------------------------------
+
+def lineage_trainable(config: dict) -> None:
+    """Tune function trainable: config -> frozen spec -> pure lineage runner."""
+    import ray
+    from ray import tune
+
+    from workers.lineage import run_lineage
+
+    config = config["trial"]
+    spec = TrialSpec.from_dict(config["spec"])
+    store = SweepStore(config["storage"], config["sweep"]).lineage(spec.trial_id)
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    gpu = config.get("gpu", 0)
+    if 0 < gpu < 1:
+        # Packed trials: cap this process's share of the GPU so neighbours
+        # on the same device cannot starve it (or be starved).
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(gpu)
+    ctx = {"node": node_label(), "gpu_ids": gpu_ids}
+    store.clear_marker("FAILED.json")
+
+    def report(metrics: dict) -> None:
+        row = {k: v for k, v in metrics.items() if k not in ("layers", "history", "trial_id")}
+        row["lth_trial_id"] = metrics["trial_id"]  # Tune owns the `trial_id` key
+        tune.report(row)
+
+    run_lineage(spec, store, RunOptions(**config["options"]), ctx, on_round=report)
+
+
+def node_label() -> str:
+    """Host name plus Ray node id: distinct even for several nodes on one host."""
+    try:
+        import ray
+        nid = ray.get_runtime_context().get_node_id()
+        return f"{socket.gethostname()}:{nid[:8]}"
+    except Exception:
+        return socket.gethostname()
+
+
+# --- the driver ---------------------------------------------------------------
+
+def check_resources(trials: list[Trial], nodes: list[dict], where: str) -> None:
+    """A trial that no node can ever hold is an error now, not a sweep that
+    stays pending forever."""
+    for t in trials:
+        need_cpu, need_gpu = t.resources["cpu"], t.resources["gpu"]
+        if not any(n.get("CPU", 0) >= need_cpu and n.get("GPU", 0) >= need_gpu for n in nodes):
+            best_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+            best_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+            raise DriverError(
+                f"trial {t.trial_id} asks for cpu={_n(need_cpu)} gpu={_n(need_gpu)} but the largest node "
+                f"of {where} has cpu={_n(best_cpu)} gpu={_n(best_gpu)}; change `resources:` in the "
+                f"experiment or pass --num-cpus/--num-gpus")
+
+
+def _n(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+class SweepLock:
+    """One driver per sweep: a second one is refused instead of racing."""
+
+    def __init__(self, sweep: SweepStore):
+        self.lock = None
+        if sweep.fs.local:
+            from filelock import FileLock, Timeout
+            os.makedirs(sweep.dir, exist_ok=True)
+            self._timeout = Timeout
+            self.lock = FileLock(os.path.join(sweep.dir, ".driver.lock"))
+            self.path = os.path.join(sweep.dir, ".driver.lock")
+
+    def __enter__(self):
+        if self.lock is not None:
+            try:
+                self.lock.acquire(timeout=0)
+            except self._timeout:
+                raise DriverError(f"another driver is already running this sweep (lock {self.path}); "
+                                  "wait for it or stop it first") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.release()
+
+
+def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage: str,
+              address: Optional[str] = None, num_cpus: Optional[float] = None,
+              num_gpus: Optional[float] = None, max_concurrent: Optional[int] = None,
+              max_failures: int = 2) -> int:
+    """Run (or resume) a sweep. Returns the process exit status."""
+    from orchestrator.results import Collector
+
+    sweep = SweepStore(storage, sweep_name)
+    if address is None:
+        import torch
+        cpus = num_cpus if num_cpus is not None else os.cpu_count() or 1
+        gpus = num_gpus if num_gpus is not None else torch.cuda.device_count()
+        check_resources(trials, [{"CPU": cpus, "GPU": gpus}], "the local Ray")
+
+    with SweepLock(sweep):
+        sweep.write_json("sweep.json", {
+            "sweep": sweep_name, "experiment": experiment,
+            "trials": {t.trial_id: {"rounds": t.spec.num_rounds, **t.row()} for t in trials}})
+        collector = Collector(sweep)
+        collector.rebuild()
+        todo, done_rounds = [], 0
+        for t in trials:
+            k = sweep.lineage(t.trial_id).committed_prefix()
+            done_rounds += min(k, t.spec.num_rounds)
+            if k < t.spec.num_rounds:
+                todo.append(t)
+        total_rounds = sum(t.spec.num_rounds for t in trials)
+        _log(f"sweep {sweep_name!r} ({experiment}) at {sweep.fs.to_uri(sweep.dir)}: {len(trials)} trials, "
+             f"{len(trials) - len(todo)} already done; rounds committed {done_rounds}/{total_rounds}")
+        if not todo:
+            _log("nothing to do")
+            return 0
+        return _tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus,
+                         max_concurrent, max_failures, done_rounds, total_rounds)
+
+
+def _tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, max_concurrent,
+              max_failures, done_rounds, total_rounds) -> int:
+    import ray
+    from ray import tune
+
+    t0 = time.monotonic()
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        check_resources(todo, nodes, f"the cluster at {address}")
+    else:
+        # The dashboard is not needed and would listen on a port; if someone
+        # turns it on it must stay on loopback.
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 dashboard_host="127.0.0.1", log_to_driver=False, logging_level="WARNING")
+    _log(f"Ray up in {time.monotonic() - t0:.1f}s: {ray.cluster_resources()}")
+
+    state = _Progress(sweep, collector, done_rounds, total_rounds)
+    base = {"storage": sweep.fs.uri, "sweep": sweep.sweep}
+    space = [{**base, "trial_id": t.trial_id, "spec": t.spec.to_dict(), "options": asdict(t.options),
+              "cpu": t.resources["cpu"], "gpu": t.resources["gpu"]} for t in todo]
+    trainable = tune.with_resources(lineage_trainable,
+                                    lambda cfg: {"cpu": cfg["trial"]["cpu"], "gpu": cfg["trial"]["gpu"]})
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(space)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent, reuse_actors=False,
+            trial_name_creator=lambda tr: tr.config["trial"]["trial_id"],
+            trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
+        run_config=tune.RunConfig(
+            name=f"run-{stamp}", storage_path=sweep.path("_tune"),
+            storage_filesystem=sweep.fs.fs,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[state], verbose=0))
+
+    interrupted = False
+    old_term = signal.getsignal(signal.SIGTERM)
+    # SIGTERM (scheduler preemption, `kill`) takes Ctrl-C's graceful path.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        grid = tuner.fit()
+        errors = [r for r in grid if r.error is not None]
+    except KeyboardInterrupt:
+        interrupted, errors = True, []
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    collector.rebuild()
+    if state.interrupted or interrupted:
+        _log("stopped; committed rounds are safe. Re-run the same command to resume.")
+        return 130
+    if errors:
+        _log(f"{len(errors)} trial(s) failed after {max_failures} retries; see "
+             f"trials/<id>/FAILED.json under {sweep.fs.to_uri(sweep.dir)}. Re-running retries them.")
+        return 1
+    _log(f"sweep finished in {time.monotonic() - t0:.0f}s; rounds committed "
+         f"{state.done_rounds}/{total_rounds}")
+    return 0
+
+
+def _make_callback_base():
+    from ray import tune
+    return tune.Callback
+
+
+class _Progress(_make_callback_base()):
+    """Driver-side: keeps the results table current and prints progress."""
+
+    def __init__(self, sweep: SweepStore, collector, done_rounds: int, total_rounds: int):
+        self.sweep, self.collector = sweep, collector
+        self.done_rounds, self.total_rounds = done_rounds, total_rounds
+        self.interrupted = False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = result.get("lth_trial_id")
+        if tid is None:
+            return
+        self.collector.update([tid])
+        self.done_rounds += 1
+        acc = lambda k: f"{result[k]:.3f}" if isinstance(result.get(k), (int, float)) else "-"
+        _log(f"{tid} round {result['round']}: density {result['density']:.3f} val {acc('val_acc')} "
+             f"test {acc('test_acc')} ({result['wall_s']:.1f}s, gpu [{result.get('gpu_ids', '')}]) "
+             f"| rounds {self.done_rounds}/{self.total_rounds}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        tid = trial.config["trial"]["trial_id"]
+        err = getattr(trial, "error_file", None)
+        self.sweep.lineage(tid).write_marker("FAILED.json", {
+            "time": time.time(), "error_file": err, "tune_trial": str(trial)})
+        _log(f"{tid} FAILED (Tune retries exhausted); see {err}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.collector.update([trial.config["trial"]["trial_id"]])

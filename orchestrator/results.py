@@ -1,0 +1,430 @@
+"""The Parquet results table: derived from committed round manifests, queried with SQL.
+
+Committed manifests are the only truth; everything here can be thrown away
+and rebuilt. Rows are sharded by the first two characters of the trial id:
+
+    <sweep>/results/part-<xx>.parquet     one row per (trial_id, round)
+    <sweep>/layers/part-<xx>.parquet      one row per (trial_id, round, layer)
+
+Every trial's rows live in exactly one shard, and a shard is always rewritten
+whole and atomically (FS.write), so updating a trial replaces its rows rather
+than appending to them: a row can never be duplicated, and a kill mid-write
+leaves the old shard or the new one. Both folders hold nothing but shards, so
+`pandas.read_parquet(dir)` and `pyarrow.dataset.dataset(dir)` read them as is.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import math
+import threading
+from collections import defaultdict
+from typing import Iterable, Optional, Union
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from workers.store import SweepStore
+
+SCHEMA_VERSION = 1
+
+_TS = pa.timestamp("ms", tz="UTC")
+# Stored in each file's schema metadata: a reader can tell our shards (and
+# their version) from any other Parquet file that was dropped into the folder.
+_META_TABLE = b"lth_sweep.table"
+_META_VERSION = b"lth_sweep.schema_version"
+
+RESULTS_SCHEMA = pa.schema([
+    ("sweep", pa.string()),
+    ("trial_id", pa.string()),
+    ("dataset", pa.string()),
+    ("fraction", pa.float64()),          # null when images_per_class sizes the subset
+    ("images_per_class", pa.int64()),
+    ("augmentation", pa.string()),
+    ("method", pa.string()),
+    ("arch", pa.string()),
+    ("width", pa.float64()),
+    ("seed", pa.int64()),
+    ("selection", pa.string()),
+    ("round", pa.int64()),
+    ("density", pa.float64()),
+    ("val_acc", pa.float64()),
+    ("test_acc", pa.float64()),
+    ("train_acc", pa.float64()),
+    ("epochs", pa.int64()),
+    ("wall_s", pa.float64()),
+    ("images_per_s", pa.float64()),
+    ("node", pa.string()),
+    ("gpu_ids", pa.string()),
+    ("device", pa.string()),
+    ("started_at", _TS),
+    ("finished_at", _TS),
+    ("checkpoint_uri", pa.string()),
+    ("schema_version", pa.int32()),
+], metadata={_META_TABLE: b"results", _META_VERSION: str(SCHEMA_VERSION).encode()})
+
+LAYERS_SCHEMA = pa.schema([
+    ("sweep", pa.string()),
+    ("trial_id", pa.string()),
+    ("round", pa.int64()),
+    ("layer", pa.string()),
+    ("density", pa.float64()),
+    ("numel", pa.int64()),
+    ("schema_version", pa.int32()),
+], metadata={_META_TABLE: b"layers", _META_VERSION: str(SCHEMA_VERSION).encode()})
+
+_SCHEMAS = {"results": RESULTS_SCHEMA, "layers": LAYERS_SCHEMA}
+GROUP_KEYS = ["dataset", "fraction", "images_per_class", "augmentation", "method", "arch"]
+
+
+class ResultsError(Exception):
+    """A user-facing problem with the results table or a query (one line)."""
+
+
+class NewerSchemaError(ResultsError):
+    """A shard written by a newer lth-sweep: never rewritten (that would downgrade it)."""
+
+
+# --- rows from manifests ---------------------------------------------------
+
+def _ts(value) -> Optional[_dt.datetime]:
+    """The manifests hold ISO strings; a naive one is UTC (that is what lineage writes)."""
+    if value is None or value == "":
+        return None
+    try:
+        t = _dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
+
+
+def _num(value, kind=float):
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> tuple[list[dict], list[dict]]:
+    """(results rows, layer rows) of one trial, one per intact committed round."""
+    results, layers = [], []
+    for k, man in sorted(sweep_store.lineage(trial_id).manifests().items()):
+        m, spec = man.get("metrics") or {}, man.get("spec") or {}
+        data, model = spec.get("data") or {}, spec.get("model") or {}
+        base = {"sweep": sweep_store.sweep, "trial_id": trial_id, "round": k,
+                "schema_version": SCHEMA_VERSION}
+        results.append({
+            **base,
+            "dataset": data.get("dataset"),
+            "fraction": _num(data.get("fraction")),
+            "images_per_class": _num(data.get("images_per_class"), int),
+            "augmentation": data.get("augmentation"),
+            "method": (spec.get("prune") or {}).get("method"),
+            "arch": model.get("arch"),
+            "width": _num(model.get("width")),
+            "seed": _num(spec.get("seed"), int),
+            "selection": (spec.get("selection") or {}).get("selection"),
+            "density": _num(m.get("density")),
+            "val_acc": _num(m.get("val_acc")),
+            "test_acc": _num(m.get("test_acc")),
+            "train_acc": _num(m.get("train_acc")),
+            "epochs": _num(m.get("epochs"), int),
+            "wall_s": _num(m.get("wall_s")),
+            "images_per_s": _num(m.get("images_per_s")),
+            "node": m.get("node"),
+            "gpu_ids": None if m.get("gpu_ids") is None else str(m["gpu_ids"]),
+            "device": m.get("device"),
+            "started_at": _ts(m.get("started_at")),
+            "finished_at": _ts(m.get("finished_at")),
+            "checkpoint_uri": m.get("checkpoint_uri"),
+        })
+        for layer in m.get("layers") or []:
+            layers.append({**base, "layer": layer.get("layer"),
+                           "density": _num(layer.get("density")),
+                           "numel": _num(layer.get("numel"), int)})
+    return results, layers
+
+
+# --- shard files -------------------------------------------------------------
+
+def shard_of(trial_id: str) -> str:
+    return f"part-{trial_id[:2]}.parquet"
+
+
+def _is_hidden(name: str) -> bool:
+    """Names that are not shards to read: pyarrow's dataset discovery (and so
+    pandas.read_parquet) skips '.'/'_' names; '.tmp-' ones are a killed write's."""
+    return name.startswith((".", "_")) or ".tmp-" in name
+
+
+def _is_shard(name: str) -> bool:
+    return name.startswith("part-") and name.endswith(".parquet") and ".tmp-" not in name
+
+
+def _short(sweep_store: SweepStore, path: str) -> str:
+    return path[len(sweep_store.dir) + 1:] if path.startswith(sweep_store.dir + "/") else path
+
+
+def _check_file(sweep_store: SweepStore, path: str, kind: str) -> None:
+    """Refuse a file that is torn, not ours, or newer than this code. Only the
+    footer is read, so checking every shard before a query costs little."""
+    short = _short(sweep_store, path)
+    try:
+        schema = pq.read_schema(path, filesystem=sweep_store.fs.fs)
+    except Exception as e:  # pyarrow raises several types for a torn or foreign file
+        raise ResultsError(f"{short}: not a readable Parquet file ({_first_line(e)}); "
+                           "delete it, or rebuild the table") from None
+    meta = schema.metadata or {}
+    if meta.get(_META_TABLE) != kind.encode():
+        raise ResultsError(f"{short}: not an lth-sweep {kind} file; "
+                           f"the {kind}/ folder must hold only lth-sweep's shards")
+    try:
+        version = int(meta.get(_META_VERSION, b"0"))
+    except ValueError:
+        version = 0
+    if version > SCHEMA_VERSION:
+        raise NewerSchemaError(f"{short}: written with results schema version {version}, this "
+                               f"lth-sweep reads up to {SCHEMA_VERSION}; upgrade lth-sweep")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _dataset(sweep_store: SweepStore, paths: list[str], kind: str) -> pads.Dataset:
+    """The given shards as one lazy dataset with our schema. The explicit schema
+    also reads older-version shards: missing columns come back as nulls."""
+    for path in paths:
+        _check_file(sweep_store, path, kind)
+    return pads.dataset(paths, schema=_SCHEMAS[kind], format="parquet",
+                        filesystem=sweep_store.fs.fs)
+
+
+def results_dataset(sweep_store: SweepStore, kind: str = "results") -> pads.Dataset:
+    """Every shard of `results` or `layers`, checked, as a lazy pyarrow dataset:
+    duckdb then reads only the columns (and row groups) a query needs."""
+    folder = sweep_store.path(kind)
+    return _dataset(sweep_store, [f"{folder}/{n}" for n in sweep_store.fs.listdir(folder)
+                                  if not _is_hidden(n)], kind)
+
+
+def _to_table(dataset: pads.Dataset, columns: Optional[list[str]] = None) -> pa.Table:
+    try:
+        return dataset.to_table(columns=columns)
+    except (pa.ArrowException, OSError) as e:  # a shard whose footer is fine but data is not
+        raise ResultsError(f"cannot read the results table: {_first_line(e)}") from None
+
+
+def load_table(sweep_store: SweepStore, kind: str = "results",
+               columns: Optional[list[str]] = None) -> pa.Table:
+    """All shards of `results` or `layers` as one pyarrow table (empty if none)."""
+    return _to_table(results_dataset(sweep_store, kind), columns)
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """Integers stay integers where some are null (images_per_class): pandas'
+    nullable Int64 instead of float64, so 10 is never printed as 10.0."""
+    ints = {t: pd.api.types.pandas_dtype(str(t).replace("int", "Int"))
+            for t in (pa.int8(), pa.int16(), pa.int32(), pa.int64())}
+    return table.to_pandas(types_mapper=ints.get)
+
+
+def load_results(sweep_store: SweepStore) -> pd.DataFrame:
+    return to_pandas(load_table(sweep_store, "results"))
+
+
+def load_layers(sweep_store: SweepStore) -> pd.DataFrame:
+    return to_pandas(load_table(sweep_store, "layers"))
+
+
+class Collector:
+    """Keeps the shards equal to the manifests of the trials it is told about.
+
+    One lock serialises every shard rewrite: Tune's callback calls update()
+    from the driver as rounds arrive, and two read-modify-writes of the same
+    shard must not interleave (the later would drop the earlier's rows).
+    """
+
+    def __init__(self, sweep_store: SweepStore):
+        self.store = sweep_store
+        self._lock = threading.Lock()
+
+    def update(self, trial_ids: Iterable[str]) -> None:
+        """Replace those trials' rows with fresh ones from their manifests."""
+        by_shard: dict[str, set[str]] = defaultdict(set)
+        for t in trial_ids:
+            by_shard[shard_of(t)].add(t)
+        with self._lock:
+            for shard, tids in sorted(by_shard.items()):
+                self._update_shard(shard, tids)
+
+    def rebuild(self) -> None:
+        """Rewrite every shard from all manifests; drop shards with no rows left."""
+        with self._lock:
+            by_shard: dict[str, list[str]] = defaultdict(list)
+            for t in self.store.trial_ids():
+                by_shard[shard_of(t)].append(t)
+            for kind in _SCHEMAS:
+                folder = self.store.path(kind)
+                for name in self.store.fs.listdir(folder):
+                    # Leftovers of killed writes, and shards of trials that are gone.
+                    # Foreign files are left alone: reading then names them.
+                    if ".tmp-" in name or (_is_shard(name) and name not in by_shard):
+                        self.store.fs.delete_file(f"{folder}/{name}")
+            for shard, tids in sorted(by_shard.items()):
+                self._write_shard(shard, self._rows(tids))
+
+    # --- internals (lock held) --------------------------------------------
+    def _rows(self, trial_ids: Iterable[str]) -> dict[str, pa.Table]:
+        rows: dict[str, list] = {"results": [], "layers": []}
+        for t in sorted(trial_ids):
+            r, l = rows_for_trial(self.store, t)
+            rows["results"] += r
+            rows["layers"] += l
+        return {k: pa.Table.from_pylist(v, schema=_SCHEMAS[k]) for k, v in rows.items()}
+
+    def _update_shard(self, shard: str, tids: set[str]) -> None:
+        kept = {}
+        try:
+            for kind in _SCHEMAS:
+                path = self.store.path(kind, shard)
+                if self.store.fs.exists(path):
+                    table = _to_table(_dataset(self.store, [path], kind))
+                    stale = pc.is_in(table["trial_id"], value_set=pa.array(sorted(tids)))
+                    kept[kind] = table.filter(pc.invert(stale))
+                else:
+                    kept[kind] = _SCHEMAS[kind].empty_table()
+        except NewerSchemaError:
+            raise  # written by a newer lth-sweep: rewriting it would downgrade it
+        except ResultsError:
+            # A torn/foreign shard is derived data: rebuild it from its trials' manifests.
+            tids = {t for t in self.store.trial_ids() if shard_of(t) == shard}
+            kept = {kind: schema.empty_table() for kind, schema in _SCHEMAS.items()}
+        fresh = self._rows(tids)
+        self._write_shard(shard, {k: pa.concat_tables([kept[k], fresh[k]]) for k in _SCHEMAS})
+
+    def _write_shard(self, shard: str, tables: dict[str, pa.Table]) -> None:
+        for kind, table in tables.items():
+            path = self.store.path(kind, shard)
+            if table.num_rows == 0:
+                self.store.fs.delete_file(path)
+                continue
+            # A stable sort: layers keep the model's order within a round.
+            table = table.sort_by([("trial_id", "ascending"), ("round", "ascending")])
+            sink = pa.BufferOutputStream()
+            pq.write_table(table.replace_schema_metadata(_SCHEMAS[kind].metadata), sink)
+            self.store.fs.write(path, sink.getvalue().to_pybytes())
+
+
+# --- queries -----------------------------------------------------------------
+
+Frame = Union[pd.DataFrame, pa.Table, pads.Dataset]
+
+
+def _duck(sql: str, **tables: Frame) -> pd.DataFrame:
+    import duckdb  # imported lazily: only queries need it
+
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC, not local time
+        for name, table in tables.items():
+            if isinstance(table, pd.DataFrame):
+                table = pa.Table.from_pandas(table, preserve_index=False)
+            con.register(name, table)
+        return to_pandas(con.sql(sql).to_arrow_table())
+    except (duckdb.Error, pa.ArrowException) as e:
+        raise ResultsError(_first_line(e)) from None
+    finally:
+        con.close()
+
+
+# Per trial, its best val_acc round; ties go to the sparser, then the earlier
+# round. arg_max over a tuple is ~10x faster than a window (ROW_NUMBER) here.
+_WINNERS = """
+    WITH best AS (
+        SELECT trial_id,
+               arg_max(round, (val_acc, -coalesce(density, 2.0), -round)) AS round
+        FROM results WHERE val_acc IS NOT NULL GROUP BY trial_id)
+    SELECT r.* FROM results r SEMI JOIN best b ON r.trial_id = b.trial_id AND r.round = b.round
+"""
+
+
+def winning_tickets(frame: Frame) -> pd.DataFrame:
+    """One row per trial: its winning ticket (DESIGN.md: best val_acc, ties -> sparser)."""
+    return _duck(f"SELECT * FROM ({_WINNERS}) ORDER BY trial_id", results=frame)
+
+
+def compare(frame: Frame) -> pd.DataFrame:
+    """Dense baseline vs winning ticket per grid cell, over seeds (sample std)."""
+    keys = ", ".join(f"w.{k}" for k in GROUP_KEYS)
+    sql = f"""
+        WITH winners AS ({_WINNERS}),
+             dense AS (SELECT trial_id, test_acc FROM results WHERE round = 0)
+        SELECT {keys},
+               count(*)                     AS n_seeds,
+               avg(d.test_acc)              AS dense_test_acc,
+               stddev_samp(d.test_acc)      AS dense_test_std,
+               avg(w.test_acc)              AS ticket_test_acc,
+               stddev_samp(w.test_acc)      AS ticket_test_std,
+               avg(w.density)               AS ticket_density,
+               avg(w.test_acc) - avg(d.test_acc) AS gain
+        FROM winners w JOIN dense d USING (trial_id)
+        GROUP BY {keys}
+        ORDER BY {", ".join(f"{k} NULLS FIRST" for k in GROUP_KEYS)}
+    """
+    return _duck(sql, results=frame)
+
+
+def run_sql(sweep_store: SweepStore, sql: str) -> pd.DataFrame:
+    """Any SQL over the views `results` and `layers` (duckdb dialect)."""
+    return _duck(sql, results=results_dataset(sweep_store, "results"),
+                 layers=results_dataset(sweep_store, "layers"))
+
+
+# --- output ------------------------------------------------------------------
+
+def _plain(v):
+    """A JSON/text-friendly Python value: NaN/NA/NaT -> None, timestamps -> ISO."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, (pd.Timestamp, _dt.datetime, _dt.date)):
+        return v.isoformat()
+    if hasattr(v, "item"):  # numpy scalars
+        return _plain(v.item())
+    return v
+
+
+def format_frame(df: pd.DataFrame, fmt: str = "table") -> str:
+    if fmt == "json":
+        cols = list(df.columns)
+        rows = [{c: _plain(v) for c, v in zip(cols, row)} for row in df.itertuples(index=False)]
+        return json.dumps(rows, default=str, allow_nan=False)
+    if fmt == "csv":
+        buf = io.StringIO()
+        df.to_csv(buf, index=False)
+        return buf.getvalue()
+    if fmt != "table":
+        raise ResultsError(f"unknown format {fmt!r}: use table, csv or json")
+    cols = [str(c) for c in df.columns]
+    cells, numeric = [], [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    for row in df.itertuples(index=False):
+        out = []
+        for v in row:
+            p = _plain(v)
+            out.append("" if p is None else f"{p:.4f}" if isinstance(p, float) else str(p))
+        cells.append(out)
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+
+    def line(vals):
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(vals, widths, numeric)).rstrip()
+    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])

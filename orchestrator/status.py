@@ -1,0 +1,133 @@
+"""`lth-sweep status`: where a sweep stands, read from storage alone.
+
+No driver state is consulted, so status works from any machine that can see
+the storage, while a sweep runs, after it crashed, or after it finished.
+One recursive listing of `trials/` gives every manifest, heartbeat and
+failure marker with its mtime: on S3 that is a few paged LIST calls instead
+of several requests per trial.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import defaultdict
+from typing import Optional
+
+import pyarrow.fs as pafs
+
+from workers.store import MANIFEST, SweepStore
+
+from orchestrator.results import ResultsError, load_table
+
+# A trial counts as running if it showed life this recently (heartbeats come
+# every 30 s while training; a round commit is also a sign of life).
+LIVE_S = 300.0
+
+_ROUND_MANIFEST = re.compile(r"round_(\d+)/" + re.escape(MANIFEST))
+
+
+def _listing(sweep_store: SweepStore) -> dict[str, dict]:
+    """{trial_id: {"rounds": {k: mtime_s}, "heartbeat": mtime_s, "failed": bool, "spec": bool}}."""
+    fs = sweep_store.fs
+    base = sweep_store.path("trials")
+    try:
+        infos = fs.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    except (FileNotFoundError, NotADirectoryError):
+        infos = []
+    out: dict[str, dict] = defaultdict(lambda: {"rounds": {}, "heartbeat": None,
+                                                 "failed": False, "spec": False})
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.startswith(base + "/"):
+            continue
+        tid, _, rest = info.path[len(base) + 1:].partition("/")
+        mtime = info.mtime_ns / 1e9 if info.mtime_ns is not None else None
+        m = _ROUND_MANIFEST.fullmatch(rest)
+        if m:
+            out[tid]["rounds"][int(m.group(1))] = mtime
+        elif rest == "HEARTBEAT.json":
+            out[tid]["heartbeat"] = mtime
+        elif rest == "FAILED.json":
+            out[tid]["failed"] = True
+        elif rest == "spec.json":
+            out[tid]["spec"] = True
+    return out
+
+
+def _planned(sweep_store: SweepStore, listing: dict[str, dict]) -> dict[str, int]:
+    """{trial_id: rounds in a finished lineage}: from sweep.json, else from spec.json files."""
+    sweep = sweep_store.read_json("sweep.json")
+    if sweep and isinstance(sweep.get("trials"), dict):
+        return {tid: int(t.get("rounds", 0)) for tid, t in sweep["trials"].items()}
+    planned = {}
+    for tid, entry in listing.items():
+        if not entry["spec"]:
+            continue
+        try:
+            spec = json.loads(sweep_store.fs.read(sweep_store.path("trials", tid, "spec.json")))
+            planned[tid] = int(spec["prune"]["rounds"]) + 1
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a trial whose spec cannot be read is not part of any plan we know
+    return planned
+
+
+def _mean_round_s(sweep_store: SweepStore) -> Optional[float]:
+    try:
+        walls = load_table(sweep_store, "results", columns=["wall_s"])["wall_s"].drop_null()
+    except ResultsError:
+        return None  # status must still answer when the table is damaged
+    return sum(walls.to_pylist()) / len(walls) if len(walls) else None
+
+
+def sweep_status(sweep_store: SweepStore, now: Optional[float] = None) -> dict:
+    now = time.time() if now is None else now
+    listing = _listing(sweep_store)
+    planned = _planned(sweep_store, listing)
+    counts = {"total": len(planned), "done": 0, "running": 0, "pending": 0, "failed": 0}
+    committed = total = 0
+    for tid, n in planned.items():
+        entry = listing.get(tid, {"rounds": {}, "heartbeat": None, "failed": False})
+        rounds = entry["rounds"]
+        committed += sum(1 for k in rounds if k < n)
+        total += n
+        recent = [t for t in [entry["heartbeat"], *rounds.values()] if t is not None]
+        if all(k in rounds for k in range(n)):
+            counts["done"] += 1
+        elif entry["failed"]:
+            counts["failed"] += 1
+        elif recent and now - max(recent) <= LIVE_S:
+            counts["running"] += 1
+        else:
+            counts["pending"] += 1
+    remaining = total - committed
+    eta = None
+    if remaining == 0:
+        eta = 0.0
+    else:
+        mean = _mean_round_s(sweep_store)
+        if mean is not None:
+            eta = remaining * mean / max(1, counts["running"])
+    return {"sweep": sweep_store.sweep, "trials": counts,
+            "rounds": {"committed": committed, "total": total}, "eta_s": eta}
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def format_status(d: dict, width: int = 30) -> str:
+    t, r = d["trials"], d["rounds"]
+    frac = r["committed"] / r["total"] if r["total"] else 0.0
+    bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+    eta = "unknown" if d.get("eta_s") is None else _duration(d["eta_s"])
+    return "\n".join([
+        f"sweep {d.get('sweep', '?')}: {t['total']} trials",
+        f"  done {t['done']}  running {t['running']}  pending {t['pending']}  failed {t['failed']}",
+        f"  rounds [{bar}] {r['committed']}/{r['total']} ({100 * frac:.1f}%)",
+        f"  eta {eta}",
+    ])

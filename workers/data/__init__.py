@@ -1,0 +1,111 @@
+"""Datasets for one trial: a registry of loaders, subsets, normalisation, augmentations.
+
+Small image datasets are held whole as uint8 tensors (airbench style): the
+lineage runner moves them to the device once, indexes batches out of them and
+augments on the device, so there is no per-epoch DataLoader.
+
+    info, train, test = load_dataset("cifar10")
+    train_idx, val_idx = stratified_split(train.y, fraction=0.01, images_per_class=None,
+                                          val_fraction=0.1, seed=0)
+    augment = make_augment("basic", info)
+    xb = normalize(augment(train.x[idx].to(dev), gen), info)
+
+Adding a dataset is one file with a `@register(DatasetInfo(...))` loader.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+class DataError(Exception):
+    """User-facing problem with a dataset or a subset request (one-line message)."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]  # per channel, on the 0..1 scale, of the training split
+    std: tuple[float, ...]
+    autoaugment_policy: str  # torchvision AutoAugmentPolicy value: "cifar10" or "imagenet"
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8 [N, C, H, W], contiguous. Shared by the in-process cache: do not modify in place.
+    y: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+# name -> loader(root: str, download: bool) -> (train Split, test Split); each loader carries `.info`
+# so configs can be validated without touching data.
+DATASETS: dict[str, Callable[[str, bool], tuple[Split, Split]]] = {}
+
+
+def register(info: DatasetInfo):
+    def wrap(loader):
+        loader.info = info
+        DATASETS[info.name] = loader
+        return loader
+
+    return wrap
+
+
+def _entry(name: str):
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    return _entry(name).info
+
+
+def default_root() -> str:
+    return os.environ.get("LTH_DATA_ROOT") or os.path.join("~", ".cache", "lth-sweep", "data")
+
+
+# Decoded datasets, keyed by (name, absolute root): every round of a lineage (and every
+# trial sharing a worker process) reuses one parse. The lock makes concurrent first
+# calls parse once.
+_CACHE: dict[tuple[str, str], tuple[Split, Split]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_dataset(name: str, root: str | None = None, download: bool = True) -> tuple[DatasetInfo, Split, Split]:
+    """(info, train, test). `download` only matters when the files are missing."""
+    entry = _entry(name)
+    root = os.path.abspath(os.path.expanduser(root or default_root()))
+    with _CACHE_LOCK:
+        if (name, root) not in _CACHE:
+            _CACHE[(name, root)] = entry(root, download)
+        train, test = _CACHE[(name, root)]
+    return entry.info, train, test
+
+
+def normalize(x_uint8: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    """float32 (x/255 - mean)/std on x's device; works on [C,H,W] and [B,C,H,W]."""
+    mean = torch.tensor(info.mean, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
+    std = torch.tensor(info.std, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
+    return (x_uint8.float() / 255.0 - mean) / std
+
+
+# The registry entries and helpers import the names above, so they come last.
+from . import cifar, digits  # noqa: E402,F401  (registers the datasets)
+from .augment import AUGMENTATIONS, make_augment, reference_basic  # noqa: E402
+from .subset import stratified_split  # noqa: E402
+
+__all__ = [
+    "AUGMENTATIONS", "DATASETS", "DataError", "DatasetInfo", "Split", "dataset_info",
+    "default_root", "load_dataset", "make_augment", "normalize", "reference_basic",
+    "register", "stratified_split",
+]

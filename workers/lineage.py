@@ -1,0 +1,357 @@
+"""One IMP lineage: prune -> rewind -> train -> evaluate -> commit, per round.
+
+`run_lineage(spec, store)` is a plain function (no Ray): the orchestrator's
+Tune trainable is a thin adapter around it, and tests call it directly.
+
+Resume is free because every phase first looks at storage: committed rounds
+are skipped, a round in flight continues from its newest mid-round
+checkpoint. Each epoch's randomness (shuffle, augmentation) is seeded from
+(seed, round, epoch), not carried over from the previous epoch, so a lineage
+resumed at an epoch boundary computes the same bits as one that never
+stopped (on CPU).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from workers import data as D
+from workers import pruning as P
+from workers.models import build_model
+from workers.spec import RunOptions, TrialSpec
+from workers.store import CorruptRound, LineageStore
+
+log = logging.getLogger("lth_sweep.lineage")
+
+EVAL_BATCH = 1000
+HEARTBEAT_S = 30.0
+
+# Method -> how round k's mask comes from round k-1's trained weights/mask.
+MASK_METHODS: dict[str, Callable] = {
+    "imp": lambda model, masks, rate, gen: P.global_magnitude_prune(model, masks, rate),
+    "random_prune": lambda model, masks, rate, gen: P.random_prune(masks, rate, gen),
+}
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from integers: independent streams per (seed, round, epoch)."""
+    h = hashlib.sha256(json.dumps(parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def pick_device(opts: RunOptions, context: dict) -> torch.device:
+    if opts.device:
+        return torch.device(opts.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if context.get("gpu_ids"):
+        # Fake-GPU test clusters (and misconfigured nodes) land here.
+        log.warning("trial was given GPU ids %s but CUDA is not available: training on CPU",
+                    context["gpu_ids"])
+    return torch.device("cpu")
+
+
+@dataclass
+class Prepared:
+    """Everything a round needs that does not change between rounds."""
+    info: D.DatasetInfo
+    x_train: torch.Tensor  # uint8, on device
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    augment: Callable
+    device: torch.device
+
+
+def prepare(spec: TrialSpec, opts: RunOptions, device: torch.device) -> Prepared:
+    info, train, test = D.load_dataset(spec.data.dataset, opts.data_root)
+    use_val = spec.selection.selection == "val"
+    tr_idx, va_idx = D.stratified_split(
+        train.y, fraction=spec.data.fraction, images_per_class=spec.data.images_per_class,
+        val_fraction=spec.selection.val_fraction, seed=spec.seed, with_val=use_val)
+    if use_val:
+        xv, yv = train.x[va_idx], train.y[va_idx]
+    else:
+        xv, yv = test.x, test.y
+    on = device if train.x.shape[0] <= opts.max_device_images else torch.device("cpu")
+    return Prepared(
+        info=info,
+        x_train=train.x[tr_idx].to(on), y_train=train.y[tr_idx].to(device),
+        x_val=xv.to(on), y_val=yv.to(device),
+        x_test=test.x.to(on), y_test=test.y.to(device),
+        augment=D.make_augment(spec.data.augmentation, info), device=device)
+
+
+class Trainer:
+    """The training/evaluation loop of one round, with state that can be saved."""
+
+    def __init__(self, spec: TrialSpec, prep: Prepared, model: torch.nn.Module, masks: dict):
+        self.spec, self.prep, self.model = spec, prep, model
+        t = spec.train
+        cuda = prep.device.type == "cuda"
+        self.autocast = cuda and t.bf16
+        self.channels_last = cuda and t.channels_last
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
+                                   weight_decay=t.weight_decay)
+        self.masker = P.MaskApplier(model, masks, self.opt)
+        self.names = {p: n for n, p in model.named_parameters()}
+
+    def lr_at(self, epoch: int) -> float:
+        t = self.spec.train
+        if t.schedule == "constant":
+            return t.lr
+        return 0.5 * t.lr * (1 + math.cos(math.pi * epoch / t.epochs))
+
+    def _inputs(self, xb: torch.Tensor) -> torch.Tensor:
+        x = D.normalize(xb.to(self.prep.device, non_blocking=True), self.prep.info)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def train_epoch(self, round_k: int, epoch: int) -> dict:
+        """One epoch; returns {loss, acc, images} (one device sync at the end)."""
+        p, model, t = self.prep, self.model, self.spec.train
+        seed = _seed(self.spec.seed, round_k, epoch)
+        gen = torch.Generator().manual_seed(seed)
+        aug_gen = gen if p.device.type == "cpu" else torch.Generator(p.device).manual_seed(seed)
+        torch.manual_seed(seed)  # for any op that draws from the global RNG
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(epoch)
+        model.train()
+        n = p.x_train.shape[0]
+        perm = torch.randperm(n, generator=gen).to(p.x_train.device)
+        loss_sum = torch.zeros((), device=p.device)
+        correct = torch.zeros((), device=p.device, dtype=torch.long)
+        for b in range(0, n, t.batch_size):
+            idx = perm[b:b + t.batch_size]
+            xb = p.augment(p.x_train[idx], aug_gen)
+            yb = p.y_train[idx.to(p.y_train.device)]
+            with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                out = model(self._inputs(xb))
+                loss = F.cross_entropy(out, yb)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.masker.apply()
+            loss_sum += loss.detach() * idx.numel()
+            correct += (out.argmax(1) == yb).sum()
+        return {"loss": float(loss_sum) / n, "acc": int(correct) / n, "images": n}
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.model.eval()
+        correct = torch.zeros((), device=self.prep.device, dtype=torch.long)
+        for b in range(0, x.shape[0], EVAL_BATCH):
+            with torch.autocast(self.prep.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                out = self.model(self._inputs(x[b:b + EVAL_BATCH]))
+            correct += (out.argmax(1) == y[b:b + EVAL_BATCH]).sum()
+        return int(correct) / max(1, x.shape[0])
+
+    # --- state ------------------------------------------------------------
+    def momentum_state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for p, st in self.opt.state.items():
+            if "momentum_buffer" in st and st["momentum_buffer"] is not None:
+                out[self.names[p]] = st["momentum_buffer"]
+        return out
+
+    def load_momentum(self, bufs: dict[str, torch.Tensor]) -> None:
+        for p, name in self.names.items():
+            if name in bufs:
+                self.opt.state[p]["momentum_buffer"] = bufs[name].to(p.device, p.dtype).clone(
+                    memory_format=torch.preserve_format)
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the full state (weights, BN statistics, head)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _save(tensors: dict[str, torch.Tensor]) -> bytes:
+    return st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions] = None,
+                context: Optional[dict] = None,
+                on_round: Optional[Callable[[dict], None]] = None) -> list[dict]:
+    """Run (or finish) the IMP lineage of `spec`, committing each round to `store`.
+
+    `context` carries where it runs (`node`, `gpu_ids`) for the result rows;
+    `on_round(metrics)` is called after each newly committed round. Returns
+    the metrics of every committed round, in order.
+    """
+    opts = opts or RunOptions()
+    context = dict(context or {})
+    context.setdefault("node", socket.gethostname())
+    context.setdefault("gpu_ids", [])
+    if spec.prune.method not in MASK_METHODS:
+        raise ValueError(f"unknown method {spec.prune.method!r}; known: {sorted(MASK_METHODS)}")
+
+    store.write_spec(spec.to_dict())
+    done = _verified_prefix(store)
+    if done == spec.num_rounds:
+        return [store.read_manifest(k)["metrics"] for k in range(done)]
+
+    device = pick_device(opts, context)
+    prep = prepare(spec, opts, device)
+    info = prep.info
+    torch.manual_seed(_seed(spec.seed, -1))
+    model = build_model(spec.model.arch, num_classes=info.num_classes, in_channels=info.channels,
+                        image_size=info.image_size, width=spec.model.width).to(device)
+    names = P.prunable_names(model, spec.prune.prunable)
+
+    for k in range(done, spec.num_rounds):
+        if k == 0:
+            masks = P.full_masks(model, names)
+            rewind_state = model_state(model) if spec.prune.rewind_epoch == 0 else None
+        else:
+            prev = store.load_round(k - 1, ["weights.safetensors", "mask.safetensors"])
+            rw = store.load_round(0, ["rewind.safetensors"])
+            model.load_state_dict(st_load(prev["weights.safetensors"]))
+            unpacked = P.unpack_masks(st_load(prev["mask.safetensors"]))
+            # Model order, not the file's: it fixes the prune's tie-breaking
+            # and the order of the per-layer table.
+            prev_masks = {n: unpacked[n].to(device) for n in names}
+            gen = torch.Generator().manual_seed(_seed(spec.seed, k, -1))
+            masks = MASK_METHODS[spec.prune.method](model, prev_masks, spec.prune.rate, gen)
+            rewind_state = st_load(rw["rewind.safetensors"])
+            model.load_state_dict(rewind_state)
+        metrics = _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context)
+        if on_round is not None:
+            on_round(metrics)
+    store.clear_marker("HEARTBEAT.json")
+    return [store.read_manifest(k)["metrics"] for k in range(spec.num_rounds)]
+
+
+def _verified_prefix(store: LineageStore) -> int:
+    """Committed rounds to trust: the contiguous prefix whose files we will
+    read again (round 0's rewind state, the newest round's weights and mask)
+    verify against their manifests. A corrupt round is redone from the round
+    before it, never silently from round 0."""
+    while True:
+        k = store.committed_prefix()
+        if k == 0:
+            return 0
+        try:
+            store.load_round(0, ["rewind.safetensors"])
+        except CorruptRound as e:
+            log.warning("%s: redoing the lineage from round 0", e)
+            store.invalidate_from(0)
+            continue
+        try:
+            store.load_round(k - 1, ["weights.safetensors", "mask.safetensors"])
+        except CorruptRound as e:
+            log.warning("%s: redoing it from round %d", e, k - 2)
+            store.invalidate_from(k - 1)
+            continue
+        return k
+
+
+def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context) -> dict:
+    t, pr = spec.train, spec.prune
+    trainer = Trainer(spec, prep, model, masks)
+    start_epoch = 0 if k == 0 else pr.rewind_epoch
+    history: list[dict] = []
+    wall_prev = 0.0
+    started_at = _now()
+    partial = store.load_partial(k)
+    if partial is not None:
+        epoch, files, meta = partial
+        model.load_state_dict(st_load(files["model.safetensors"]))
+        trainer.load_momentum(st_load(files["momentum.safetensors"]))
+        if "rewind.safetensors" in files:
+            rewind_state = st_load(files["rewind.safetensors"])
+        start_epoch, history = epoch, meta["history"]
+        wall_prev, started_at = meta["wall_s"], meta["started_at"]
+        log.info("trial %s round %d: resuming at epoch %d", store.trial_id, k, epoch)
+    trainer.masker.apply()  # the rewound/pruned weights start exactly masked
+
+    t0 = time.perf_counter()
+    last_ckpt = time.monotonic()
+    last_beat = 0.0
+    images = 0
+    for epoch in range(start_epoch, t.epochs):
+        ep = trainer.train_epoch(k, epoch)
+        images += ep["images"]
+        row = {"epoch": epoch + 1, "train_loss": ep["loss"], "train_acc_running": ep["acc"],
+               "lr": trainer.lr_at(epoch)}
+        if opts.eval_every and (epoch + 1) % opts.eval_every == 0 and epoch + 1 < t.epochs:
+            row["val_acc"] = trainer.accuracy(prep.x_val, prep.y_val)
+            row["test_acc"] = trainer.accuracy(prep.x_test, prep.y_test)
+        history.append(row)
+        if k == 0 and epoch + 1 == pr.rewind_epoch:
+            rewind_state = model_state(model)
+        now = time.monotonic()
+        if epoch + 1 < t.epochs and (
+                (opts.checkpoint_every and (epoch + 1) % opts.checkpoint_every == 0)
+                or (opts.checkpoint_interval_s and now - last_ckpt >= opts.checkpoint_interval_s)):
+            files = {"model.safetensors": _save(model_state(model)),
+                     "momentum.safetensors": _save(trainer.momentum_state())}
+            if k == 0 and rewind_state is not None:
+                files["rewind.safetensors"] = _save(rewind_state)
+            store.save_partial(k, epoch + 1, files, {
+                "history": history, "started_at": started_at,
+                "wall_s": wall_prev + time.perf_counter() - t0})
+            last_ckpt = now
+        if now - last_beat >= HEARTBEAT_S:
+            store.heartbeat({"round": k, "epoch": epoch + 1, "epochs": t.epochs, **context})
+            last_beat = now
+    train_s = time.perf_counter() - t0
+    if k == 0 and rewind_state is None:  # rewind_epoch >= epochs: rewind to the end state
+        rewind_state = model_state(model)
+
+    train_acc = trainer.accuracy(prep.x_train, prep.y_train)
+    val_acc = trainer.accuracy(prep.x_val, prep.y_val)
+    test_acc = (val_acc if spec.selection.selection == "test"
+                else trainer.accuracy(prep.x_test, prep.y_test))
+    wall_s = wall_prev + time.perf_counter() - t0
+    metrics = {
+        "trial_id": store.trial_id,
+        "round": k,
+        "density": P.density(masks),
+        "train_acc": train_acc,
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "epochs": t.epochs - (0 if k == 0 else pr.rewind_epoch),
+        "wall_s": wall_s,
+        "images_per_s": images / train_s if train_s > 0 else None,
+        "node": context["node"],
+        "gpu_ids": ",".join(str(g) for g in context["gpu_ids"]),
+        "device": str(prep.device),
+        "started_at": started_at,
+        "finished_at": _now(),
+        "checkpoint_uri": store.round_uri(k),
+        "layers": P.layer_densities(masks),
+        "history": history,
+    }
+    files = {"weights.safetensors": _save(model_state(model)),
+             "mask.safetensors": _save(P.pack_masks(masks))}
+    if k == 0:
+        files["rewind.safetensors"] = _save(rewind_state)
+    files["metrics.json"] = json.dumps(metrics, sort_keys=True, indent=1).encode()
+    store.commit_round(k, files, metrics, spec.to_dict())
+    store.clear_partial(k)
+    log.info("trial %s round %d: density %.4f val %.4f test %.4f (%.1fs)", store.trial_id, k,
+             metrics["density"], val_acc, test_acc, wall_s)
+    return metrics

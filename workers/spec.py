@@ -1,0 +1,154 @@
+"""Frozen trial specs and their canonical hash.
+
+A trial is fully described by one `TrialSpec`: one dataclass per concern
+(data, model, training, pruning, selection), as OpenLTH does. `trial_id` is
+the sha256 of the spec's canonical JSON with every field that is at its
+default left out, so adding a new field with a default never changes the id
+(and so never moves) an existing trial's storage folder.
+
+Things that change *how* a trial runs but not *what* it computes (data root,
+checkpoint cadence, evaluation cadence, device) live in `RunOptions` and are
+never hashed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+ID_LEN = 16  # hex chars of sha256: 64 bits, collision-free for any real sweep
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str
+    # Exactly one of fraction / images_per_class sizes the training subset.
+    fraction: Optional[float] = None
+    images_per_class: Optional[int] = None
+    augmentation: str = "none"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str = "resnet18"
+    width: float = 1.0
+    init: str = "random"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 200
+    batch_size: int = 100
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    schedule: str = "cosine"
+    # Only take effect on CUDA; on CPU training is always fp32.
+    bf16: bool = True
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    method: str = "imp"
+    rounds: int = 16
+    rate: float = 0.2
+    rewind_epoch: int = 2
+    prunable: str = "conv"
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    # "val": held-out images of the training split that are not in the subset.
+    # "test": the paper's setting (model selection on the test split).
+    selection: str = "val"
+    val_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    data: DataSpec
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    selection: SelectionSpec = field(default_factory=SelectionSpec)
+    seed: int = 0
+
+    # --- identity -------------------------------------------------------
+    def canonical(self) -> dict:
+        """Nested dict of the non-default fields only (the hashed form)."""
+        return _non_default(self)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def trial_id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:ID_LEN]
+
+    # --- (de)serialisation ---------------------------------------------
+    def to_dict(self) -> dict:
+        """Full form, every field (what is stored beside a trial)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialSpec":
+        kinds = {f.name: f.type for f in fields(cls)}
+        parts: dict[str, Any] = {}
+        for name, sub in (("data", DataSpec), ("model", ModelSpec), ("train", TrainSpec),
+                          ("prune", PruneSpec), ("selection", SelectionSpec)):
+            if name in d:
+                parts[name] = sub(**d[name])
+        if "seed" in d:
+            parts["seed"] = int(d["seed"])
+        unknown = set(d) - set(kinds)
+        if unknown:
+            raise ValueError(f"unknown trial spec keys: {sorted(unknown)}")
+        return cls(**parts)
+
+    @property
+    def num_rounds(self) -> int:
+        """Committed rounds of a finished lineage: round 0 (dense) + `rounds`."""
+        return self.prune.rounds + 1
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a lineage runs; never part of its identity."""
+    data_root: Optional[str] = None
+    # Rolling mid-round checkpoint every N epochs (0: never) and/or every S
+    # seconds of training (0: never). Neither changes the result: epochs are
+    # reseeded from (seed, round, epoch), so resuming at an epoch is exact.
+    checkpoint_every: int = 0
+    checkpoint_interval_s: float = 600.0
+    # Evaluate val/test every N epochs (0: at the end of each round only).
+    eval_every: int = 0
+    device: Optional[str] = None  # None: CUDA when present, else CPU
+    # Datasets with at most this many training images live on the device.
+    max_device_images: int = 2_000_000
+
+
+def _non_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in fields(obj):
+            v = getattr(obj, f.name)
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            else:
+                default = dataclasses.MISSING
+            if default is not dataclasses.MISSING and v == default:
+                continue
+            nv = _non_default(v)
+            if nv == {} and dataclasses.is_dataclass(v):
+                continue
+            out[f.name] = nv
+        return out
+    if isinstance(obj, float) and obj.is_integer():
+        # 1.0 and 1 are the same grid point whichever way the yaml spells it.
+        return int(obj)
+    return obj

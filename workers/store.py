@@ -1,0 +1,389 @@
+"""Storage layout and the atomic round commit.
+
+Every path of a sweep is built here and nowhere else:
+
+    <storage>/<sweep>/
+        sweep.json                       the trial list of the last `run` (for `status`)
+        trials/<trial_id>/spec.json      the full trial spec
+        trials/<trial_id>/round_<k>/     weights.safetensors, mask.safetensors,
+                                         [rewind.safetensors in round 0], metrics.json,
+                                         MANIFEST.json (written last, atomically)
+        trials/<trial_id>/partial/round_<k>/epoch_<e>/   rolling mid-round checkpoint
+        trials/<trial_id>/HEARTBEAT.json / FAILED.json
+        results/  layers/                Parquet, derived from the manifests
+
+A round exists only if its MANIFEST.json exists and verifies: the manifest
+carries the sha256 of every file of the round and of itself, so a torn write,
+a truncated file or a flipped bit is detected rather than trusted. Data files
+are written first, the manifest last (big_vision's pattern); on a local/NFS
+path the manifest lands by fsync + rename, on S3 a single PUT is atomic.
+
+Everything goes through pyarrow.fs, so a local path and `s3://bucket/prefix`
+share one code path (only the atomic write differs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from typing import Iterable, Optional
+
+import pyarrow.fs as pafs
+
+MANIFEST = "MANIFEST.json"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class StorageError(Exception):
+    """A user-facing storage problem (bad URI, unwritable path...)."""
+
+
+class CorruptRound(Exception):
+    """A committed round whose files do not match its manifest."""
+
+
+def check_name(kind: str, name: str) -> str:
+    """Sweep names and trial ids become path components: refuse anything that
+    could escape the storage root (`..`, `/`, NUL, absolute paths)."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise StorageError(f"invalid {kind} name {name!r}: use letters, digits, '.', '_' or '-' "
+                           "(at most 128 characters, not starting with '.')")
+    return name
+
+
+def open_fs(uri: str) -> tuple[pafs.FileSystem, str, bool]:
+    """(filesystem, root path inside it, is_local) for a local path or URI."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri)), True
+    if uri.startswith("file://"):
+        return pafs.LocalFileSystem(), os.path.abspath(uri[len("file://"):]), True
+    if uri.startswith("s3://"):
+        # Endpoint/region/credentials come from the standard AWS variables;
+        # AWS_ENDPOINT_URL points at S3-compatible servers (MinIO, moto, Ceph).
+        rest = uri[len("s3://"):].strip("/")
+        kwargs = {}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs["endpoint_override"] = host or scheme
+            kwargs["scheme"] = scheme if host else "https"
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kwargs["region"] = region
+        try:
+            return pafs.S3FileSystem(**kwargs), rest, False
+        except Exception as e:  # never echo credentials: the message is pyarrow's
+            raise StorageError(f"cannot open S3 storage {uri}: {type(e).__name__}") from None
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except Exception as e:
+        raise StorageError(f"unsupported storage URI {uri!r}: {e}") from None
+    return fs, path, False
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest_digest(body: dict) -> str:
+    return sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+class FS:
+    """The handful of operations the project needs, over pyarrow.fs."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.fs, self.root, self.local = open_fs(uri)
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/")] + [p.strip("/") for p in parts if p])
+
+    def to_uri(self, path: str) -> str:
+        if self.local:
+            return path
+        prefix = self.uri.split("://", 1)[0]
+        return f"{prefix}://{path}"
+
+    def write(self, path: str, data: bytes) -> None:
+        """Write a whole file atomically: readers see the old or the new bytes."""
+        parent = path.rsplit("/", 1)[0]
+        if self.local:
+            os.makedirs(parent, exist_ok=True)
+            # A leading '.' hides a leftover of a killed write from readers of
+            # the folder (pyarrow datasets and pandas.read_parquet skip such
+            # names; check_name keeps real names from starting with '.').
+            tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        else:
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+
+    def read(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def listdir(self, path: str) -> list[str]:
+        """Base names directly under `path` ([] if it does not exist)."""
+        sel = pafs.FileSelector(path, allow_not_found=True, recursive=False)
+        try:
+            infos = self.fs.get_file_info(sel)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(i.base_name for i in infos)
+
+    def delete_dir(self, path: str) -> None:
+        try:
+            self.fs.delete_dir(path)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def delete_file(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def move(self, src: str, dst: str) -> None:
+        if self.local:
+            os.replace(src, dst)
+        else:
+            self.fs.copy_file(src, dst)
+            self.fs.delete_file(src)
+
+
+class SweepStore:
+    """Paths and whole-sweep reads of one sweep folder."""
+
+    def __init__(self, storage: str, sweep: str):
+        self.fs = FS(storage)
+        self.sweep = check_name("sweep", sweep)
+        self.dir = self.fs.join(sweep)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.dir] + list(parts))
+
+    @property
+    def results_dir(self) -> str:
+        return self.path("results")
+
+    @property
+    def layers_dir(self) -> str:
+        return self.path("layers")
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.dir)
+
+    def trial_ids(self) -> list[str]:
+        return [t for t in self.fs.listdir(self.path("trials")) if _SAFE_NAME.match(t)]
+
+    def lineage(self, trial_id: str) -> "LineageStore":
+        return LineageStore(self, trial_id)
+
+    def write_json(self, name: str, obj) -> None:
+        self.fs.write(self.path(name), _dumps(obj))
+
+    def read_json(self, name: str):
+        try:
+            return json.loads(self.fs.read(self.path(name)))
+        except FileNotFoundError:
+            return None
+
+
+class LineageStore:
+    """The storage of one trial's IMP lineage."""
+
+    def __init__(self, sweep: SweepStore, trial_id: str):
+        self.sweep = sweep
+        self.fs = sweep.fs
+        self.trial_id = check_name("trial", trial_id)
+        self.dir = sweep.path("trials", trial_id)
+
+    # --- paths -----------------------------------------------------------
+    def round_dir(self, k: int) -> str:
+        return f"{self.dir}/round_{k}"
+
+    def round_uri(self, k: int) -> str:
+        return self.fs.to_uri(self.round_dir(k))
+
+    def partial_dir(self, k: int) -> str:
+        return f"{self.dir}/partial/round_{k}"
+
+    # --- spec / markers -------------------------------------------------
+    def write_spec(self, spec_dict: dict) -> None:
+        path = f"{self.dir}/spec.json"
+        if not self.fs.exists(path):
+            self.fs.write(path, _dumps(spec_dict))
+
+    def heartbeat(self, info: dict) -> None:
+        self.fs.write(f"{self.dir}/HEARTBEAT.json", _dumps({**info, "time": time.time()}))
+
+    def read_marker(self, name: str) -> Optional[dict]:
+        try:
+            return json.loads(self.fs.read(f"{self.dir}/{name}"))
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
+    def write_marker(self, name: str, info: dict) -> None:
+        self.fs.write(f"{self.dir}/{name}", _dumps(info))
+
+    def clear_marker(self, name: str) -> None:
+        self.fs.delete_file(f"{self.dir}/{name}")
+
+    # --- rounds ----------------------------------------------------------
+    def commit_round(self, k: int, files: dict[str, bytes], metrics: dict, spec: dict) -> dict:
+        """Write the round's files, then its manifest last. Returns the manifest."""
+        d = self.round_dir(k)
+        # A stale manifest from an invalidated attempt must not vouch for new files.
+        self.fs.delete_file(f"{d}/{MANIFEST}")
+        for name, data in files.items():
+            self.fs.write(f"{d}/{name}", data)
+        body = {
+            "trial_id": self.trial_id,
+            "round": k,
+            "metrics": metrics,
+            "spec": spec,
+            "files": {n: {"sha256": sha256(b), "bytes": len(b)} for n, b in files.items()},
+            "committed_at": time.time(),
+        }
+        manifest = {**body, "manifest_sha256": _manifest_digest(body)}
+        self.fs.write(f"{d}/{MANIFEST}", _dumps(manifest))
+        return manifest
+
+    def read_manifest(self, k: int) -> Optional[dict]:
+        """The round's manifest if it is present and intact, else None."""
+        try:
+            raw = self.fs.read(f"{self.round_dir(k)}/{MANIFEST}")
+        except (FileNotFoundError, OSError):
+            return None
+        return _parse_manifest(raw)
+
+    def manifests(self) -> dict[int, dict]:
+        """Every intact committed round of this trial: {round: manifest}."""
+        out = {}
+        for name in self.fs.listdir(self.dir):
+            m = re.fullmatch(r"round_(\d+)", name)
+            if m:
+                man = self.read_manifest(int(m.group(1)))
+                if man is not None and man.get("round") == int(m.group(1)):
+                    out[int(m.group(1))] = man
+        return out
+
+    def committed_prefix(self) -> int:
+        """Number of rounds committed contiguously from round 0."""
+        done = self.manifests()
+        k = 0
+        while k in done:
+            k += 1
+        return k
+
+    def load_round(self, k: int, names: Iterable[str]) -> dict[str, bytes]:
+        """Read files of a committed round, verifying each against the manifest."""
+        man = self.read_manifest(k)
+        if man is None:
+            raise CorruptRound(f"round {k} of trial {self.trial_id} has no intact manifest")
+        out = {}
+        for name in names:
+            want = man["files"].get(name)
+            if want is None:
+                raise CorruptRound(f"round {k} of trial {self.trial_id}: {name} is not in its manifest")
+            try:
+                data = self.fs.read(f"{self.round_dir(k)}/{name}")
+            except (FileNotFoundError, OSError):
+                raise CorruptRound(f"round {k} of trial {self.trial_id}: {name} is missing") from None
+            if sha256(data) != want["sha256"]:
+                raise CorruptRound(f"round {k} of trial {self.trial_id}: {name} fails its sha256 check")
+            out[name] = data
+        return out
+
+    def invalidate_from(self, k: int) -> list[int]:
+        """Un-commit round k and every later round (they were derived from it).
+
+        The manifests are renamed, not deleted, so what happened stays visible.
+        """
+        gone = []
+        for j in sorted(self.manifests_any()):
+            if j >= k:
+                src = f"{self.round_dir(j)}/{MANIFEST}"
+                self.fs.move(src, f"{self.round_dir(j)}/MANIFEST.invalid-{int(time.time())}.json")
+                gone.append(j)
+        return gone
+
+    def manifests_any(self) -> list[int]:
+        """Rounds that have a manifest file at all (intact or not)."""
+        out = []
+        for name in self.fs.listdir(self.dir):
+            m = re.fullmatch(r"round_(\d+)", name)
+            if m and self.fs.exists(f"{self.round_dir(int(m.group(1)))}/{MANIFEST}"):
+                out.append(int(m.group(1)))
+        return out
+
+    # --- rolling mid-round checkpoint -------------------------------------
+    def save_partial(self, k: int, epoch: int, files: dict[str, bytes], meta: dict) -> None:
+        d = f"{self.partial_dir(k)}/epoch_{epoch}"
+        for name, data in files.items():
+            self.fs.write(f"{d}/{name}", data)
+        body = {"round": k, "epoch": epoch, "meta": meta,
+                "files": {n: {"sha256": sha256(b), "bytes": len(b)} for n, b in files.items()}}
+        self.fs.write(f"{d}/{MANIFEST}", _dumps({**body, "manifest_sha256": _manifest_digest(body)}))
+        # Only the newest checkpoint is kept: older ones are now redundant.
+        for name in self.fs.listdir(self.partial_dir(k)):
+            if name != f"epoch_{epoch}":
+                self.fs.delete_dir(f"{self.partial_dir(k)}/{name}")
+
+    def load_partial(self, k: int) -> Optional[tuple[int, dict[str, bytes], dict]]:
+        """Newest intact mid-round checkpoint of round k: (epoch, files, meta)."""
+        names = self.fs.listdir(self.partial_dir(k))
+        epochs = sorted((int(n.split("_")[1]) for n in names if re.fullmatch(r"epoch_\d+", n)), reverse=True)
+        for e in epochs:
+            d = f"{self.partial_dir(k)}/epoch_{e}"
+            try:
+                man = _parse_manifest(self.fs.read(f"{d}/{MANIFEST}"))
+                if man is None:
+                    continue
+                files = {}
+                for name, want in man["files"].items():
+                    data = self.fs.read(f"{d}/{name}")
+                    if sha256(data) != want["sha256"]:
+                        raise CorruptRound(name)
+                    files[name] = data
+                return e, files, man["meta"]
+            except (FileNotFoundError, OSError, CorruptRound, KeyError):
+                continue
+        return None
+
+    def clear_partial(self, k: int) -> None:
+        self.fs.delete_dir(self.partial_dir(k))
+
+
+def _parse_manifest(raw: bytes) -> Optional[dict]:
+    try:
+        man = json.loads(raw)
+        digest = man.pop("manifest_sha256")
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return None
+    if _manifest_digest(man) != digest:
+        return None
+    man["manifest_sha256"] = digest
+    return man
+
+
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, indent=1, default=str).encode()
