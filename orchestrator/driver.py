@@ -158,6 +158,9 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
 
 def _tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, max_concurrent,
               max_failures, done_rounds, total_rounds) -> int:
+    # Tune's own progress tables would interleave with ours; one line per
+    # committed round is printed by _Progress instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
     from ray import tune
 
@@ -184,7 +187,7 @@ def _tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, m
         trainable,
         param_space={"trial": tune.grid_search(space)},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=max_concurrent, reuse_actors=False,
+            max_concurrent_trials=max_concurrent, reuse_actors=True,
             trial_name_creator=lambda tr: tr.config["trial"]["trial_id"],
             trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
         run_config=tune.RunConfig(
@@ -226,9 +229,21 @@ class _Progress(_make_callback_base()):
     """Driver-side: keeps the results table current and prints progress."""
 
     def __init__(self, sweep: SweepStore, collector, done_rounds: int, total_rounds: int):
-        self.sweep, self.collector = sweep, collector
+        self.sweep, self._collector = sweep, collector
         self.done_rounds, self.total_rounds = done_rounds, total_rounds
         self.interrupted = False
+
+    @property
+    def collector(self):
+        if self._collector is None:
+            from orchestrator.results import Collector
+            self._collector = Collector(self.sweep)
+        return self._collector
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment state; the collector
+        # holds a lock and is rebuilt on demand.
+        return {**self.__dict__, "_collector": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = result.get("lth_trial_id")

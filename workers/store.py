@@ -96,8 +96,9 @@ class FS:
     """The handful of operations the project needs, over pyarrow.fs."""
 
     def __init__(self, uri: str):
-        self.uri = uri
         self.fs, self.root, self.local = open_fs(uri)
+        # Absolute for local paths: trial processes run in other directories.
+        self.uri = self.root if self.local else uri
 
     def join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/")] + [p.strip("/") for p in parts if p])

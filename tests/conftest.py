@@ -1,0 +1,37 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny experiment: real digits, a real (narrow) ResNet-18, seconds per lineage.
+TINY_YAML = """
+defaults:
+  arch: resnet18
+  model: {width: 0.125}
+  train: {epochs: 3, batch_size: 40, lr: 0.05}
+  imp: {rounds: 2, rate: 0.2, rewind_epoch: 1}
+  resources: {gpu: 0, cpu: 1}
+experiments:
+  tiny:
+    datasets: [digits]
+    fractions: [0.1, 0.2]
+    augmentations: [none, basic]
+    methods: [imp]
+"""
+
+
+def cli(*args, cwd, timeout=300, **kw):
+    """Run `lth-sweep ARGS` as its own process, as a user would."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0"}
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    p = tmp_path / "experiments.yaml"
+    p.write_text(TINY_YAML)
+    return p
