@@ -172,7 +172,9 @@ def _tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, m
     else:
         # The dashboard is not needed and would listen on a port; if someone
         # turns it on it must stay on loopback.
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+        # address="local": always a fresh Ray of our own, never a cluster that
+        # happens to run on this machine (plain ray.init() would join it).
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  dashboard_host="127.0.0.1", log_to_driver=False, logging_level="WARNING")
     _log(f"Ray up in {time.monotonic() - t0:.1f}s: {ray.cluster_resources()}")
 
