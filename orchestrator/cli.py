@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         return {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "query": cmd_query,
                 "bench": cmd_bench}[args.cmd](args) or 0
     except KeyboardInterrupt:
-        print("lth-sweep: interrupted", file=sys.stderr)
+        print("lth-sweep: stopped; committed rounds are safe. Re-run the same command to resume.",
+              file=sys.stderr)
         return 130
     except Exception as e:  # user errors: one line, exit 2
         from orchestrator.config import ConfigError
@@ -133,6 +134,10 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
+    import signal
+    # SIGTERM (preemption, `kill`) stops as gracefully as Ctrl-C, from the
+    # first instant: the driver swaps in Tune's path while trials run.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     from orchestrator.driver import run_sweep
     from workers.store import check_name
     name = check_name("sweep", args.name or args.experiment)

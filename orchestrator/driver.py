@@ -94,6 +94,15 @@ def _n(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+def preflight_data(trials: list[Trial]) -> None:
+    """On a single machine, fetch/verify every dataset once before any trial
+    starts: a missing dataset is one clear error now, not N failed trials."""
+    from workers import data as D
+    for name, root in sorted({(t.spec.data.dataset, t.options.data_root) for t in trials},
+                             key=str):
+        D.load_dataset(name, root)
+
+
 class SweepLock:
     """One driver per sweep: a second one is refused instead of racing."""
 
@@ -133,6 +142,7 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
         cpus = num_cpus if num_cpus is not None else os.cpu_count() or 1
         gpus = num_gpus if num_gpus is not None else torch.cuda.device_count()
         check_resources(trials, [{"CPU": cpus, "GPU": gpus}], "the local Ray")
+        preflight_data(trials)
 
     with SweepLock(sweep):
         sweep.write_json("sweep.json", {

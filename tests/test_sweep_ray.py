@@ -171,6 +171,7 @@ def test_kill_and_resume_equals_uninterrupted(reference, tmp_path):
         out = p.communicate(timeout=120)[0]
         if sig == signal.SIGTERM and p.returncode not in (0,):
             assert p.returncode == 130 and "Re-run the same command" in out, out
+            assert "Traceback" not in out
         now = manifests(storage)
         assert {k: now[k] for k in snapshot} == snapshot, "a committed round was trained again"
         snapshot = now
@@ -184,3 +185,12 @@ def test_kill_and_resume_equals_uninterrupted(reference, tmp_path):
     assert not got.duplicated(["trial_id", "round"]).any()
     assert got[["trial_id", "round"]].equals(ref[["trial_id", "round"]])
     assert got[METRICS].equals(ref[METRICS])  # bit for bit on CPU
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path):
+    (tmp_path / "experiments.yaml").write_text(
+        TINY_YAML.replace("[digits]", "[cifar10]") + "    data_root: " + str(tmp_path / "nodata") + "\n")
+    # No network here: the real download path fails fast and says where the files belong.
+    r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path, timeout=180)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert str(tmp_path / "nodata") in r.stderr and not (tmp_path / "runs").exists()
