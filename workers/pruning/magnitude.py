@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .masks import Masks, num_to_prune
+from .masks import Masks, num_to_prune, split_like
 
 
 @torch.no_grad()
@@ -38,9 +38,4 @@ def global_magnitude_prune(model: nn.Module, masks: Masks, rate: float) -> Masks
     ties = (scores == threshold).nonzero().reshape(-1)[:need]
     prune[ties] = True
     new_alive = alive & ~prune
-    out, start = {}, 0
-    for n in names:
-        m = masks[n]
-        out[n] = new_alive[start:start + m.numel()].reshape(m.shape).to(m.device)
-        start += m.numel()
-    return out
+    return split_like(new_alive, masks)

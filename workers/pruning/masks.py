@@ -47,6 +47,15 @@ def num_to_prune(remaining: int, rate: float) -> int:
     return int(round(rate * remaining))
 
 
+def split_like(flat: torch.Tensor, masks: Masks) -> Masks:
+    """Cut one concatenated mask back into per-layer masks shaped (and placed) like `masks`."""
+    out, start = {}, 0
+    for n, m in masks.items():
+        out[n] = flat[start:start + m.numel()].reshape(m.shape).to(m.device)
+        start += m.numel()
+    return out
+
+
 def density(masks: Masks) -> float:
     total = sum(m.numel() for m in masks.values())
     alive = sum(int(m.sum()) for m in masks.values())

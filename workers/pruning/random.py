@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .masks import Masks, num_to_prune
+from .masks import Masks, num_to_prune, split_like
 
 
 def random_prune(masks: Masks, rate: float, generator: torch.Generator) -> Masks:
@@ -21,9 +21,4 @@ def random_prune(masks: Masks, rate: float, generator: torch.Generator) -> Masks
     chosen = survivors[torch.randperm(survivors.numel(), generator=generator)[:k]]
     new_alive = alive.clone()
     new_alive[chosen] = False
-    out, start = {}, 0
-    for n in names:
-        m = masks[n]
-        out[n] = new_alive[start:start + m.numel()].reshape(m.shape).to(m.device)
-        start += m.numel()
-    return out
+    return split_like(new_alive, masks)
