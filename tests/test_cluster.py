@@ -230,12 +230,6 @@ def test_dockerfile_installs_the_project_like_the_readme(tmp_path):
     # start in the final WORKDIR: `-c experiments.yaml`, the default, is there.
     assert (image / workdir.lstrip("/") / "experiments.yaml").exists()
 
-    # The README's cluster install command is the same: `pip install .`.
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    readme_targets = [t for line in readme.splitlines() if "pip install" in line
-                      for t in _pip_install_targets(line.strip().strip("`"))]
-    assert ["."] in readme_targets, "README.md does not show `pip install .` (the cluster install)"
-
     # Build the wheel from what the image holds and from the whole checkout:
     # the same modules, the same console script.
     checkout = tmp_path / "checkout"
@@ -250,6 +244,12 @@ def test_dockerfile_installs_the_project_like_the_readme(tmp_path):
     assert in_image == in_checkout
     assert "orchestrator/submit.py" in in_image and "workers/lineage.py" in in_image
     assert re.search(r"lth-sweep\s*=\s*orchestrator\.cli:main", entry_image)
+
+    # The README's cluster install command is the same: `pip install .`.
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    readme_targets = [t for line in readme.splitlines() if "pip install" in line
+                      for t in _pip_install_targets(line.strip().strip("`"))]
+    assert ["."] in readme_targets, "README.md does not show `pip install .` (the cluster install)"
 
 
 # --- the `ray submit` entry ------------------------------------------------------
