@@ -87,6 +87,12 @@ def main(argv=None) -> int:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             print(f"lth-sweep: error: {msg}" if not msg.startswith("lth-sweep") else msg, file=sys.stderr)
             return EXIT_USAGE
+        if isinstance(e, OSError):
+            # Storage full, read-only, gone: an environment problem, not a bug.
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            print(f"lth-sweep: error: storage: {e.strerror or e}{where}; committed rounds are intact",
+                  file=sys.stderr)
+            return EXIT_USAGE
         raise
 
 

@@ -232,6 +232,16 @@ def _tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, m
     return 0
 
 
+def _last_line(path) -> str:
+    """The exception line of a Tune error file (its last non-blank line)."""
+    try:
+        with open(path) as f:
+            lines = [l.strip() for l in f if l.strip()]
+        return lines[-1][:500] if lines else "unknown error"
+    except (OSError, TypeError):
+        return "unknown error"
+
+
 def _make_callback_base():
     from ray import tune
     return tune.Callback
@@ -261,7 +271,7 @@ class _Progress(_make_callback_base()):
         tid = result.get("lth_trial_id")
         if tid is None:
             return
-        self.collector.update([tid])
+        self._update(tid)
         self.done_rounds += 1
         acc = lambda k: f"{result[k]:.3f}" if isinstance(result.get(k), (int, float)) else "-"
         _log(f"{tid} round {result['round']}: density {result['density']:.3f} val {acc('val_acc')} "
@@ -271,9 +281,22 @@ class _Progress(_make_callback_base()):
     def on_trial_error(self, iteration, trials, trial, **info):
         tid = trial.config["trial"]["trial_id"]
         err = getattr(trial, "error_file", None)
-        self.sweep.lineage(tid).write_marker("FAILED.json", {
-            "time": time.time(), "error_file": err, "tune_trial": str(trial)})
-        _log(f"{tid} FAILED (Tune retries exhausted); see {err}")
+        cause = _last_line(err)
+        try:
+            self.sweep.lineage(tid).write_marker("FAILED.json", {
+                "time": time.time(), "error": cause, "error_file": err, "tune_trial": str(trial)})
+        except OSError:
+            pass  # storage itself is failing; the line below still tells the user
+        _log(f"{tid} FAILED after retries: {cause} (details: {err})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.collector.update([trial.config["trial"]["trial_id"]])
+        self._update(trial.config["trial"]["trial_id"])
+
+    def _update(self, tid: str) -> None:
+        # The table is derived and rebuilt at the end of the run: a failed
+        # write here (storage full, a flaky S3 call) must not stop the sweep.
+        try:
+            self.collector.update([tid])
+        except Exception as e:
+            _log(f"warning: results table not updated for {tid} ({type(e).__name__}: {e}); "
+                 "it is rebuilt from the manifests at the end of the run")

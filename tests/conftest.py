@@ -2,7 +2,10 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
+
+from workers.store import SweepStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,3 +38,24 @@ def tiny_yaml(tmp_path):
     p = tmp_path / "experiments.yaml"
     p.write_text(TINY_YAML)
     return p
+
+
+def table(storage, sweep="tiny"):
+    return pd.read_parquet(os.path.join(storage, sweep, "results"))
+
+
+def manifests(storage, sweep="tiny"):
+    """{(trial, round): manifest digest}: a round trained twice would change it."""
+    st = SweepStore(str(storage), sweep)
+    return {(t, k): m["manifest_sha256"] for t in st.trial_ids()
+            for k, m in st.lineage(t).manifests().items()}
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """One uninterrupted sweep of TINY_YAML, shared by the tests that compare against it."""
+    d = tmp_path_factory.mktemp("ref")
+    (d / "experiments.yaml").write_text(TINY_YAML)
+    r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=d)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return d, r

@@ -16,6 +16,8 @@ import sys
 import time
 import uuid
 
+import boto3  # with moto[server], the `test` extra: a missing one is an error, not a skip
+import moto.server  # noqa: F401
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
@@ -23,9 +25,6 @@ import pytest
 from conftest import ROOT, TINY_YAML, cli
 
 pytestmark = pytest.mark.ray
-
-boto3 = pytest.importorskip("boto3", reason="moto[server] (the `test` extra) is not installed")
-pytest.importorskip("moto.server", reason="moto[server] (the `test` extra) is not installed")
 
 BUCKET = "lth-test"
 # Two trials x three rounds, with a mid-round checkpoint every epoch so the

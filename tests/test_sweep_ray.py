@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY_YAML, cli
+from conftest import ROOT, TINY_YAML, cli, manifests, table
 from workers.store import SweepStore
 
 pytestmark = pytest.mark.ray
@@ -21,27 +21,6 @@ CONTRACT_COLUMNS = {"sweep", "trial_id", "dataset", "fraction", "augmentation", 
                     "round", "density", "val_acc", "test_acc", "train_acc", "epochs", "wall_s", "node",
                     "gpu_ids", "started_at", "finished_at", "checkpoint_uri", "schema_version"}
 METRICS = ["density", "val_acc", "test_acc", "train_acc"]
-
-
-def table(storage, sweep="tiny"):
-    return pd.read_parquet(os.path.join(storage, sweep, "results"))
-
-
-def manifests(storage, sweep="tiny"):
-    """{(trial, round): manifest digest}: a round trained twice would change it."""
-    st = SweepStore(str(storage), sweep)
-    return {(t, k): m["manifest_sha256"] for t in st.trial_ids()
-            for k, m in st.lineage(t).manifests().items()}
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One uninterrupted sweep, shared by the tests that compare against it."""
-    d = tmp_path_factory.mktemp("ref")
-    (d / "experiments.yaml").write_text(TINY_YAML)
-    r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=d)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return d, r
 
 
 def test_sweep_end_to_end(reference):
