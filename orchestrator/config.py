@@ -157,7 +157,9 @@ def load_config(path: str) -> dict:
 
 def validate(doc: Any, name: str = "experiments.yaml") -> dict:
     def err(path: str, msg: str):
-        raise ConfigError(f"{name}: {path}: {msg}" if path else f"{name}: {msg}")
+        text = f"{name}: {path}: {msg}" if path else f"{name}: {msg}"
+        # Keys and values are echoed back: keep the message on one line.
+        raise ConfigError(text.replace("\r", "\\r").replace("\n", "\\n"))
 
     if not isinstance(doc, dict):
         err("", "the top level must be a mapping with an 'experiments' key")

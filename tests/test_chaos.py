@@ -95,17 +95,23 @@ def test_worker_killed_mid_round_and_second_driver_refused(tmp_path, reference):
     storage = tmp_path / "runs"
     p = start(tmp_path)
     assert wait_until(lambda: commits(storage) >= 1, p)
-    # A second driver on the same sweep is refused, not raced.
-    second = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path, timeout=120)
-    assert second.returncode == 2 and "another driver" in second.stderr, second.stderr
-    assert len(second.stderr.strip().splitlines()) == 1
-    # Kill a trial's worker process (the Tune actor) mid-round.
-    snapshot = manifests(storage)
-    pids = subprocess.run(["pgrep", "-f", "ImplicitFunc"], capture_output=True, text=True).stdout.split()
-    assert pids, "no trial worker found"
-    os.kill(int(pids[0]), signal.SIGKILL)
+    # Freeze the driver (it keeps its lock; its trials keep training) so the
+    # steps below cannot race the tiny sweep's end.
+    os.kill(p.pid, signal.SIGSTOP)
+    try:
+        snapshot = manifests(storage)
+        # Kill a trial's worker process (a Tune actor), which is mid-round.
+        pids = subprocess.run(["pgrep", "-f", "ImplicitFunc"], capture_output=True, text=True).stdout.split()
+        assert pids, "no trial worker found"
+        os.kill(int(pids[0]), signal.SIGKILL)
+        # A second driver on the same sweep is refused, not raced.
+        second = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path, timeout=120)
+        assert second.returncode == 2 and "another driver" in second.stderr, second.stderr[-2000:]
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
     out = p.communicate(timeout=300)[0]
-    assert p.returncode == 0, out[-3000:]
+    assert p.returncode == 0, out[-3000:]  # Tune retried the trial; it resumed from storage
     assert_committed_unchanged(snapshot, manifests(storage))
     assert_same_as_reference(storage, reference)
 
