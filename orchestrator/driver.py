@@ -286,12 +286,19 @@ def _tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, m
         _log("stopped; committed rounds are safe. Re-run the same command to resume.")
         return 130
     if errors:
-        _log(f"{len(errors)} trial(s) failed after {max_failures} retries; see "
+        causes = sorted({_cause(r.error) for r in errors})
+        _log(f"{len(errors)} trial(s) failed after {max_failures} retries ({'; '.join(causes)[:400]}); see "
              f"trials/<id>/FAILED.json under {sweep.fs.to_uri(sweep.dir)}. Re-running retries them.")
         return 1
     _log(f"sweep finished in {time.monotonic() - t0:.0f}s; rounds committed "
          f"{state.done_rounds}/{total_rounds}")
     return 0
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost message of a trial's error (Tune wraps the worker's)."""
+    lines = [l.strip() for l in str(err).splitlines() if l.strip()]
+    return lines[-1][:200] if lines else type(err).__name__
 
 
 def _last_line(path) -> str:

@@ -50,3 +50,34 @@ def test_plan_exit_2_one_line(tmp_path, capsys, doc):
     assert rc in (0, 2)
     if rc == 2:
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+TOKENS = ["plan", "run", "status", "query", "--json", "-e", "--experiment", "tiny", "quickstart", "nope",
+          "-c", "--config", "experiments.yaml", "missing.yaml", "--storage", "store", "s3:/bad", "--name",
+          "../up", "/abs", "ok_name", "--address", "--num-cpus", "--num-gpus", "-1", "0", "2", "x",
+          "--max-concurrent", "--sql", "select 1", "select * from nope", "--compare", "--winning-tickets",
+          "--format", "csv", "xml", "\x00", "--max-failures", "", "-", "--"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(TOKENS), max_size=7))
+def test_cli_arguments_never_crash(tmp_path_factory, monkeypatch, capsys, argv):
+    d = tmp_path_factory.mktemp("cli")
+    from conftest import TINY_YAML
+    (d / "experiments.yaml").write_text(TINY_YAML)
+    monkeypatch.chdir(d)
+    import orchestrator.driver as drv
+    started = []
+    monkeypatch.setattr(drv, "_tune_run", lambda *a, **k: started.append(a) or 0)  # never start Ray here
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # --help
+        rc = e.code
+    out, err = capsys.readouterr()
+    assert rc in (0, 2), (argv, rc, err)
+    if rc == 2:
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+        assert not started
+        written = [p for p in d.rglob("*") if p.name != "experiments.yaml"]
+        assert not [p for p in written if "trials" in p.parts], (argv, written)

@@ -159,13 +159,15 @@ def test_newer_schema_version_is_refused(store):
         R.Collector(store).update(["ab00000000000001"])
 
 
-@pytest.mark.parametrize("content", ["foreign", "corrupt"])
+@pytest.mark.parametrize("content", ["foreign", "corrupt", "empty"])
 def test_foreign_or_corrupt_file_is_named(store, content):
     commit(store, "ab00000000000001", 0)
     R.Collector(store).rebuild()
     path = store.path("results", "zz.parquet")
     if content == "foreign":
         pq.write_table(pa.table({"x": [1]}), path)
+    elif content == "empty":
+        open(path, "wb").close()
     else:
         open(path, "wb").write(b"PAR1 not really")
     with pytest.raises(R.ResultsError, match=r"results/zz\.parquet") as e:
@@ -322,3 +324,16 @@ def test_status_of_an_empty_sweep(store):
     d = sweep_status(store)
     assert d["trials"]["total"] == 0 and d["rounds"] == {"committed": 0, "total": 0}
     assert "0/0" in format_status(d)
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 junk"])
+def test_cli_query_on_bad_results_is_one_line(store, capsys, content):
+    from orchestrator.cli import main
+    commit(store, "ab00000000000001", 0)
+    R.Collector(store).rebuild()
+    open(store.path("results", "zz.parquet"), "wb").write(content)
+    root = store.fs.root
+    for argv in (["query", "--compare"], ["query"], ["query", "--sql", "select 1 from results"]):
+        rc = main(argv + ["--storage", root, "--name", store.sweep])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "zz.parquet" in err, (argv, err)

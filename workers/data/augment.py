@@ -21,7 +21,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from . import DataError, DatasetInfo
 
@@ -107,17 +106,23 @@ def make_augment(name: str, info: DatasetInfo) -> Augment:
 
     # v2 handles 1-channel (digits) images in all of these: ColorJitter's hue and
     # saturation and RandomGrayscale leave a single channel as it is.
-    steps: dict[str, tuple[Augment, ...]] = {
-        "none": (),
-        "basic": (basic,),
-        "contrast": (basic, per_sample(v2.Compose([
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
+    def v2_steps():
+        # Imported only for the augmentations that need it (see cifar.py's `tv`).
+        from torchvision.transforms import v2
+        return v2
+
+    steps: dict[str, Callable[[], tuple[Augment, ...]]] = {
+        "none": lambda: (),
+        "basic": lambda: (basic,),
+        "contrast": lambda: (basic, per_sample(v2_steps().Compose([
+            v2_steps().RandomApply([v2_steps().ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2_steps().RandomGrayscale(p=0.2),
         ]))),
-        "auto": (basic, per_sample(v2.AutoAugment(v2.AutoAugmentPolicy(info.autoaugment_policy))), erase),
-        "rand": (basic, per_sample(v2.RandAugment(num_ops=4)), erase),
+        "auto": lambda: (basic, per_sample(v2_steps().AutoAugment(
+            v2_steps().AutoAugmentPolicy(info.autoaugment_policy))), erase),
+        "rand": lambda: (basic, per_sample(v2_steps().RandAugment(num_ops=4)), erase),
     }
-    pipeline = chain(*steps[name])
+    pipeline = chain(*steps[name]())
 
     def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != info.channels:
@@ -130,4 +135,5 @@ def make_augment(name: str, info: DatasetInfo) -> Augment:
 def reference_basic(x: torch.Tensor) -> torch.Tensor:
     """torchvision's own `basic` for one uint8 image [C,H,W] (global RNG); tests compare the fast path to it."""
     size = x.shape[-1]
+    from torchvision.transforms import v2
     return v2.Compose([v2.RandomCrop(size, padding=padding_for(size)), v2.RandomHorizontalFlip(0.5)])(x)

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from filelock import FileLock
-from torchvision.datasets import CIFAR10, CIFAR100
 
 from . import DataError, DatasetInfo, Split, register
 
@@ -38,10 +37,17 @@ from . import DataError, DatasetInfo, Split, register
 @dataclass(frozen=True)
 class CifarFormat:
     info: DatasetInfo
-    tv: type  # the torchvision class: single source of URL and md5s
+    tv_name: str  # the torchvision class: single source of URL and md5s
     label_key: str  # key of the labels in a data file
     meta_key: str  # key of the class names in the meta file
     official_counts: dict  # data file -> images in the official release
+
+    @property
+    def tv(self) -> type:
+        # Imported on first use: `import torchvision` costs ~2 s in every
+        # driver and trial process, and digits runs never need it.
+        import torchvision.datasets
+        return getattr(torchvision.datasets, self.tv_name)
 
     @property
     def folder(self) -> str:
@@ -68,7 +74,7 @@ CIFAR10_FMT = CifarFormat(
         name="cifar10", num_classes=10, channels=3, image_size=32,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), autoaugment_policy="cifar10",
     ),
-    tv=CIFAR10, label_key="labels", meta_key="label_names",
+    tv_name="CIFAR10", label_key="labels", meta_key="label_names",
     official_counts={**{f"data_batch_{i}": 10000 for i in range(1, 6)}, "test_batch": 10000},
 )
 CIFAR100_FMT = CifarFormat(
@@ -76,7 +82,7 @@ CIFAR100_FMT = CifarFormat(
         name="cifar100", num_classes=100, channels=3, image_size=32,
         mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), autoaugment_policy="cifar10",
     ),
-    tv=CIFAR100, label_key="fine_labels", meta_key="fine_label_names",
+    tv_name="CIFAR100", label_key="fine_labels", meta_key="fine_label_names",
     official_counts={"train": 50000, "test": 10000},
 )
 
