@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compare", action="store_true", help="dense vs winning ticket per grid cell")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
+    p = sub.add_parser("report", help="write the sweep's tables as report.md and report.html")
+    _common(p, config=False)
+    p.add_argument("sweep", nargs="?", help="sweep name (same as --name)")
+    p.add_argument("--out", help="output folder (default: ./report-<sweep>)")
+
     p = sub.add_parser("bench", help="measure the engine and the orchestrator on this machine")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="also write the JSON to this file")
@@ -70,9 +75,9 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.cmd is None:
-            raise UsageError("lth-sweep: choose a command: plan, run, status, query, bench (see --help)")
+            raise UsageError("lth-sweep: choose a command: plan, run, status, query, report, bench (see --help)")
         return {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "query": cmd_query,
-                "bench": cmd_bench}[args.cmd](args) or 0
+                "report": cmd_report, "bench": cmd_bench}[args.cmd](args) or 0
     except KeyboardInterrupt:
         print("lth-sweep: stopped; committed rounds are safe. Re-run the same command to resume.",
               file=sys.stderr)
@@ -165,7 +170,8 @@ def cmd_run(args) -> int:
         print(format_frame(compare(df), "table"))
         flags = f"-e {args.experiment}" + (f" --name {args.name}" if args.name else "") + \
                 (f" --storage {args.storage}" if args.storage != "./runs" else "")
-        print(f"\nresults: {sweep.fs.to_uri(sweep.results_dir)}  (lth-sweep query {flags} --compare)")
+        print(f"\nresults: {sweep.fs.to_uri(sweep.results_dir)}  (lth-sweep query {flags} --compare; "
+              f"lth-sweep report {flags})")
     return rc
 
 
@@ -189,6 +195,16 @@ def cmd_query(args) -> int:
     else:
         df = load_results(sweep)
     print(format_frame(df, args.format))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from orchestrator.report import write_report
+    if args.sweep:
+        args.name = args.sweep
+    sweep = _sweep(args, must_exist=True)
+    paths = write_report(sweep, args.out or f"report-{sweep.sweep}")
+    print("\n".join(paths))
     return 0
 
 

@@ -412,6 +412,14 @@ def format_frame(df: pd.DataFrame, fmt: str = "table") -> str:
         buf = io.StringIO()
         df.to_csv(buf, index=False)
         return buf.getvalue()
+    if fmt == "markdown":
+        def cell(v):
+            p = _plain(v)
+            return "" if p is None else f"{p:.4f}" if isinstance(p, float) else str(p).replace("|", "\\|")
+        head = "| " + " | ".join(map(str, df.columns)) + " |"
+        rule = "|" + "|".join("---" for _ in df.columns) + "|"
+        body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+        return "\n".join([head, rule] + body)
     if fmt != "table":
         raise ResultsError(f"unknown format {fmt!r}: use table, csv or json")
     cols = [str(c) for c in df.columns]
