@@ -151,7 +151,10 @@ class SweepLock:
 
     # --- the lease, for object stores -----------------------------------------
     def _read_lease(self):
-        lease = self.sweep.read_json(self.LEASE) if self.sweep.fs.exists(self.sweep.path(self.LEASE)) else None
+        try:
+            lease = self.sweep.read_json(self.LEASE)
+        except (ValueError, OSError):  # torn or unreadable: treat as no lease
+            return None
         return lease if isinstance(lease, dict) else None
 
     def _acquire_lease(self) -> None:
