@@ -101,6 +101,18 @@ def preflight_data(trials: list[Trial]) -> None:
     for name, root in sorted({(t.spec.data.dataset, t.options.data_root) for t in trials},
                              key=str):
         D.load_dataset(name, root)
+    # Subset sizes that the data cannot give (images_per_class above a class's
+    # count, no images left for validation) fail here too. The seed changes
+    # which images, never whether they exist, so one split per size suffices.
+    sizes = {(t.spec.data.dataset, t.options.data_root, t.spec.data.fraction, t.spec.data.images_per_class,
+              t.spec.selection.val_fraction, t.spec.selection.selection) for t in trials}
+    for name, root, fraction, ipc, val_fraction, selection in sorted(sizes, key=str):
+        _, train, _ = D.load_dataset(name, root)
+        try:
+            D.stratified_split(train.y, fraction=fraction, images_per_class=ipc, val_fraction=val_fraction,
+                               seed=0, with_val=selection == "val")
+        except D.DataError as e:
+            raise D.DataError(f"{name}: {e}") from None
 
 
 class SweepLock:

@@ -119,3 +119,12 @@ def test_partial_checkpoint_keeps_newest(tmp_path):
     assert lin.load_partial(1) is None
     lin.clear_partial(1)
     assert lin.load_partial(1) is None
+
+
+def test_stale_partial_of_committed_round_is_dropped(tmp_path):
+    lin = SweepStore(str(tmp_path), "s").lineage("abc")
+    lin.save_partial(0, 3, {"model.safetensors": b"a"}, {})
+    lin.save_partial(1, 2, {"model.safetensors": b"b"}, {})
+    _commit(lin, 0)  # killed before its partial checkpoint was removed
+    lin.clear_partials_before(1)
+    assert lin.load_partial(0) is None and lin.load_partial(1) is not None

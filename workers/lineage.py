@@ -213,6 +213,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
 
     store.write_spec(spec.to_dict())
     done = _verified_prefix(store)
+    store.clear_partials_before(done)
     if done == spec.num_rounds:
         return [store.read_manifest(k)["metrics"] for k in range(done)]
 

@@ -373,6 +373,14 @@ class LineageStore:
     def clear_partial(self, k: int) -> None:
         self.fs.delete_dir(self.partial_dir(k))
 
+    def clear_partials_before(self, k: int) -> None:
+        """Drop mid-round checkpoints of rounds already committed (a kill
+        between a round's commit and its checkpoint's removal leaves one)."""
+        for name in self.fs.listdir(f"{self.dir}/partial"):
+            m = re.fullmatch(r"round_(\d+)", name)
+            if m and int(m.group(1)) < k:
+                self.clear_partial(int(m.group(1)))
+
 
 def _parse_manifest(raw: bytes) -> Optional[dict]:
     try:
