@@ -377,10 +377,14 @@ def test_worker_node_killed_mid_trial_restarts_elsewhere(cluster, tmp_path):
     df = pd.read_parquet(storage / "tiny" / "results")
     assert len(df) == 2 * 3 and not df.duplicated(["trial_id", "round"]).any()
     mine = df[df.trial_id == tid].set_index("round")
-    redone = sorted(set(mine.index) - victim_rounds)
-    assert redone and redone[0] == max(victim_rounds, default=-1) + 1  # continues where it stopped
+    # A worker process on the killed node can outlive its raylet by a moment
+    # and still commit the round it was finishing: count what that node
+    # committed from the table, not from the snapshot taken at the kill.
+    on_victim = {k for k in mine.index if node_ids([mine.loc[k, "node"]]) == {victim_node}}
+    assert victim_rounds <= on_victim
+    redone = sorted(set(mine.index) - on_victim)
+    assert redone and redone[0] == max(on_victim) + 1  # continues where it stopped
     assert node_ids(mine.loc[redone, "node"]) <= survivors  # ...on a node that is alive
-    assert node_ids(mine.loc[sorted(victim_rounds), "node"]) == {victim_node}
     assert node_ids(df["node"]) <= {label_of(w) for w in workers}
     assert (df["gpu_ids"] == "0").all()
     assert not os.path.exists(storage / "tiny" / "trials" / tid / "FAILED.json")

@@ -226,3 +226,24 @@ def test_eval_cadence_records_history(tmp_path):
     h = ms[0]["history"]
     assert [r["epoch"] for r in h] == [1, 2, 3, 4]
     assert "val_acc" in h[1] and "val_acc" not in h[0] and "val_acc" not in h[3]
+
+
+def test_stale_attempt_stops_instead_of_committing(tmp_path, monkeypatch):
+    """Tune restarted the trial elsewhere while the old attempt still runs:
+    the old one must not commit the round again."""
+    from workers.store import TakenOver
+    spec = tiny(rounds=1, epochs=2)
+    lin = lineage(tmp_path, spec)
+    orig = L.Trainer.train_epoch
+
+    def newer_attempt_claims(self, r, e):
+        if r == 1:
+            lin.claim({"node": "elsewhere"})
+        return orig(self, r, e)
+
+    monkeypatch.setattr(L.Trainer, "train_epoch", newer_attempt_claims)
+    with pytest.raises(TakenOver, match="elsewhere"):
+        L.run_lineage(spec, lin)
+    assert lin.committed_prefix() == 1  # round 1 was left to the owner
+    monkeypatch.setattr(L.Trainer, "train_epoch", orig)
+    assert len(L.run_lineage(spec, lin)) == 2  # a new attempt claims it and finishes

@@ -216,6 +216,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
     store.clear_partials_before(done)
     if done == spec.num_rounds:
         return [store.read_manifest(k)["metrics"] for k in range(done)]
+    token = store.claim(context)
 
     device = pick_device(opts, context)
     prep = prepare(spec, opts, device)
@@ -241,7 +242,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
             masks = MASK_METHODS[spec.prune.method](model, prev_masks, spec.prune.rate, gen)
             rewind_state = st_load(rw["rewind.safetensors"])
             model.load_state_dict(rewind_state)
-        metrics = _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context)
+        metrics = _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context, token)
         if on_round is not None:
             on_round(metrics)
     store.clear_marker("HEARTBEAT.json")
@@ -272,7 +273,7 @@ def _verified_prefix(store: LineageStore) -> int:
         return k
 
 
-def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context) -> dict:
+def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context, token=None) -> dict:
     t, pr = spec.train, spec.prune
     trainer = Trainer(spec, prep, model, masks)
     start_epoch = 0 if k == 0 else pr.rewind_epoch
@@ -314,6 +315,7 @@ def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context
                      "momentum.safetensors": _save(trainer.momentum_state())}
             if k == 0 and rewind_state is not None:
                 files["rewind.safetensors"] = _save(rewind_state)
+            store.check_owner(token)
             store.save_partial(k, epoch + 1, files, {
                 "history": history, "started_at": started_at,
                 "wall_s": wall_prev + time.perf_counter() - t0})
@@ -354,6 +356,7 @@ def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context
     if k == 0:
         files["rewind.safetensors"] = _save(rewind_state)
     files["metrics.json"] = json.dumps(metrics, sort_keys=True, indent=1).encode()
+    store.check_owner(token)
     store.commit_round(k, files, metrics, spec.to_dict())
     store.clear_partial(k)
     log.info("trial %s round %d: density %.4f val %.4f test %.4f (%.1fs)", store.trial_id, k,

@@ -45,6 +45,10 @@ class CorruptRound(Exception):
     """A committed round whose files do not match its manifest."""
 
 
+class TakenOver(Exception):
+    """A newer attempt of the same lineage owns it now; this one must stop."""
+
+
 def check_name(kind: str, name: str) -> str:
     """Sweep names and trial ids become path components: refuse anything that
     could escape the storage root (`..`, `/`, NUL, absolute paths)."""
@@ -232,6 +236,26 @@ class LineageStore:
         path = f"{self.dir}/spec.json"
         if not self.fs.exists(path):
             self.fs.write(path, _dumps(spec_dict))
+
+    def claim(self, info: dict) -> str:
+        """Make this attempt the lineage's owner; returns its token.
+
+        When Tune restarts a trial elsewhere (a lost node, a retried actor),
+        the old attempt may still be alive for a moment. Every commit first
+        checks the token (`check_owner`), so the stale attempt stops instead of
+        committing the same round a second time.
+        """
+        token = uuid.uuid4().hex
+        self.write_marker("OWNER.json", {**info, "token": token, "time": time.time()})
+        return token
+
+    def check_owner(self, token: Optional[str]) -> None:
+        if token is None:
+            return
+        owner = self.read_marker("OWNER.json")
+        if owner is not None and owner.get("token") != token:
+            raise TakenOver(f"trial {self.trial_id} was taken over by a newer attempt "
+                            f"(node {owner.get('node')}); this attempt stops without committing")
 
     def heartbeat(self, info: dict) -> None:
         self.fs.write(f"{self.dir}/HEARTBEAT.json", _dumps({**info, "time": time.time()}))
