@@ -51,11 +51,15 @@ def manifests(storage, sweep="tiny"):
             for k, m in st.lineage(t).manifests().items()}
 
 
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory):
-    """One uninterrupted sweep of TINY_YAML, shared by the tests that compare against it."""
-    d = tmp_path_factory.mktemp("ref")
-    (d / "experiments.yaml").write_text(TINY_YAML)
+def uninterrupted(d, yaml_text):
+    """Run experiment `tiny` of `yaml_text` once, to the end, in folder d."""
+    (d / "experiments.yaml").write_text(yaml_text)
     r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=d)
     assert r.returncode == 0, r.stdout + r.stderr
     return d, r
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """One uninterrupted sweep of TINY_YAML, shared by the tests that compare against it."""
+    return uninterrupted(tmp_path_factory.mktemp("ref"), TINY_YAML)

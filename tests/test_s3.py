@@ -22,7 +22,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
-from conftest import ROOT, TINY_YAML, cli, manifests
+from conftest import ROOT, TINY_YAML, cli, manifests, uninterrupted
 
 pytestmark = pytest.mark.ray
 
@@ -140,10 +140,7 @@ def test_store_primitives_on_s3(s3_env, tmp_path):
 
 @pytest.fixture(scope="module")
 def local_reference(tmp_path_factory):
-    d = tmp_path_factory.mktemp("local")
-    (d / "experiments.yaml").write_text(S3_YAML)
-    r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=d)
-    assert r.returncode == 0, r.stdout + r.stderr
+    d, _ = uninterrupted(tmp_path_factory.mktemp("local"), S3_YAML)
     q = cli("query", "-e", "tiny", "--format", "json", cwd=d)
     assert q.returncode == 0, q.stderr
     return json.loads(q.stdout)
