@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=float, help="GPUs of the local Ray (fake ones on a machine without)")
     p.add_argument("--max-concurrent", type=int, help="at most N trials at once")
     p.add_argument("--max-failures", type=int, default=2, help="retries per trial (default: %(default)s)")
+    p.add_argument("--wait-for-nodes", type=float, default=300, metavar="SECONDS",
+                   help="with --address: wait this long for nodes (or the autoscaler) to offer the "
+                        "resources a trial asks for, then fail (default: %(default)s)")
 
     p = sub.add_parser("status", help="progress of a sweep, from storage alone")
     _common(p, config=False)
@@ -161,7 +164,8 @@ def cmd_run(args) -> int:
     trials = _trials(args)
     rc = run_sweep(trials=trials, experiment=args.experiment, sweep_name=name, storage=args.storage,
                    address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                   max_concurrent=args.max_concurrent, max_failures=args.max_failures)
+                   max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                   wait_s=max(0.0, args.wait_for_nodes))
     sweep = _sweep(args, must_exist=True)
     from orchestrator.results import compare, format_frame, load_results
     df = load_results(sweep)

@@ -90,6 +90,33 @@ def check_resources(trials: list[Trial], nodes: list[dict], where: str) -> None:
                 f"experiment or pass --num-cpus/--num-gpus")
 
 
+def wait_for_nodes(trials: list[Trial], where: str, wait_s: float) -> None:
+    """On a cluster, nodes may still be joining or wait for the autoscaler:
+    ask it for the largest bundle and wait up to `wait_s` for a node that
+    fits every trial, then fail as check_resources does."""
+    import ray
+    deadline = time.monotonic() + wait_s
+    asked = False
+    while True:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        try:
+            return check_resources(trials, nodes, where)
+        except DriverError:
+            if time.monotonic() >= deadline:
+                raise
+        if not asked:
+            asked = True
+            big = max(trials, key=lambda t: (t.resources["gpu"], t.resources["cpu"])).resources
+            try:  # a no-op on clusters without an autoscaler
+                from ray.autoscaler.sdk import request_resources
+                request_resources(bundles=[{"CPU": big["cpu"], "GPU": big["gpu"]}])
+            except Exception:
+                pass
+            _log(f"no node of {where} fits cpu={_n(big['cpu'])} gpu={_n(big['gpu'])} yet; waiting up to "
+                 f"{wait_s:.0f}s for one to join (--wait-for-nodes)")
+        time.sleep(2.0)
+
+
 def _n(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
@@ -209,7 +236,7 @@ class SweepLock:
 def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage: str,
               address: Optional[str] = None, num_cpus: Optional[float] = None,
               num_gpus: Optional[float] = None, max_concurrent: Optional[int] = None,
-              max_failures: int = 2) -> int:
+              max_failures: int = 2, wait_s: float = 0.0) -> int:
     """Run (or resume) a sweep. Returns the process exit status."""
     from orchestrator.results import Collector
 
@@ -240,11 +267,11 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
             _log("nothing to do")
             return 0
         return _tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus,
-                         max_concurrent, max_failures, done_rounds, total_rounds)
+                         max_concurrent, max_failures, done_rounds, total_rounds, wait_s)
 
 
 def _tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, max_concurrent,
-              max_failures, done_rounds, total_rounds) -> int:
+              max_failures, done_rounds, total_rounds, wait_s=0.0) -> int:
     # Tune's own progress tables would interleave with ours; one line per
     # committed round is printed by _Progress instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -254,8 +281,7 @@ def _tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, m
     t0 = time.monotonic()
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        check_resources(todo, nodes, f"the cluster at {address}")
+        wait_for_nodes(todo, f"the cluster at {address}", wait_s)
     else:
         # The dashboard is not needed and would listen on a port; if someone
         # turns it on it must stay on loopback.

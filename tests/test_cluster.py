@@ -389,3 +389,35 @@ def test_worker_node_killed_mid_trial_restarts_elsewhere(cluster, tmp_path):
     assert node_ids(df["node"]) <= {label_of(w) for w in workers}
     assert (df["gpu_ids"] == "0").all()
     assert not os.path.exists(storage / "tiny" / "trials" / tid / "FAILED.json")
+
+
+def test_driver_waits_for_a_gpu_node_to_join(cluster, tmp_path):
+    """On a cluster, a trial no node fits yet is waited for (nodes joining, or
+    the autoscaler, which is asked for it), then it runs; with no wait it is
+    one line and exit 2, as locally."""
+    (tmp_path / "experiments.yaml").write_text(
+        GPU_YAML.replace("[0.1, 0.2]", "[0.1]").replace("[none, basic]", "[none]"))
+    r = cli("run", "-e", "tiny", "--address", cluster.address, "--wait-for-nodes", "0", cwd=tmp_path,
+            timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "gpu=1" in r.stderr, r.stderr
+    assert not (tmp_path / "runs" / "tiny" / "trials").exists()
+
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0"}
+    p = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-e", "tiny", "--address", cluster.address,
+                          "--wait-for-nodes", "120"], cwd=tmp_path, env=env, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in p.stdout:
+            lines.append(line)
+            if "waiting up to" in line:
+                break
+        assert any("waiting up to" in l for l in lines), "".join(lines)
+        cluster.add_workers(1)  # the node the trial needs arrives late
+        out = "".join(lines) + p.communicate(timeout=240)[0]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 0, out[-3000:]
+    df = pd.read_parquet(tmp_path / "runs" / "tiny" / "results")
+    assert len(df) == 3 and (df["gpu_ids"] == "0").all()
