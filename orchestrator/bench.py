@@ -121,7 +121,6 @@ def bench_engine(width: float, repeats: int = 3) -> dict:
     for n, key in ((2000, "loop"), (500, "epoch")):
         spec, prep, model, masks = _setup(n, width, device)
         trainer = L.Trainer(spec, prep, model, masks)
-        bare_model = type(model)  # same architecture, fresh weights
         from workers.models import build_model
         bm = build_model("resnet18", num_classes=10, in_channels=3, image_size=32, width=width).to(device)
         if trainer.channels_last:
@@ -143,7 +142,6 @@ def bench_engine(width: float, repeats: int = 3) -> dict:
             e_s = min(e_s, _time(engine, 1))
             b_s = min(b_s, _time(bare, 1))
         out[key] = (e_s, b_s)
-        del bare_model
     e_s, b_s = out["loop"]
     res = {"train_loop_ratio": round(b_s / e_s, 4)}
     e5, b5 = out["epoch"]

@@ -212,7 +212,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
         raise ValueError(f"unknown method {spec.prune.method!r}; known: {sorted(MASK_METHODS)}")
 
     store.write_spec(spec.to_dict())
-    done = _verified_prefix(store)
+    done, verified = _verified_prefix(store)
     store.clear_partials_before(done)
     if done == spec.num_rounds:
         return [store.read_manifest(k)["metrics"] for k in range(done)]
@@ -226,13 +226,18 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
                         image_size=info.image_size, width=spec.model.width).to(device)
     names = P.prunable_names(model, spec.prune.prunable)
 
+    rewind_saved = None  # round 0's committed rewind state, read once
     for k in range(done, spec.num_rounds):
         if k == 0:
             masks = P.full_masks(model, names)
             rewind_state = model_state(model) if spec.prune.rewind_epoch == 0 else None
         else:
-            prev = store.load_round(k - 1, ["weights.safetensors", "mask.safetensors"])
-            rw = store.load_round(0, ["rewind.safetensors"])
+            # The first resumed round reuses what _verified_prefix just read and checked.
+            prev = verified.pop(k - 1, None) or store.load_round(k - 1, ["weights.safetensors",
+                                                                         "mask.safetensors"])
+            if rewind_saved is None:
+                rw = verified.pop("rewind", None) or store.load_round(0, ["rewind.safetensors"])
+                rewind_saved = st_load(rw["rewind.safetensors"])
             model.load_state_dict(st_load(prev["weights.safetensors"]))
             unpacked = P.unpack_masks(st_load(prev["mask.safetensors"]))
             # Model order, not the file's: it fixes the prune's tie-breaking
@@ -240,7 +245,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
             prev_masks = {n: unpacked[n].to(device) for n in names}
             gen = torch.Generator().manual_seed(_seed(spec.seed, k, -1))
             masks = MASK_METHODS[spec.prune.method](model, prev_masks, spec.prune.rate, gen)
-            rewind_state = st_load(rw["rewind.safetensors"])
+            rewind_state = rewind_saved
             model.load_state_dict(rewind_state)
         metrics = _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context, token)
         if on_round is not None:
@@ -249,28 +254,29 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
     return [store.read_manifest(k)["metrics"] for k in range(spec.num_rounds)]
 
 
-def _verified_prefix(store: LineageStore) -> int:
+def _verified_prefix(store: LineageStore) -> tuple[int, dict]:
     """Committed rounds to trust: the contiguous prefix whose files we will
     read again (round 0's rewind state, the newest round's weights and mask)
     verify against their manifests. A corrupt round is redone from the round
-    before it, never silently from round 0."""
+    before it, never silently from round 0. Returns the prefix length and the
+    files it read ({"rewind": ..., k - 1: ...}), so they are not read twice."""
     while True:
         k = store.committed_prefix()
         if k == 0:
-            return 0
+            return 0, {}
         try:
-            store.load_round(0, ["rewind.safetensors"])
+            rewind = store.load_round(0, ["rewind.safetensors"])
         except CorruptRound as e:
             log.warning("%s: redoing the lineage from round 0", e)
             store.invalidate_from(0)
             continue
         try:
-            store.load_round(k - 1, ["weights.safetensors", "mask.safetensors"])
+            last = store.load_round(k - 1, ["weights.safetensors", "mask.safetensors"])
         except CorruptRound as e:
             log.warning("%s: redoing it from round %d", e, k - 2)
             store.invalidate_from(k - 1)
             continue
-        return k
+        return k, {"rewind": rewind, k - 1: last}
 
 
 def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context, token=None) -> dict:
