@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import signal
+    # SIGTERM (preemption, `kill`) stops as gracefully as Ctrl-C, from the
+    # first instant: the driver swaps in Tune's path while trials run.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         args = build_parser().parse_args(argv)
         if args.cmd is None:
@@ -148,10 +152,6 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import signal
-    # SIGTERM (preemption, `kill`) stops as gracefully as Ctrl-C, from the
-    # first instant: the driver swaps in Tune's path while trials run.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     from orchestrator.driver import run_sweep
     from workers.store import check_name
     name = check_name("sweep", args.name or args.experiment)
