@@ -9,11 +9,12 @@
 Sizes follow the resolution: at 32 px padding is 4 and Cutout 16, so in general
 padding = max(1, size // 8) and Cutout = size // 2.
 
-`basic` and Cutout are batched on the batch's device with per-sample randomness
-from the caller's generator: they run every step of every epoch, so they must not
-loop in Python. The colour/policy transforms come from torchvision.transforms.v2;
-applied to a whole batch v2 would share one random draw across it, so they loop
-per sample on the CPU, which only the richer (slower anyway) settings pay for.
+All of them run batched on the batch's device with per-sample randomness from
+the caller's generator: they run every step of every epoch, so they must not
+loop in Python or move images to the host. The colour and policy ops are
+torchvision.transforms.v2's uint8 kernels with per-sample parameters (ops.py);
+`reference_augment` is the same pipeline through v2 itself, one image at a time,
+and the tests hold the two to the same statistics.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import DataError, DatasetInfo
+from . import ops as ops_
 
 AUGMENTATIONS = ("none", "basic", "contrast", "auto", "rand")
 
@@ -66,6 +68,217 @@ def cutout(x: torch.Tensor, g: torch.Generator, size: int) -> torch.Tensor:
     return x.masked_fill(in_rows[:, None, :, None] & in_cols[:, None, None, :], 0)
 
 
+# --- colour and policies, batched -------------------------------------------------
+# Every random choice below is drawn per sample on the batch's device from the
+# caller's generator, and every op is applied to the whole batch with a
+# per-sample parameter (the identity where a sample did not draw that op), so
+# a policy costs a fixed number of kernels and never syncs with the host.
+
+def _uniform(B: int, lo: float, hi: float, g: torch.Generator, dev) -> torch.Tensor:
+    return torch.empty(B, device=dev).uniform_(lo, hi, generator=g)
+
+
+def color_jitter(x: torch.Tensor, g: torch.Generator, strength: float = 0.4, hue_max: float = 0.1,
+                 p: float = 0.8) -> torch.Tensor:
+    """RandomApply([ColorJitter(s, s, s, hue_max)], p): brightness, contrast,
+    saturation and hue in a random order per sample, as v2's ColorJitter."""
+    B, dev = x.shape[0], x.device
+    apply = torch.rand(B, generator=g, device=dev) < p
+    factors = {
+        "brightness": _uniform(B, 1 - strength, 1 + strength, g, dev),
+        "contrast": _uniform(B, 1 - strength, 1 + strength, g, dev),
+        "saturation": _uniform(B, 1 - strength, 1 + strength, g, dev),
+        "hue": _uniform(B, -hue_max, hue_max, g, dev),
+    }
+    order = torch.rand(B, 4, generator=g, device=dev).argsort(1)  # a random permutation per sample
+    ops = {"brightness": ops_.brightness, "contrast": ops_.contrast,
+           "saturation": ops_.saturation, "hue": ops_.hue}
+    for position in range(4):
+        for k, name in enumerate(ops):
+            chosen = apply & (order[:, position] == k)
+            # Factor 1 is an exact identity for the three blends; hue's
+            # round trip through HSV is not, so hue selects its samples.
+            if name == "hue":
+                x = torch.where(chosen.view(-1, 1, 1, 1), ops["hue"](x, factors["hue"]), x)
+            else:
+                x = ops[name](x, torch.where(chosen, factors[name], torch.ones_like(factors[name])))
+    return x
+
+
+def random_grayscale(x: torch.Tensor, g: torch.Generator, p: float = 0.2) -> torch.Tensor:
+    pick = torch.rand(x.shape[0], generator=g, device=x.device) < p
+    return torch.where(pick.view(-1, 1, 1, 1), ops_.grayscale3(x), x)
+
+
+# torchvision.transforms.v2 AutoAugment/RandAugment op space: name -> (magnitudes
+# for `bins` bins at size HxW or None, signed). The same tables as v2's.
+def _space(H: int, W: int) -> dict[str, tuple]:
+    lin = torch.linspace
+    return {
+        "Identity": (lambda n: None, False),
+        "ShearX": (lambda n: lin(0.0, 0.3, n), True),
+        "ShearY": (lambda n: lin(0.0, 0.3, n), True),
+        "TranslateX": (lambda n: lin(0.0, 150.0 / 331.0 * W, n), True),
+        "TranslateY": (lambda n: lin(0.0, 150.0 / 331.0 * H, n), True),
+        "Rotate": (lambda n: lin(0.0, 30.0, n), True),
+        "Brightness": (lambda n: lin(0.0, 0.9, n), True),
+        "Color": (lambda n: lin(0.0, 0.9, n), True),
+        "Contrast": (lambda n: lin(0.0, 0.9, n), True),
+        "Sharpness": (lambda n: lin(0.0, 0.9, n), True),
+        "Posterize": (lambda n: (8 - (torch.arange(n) / ((n - 1) / 4))).round(), False),
+        "Solarize": (lambda n: lin(1.0, 0.0, n), False),
+        "AutoContrast": (lambda n: None, False),
+        "Equalize": (lambda n: None, False),
+        "Invert": (lambda n: None, False),
+    }
+
+
+RANDAUGMENT_OPS = [op for op in _space(1, 1) if op != "Invert"]  # v2's RandAugment space
+
+
+def apply_op(name: str, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """v2's `_apply_image_or_video_transform` for a batch, magnitude m per sample."""
+    H, W = x.shape[-2:]
+    one_plus = 1.0 + m.to(torch.float64)  # v2 adds in Python floats
+    if name == "Identity":
+        return x
+    if name == "ShearX":
+        return ops_.affine(x, ops_.shear_x(m, H, W))
+    if name == "ShearY":
+        return ops_.affine(x, ops_.shear_y(m, H, W))
+    if name == "TranslateX":
+        return ops_.affine(x, ops_.translate(m.trunc(), torch.zeros_like(m)))  # v2: int(magnitude)
+    if name == "TranslateY":
+        return ops_.affine(x, ops_.translate(torch.zeros_like(m), m.trunc()))
+    if name == "Rotate":
+        return ops_.affine(x, ops_.rotation(m))
+    if name == "Brightness":
+        return ops_.brightness(x, one_plus)
+    if name == "Color":
+        return ops_.saturation(x, one_plus)
+    if name == "Contrast":
+        return ops_.contrast(x, one_plus)
+    if name == "Sharpness":
+        return ops_.sharpness(x, one_plus)
+    if name == "Posterize":
+        return ops_.posterize(x, m.to(torch.int32))
+    if name == "Solarize":
+        return ops_.solarize(x, 255.0 * m)
+    return {"AutoContrast": ops_.autocontrast, "Equalize": ops_.equalize, "Invert": ops_.invert}[name](x)
+
+
+def _run_step(x: torch.Tensor, g: torch.Generator, names: list[str], op: torch.Tensor,
+              magnitude: torch.Tensor, signed: torch.Tensor) -> torch.Tensor:
+    """One policy step: sample i gets op names[op[i]] (-1: none) at +-magnitude[i]."""
+    B, dev = x.shape[0], x.device
+    negate = signed & (torch.rand(B, generator=g, device=dev) <= 0.5)
+    m = torch.where(negate, -magnitude, magnitude)
+    for k, name in enumerate(names):
+        if name == "Identity":
+            continue
+        chosen = (op == k).view(-1, 1, 1, 1)
+        x = torch.where(chosen, apply_op(name, x, m), x)
+    return x
+
+
+class AutoAugmentBatched:
+    """v2.AutoAugment(policy) per sample: one of the policy's sub-policies, each
+    of its two ops applied with its probability at its magnitude bin (10 bins)."""
+
+    def __init__(self, policy: str, H: int, W: int):
+        from torchvision.transforms import v2  # the policy tables are torchvision's own
+        table = v2.AutoAugment(v2.AutoAugmentPolicy(policy))._policies
+        space = _space(H, W)
+        self.names = sorted({name for sub in table for name, _, _ in sub})
+        idx = {n: i for i, n in enumerate(self.names)}
+        self.op = torch.tensor([[idx[n] for n, _, _ in sub] for sub in table])
+        self.prob = torch.tensor([[p for _, p, _ in sub] for sub in table])
+        self.magnitude = torch.tensor([[0.0 if b is None else float(space[n][0](10)[b]) for n, _, b in sub]
+                                       for sub in table])
+        self.signed = torch.tensor([[space[n][1] for n, _, _ in sub] for sub in table])
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        B, dev = x.shape[0], x.device
+        pick = torch.randint(len(self.op), (B,), generator=g, device=dev)
+        for step in range(2):
+            apply = torch.rand(B, generator=g, device=dev) <= self.prob.to(dev)[pick, step]
+            op = torch.where(apply, self.op.to(dev)[pick, step], -1)
+            x = _run_step(x, g, self.names, op, self.magnitude.to(dev)[pick, step],
+                          self.signed.to(dev)[pick, step])
+        return x
+
+
+class RandAugmentBatched:
+    """v2.RandAugment(num_ops, magnitude=9, 31 bins) per sample: num_ops ops
+    drawn uniformly (with replacement) from the op space, random signs."""
+
+    def __init__(self, num_ops: int, H: int, W: int, magnitude: int = 9, bins: int = 31):
+        space = _space(H, W)
+        self.num_ops = num_ops
+        self.names = RANDAUGMENT_OPS
+        mags = [space[n][0](bins) for n in self.names]
+        self.magnitude = torch.tensor([0.0 if v is None else float(v[magnitude]) for v in mags])
+        self.signed = torch.tensor([space[n][1] for n in self.names])
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        B, dev = x.shape[0], x.device
+        for _ in range(self.num_ops):
+            op = torch.randint(len(self.names), (B,), generator=g, device=dev)
+            x = _run_step(x, g, self.names, op, self.magnitude.to(dev)[op], self.signed.to(dev)[op])
+        return x
+
+
+def chain(*steps: Augment) -> Augment:
+    def apply(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        for step in steps:
+            x = step(x, g)
+        return x
+
+    return apply
+
+
+def _checked(pipeline: Augment, info: DatasetInfo) -> Augment:
+    def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != info.channels:
+            raise DataError(f"augment expects uint8 [B, {info.channels}, H, W], got {x.dtype} {tuple(x.shape)}")
+        return pipeline(x, g)
+
+    return augment
+
+
+def _check_name(name: str) -> None:
+    if name not in AUGMENTATIONS:
+        raise DataError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
+
+
+def make_augment(name: str, info: DatasetInfo) -> Augment:
+    """An augmentation: (uint8 [B,C,H,W], generator on its device) -> uint8 batch,
+    same shape/device. Batched on the device: no per-sample Python, no host sync."""
+    _check_name(name)
+    S = info.image_size
+    pad, cut = padding_for(S), cutout_for(S)
+
+    def basic(x, g):
+        return random_crop_flip(x, g, pad)
+
+    def erase(x, g):
+        return cutout(x, g, cut)
+
+    steps: dict[str, Callable[[], tuple[Augment, ...]]] = {
+        "none": lambda: (),
+        "basic": lambda: (basic,),
+        "contrast": lambda: (basic, color_jitter, random_grayscale),
+        "auto": lambda: (basic, AutoAugmentBatched(info.autoaugment_policy, S, S), erase),
+        "rand": lambda: (basic, RandAugmentBatched(4, S, S), erase),
+    }
+    return _checked(chain(*steps[name]()), info)
+
+
+# --- the reference path ------------------------------------------------------------
+# torchvision's own transforms, one image at a time: what the paper's code does
+# in its DataLoader. Tests compare the batched path's statistics to it, and
+# `lth-sweep bench` times it as the reference recipe.
+
 def per_sample(transform: Callable[[torch.Tensor], torch.Tensor]) -> Augment:
     """Apply a v2 transform to each image separately, as a function of the generator.
 
@@ -83,53 +296,29 @@ def per_sample(transform: Callable[[torch.Tensor], torch.Tensor]) -> Augment:
     return apply
 
 
-def chain(*steps: Augment) -> Augment:
-    def apply(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        for step in steps:
-            x = step(x, g)
-        return x
+def reference_transform(name: str, info: DatasetInfo):
+    """torchvision.transforms.v2 pipeline of `name` for one uint8 image [C,H,W]."""
+    _check_name(name)
+    from torchvision.transforms import v2
+    S = info.image_size
+    basic = [v2.RandomCrop(S, padding=padding_for(S)), v2.RandomHorizontalFlip(0.5)]
+    cut = cutout_for(S)
+    # Cutout: v2.RandomErasing can't fix the square's size, so it stays ours (per image).
+    erase = [lambda img: cutout(img[None], torch.default_generator, cut)[0]]
+    steps = {
+        "none": [],
+        "basic": basic,
+        "contrast": basic + [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                             v2.RandomGrayscale(p=0.2)],
+        "auto": basic + [v2.AutoAugment(v2.AutoAugmentPolicy(info.autoaugment_policy))] + erase,
+        "rand": basic + [v2.RandAugment(num_ops=4)] + erase,
+    }[name]
+    return v2.Compose(steps)
 
-    return apply
 
-
-def make_augment(name: str, info: DatasetInfo) -> Augment:
-    """An augmentation: (uint8 [B,C,H,W], generator on its device) -> uint8 batch, same shape/device."""
-    if name not in AUGMENTATIONS:
-        raise DataError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
-    pad, cut = padding_for(info.image_size), cutout_for(info.image_size)
-
-    def basic(x, g):
-        return random_crop_flip(x, g, pad)
-
-    def erase(x, g):
-        return cutout(x, g, cut)
-
-    # v2 handles 1-channel (digits) images in all of these: ColorJitter's hue and
-    # saturation and RandomGrayscale leave a single channel as it is.
-    def v2_steps():
-        # Imported only for the augmentations that need it (see cifar.py's `tv`).
-        from torchvision.transforms import v2
-        return v2
-
-    steps: dict[str, Callable[[], tuple[Augment, ...]]] = {
-        "none": lambda: (),
-        "basic": lambda: (basic,),
-        "contrast": lambda: (basic, per_sample(v2_steps().Compose([
-            v2_steps().RandomApply([v2_steps().ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            v2_steps().RandomGrayscale(p=0.2),
-        ]))),
-        "auto": lambda: (basic, per_sample(v2_steps().AutoAugment(
-            v2_steps().AutoAugmentPolicy(info.autoaugment_policy))), erase),
-        "rand": lambda: (basic, per_sample(v2_steps().RandAugment(num_ops=4)), erase),
-    }
-    pipeline = chain(*steps[name]())
-
-    def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != info.channels:
-            raise DataError(f"augment expects uint8 [B, {info.channels}, H, W], got {x.dtype} {tuple(x.shape)}")
-        return pipeline(x, g)
-
-    return augment
+def reference_augment(name: str, info: DatasetInfo) -> Augment:
+    """The same augmentation through torchvision, image by image (the slow reference)."""
+    return _checked(per_sample(reference_transform(name, info)), info)
 
 
 def reference_basic(x: torch.Tensor) -> torch.Tensor:
