@@ -13,7 +13,9 @@ Keys (null where this machine cannot measure them):
   orchestrator_overhead_ratio   sweep wall / (sum of trial compute / parallel slots)   [--full]
   plan_10k_s               seconds to expand and list a 10,000-trial grid
   query_1m_s               seconds for the winning-ticket query over 1,000,000 rows
-  reference_speedup        (issue 6: not measured yet)
+  reference_speedup        end-to-end time of a 1% CIFAR-10-shaped lineage (3 rounds) run the
+                           reference way (workers/reference.py: PIL DataLoader, per-epoch test
+                           evaluation, hook-based masks, per-epoch checkpoints) / run by the engine
   packed_gpu_speedup       4 packed trials vs 1 alone on one GPU (needs CUDA)
 """
 from __future__ import annotations
@@ -298,13 +300,125 @@ def bench_orchestrator(epochs: int = 21) -> dict:
                                   "mean_trial_s": round(compute / df["trial_id"].nunique(), 1)}}
 
 
+def bench_augment(n: int = 500) -> dict:
+    """Augmentation alone: batched on the device vs torchvision image by image."""
+    from workers import data as D
+    from workers.data.augment import reference_augment
+    info = D.dataset_info("cifar10")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(0),
+                      dtype=torch.uint8).to(device)
+    out = {}
+    for name in ("basic", "contrast", "auto", "rand"):
+        fast, ref = D.make_augment(name, info), reference_augment(name, info)
+        g = torch.Generator(device).manual_seed(0)
+
+        def run_fast():
+            fast(x, g)
+            _sync(device)
+
+        run_fast()
+        f_s = _time(run_fast, 3)
+        r_s = _time(lambda: ref(x.cpu(), torch.Generator().manual_seed(0)), 1)
+        out[name] = {"batched_images_per_s": round(n / f_s), "torchvision_images_per_s": round(n / r_s)}
+    return {"_augment": out}
+
+
+def bench_reference(width: float, epochs: int = 6, rounds: int = 2) -> dict:
+    """The same 1% lineage by the engine (run_lineage, defaults) and by the reference recipe."""
+    from workers import data as D
+    from workers.lineage import run_lineage
+    from workers.reference import run_reference
+    from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, SelectionSpec, TrainSpec, TrialSpec
+    from workers.store import SweepStore
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    g = torch.Generator().manual_seed(0)
+    info = D.dataset_info("cifar10")
+    # CIFAR-10-shaped synthetic splits (50,000 / 10,000): only shapes and counts matter for time.
+    train = D.Split(torch.randint(0, 256, (50000, 3, 32, 32), generator=g, dtype=torch.uint8),
+                    torch.arange(50000) % 10)
+    test = D.Split(torch.randint(0, 256, (10000, 3, 32, 32), generator=g, dtype=torch.uint8),
+                   torch.arange(10000) % 10)
+    spec = TrialSpec(DataSpec("cifar10", fraction=0.01, augmentation="basic"), model=ModelSpec(width=width),
+                     train=TrainSpec(epochs=epochs), prune=PruneSpec(rounds=rounds, rewind_epoch=1),
+                     selection=SelectionSpec(selection="test"))
+    with tempfile.TemporaryDirectory() as d:
+        # The engine reads datasets through the in-process cache: seed it with
+        # the synthetic splits instead of CIFAR files this machine may not have.
+        root = os.path.join(d, "data")
+        D._CACHE[("cifar10", os.path.abspath(root))] = (train, test)
+        try:
+            t0 = time.perf_counter()
+            rows = run_lineage(spec, SweepStore(os.path.join(d, "runs"), "b").lineage(spec.trial_id),
+                               RunOptions(data_root=root, device=str(device)))
+            engine_s = time.perf_counter() - t0
+        finally:
+            D._CACHE.pop(("cifar10", os.path.abspath(root)), None)
+        t0 = time.perf_counter()
+        ref = run_reference(spec, train, test, info, os.path.join(d, "ref"), device)
+        ref_s = time.perf_counter() - t0
+    return {"reference_speedup": round(ref_s / engine_s, 3),
+            "_reference": {"engine_s": round(engine_s, 1), "reference_s": round(ref_s, 1),
+                           "lineage": f"1% of 50,000 images, {rounds + 1} rounds, {epochs} epochs, rewind 1, "
+                                      f"width {width}, batch 100",
+                           "densities": [round(r["density"], 4) for r in rows],
+                           "reference_densities": [round(r["density"], 4) for r in ref]}}
+
+
+def _packed_worker(device: str, share: float, width: float, epochs: int, barrier, results) -> None:
+    """One packed trial: a 1% round's epochs on `device`, its GPU memory capped at `share`."""
+    from workers import lineage as L
+    dev = torch.device(device)
+    if dev.type == "cuda" and share < 1:
+        torch.cuda.set_per_process_memory_fraction(share)  # what the driver does for packed trials
+    spec, prep, model, masks = _setup(500, width, dev)
+    trainer = L.Trainer(spec, prep, model, masks)
+    trainer.train_epoch(1, 0)  # warm-up outside the timed part (CUDA context, kernels)
+    _sync(dev)
+    barrier.wait()
+    t0 = time.perf_counter()
+    for e in range(epochs):
+        trainer.train_epoch(1, e)
+    _sync(dev)
+    results.put((time.perf_counter() - t0, 500 * epochs))
+
+
+def bench_packed(device: str = "cuda", trials: int = 4, width: float = 1.0, epochs: int = 20) -> dict:
+    """Images/s of `trials` small trials sharing one device, each in its own
+    process (as Ray runs packed trials), over one such trial alone."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+
+    def throughput(n: int) -> float:
+        barrier, results = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_packed_worker, args=(device, 1.0 / n, width, epochs, barrier, results))
+                 for _ in range(n)]
+        for p in procs:
+            p.start()
+        done = [results.get(timeout=1800) for _ in procs]
+        for p in procs:
+            p.join()
+        return sum(images for _, images in done) / max(s for s, _ in done)
+
+    alone = throughput(1)
+    packed = throughput(trials)
+    return {"packed_gpu_speedup": round(packed / alone, 3),
+            "_packed": {"trials": trials, "alone_images_per_s": round(alone, 1),
+                        "packed_images_per_s": round(packed, 1), "width": width, "epochs": epochs}}
+
+
 def run_bench(args) -> int:
     width = 1.0 if torch.cuda.is_available() else 0.25
     res = {k: None for k in KEYS}
     res["device"] = device_name()
     steps = [("engine", lambda: bench_engine(width)),
              ("plan", lambda: {"plan_10k_s": bench_plan()}),
-             ("query", lambda: {"query_1m_s": bench_query()})]
+             ("query", lambda: {"query_1m_s": bench_query()}),
+             ("augment", bench_augment),
+             ("reference", lambda: bench_reference(width))]
+    if torch.cuda.is_available():
+        steps.append(("packed", bench_packed))
     if args.full:
         steps.append(("orchestrator", bench_orchestrator))
     for name, fn in steps:

@@ -104,8 +104,13 @@ def prepare(spec: TrialSpec, opts: RunOptions, device: torch.device) -> Prepared
 class Trainer:
     """The training/evaluation loop of one round, with state that can be saved."""
 
-    def __init__(self, spec: TrialSpec, prep: Prepared, model: torch.nn.Module, masks: dict):
+    def __init__(self, spec: TrialSpec, prep: Prepared, model: torch.nn.Module, masks: dict,
+                 opts: Optional[RunOptions] = None):
         self.spec, self.prep, self.model = spec, prep, model
+        opts = opts or RunOptions()
+        # Only the forward is compiled: state dicts, masks and optimizer keep
+        # addressing the plain module (no `_orig_mod.` prefixes in checkpoints).
+        self.forward = torch.compile(model, backend=opts.compile_backend) if opts.compile else model
         t = spec.train
         cuda = prep.device.type == "cuda"
         self.autocast = cuda and t.bf16
@@ -150,7 +155,7 @@ class Trainer:
             xb = p.augment(p.x_train[idx], aug_gen)
             yb = p.y_train[idx.to(p.y_train.device)]
             with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = model(self._inputs(xb))
+                out = self.forward(self._inputs(xb))
                 loss = F.cross_entropy(out, yb)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -167,7 +172,7 @@ class Trainer:
         correct = torch.zeros((), device=self.prep.device, dtype=torch.long)
         for b in range(0, x.shape[0], EVAL_BATCH):
             with torch.autocast(self.prep.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = self.model(self._inputs(x[b:b + EVAL_BATCH]))
+                out = self.forward(self._inputs(x[b:b + EVAL_BATCH]))
             correct += (out.argmax(1) == y[b:b + EVAL_BATCH]).sum()
         return int(correct) / max(1, x.shape[0])
 
@@ -281,7 +286,7 @@ def _verified_prefix(store: LineageStore) -> tuple[int, dict]:
 
 def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context, token=None) -> dict:
     t, pr = spec.train, spec.prune
-    trainer = Trainer(spec, prep, model, masks)
+    trainer = Trainer(spec, prep, model, masks, opts)
     start_epoch = 0 if k == 0 else pr.rewind_epoch
     history: list[dict] = []
     wall_prev = 0.0

@@ -128,6 +128,10 @@ class RunOptions:
     device: Optional[str] = None  # None: CUDA when present, else CPU
     # Datasets with at most this many training images live on the device.
     max_device_images: int = 2_000_000
+    # torch.compile the training/eval forward (worth it for long rounds on
+    # CUDA; the first epoch pays the compile). The backend is for tests.
+    compile: bool = False
+    compile_backend: str = "inductor"
 
 
 def _non_default(obj: Any) -> Any:
