@@ -81,9 +81,25 @@ IMP_KEYS = {
     "prunable": _choice(["conv", "conv+linear"]),
 }
 MODEL_KEYS = {"width": _num(0, lo_open=True), "init": _choice(["random"])}
-RESOURCE_KEYS = {"gpu": _num(0), "cpu": _num(0, lo_open=True)}
+def _by_fraction(v):
+    """{fraction: {gpu: .., cpu: ..}}: per-data-size resources, e.g. four 1% trials per GPU."""
+    if not isinstance(v, dict) or not v:
+        return f"{v!r} is not a mapping of fraction -> {{gpu, cpu}}"
+    for f, r in v.items():
+        bad = _num(0, 1, lo_open=True)(f)
+        if bad:
+            return f"key {bad}"
+        if not isinstance(r, dict) or not r or set(r) - {"gpu", "cpu"}:
+            return f"{_fmt(f)}: {r!r} is not a mapping with keys gpu and/or cpu"
+        for k, x in r.items():
+            bad = (_num(0) if k == "gpu" else _num(0, lo_open=True))(x)
+            if bad:
+                return f"{_fmt(f)}.{k}: {bad}"
+
+
+RESOURCE_KEYS = {"gpu": _num(0), "cpu": _num(0, lo_open=True), "by_fraction": _by_fraction}
 RUNTIME_KEYS = {"checkpoint_every": _int(0), "checkpoint_interval_s": _num(0), "eval_every": _int(0),
-                "max_device_images": _int(0)}
+                "max_device_images": _int(0), "compile": _bool}
 AXES = {
     "datasets": lambda: _choice(sorted(D.DATASETS)),
     "fractions": lambda: _num(0, 1, lo_open=True),
@@ -236,5 +252,9 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
     rewind = body["imp"].get("rewind_epoch", 2)
     if rewind > epochs:
         err(f"{path}.imp.rewind_epoch", f"{rewind} is after the last epoch ({epochs})")
+    unused = set(body["resources"].get("by_fraction", {})) - set(body.get("fractions", []))
+    if unused:
+        err(f"{path}.resources.by_fraction",
+            f"{_fmt(min(unused))} is not one of the experiment's fractions")
     if body["selection"] == "val" and 1.0 in body.get("fractions", []):
         err(f"{path}.fractions", "1.0 leaves no held-out validation images; set selection: test")

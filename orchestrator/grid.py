@@ -54,7 +54,12 @@ def expand(exp: dict) -> list[Trial]:
     model_kw = dict(exp.get("model", {}))
     selection = SelectionSpec(selection=exp["selection"],
                               **({"val_fraction": exp["val_fraction"]} if "val_fraction" in exp else {}))
-    res = {"cpu": float(exp["resources"].get("cpu", 1)), "gpu": float(exp["resources"].get("gpu", 0))}
+    base = {"cpu": float(exp["resources"].get("cpu", 1)), "gpu": float(exp["resources"].get("gpu", 0))}
+    by_fraction = exp["resources"].get("by_fraction", {})
+
+    def resources(kind: str, size) -> dict:
+        over = by_fraction.get(size, {}) if kind == "fraction" else {}
+        return {k: float(over.get(k, v)) for k, v in base.items()}
     options = RunOptions(data_root=exp.get("data_root"), **exp.get("runtime", {}))
     sizes = [("fraction", f) for f in exp.get("fractions", [])] + \
             [("images_per_class", n) for n in exp.get("images_per_class", [])]
@@ -69,7 +74,7 @@ def expand(exp: dict) -> list[Trial]:
             prune=PruneSpec(method=method, **prune_kw),
             selection=selection,
             seed=seed)
-        trials.append(Trial(spec, res, options))
+        trials.append(Trial(spec, resources(kind, size), options))
     return trials
 
 

@@ -37,6 +37,13 @@ BAD = {
     "no experiments": ("defaults: {}\n", "experiments"),
     "missing datasets": ("experiments:\n  x:\n    fractions: [0.1]\n", "experiments.x.datasets"),
     "fraction 1 with val selection": (BASE.replace("[0.1]", "[1.0]"), "selection: test"),
+    "by_fraction not a mapping": (BASE + "    resources: {by_fraction: 4}\n", "resources.by_fraction"),
+    "by_fraction bad key": (BASE + "    resources: {by_fraction: {2.0: {gpu: 0.25}}}\n", "resources.by_fraction"),
+    "by_fraction bad resource": (BASE + "    resources: {by_fraction: {0.1: {tpu: 1}}}\n", "gpu and/or cpu"),
+    "by_fraction negative gpu": (BASE + "    resources: {by_fraction: {0.1: {gpu: -0.5}}}\n", "0.1.gpu"),
+    "by_fraction unused fraction": (BASE + "    resources: {by_fraction: {0.5: {gpu: 0.5}}}\n",
+                                    "0.5 is not one of the experiment's fractions"),
+    "compile not a bool": (BASE + "    runtime: {compile: yes please}\n", "runtime.compile"),
     "bad defaults": ("defaults: {train: {lr: -1}}\n" + BASE, "defaults.train.lr"),
 }
 
@@ -92,6 +99,22 @@ def test_plan_json_contract(tmp_path, capsys, tiny_yaml):
     assert {"trial_id", "dataset", "fraction", "augmentation", "method", "arch", "seed", "resources"} <= set(t)
     assert t["resources"] == {"cpu": 1.0, "gpu": 0.0}
     assert len({t["trial_id"] for t in o["trials"]}) == 4
+
+
+def test_resources_per_fraction_pack_small_trials(tmp_path, capsys):
+    """resources.by_fraction: four 1% trials per GPU, two 2% trials, whole GPUs
+    for the rest; ids do not depend on resources."""
+    p = tmp_path / "e.yaml"
+    p.write_text(BASE.replace("[0.1]", "[0.01, 0.02, 0.1]")
+                 + "    resources: {gpu: 1, cpu: 4, by_fraction: {0.01: {gpu: 0.25, cpu: 1}, 0.02: {gpu: 0.5}}}\n")
+    rc, out, _ = run_main(capsys, ["plan", "-c", str(p), "-e", "x", "--json"])
+    assert rc == 0
+    res = {t["fraction"]: t["resources"] for t in json.loads(out)["trials"]}
+    assert res == {0.01: {"cpu": 1.0, "gpu": 0.25}, 0.02: {"cpu": 4.0, "gpu": 0.5}, 0.1: {"cpu": 4.0, "gpu": 1.0}}
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(BASE.replace("[0.1]", "[0.01, 0.02, 0.1]"))
+    ids = [t.trial_id for t in expand(load_config(str(p))["experiments"]["x"])]
+    assert ids == [t.trial_id for t in expand(load_config(str(plain))["experiments"]["x"])]
 
 
 def test_grid_count_is_product_and_ids_stable(tmp_path):
