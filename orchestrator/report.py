@@ -1,22 +1,421 @@
-"""`lth-sweep report`: the sweep's tables as report.md and a self-contained
-report.html. Works on a partial sweep: missing cells stay missing.
+"""`lth-sweep report`: the paper's figures (PNG) and tables for one sweep, as
+report.md (linking the PNGs) and a self-contained report.html (embedding them).
 
-(The paper's figures, PNGs embedded in the HTML, are issue 8's remaining work.)
+Works on a partial sweep: a figure or table whose data is not there (yet) is
+skipped with a one-line note, and a missing cell stays missing, never zero.
+
+The selections every view shares (DESIGN.md):
+  dense           a trial's round 0
+  winning ticket  a trial's best-val_acc round (ties: the sparser)
+  aug*            per cell, the augmentation whose dense (or ticket) round has
+                  the best mean val_acc over seeds; its test metric is reported.
+                  Chosen among all augmentations, `none` included.
+Numbers are means over seeds, with the sample std when there are several.
 """
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import html
 import os
+from dataclasses import dataclass
+from typing import Callable, Union
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
 
-from orchestrator.results import compare, format_frame, load_results, winning_tickets
+from orchestrator import figures
+from orchestrator.results import (GROUP_KEYS, compare, format_frame, load_layers, load_results, to_pandas,
+                                  winning_tickets)
 from orchestrator.status import sweep_status
 from workers.store import SweepStore
 
 CELL = ["dataset", "fraction", "images_per_class", "augmentation", "method", "arch"]
+# Grid columns some sweeps add to the results table, carried along when present.
+OPTIONAL_KEYS = ["imbalance"]
+# Accuracy on distribution-shifted test sets, when the results carry it.
+ROBUSTNESS = {"acc_cifar10c": "CIFAR-10-C", "acc_cifar10_2": "CIFAR-10.2"}
+MANY_CLASS = ["cifar100", "imagenet"]
+CAPACITY = ["random_prune", "same_layer_sparse", "small_dense"]
+# One (dataset, data size) cell; size_kind/size_x keep sizes in numeric order.
+SIZE = ["size_kind", "size_x", "size"]
+PANEL = ["dataset", "arch", *SIZE]
+MISSING = "–"
 
+
+class Skip(Exception):
+    """A view whose data this sweep does not have (yet): a note, not an error."""
+
+
+@dataclass
+class Plot:
+    filename: str
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Table:
+    frame: pd.DataFrame
+    caption: str = ""
+
+
+# --- the shared selections ----------------------------------------------------
+
+def with_size(frame: pd.DataFrame) -> pd.DataFrame:
+    """Adds the data-size columns: a cell is sized by `fraction` or, in its
+    place, by `images_per_class` (size_x is the number to plot against)."""
+    d = frame.copy()
+    fraction = d["fraction"].astype("Float64")
+    d["size_kind"] = ["fraction" if pd.notna(f) else "images per class" for f in fraction]
+    d["size_x"] = fraction.fillna(d["images_per_class"].astype("Float64")).astype(float)
+    d["size"] = [MISSING if pd.isna(x) else f"{x * 100:g}%" if k == "fraction" else f"{x:g} img/class"
+                 for k, x in zip(d["size_kind"], d["size_x"])]
+    return d
+
+
+def trial_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: its dense round and its winning ticket side by side
+    (dense_<metric>, ticket_<metric>, ticket_round); a round it lacks stays NaN."""
+    keys = ["trial_id", *GROUP_KEYS, "seed", *[c for c in OPTIONAL_KEYS if c in df]]
+    metrics = ["density", "val_acc", "test_acc", *[c for c in ROBUSTNESS if c in df]]
+    winners = winning_tickets(df[["trial_id", "round", "density", "val_acc"]])[["trial_id", "round"]]
+    out = df.drop_duplicates("trial_id")[keys]
+    for role, rows in (("dense", df[df["round"] == 0]), ("ticket", df.merge(winners, on=["trial_id", "round"]))):
+        values = rows[metrics].astype(float).add_prefix(f"{role}_")
+        values["trial_id"], values[f"{role}_round"] = rows["trial_id"], rows["round"]
+        out = out.merge(values, on="trial_id", how="left")
+    return with_size(out)
+
+
+def over_seeds(frame: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
+    """<col>_mean and <col>_std (sample std: NaN for one seed) per `keys` cell."""
+    out = frame.groupby(keys, dropna=False, sort=True)[cols].agg(["mean", "std"])
+    out.columns = [f"{c}_{stat}" for c, stat in out.columns]
+    return out.reset_index()
+
+
+def best_augmentation(trials: pd.DataFrame, keys: list[str], role: str, metrics: list[str]) -> pd.DataFrame:
+    """Per `keys` cell, aug*: the augmentation whose `role` round has the best
+    mean val_acc over seeds (ties: the first by name), with mean/std of each of
+    its `role` metrics. Columns: keys, <role>_aug, <role>_<metric>_mean/_std."""
+    cells = over_seeds(trials, [*keys, "augmentation"], [f"{role}_val_acc", *(f"{role}_{m}" for m in metrics)])
+    cells = cells.dropna(subset=[f"{role}_val_acc_mean"])
+    best = cells.sort_values([f"{role}_val_acc_mean", "augmentation"], ascending=[False, True], kind="stable")
+    best = best.drop_duplicates(keys).rename(columns={"augmentation": f"{role}_aug"})
+    stats = [f"{role}_{m}_{s}" for m in metrics for s in ("mean", "std")]
+    return best[[*keys, f"{role}_aug", *stats]]
+
+
+def panel_title(frame: pd.DataFrame, keys: list[str]) -> list[str]:
+    return [" · ".join(f"train {v}" if k == "size" else str(v) for k, v in zip(keys, row))
+            for row in frame[keys].itertuples(index=False)]
+
+
+# --- tables -------------------------------------------------------------------
+
+def methods_table(trials: pd.DataFrame, extra_keys: list[str] = ()) -> pd.DataFrame:
+    """Table 1 in numbers: per (method, dataset, arch, [extra], data size), dense
+    + aug* and winning ticket + aug* test accuracy, the ticket's density, gain."""
+    keys = ["method", "dataset", "arch", *extra_keys, *SIZE]
+    out = trials[keys].drop_duplicates().sort_values(keys, kind="stable")
+    out = out.merge(best_augmentation(trials, keys, "dense", ["test_acc"]), on=keys, how="left")
+    out = out.merge(best_augmentation(trials, keys, "ticket", ["test_acc", "density"]), on=keys, how="left")
+    out["gain"] = out["ticket_test_acc_mean"] - out["dense_test_acc_mean"]
+    return out.reset_index(drop=True)
+
+
+def pm(mean, std) -> str:
+    if pd.isna(mean):
+        return MISSING
+    return f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def number(v) -> str:
+    return MISSING if pd.isna(v) else f"{v:.4f}"
+
+
+def text(v) -> str:
+    return MISSING if pd.isna(v) else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def show_methods(t: pd.DataFrame, extra_keys: list[str] = ()) -> pd.DataFrame:
+    return pd.DataFrame({
+        "method": t["method"], "dataset": t["dataset"], "arch": t["arch"],
+        **{k: t[k].map(text) for k in extra_keys},
+        "data size": t["size"],
+        "dense + aug*": [pm(m, s) for m, s in zip(t["dense_test_acc_mean"], t["dense_test_acc_std"])],
+        "aug* (dense)": t["dense_aug"].map(text),
+        "winning ticket + aug*": [pm(m, s) for m, s in zip(t["ticket_test_acc_mean"], t["ticket_test_acc_std"])],
+        "aug* (ticket)": t["ticket_aug"].map(text),
+        "ticket density": t["ticket_density_mean"].map(number),
+        "gain": t["gain"].map(number),
+    })
+
+
+TABLE1_CAPTION = ("Test accuracy; aug* = the augmentation with the best mean validation accuracy, chosen "
+                  "separately for the dense network (round 0) and the winning ticket (best-validation round, "
+                  "ties: the sparser); gain = ticket − dense. Mean ± std over seeds.")
+
+
+def table_methods(trials: pd.DataFrame) -> Table:
+    if trials.empty:
+        raise Skip("no rows yet")
+    return Table(show_methods(methods_table(trials)), TABLE1_CAPTION)
+
+
+def table_many_class(trials: pd.DataFrame) -> Table:
+    subset = trials[trials["dataset"].isin(MANY_CLASS)]
+    if subset.empty:
+        raise Skip(f"no trials on {' or '.join(MANY_CLASS)}")
+    return Table(show_methods(methods_table(subset)), TABLE1_CAPTION)
+
+
+def table_long_tail(trials: pd.DataFrame) -> Table:
+    if "imbalance" not in trials:
+        raise Skip("the results table has no imbalance column")
+    subset = trials[trials["dataset"] == "cifar100_lt"]
+    if subset.empty:
+        raise Skip("no trials on cifar100_lt")
+    return Table(show_methods(methods_table(subset, ["imbalance"]), ["imbalance"]),
+                 TABLE1_CAPTION + " Grouped by the imbalance ratio.")
+
+
+PROBE_KEYS = ["dataset", "arch", *SIZE, "augmentation", "method", "target"]
+
+
+def probe_numbers(probe: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Per (cell, target): linear-probe accuracy of the dense round and of the
+    winning ticket, over seeds, and the gain."""
+    p = probe.merge(trials[["trial_id", *PROBE_KEYS[:-1], "ticket_round"]], on="trial_id")
+    dense = p[p["round"] == 0][["trial_id", "target", "accuracy"]].rename(columns={"accuracy": "dense"})
+    ticket = p[p["round"] == p["ticket_round"]][["trial_id", "target", "accuracy"]].rename(
+        columns={"accuracy": "ticket"})
+    per_trial = p.drop_duplicates(["trial_id", "target"])[["trial_id", *PROBE_KEYS]]
+    per_trial = per_trial.merge(dense, how="left").merge(ticket, how="left")
+    out = over_seeds(per_trial, PROBE_KEYS, ["dense", "ticket"])
+    out["gain"] = out["ticket_mean"] - out["dense_mean"]
+    return out
+
+
+def table_probe(probe: pd.DataFrame, trials: pd.DataFrame) -> Table:
+    need_columns(probe, "probe", ["trial_id", "round", "target", "accuracy"])
+    t = probe_numbers(probe, trials)
+    if t.empty:
+        raise Skip("no probe rows of this sweep's trials")
+    shown = pd.DataFrame({
+        "dataset": t["dataset"], "arch": t["arch"], "data size": t["size"], "augmentation": t["augmentation"],
+        "method": t["method"], "target": t["target"],
+        "dense probe": [pm(m, s) for m, s in zip(t["dense_mean"], t["dense_std"])],
+        "winning ticket probe": [pm(m, s) for m, s in zip(t["ticket_mean"], t["ticket_std"])],
+        "gain": t["gain"].map(number)})
+    return Table(shown, "Linear-probe accuracy on each target of the dense network (round 0) and of the "
+                        "winning ticket (best-validation round). Mean ± std over seeds.")
+
+
+# --- figures ------------------------------------------------------------------
+
+def density_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """IMP test accuracy per round, over seeds, per (cell, augmentation); `star`
+    marks each curve's winning ticket: DESIGN's rule applied to the seed means."""
+    imp = with_size(df[df["method"] == "imp"])
+    c = over_seeds(imp, [*PANEL, "augmentation", "round"], ["density", "val_acc", "test_acc"])
+    best = c.dropna(subset=["val_acc_mean"]).sort_values(["val_acc_mean", "density_mean"],
+                                                          ascending=[False, True], kind="stable")
+    best = best.drop_duplicates([*PANEL, "augmentation"])
+    return pd.DataFrame({"panel": panel_title(c, ["dataset", "arch", "size"]), "series": c["augmentation"],
+                         "round": c["round"], "density": 100 * c["density_mean"],
+                         "mean": 100 * c["test_acc_mean"], "std": 100 * c["test_acc_std"],
+                         "star": c.index.isin(best.index)})
+
+
+def fig_accuracy_density(df: pd.DataFrame) -> Plot:
+    curves = density_curves(df).dropna(subset=["density", "mean"])
+    if curves.empty:
+        raise Skip("no IMP rounds yet")
+    png = figures.accuracy_vs_density(curves, "IMP: test accuracy against density")
+    return Plot("fig1_accuracy_vs_density.png", png,
+                "One panel per (dataset, training-data size), one line per augmentation: mean test accuracy "
+                "over seeds at each IMP round (band: ± std when several seeds). ★ = the winning ticket: the "
+                "round with the best mean validation accuracy (ties: the sparser).")
+
+
+ROLE = {"dense": "dense", "ticket": "winning ticket"}
+XLABEL = {"fraction": "training data (% of the train split, log)",
+          "images per class": "training images per class (log)"}
+
+
+def _points(cells: pd.DataFrame, role: str, metric: str, series: str, note) -> pd.DataFrame:
+    # Sizes by fraction and by images per class share no x axis: separate panels.
+    panels = [t if kind == "fraction" else f"{t} · per class"
+              for t, kind in zip(panel_title(cells, ["dataset", "arch"]), cells["size_kind"])]
+    return pd.DataFrame({"panel": panels,
+                         "xlabel": cells["size_kind"].map(XLABEL), "series": series, "x": cells["size_x"],
+                         "xtick": [s.replace(" img/class", "") for s in cells["size"]],
+                         "mean": 100 * cells[f"{role}_{metric}_mean"], "std": 100 * cells[f"{role}_{metric}_std"],
+                         "note": note})
+
+
+def size_points(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """IMP's dense and winning-ticket `metric` (in %) against data size, per
+    (dataset, arch): without augmentation (`none`) and with aug*, whose choice
+    is the point's note. aug* is left out when `none` is the only augmentation."""
+    imp = trials[trials["method"] == "imp"]
+    keys = ["dataset", "arch", *SIZE]
+    parts = []
+    for role, name in ROLE.items():
+        none = over_seeds(imp[imp["augmentation"] == "none"], keys, [f"{role}_{metric}"])
+        parts.append(_points(none, role, metric, f"{name}, no augmentation", ""))
+        if (imp["augmentation"] != "none").any():
+            best = best_augmentation(imp, keys, role, [metric])
+            parts.append(_points(best, role, metric, f"{name}, aug*", best[f"{role}_aug"]))
+    return pd.concat(parts, ignore_index=True).dropna(subset=["x", "mean"])
+
+
+def fig_data_efficiency(trials: pd.DataFrame) -> Plot:
+    points = size_points(trials, "test_acc")
+    if points.empty:
+        raise Skip("no IMP trials yet")
+    png = figures.against_size(points, "Dense vs winning ticket against training-data size", "test accuracy (%)")
+    return Plot("fig2_data_efficiency.png", png,
+                "IMP's best dense network (round 0) and best winning ticket (best-validation round), test "
+                "accuracy against the training-data size: without augmentation and with aug* (the augmentation "
+                "with the best mean validation accuracy at that size, named beside its point). Error bars: std "
+                "over seeds.")
+
+
+def fig_robustness(trials: pd.DataFrame, column: str) -> Plot:
+    if f"dense_{column}" not in trials:
+        raise Skip(f"the results table has no {column} column")
+    points = size_points(trials, column)
+    if points.empty:
+        raise Skip(f"no IMP trial has a value of {column} yet")
+    png = figures.against_size(points, f"Robustness: accuracy on {ROBUSTNESS[column]} against training-data size",
+                               f"{ROBUSTNESS[column]} accuracy (%)")
+    return Plot(f"fig3_robustness_{column}.png", png,
+                f"As Figure 2, with the accuracy on {ROBUSTNESS[column]} (`{column}`) of the same selected rounds "
+                "(selection stays by validation accuracy).")
+
+
+def capacity_bars(trials: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy (in %) per (cell, augmentation) of IMP's dense and winning
+    ticket and of each capacity/connectivity control at its best-validation
+    round; only cells where some control ran."""
+    imp, controls = trials[trials["method"] == "imp"], trials[trials["method"].isin(CAPACITY)]
+    rows = pd.concat([imp.assign(series="dense", value=imp["dense_test_acc"]),
+                      imp.assign(series="winning ticket", value=imp["ticket_test_acc"]),
+                      controls.assign(series=controls["method"], value=controls["ticket_test_acc"])])
+    rows = rows.merge(controls[["dataset", "arch", "size"]].drop_duplicates())
+    rows["order"] = rows["series"].map({s: i for i, s in enumerate(["dense", "winning ticket", *CAPACITY])})
+    b = over_seeds(rows, [*PANEL, "augmentation", "order", "series"], ["value"])
+    return pd.DataFrame({"panel": panel_title(b, ["dataset", "arch", "size"]), "group": b["augmentation"],
+                         "series": b["series"], "mean": 100 * b["value_mean"], "std": 100 * b["value_std"]})
+
+
+def fig_capacity(trials: pd.DataFrame) -> Plot:
+    if not trials["method"].isin(CAPACITY).any():
+        raise Skip(f"no {', '.join(CAPACITY)} trials: nothing to compare IMP with")
+    png = figures.grouped_bars(capacity_bars(trials), "Capacity and connectivity: test accuracy")
+    return Plot("fig4_capacity.png", png,
+                "Per (dataset, training-data size) and augmentation: IMP's dense network (round 0) and winning "
+                "ticket, and each control method at its best-validation round. Mean over seeds, error bars std.")
+
+
+def layer_density_lines(df: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
+    """Per IMP trial its sparsest committed round; the per-layer densities (in %)
+    of those rounds, averaged per data size over seeds and augmentations.
+    The series name carries the mean overall density of the rounds averaged."""
+    imp = df[df["method"] == "imp"].dropna(subset=["density"])
+    sparsest = imp.sort_values(["density", "round"], ascending=[True, False]).drop_duplicates("trial_id")
+    sparsest = with_size(sparsest.rename(columns={"density": "round_density"}))
+    rows = layers.merge(sparsest[["trial_id", "round", "round_density", "dataset", "arch", *SIZE]],
+                        on=["trial_id", "round"])
+    # The layers table keeps the model's order within a round.
+    rows["position"] = rows.groupby(["trial_id", "round"]).cumcount()
+    overall = sparsest.groupby(["dataset", "arch", *SIZE], dropna=False)["round_density"].mean()
+    out = rows.groupby(["dataset", "arch", *SIZE, "position"], dropna=False, sort=True).agg(
+        layer=("layer", "first"), density=("density", "mean")).reset_index()
+    out["series"] = [f"train {s} (overall {100 * overall[k]:.3g}%)"
+                     for s, k in zip(out["size"], out[["dataset", "arch", *SIZE]].itertuples(index=False))]
+    out["panel"] = panel_title(out, ["dataset", "arch"])
+    out["density"] *= 100
+    out["layer"] = [str(n).removesuffix(".weight") for n in out["layer"]]
+    return out[["panel", "series", "position", "layer", "density"]]
+
+
+def fig_layers(df: pd.DataFrame, layers: pd.DataFrame) -> Plot:
+    lines = layer_density_lines(df, layers) if len(layers) else pd.DataFrame()
+    if lines.empty:
+        raise Skip("no per-layer densities of IMP trials yet (layers/ table)")
+    png = figures.layer_lines(lines, "Layer-wise density of the sparsest ticket")
+    return Plot("fig5_layer_density.png", png,
+                "Per IMP trial its sparsest committed round; each line is the mean per-layer density of those "
+                "rounds over the seeds and augmentations of one training-data size (on a partial sweep they "
+                "can be different rounds: the legend gives their mean overall density).")
+
+
+def cka_cells(cka: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """CKA per (pair of networks, layer), averaged over the seeds behind the same
+    pair description; a network is named by its cell and role (dense, ticket, round k)."""
+    info = {t.trial_id: t for t in trials.itertuples(index=False)}
+
+    def cell(tid):
+        t = info.get(tid)
+        return tid[:8] if t is None else f"{t.dataset} {t.size} {t.augmentation} {t.method}"
+
+    def role(tid, k):
+        t = info.get(tid)
+        return "dense" if k == 0 else "ticket" if t is not None and k == t.ticket_round else f"round {k}"
+
+    pairs = []
+    for a, ka, b, kb in cka[["trial_a", "round_a", "trial_b", "round_b"]].itertuples(index=False):
+        same = cell(a) == cell(b)
+        pairs.append(f"{cell(a)}: {role(a, ka)} vs {role(b, kb)}" if same
+                     else f"{cell(a)} {role(a, ka)} vs {cell(b)} {role(b, kb)}")
+    d = cka.assign(row=pairs, panel=[info[a].dataset if a in info else "trials not in the results"
+                                     for a in cka["trial_a"]])
+    out = d.groupby(["panel", "row", "layer"], sort=False)["cka"].mean().reset_index()
+    out["layer"] = [str(n).removesuffix(".weight") for n in out["layer"]]
+    return out.rename(columns={"cka": "value"}).sort_values(["panel", "row"], kind="stable")
+
+
+def fig_cka(cka: pd.DataFrame, trials: pd.DataFrame) -> Plot:
+    need_columns(cka, "cka", ["trial_a", "round_a", "trial_b", "round_b", "layer", "cka"])
+    cells = cka_cells(cka.dropna(subset=["cka"]), trials)
+    if cells.empty:
+        raise Skip("the cka/ table has no values")
+    png = figures.heatmaps(cells, "Representation similarity (linear CKA) per layer")
+    return Plot("fig6_cka.png", png,
+                "Linear CKA between the representations of two networks at each layer, mean over the seeds "
+                "behind each row. A network is named by dataset, training-data size, augmentation, method and "
+                "round (dense = round 0, ticket = the trial's winning ticket).")
+
+
+# --- optional tables ------------------------------------------------------------
+
+def load_optional(sweep: SweepStore, name: str) -> pd.DataFrame:
+    """A table other analyses write beside the results (cka/, probe/): empty when
+    the folder does not exist; read through the sweep's filesystem (S3 too)."""
+    folder = sweep.path(name)
+    if not sweep.fs.exists(folder):
+        return pd.DataFrame()
+    try:
+        return to_pandas(pads.dataset(folder, format="parquet", filesystem=sweep.fs.fs).to_table())
+    except (pa.ArrowException, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise Skip(f"{name}/ is not readable: {first}")
+
+
+def need_columns(frame: pd.DataFrame, name: str, columns: list[str]) -> None:
+    if frame.empty:
+        raise Skip(f"no {name}/ table in this sweep")
+    missing = [c for c in columns if c not in frame]
+    if missing:
+        raise Skip(f"the {name}/ table lacks the column(s) {', '.join(missing)}")
+
+
+# --- the existing summary tables --------------------------------------------------
 
 def accuracy_vs_density(df: pd.DataFrame) -> pd.DataFrame:
     """Test accuracy (mean over seeds) per round, one column per grid cell."""
@@ -31,36 +430,107 @@ def accuracy_vs_density(df: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
-def write_report(sweep: SweepStore, out_dir: str) -> list[str]:
-    df = load_results(sweep)
-    st = sweep_status(sweep)
-    sections = [
+def summary(frame: pd.DataFrame) -> Table:
+    if frame.empty:
+        raise Skip("no rows yet")
+    return Table(frame)
+
+
+# --- the report -------------------------------------------------------------------
+
+View = Union[Plot, Table]
+
+
+def views(sweep: SweepStore, df: pd.DataFrame) -> list[tuple[str, Callable[[], View]]]:
+    """(title, builder) of every figure and table, in report order. A builder
+    runs lazily so that one view's missing data skips that view only."""
+    trials = trial_summary(df)
+    return [
+        ("Figure 1: test accuracy against density", lambda: fig_accuracy_density(df)),
+        ("Figure 2: dense vs winning ticket against training-data size", lambda: fig_data_efficiency(trials)),
+        *[(f"Figure 3{letter}: robustness on {label}", lambda c=c: fig_robustness(trials, c))
+          for letter, (c, label) in zip("ab", ROBUSTNESS.items())],
+        ("Figure 4: capacity and connectivity controls", lambda: fig_capacity(trials)),
+        ("Figure 5: layer-wise density of the sparsest ticket", lambda: fig_layers(df, load_layers(sweep))),
+        ("Figure 6: CKA heatmaps", lambda: fig_cka(load_optional(sweep, "cka"), trials)),
+        ("Table 1: methods x datasets, dense + aug* vs winning ticket + aug*", lambda: table_methods(trials)),
+        ("Table 2: many-class subsets", lambda: table_many_class(trials)),
+        ("Table 3: long-tail (cifar100_lt)", lambda: table_long_tail(trials)),
+        ("Table 4: linear probe, dense vs winning ticket",
+         lambda: table_probe(load_optional(sweep, "probe"), trials)),
         ("Dense (round 0) vs winning ticket (best validation round), test accuracy",
-         compare(df) if len(df) else df),
-        ("Test accuracy against round/density (mean over seeds)", accuracy_vs_density(df)),
+         lambda: summary(compare(df) if len(df) else df)),
+        ("Test accuracy against round/density (mean over seeds)", lambda: summary(accuracy_vs_density(df))),
         ("Winning ticket of every trial",
-         winning_tickets(df)[["trial_id", *CELL, "seed", "round", "density", "val_acc", "test_acc"]]
-         if len(df) else df),
+         lambda: summary(winning_tickets(df)[["trial_id", *CELL, "seed", "round", "density", "val_acc",
+                                              "test_acc"]] if len(df) else df)),
     ]
+
+
+def render_md(title: str, view: Union[View, Skip]) -> list[str]:
+    if isinstance(view, Skip):
+        return [f"## {title}", "", f"_Skipped: {view}._", ""]
+    if isinstance(view, Plot):
+        return [f"## {title}", "", f"![{title}]({view.filename})", "", view.caption, ""]
+    caption = [view.caption, ""] if view.caption else []
+    return [f"## {title}", "", *caption, format_frame(view.frame, "markdown"), ""]
+
+
+def render_html(title: str, view: Union[View, Skip]) -> list[str]:
+    head = f"<h2>{html.escape(title)}</h2>"
+    if isinstance(view, Skip):
+        return [head, f"<p><em>Skipped: {html.escape(str(view))}.</em></p>"]
+    if isinstance(view, Plot):
+        data = base64.b64encode(view.png).decode("ascii")
+        return [head, f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(title)}">'
+                      f"<figcaption>{html.escape(view.caption)}</figcaption></figure>"]
+    caption = [f"<p>{html.escape(view.caption)}</p>"] if view.caption else []
+    return [head, *caption,
+            view.frame.to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4f}")]
+
+
+SELECTIONS = ("Dense = a trial's round 0; winning ticket = its round with the best validation accuracy "
+              "(ties: the sparser). Accuracies are fractions in the tables and percent in the figures; "
+              "a missing value is shown as – or left blank, never as zero.")
+
+
+def intro(sweep: SweepStore) -> str:
+    st = sweep_status(sweep)
     t, r = st["trials"], st["rounds"]
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    intro = (f"Sweep `{sweep.sweep}` at `{sweep.fs.to_uri(sweep.dir)}`, {stamp}: "
-             f"{t['done']}/{t['total']} trials done ({t['running']} running, {t['pending']} pending, "
-             f"{t['failed']} failed), {r['committed']}/{r['total']} rounds committed.")
-    md = [f"# lth-sweep report: {sweep.sweep}", "", intro, ""]
-    page = [f"<h1>lth-sweep report: {html.escape(sweep.sweep)}</h1>", f"<p>{html.escape(intro)}</p>"]
-    for title, frame in sections:
-        md += [f"## {title}", "", format_frame(frame, "markdown") if len(frame) else "(no rows yet)", ""]
-        page += [f"<h2>{html.escape(title)}</h2>",
-                 frame.to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4f}")
-                 if len(frame) else "<p>(no rows yet)</p>"]
+    return (f"Sweep `{sweep.sweep}` at `{sweep.fs.to_uri(sweep.dir)}`, {stamp}: "
+            f"{t['done']}/{t['total']} trials done ({t['running']} running, {t['pending']} pending, "
+            f"{t['failed']} failed), {r['committed']}/{r['total']} rounds committed.")
+
+
+def write_report(sweep: SweepStore, out_dir: str) -> list[str]:
+    """Writes report.md, report.html and one PNG per figure into out_dir; returns their paths."""
+    df = load_results(sweep)
+    line = intro(sweep)
+    md = [f"# lth-sweep report: {sweep.sweep}", "", line, "", SELECTIONS, ""]
+    page = [f"<h1>lth-sweep report: {html.escape(sweep.sweep)}</h1>", f"<p>{html.escape(line)}</p>",
+            f"<p>{html.escape(SELECTIONS)}</p>"]
     os.makedirs(out_dir, exist_ok=True)
+    pngs = []
+    for title, build in views(sweep, df):
+        try:
+            view = build()
+        except Skip as skip:
+            view = skip
+        if isinstance(view, Plot):
+            pngs.append(os.path.join(out_dir, view.filename))
+            with open(pngs[-1], "wb") as f:
+                f.write(view.png)
+        md += render_md(title, view)
+        page += render_html(title, view)
     paths = [os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")]
-    with open(paths[0], "w") as f:
+    # ±, – and ★ are in the text: never the locale's encoding
+    with open(paths[0], "w", encoding="utf-8") as f:
         f.write("\n".join(md))
-    with open(paths[1], "w") as f:
+    with open(paths[1], "w", encoding="utf-8") as f:
         f.write("<!doctype html><meta charset=utf-8><title>lth-sweep report</title>"
                 "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-                "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>\n"
+                "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+                "img{max-width:100%}figcaption{font-size:90%;color:#444}</style>\n"
                 + "\n".join(page))
-    return paths
+    return paths + pngs

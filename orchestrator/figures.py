@@ -1,0 +1,166 @@
+"""The report's figures: tidy frames in, PNG bytes out.
+
+Each function draws a frame that report.py has already reduced to one row per
+point (accuracies and densities in percent, a `panel` column naming the
+subplot, a `series` column naming the line or bar). The selections (dense,
+winning ticket, aug*) live in report.py, so what is drawn is what the tables
+say. A panel or a series appears in the order of its first row.
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are rendered on headless machines: never ask for a display
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+
+def _order(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _colors(names) -> dict:
+    """One color per series name across all panels, so a legend reads the same everywhere."""
+    return {n: f"C{i % 10}" for i, n in enumerate(_order(names))}
+
+
+def _grid(n: int, width: float = 4.6, height: float = 3.6, ncols: int = 3):
+    ncols = min(n, ncols)
+    fig, axes = plt.subplots(math.ceil(n / ncols), ncols, figsize=(width * ncols, height * math.ceil(n / ncols)),
+                             squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _png(fig, title: str) -> bytes:
+    buf = io.BytesIO()
+    try:
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=100)
+    finally:
+        plt.close(fig)  # pyplot keeps every open figure alive otherwise
+    return buf.getvalue()
+
+
+def _log_ticks(ax, values, label) -> None:
+    """A log axis labelled at the data's own values: a few points inside one
+    decade would otherwise get no labelled tick at all. One tick per label."""
+    ticks = list({label(v): v for v in sorted(set(values))}.items())
+    shown = ticks[::max(1, len(ticks) // 7)]
+    ax.set_xticks([v for _, v in shown], [lab for lab, _ in shown])
+    ax.minorticks_off()
+
+
+def accuracy_vs_density(curves: pd.DataFrame, title: str) -> bytes:
+    """curves: panel, series, density, mean, std, star (one row per round)."""
+    color = _colors(curves["series"])
+    panels = _order(curves["panel"])
+    fig, axes = _grid(len(panels))
+    star = Line2D([], [], marker="*", ls="none", ms=12, color="0.6", mec="black", label="winning ticket")
+    for ax, panel in zip(axes, panels):
+        p = curves[curves["panel"] == panel]
+        for series in _order(p["series"]):
+            s = p[p["series"] == series].sort_values("density", ascending=False)
+            c = color[series]
+            ax.plot(s["density"], s["mean"], marker="o", ms=3, color=c, label=series)
+            ax.fill_between(s["density"], s["mean"] - s["std"], s["mean"] + s["std"], color=c, alpha=0.2, lw=0)
+            best = s[s["star"]]
+            ax.plot(best["density"], best["mean"], marker="*", ms=14, ls="none", color=c, mec="black")
+        ax.set_xscale("log")
+        ax.invert_xaxis()  # dense on the left, as pruning proceeds to the right
+        _log_ticks(ax, p["density"], lambda d: f"{d:.3g}")
+        ax.set(title=panel, xlabel="density (% of prunable weights left, log)", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(handles=ax.get_legend_handles_labels()[0] + [star], fontsize=8)
+    return _png(fig, title)
+
+
+def against_size(points: pd.DataFrame, title: str, ylabel: str) -> bytes:
+    """points: panel, xlabel, series, x, xtick, mean, std, note (the augmentation
+    aug* chose, written beside its point; empty elsewhere)."""
+    color = _colors(points["series"])
+    panels = _order(points["panel"])
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes, panels):
+        p = points[points["panel"] == panel]
+        for series in _order(p["series"]):
+            s = p[p["series"] == series].sort_values("x")
+            ax.errorbar(s["x"], s["mean"], yerr=s["std"].fillna(0), capsize=3, color=color[series],
+                        marker="s" if "aug*" in series else "o", ms=4,
+                        ls="-" if "ticket" in series else "--", label=series)
+            for row in s.itertuples():
+                if row.note:
+                    ax.annotate(row.note, (row.x, row.mean), xytext=(4, 4), textcoords="offset points",
+                                fontsize=7, color=color[series])
+        ax.set_xscale("log")
+        _log_ticks(ax, p["x"], dict(zip(p["x"], p["xtick"])).get)
+        ax.set(title=panel, xlabel=p["xlabel"].iloc[0], ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _png(fig, title)
+
+
+def grouped_bars(bars: pd.DataFrame, title: str) -> bytes:
+    """bars: panel, group (the x position), series (one bar per group), mean, std."""
+    color = _colors(bars["series"])
+    panels = _order(bars["panel"])
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes, panels):
+        p = bars[bars["panel"] == panel]
+        groups, series = _order(p["group"]), _order(p["series"])
+        width = 0.8 / len(series)
+        for i, name in enumerate(series):
+            s = p[p["series"] == name].set_index("group").reindex(groups)  # a missing bar stays NaN: not drawn
+            ax.bar(np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width, s["mean"], width,
+                   yerr=s["std"].fillna(0), capsize=2, color=color[name], label=name)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set(title=panel, xlabel="augmentation", ylabel="test accuracy (%)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    return _png(fig, title)
+
+
+def layer_lines(lines: pd.DataFrame, title: str) -> bytes:
+    """lines: panel, series, position (of the layer in the model), layer, density."""
+    color = _colors(lines["series"])
+    panels = _order(lines["panel"])
+    layers = lines["position"].max() + 1
+    fig, axes = _grid(len(panels), width=max(6.0, 0.32 * layers), height=4.2, ncols=2)
+    for ax, panel in zip(axes, panels):
+        p = lines[lines["panel"] == panel]
+        for series in _order(p["series"]):
+            s = p[p["series"] == series].sort_values("position")
+            ax.plot(s["position"], s["density"], marker="o", ms=3, color=color[series], label=series)
+        names = p.drop_duplicates("position").sort_values("position")
+        ax.set_xticks(names["position"], names["layer"], rotation=90, fontsize=7)
+        ax.set(title=panel, xlabel="layer (model order)", ylabel="density (% of the layer's weights left)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _png(fig, title)
+
+
+def heatmaps(cells: pd.DataFrame, title: str) -> bytes:
+    """cells: panel, row (a pair of networks), layer, value (CKA in [0, 1])."""
+    panels = _order(cells["panel"])
+    rows = max(cells[cells["panel"] == p]["row"].nunique() for p in panels)
+    layers = cells["layer"].nunique()
+    fig, axes = _grid(len(panels), width=max(7.0, 2.5 + 0.32 * layers), height=2.2 + 0.3 * rows, ncols=1)
+    for ax, panel in zip(axes, panels):
+        p = cells[cells["panel"] == panel]
+        grid = p.pivot_table(index="row", columns="layer", values="value", aggfunc="mean")
+        grid = grid.reindex(index=_order(p["row"]), columns=_order(p["layer"]))
+        im = ax.imshow(np.ma.masked_invalid(grid.to_numpy(dtype=float)), vmin=0, vmax=1,
+                       cmap="viridis", aspect="auto")
+        ax.set_yticks(range(len(grid.index)), grid.index, fontsize=7)
+        ax.set_xticks(range(len(grid.columns)), grid.columns, rotation=90, fontsize=7)
+        ax.set(title=panel, xlabel="layer (model order)")
+        fig.colorbar(im, ax=ax, label="linear CKA")
+    return _png(fig, title)
