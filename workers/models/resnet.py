@@ -1,30 +1,48 @@
-"""ResNet-18 for images of any size and channel count.
+"""ResNet-18 (and the shared ResNet body of resnet50.py) for images of any
+size and channel count.
 
 Small inputs (<= 64 px: CIFAR, digits) use the CIFAR stem (3x3 conv, stride
 1, no max-pool) so an 8x8 or 32x32 image is not downsampled to nothing before
 the first block; larger inputs use the ImageNet stem (7x7 stride 2 + max-pool).
 Every conv has bias=False (a BN follows each), so the prunable set of the
 paper -- all Conv2d weights -- is exactly the conv weights.
+
+`variant` (see variants.py) changes how the k x k convs are built:
+"full_conv" pads every conv by k - 1 and pads the shortcuts to match
+(`shortcut_pad`), "harmonic" swaps every 3x3 conv for a DCT + 1x1 block.
+Module and state-dict names are the same in every variant except that a
+harmonic conv `x` holds `x.basis` (buffer) and `x.mix.weight`.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .variants import conv_kxk, reset_harmonic, shortcut_pad
+
+
+def make_shortcut(cin: int, cout: int, stride: int, pad: int) -> nn.Sequential:
+    """Identity (empty Sequential) when the shape is kept, else a 1x1 conv +
+    BN projection. `pad` > 0 (full_conv only) zero-pads the identity input, or
+    is the 1x1 conv's own padding, so the sum lines up with the main path."""
+    if stride != 1 or cin != cout:
+        return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, pad, bias=False),
+                             nn.BatchNorm2d(cout))
+    return nn.Sequential(nn.ZeroPad2d(pad)) if pad else nn.Sequential()
+
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int, variant: str = "standard"):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv1 = conv_kxk(variant, cin, cout, 3, stride)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = conv_kxk(variant, cout, cout, 3, 1)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        # 1x1 conv + BN only when the shape changes (projection shortcut).
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        pad = shortcut_pad(variant, [(3, stride), (3, 1)])
+        self.shortcut = make_shortcut(cin, cout, stride, pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -34,26 +52,28 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     def __init__(self, blocks: list[int], *, num_classes: int, in_channels: int,
-                 image_size: int, width: float = 1.0):
+                 image_size: int, width: float = 1.0, block: type = BasicBlock,
+                 variant: str = "standard"):
         super().__init__()
         widths = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
         self.small_stem = image_size <= 64
+        self.variant = variant
         if self.small_stem:
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                conv_kxk(variant, in_channels, widths[0], 3, 1),
                 nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         else:
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False),
+                conv_kxk(variant, in_channels, widths[0], 7, 2),
                 nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, 2, 1))
         layers, cin = [], widths[0]
-        for i, (n, cout) in enumerate(zip(blocks, widths)):
+        for i, (n, planes) in enumerate(zip(blocks, widths)):
             stride = 1 if i == 0 else 2
             stage = []
             for j in range(n):
-                stage.append(BasicBlock(cin, cout, stride if j == 0 else 1))
-                cin = cout
+                stage.append(block(cin, planes, stride if j == 0 else 1, variant))
+                cin = planes * block.expansion
             layers.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         # Adaptive pooling makes the head independent of the input size
@@ -68,6 +88,7 @@ class ResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        reset_harmonic(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -76,6 +97,6 @@ class ResNet(nn.Module):
 
 
 def resnet18(*, num_classes: int, in_channels: int, image_size: int,
-             width: float = 1.0) -> ResNet:
+             width: float = 1.0, variant: str = "standard") -> ResNet:
     return ResNet([2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels,
-                  image_size=image_size, width=width)
+                  image_size=image_size, width=width, variant=variant)

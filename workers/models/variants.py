@@ -1,0 +1,133 @@
+"""Model variants: how a k x k conv is built, shared by the architectures.
+
+- "standard": the usual "same" padding, (k - 1) // 2.
+- "full_conv": full convolution, padding k - 1 (3x3 -> 2, 7x7 -> 6, 1x1 -> 0),
+  so a stride-1 3x3 conv maps H to H + 2 and every output pixel sees the
+  image's border the same way. The paper uses it to take away the implicit
+  position encoding that zero "same" padding gives a CNN. Blocks with a
+  residual sum pad their shortcut to match (see `shortcut_pad`).
+- "harmonic": harmonic blocks (Ulicny, Krylov, Dahyot, "Harmonic networks with
+  limited training samples" / "Harmonic convolutional networks based on
+  discrete cosine transform"): every 3x3 conv becomes a fixed 3x3 DCT-II
+  filter bank applied depthwise (a buffer, never trained, never pruned)
+  followed by a learned 1x1 conv that mixes the C_in * 9 responses into C_out.
+  Convs of other sizes (1x1 shortcuts, the 7x7 ImageNet stem) stay plain.
+
+IMP prunes every Conv2d weight. `HarmonicConv2d` is deliberately *not* a
+Conv2d subclass: its learned part is the child `mix` (a Conv2d, so
+`prunable_names(model, "conv")` lists `<name>.mix.weight`), and its DCT basis
+is a registered buffer, so it is in the state dict but not in
+`model.parameters()`, gets no gradient, no optimizer state and no mask.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VARIANTS = ("standard", "full_conv", "harmonic")
+
+
+def check_variant(variant: str, supported: tuple[str, ...] = VARIANTS) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {list(VARIANTS)}")
+    if variant not in supported:
+        raise ValueError(f"variant {variant!r} is not available for this arch; "
+                         f"supported: {list(supported)}")
+
+
+def conv_padding(variant: str, k: int) -> int:
+    return k - 1 if variant == "full_conv" else (k - 1) // 2
+
+
+def conv_kxk(variant: str, cin: int, cout: int, k: int, stride: int = 1) -> nn.Module:
+    """The k x k conv (bias=False: a BN always follows) under `variant`."""
+    pad = conv_padding(variant, k)
+    if variant == "harmonic" and k == 3:
+        return HarmonicConv2d(cin, cout, stride=stride, padding=pad)
+    return nn.Conv2d(cin, cout, k, stride, pad, bias=False)
+
+
+def shortcut_pad(variant: str, convs: list[tuple[int, int]]) -> int:
+    """Zero padding (pixels per side, in input coordinates) that aligns a
+    block's shortcut with its main path, given the main path's convs as
+    (kernel, stride) pairs in order.
+
+    Output pixel o of the main path is centred on input pixel
+    stride_total * o - P with P = sum_i (pad_i - (k_i - 1) / 2) * prod_{j<i} s_j:
+    every conv padded beyond "same" shifts the centre by its excess padding,
+    measured in the input's pixels. The shortcut (identity, or a 1x1 conv with
+    the block's stride) is centred on stride_total * o - P exactly when its
+    input is zero-padded by P on each side, and the sizes then agree for every
+    input size (checked in the tests for odd and even sizes):
+      standard / harmonic: P = 0 (the usual shortcut);
+      full_conv BasicBlock, stride 1: P = 2 (H -> H + 4);
+      full_conv BasicBlock, stride 2: P = 3 (H -> floor((H + 1) / 2) + 3);
+      full_conv Bottleneck, stride 1 or 2: P = 1 (H -> floor((H + 1) / s) + 1).
+    """
+    total, scale = 0, 1
+    for k, s in convs:
+        excess = conv_padding(variant, k) - (k - 1) // 2
+        total += excess * scale
+        scale *= s
+    return total
+
+
+def dct_basis(n: int = 3) -> torch.Tensor:
+    """The n*n orthonormal 2-D DCT-II basis filters, shape [n*n, 1, n, n].
+
+    Filter u*n + v is c_u(i) * c_v(j) with the 1-D orthonormal DCT-II
+    c_k(i) = a_k cos(pi (2i + 1) k / (2n)), a_0 = sqrt(1/n), a_k = sqrt(2/n).
+    Filter 0 is the constant (DC) filter 1/n. Flattened, the filters are the
+    rows of an orthogonal n^2 x n^2 matrix."""
+    i = torch.arange(n, dtype=torch.float64)
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    c = torch.cos(math.pi * (2 * i[None, :] + 1) * k / (2 * n)) * math.sqrt(2 / n)
+    c[0] /= math.sqrt(2)
+    return torch.einsum("ui,vj->uvij", c, c).reshape(n * n, 1, n, n).float()
+
+
+class HarmonicConv2d(nn.Module):
+    """Replacement of a 3x3 conv: fixed depthwise DCT-II stage (stride and
+    padding of the conv it replaces) then a learned 1x1 `mix` conv.
+
+    Response channel c * 9 + k is DCT filter k on input channel c, so the
+    block equals a 3x3 conv with weight W[o, c] = sum_k mix[o, c*9 + k] basis[k]:
+    the same function class, expressed in an orthonormal basis. The mix is
+    initialised so that this equivalent 3x3 weight has exactly the standard
+    model's init (kaiming fan_out of the 3x3 conv, std sqrt(2 / (9 C_out))),
+    because an orthonormal change of basis keeps i.i.d. Gaussians i.i.d.
+    Costs 9 x C_in channels of activation memory between the two stages."""
+
+    kernel_size = (3, 3)
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, padding: int = 1):
+        super().__init__()
+        self.in_channels, self.out_channels = cin, cout
+        self.stride, self.padding = (stride, stride), (padding, padding)
+        self.register_buffer("basis", dct_basis(3))  # persistent: in the state dict
+        self.mix = nn.Conv2d(cin * 9, cout, 1, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = math.sqrt(2.0 / (self.out_channels * 9))
+        nn.init.normal_(self.mix.weight, 0.0, std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.basis.to(x.dtype).repeat(self.in_channels, 1, 1, 1)
+        y = F.conv2d(x, w, None, self.stride, self.padding, groups=self.in_channels)
+        return self.mix(y)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, dct=3x3, "
+                f"stride={self.stride}, padding={self.padding}")
+
+
+def reset_harmonic(model: nn.Module) -> None:
+    """Re-apply the harmonic init after a model-wide Conv2d init loop (which
+    would otherwise give the 1x1 mix a 1x1 conv's fan_out)."""
+    for m in model.modules():
+        if isinstance(m, HarmonicConv2d):
+            m.reset_parameters()
