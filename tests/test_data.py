@@ -58,14 +58,15 @@ def write_cifar(root, name, train_per_class=20, test_per_class=10, seed=0):
 # ---------------------------------------------------------------- registry / digits
 
 def test_registry_and_unknown_names():
-    assert set(DATASETS) == {"digits", "cifar10", "cifar100"}
+    assert set(DATASETS) == {"digits", "cifar10", "cifar100", "cifar100_lt", "eurosat", "isic2018", "clamm",
+                             "imagenet"}
     assert dataset_info("cifar100").num_classes == 100
     assert dataset_info("cifar10").autoaugment_policy == "cifar10"
     assert dataset_info("digits").autoaugment_policy == "imagenet"
-    with pytest.raises(DataError, match="cifar10, cifar100, digits"):
+    with pytest.raises(DataError, match="cifar10, cifar100, cifar100_lt, clamm, digits"):
         dataset_info("mnist")
     with pytest.raises(DataError, match="known"):
-        load_dataset("imagenet")
+        load_dataset("mnist")
     with pytest.raises(DataError, match="basic"):
         make_augment("mixup", dataset_info("cifar10"))
 

@@ -100,7 +100,7 @@ def normalize(x_uint8: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
 
 
 # The registry entries and helpers import the names above, so they come last.
-from . import cifar, digits  # noqa: E402,F401  (registers the datasets)
+from . import cifar, cifar_lt, clamm, digits, eurosat, imagenet, isic  # noqa: E402,F401  (registers the datasets)
 from .augment import AUGMENTATIONS, make_augment, reference_basic  # noqa: E402
 from .subset import stratified_split  # noqa: E402
 
