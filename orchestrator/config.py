@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 
 from workers import data as D
-from workers.lineage import MASK_METHODS
-from workers.models import ARCHS
+from workers.methods import METHODS
+from workers.models.inits import INITS
+from workers.models import ARCH_VARIANTS, ARCHS
 from workers.spec import TrainSpec
 
 
@@ -80,7 +81,7 @@ IMP_KEYS = {
     "rounds": _int(0), "rate": _num(0, 1, lo_open=True, hi_open=True), "rewind_epoch": _int(0),
     "prunable": _choice(["conv", "conv+linear"]),
 }
-MODEL_KEYS = {"width": _num(0, lo_open=True), "init": _choice(["random"])}
+MODEL_KEYS = {"width": _num(0, lo_open=True), "init": _choice(list(INITS))}
 def _by_fraction(v):
     """{fraction: {gpu: .., cpu: ..}}: per-data-size resources, e.g. four 1% trials per GPU."""
     if not isinstance(v, dict) or not v:
@@ -99,13 +100,13 @@ def _by_fraction(v):
 
 RESOURCE_KEYS = {"gpu": _num(0), "cpu": _num(0, lo_open=True), "by_fraction": _by_fraction}
 RUNTIME_KEYS = {"checkpoint_every": _int(0), "checkpoint_interval_s": _num(0), "eval_every": _int(0),
-                "max_device_images": _int(0), "compile": _bool}
+                "max_device_images": _int(0), "compile": _bool, "init_path": _str}
 AXES = {
     "datasets": lambda: _choice(sorted(D.DATASETS)),
     "fractions": lambda: _num(0, 1, lo_open=True),
     "images_per_class": lambda: _int(1),
     "augmentations": lambda: _choice(list(D.AUGMENTATIONS)),
-    "methods": lambda: _choice(sorted(MASK_METHODS)),
+    "methods": lambda: _choice(sorted(METHODS)),
     "archs": lambda: _choice(sorted(ARCHS)),
     "seeds": lambda: _int(0),
 }
@@ -252,6 +253,15 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
     rewind = body["imp"].get("rewind_epoch", 2)
     if rewind > epochs:
         err(f"{path}.imp.rewind_epoch", f"{rewind} is after the last epoch ({epochs})")
+    archs = body.get("archs") or [body["arch"]]
+    for method in body["methods"]:
+        variant = METHODS[method].variant
+        for arch in archs:
+            if variant not in ARCH_VARIANTS[arch]:
+                err(f"{path}.methods", f"{method} needs the {variant} variant, which {arch} does not have "
+                                       f"(it has: {', '.join(ARCH_VARIANTS[arch])})")
+    if body["model"].get("init", "random") != "random" and body["model"].get("width", 1) != 1:
+        err(f"{path}.model.width", "pretrained inits (model.init) need width 1")
     unused = set(body["resources"].get("by_fraction", {})) - set(body.get("fractions", []))
     if unused:
         err(f"{path}.resources.by_fraction",

@@ -24,13 +24,15 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from workers import data as D
 from workers import pruning as P
+from workers.losses import LOSSES, make_head
+from workers.methods import MASKS, get_method
 from workers.models import build_model
+from workers.models.inits import load_init
 from workers.spec import RunOptions, TrialSpec
 from workers.store import CorruptRound, LineageStore
 
@@ -38,13 +40,6 @@ log = logging.getLogger("lth_sweep.lineage")
 
 EVAL_BATCH = 1000
 HEARTBEAT_S = 30.0
-
-# Method -> how round k's mask comes from round k-1's trained weights/mask.
-MASK_METHODS: dict[str, Callable] = {
-    "imp": lambda model, masks, rate, gen: P.global_magnitude_prune(model, masks, rate),
-    "random_prune": lambda model, masks, rate, gen: P.random_prune(masks, rate, gen),
-}
-
 
 def _seed(*parts: int) -> int:
     """A 63-bit seed from integers: independent streams per (seed, round, epoch)."""
@@ -123,6 +118,7 @@ class Trainer:
         # The dense round has nothing to mask: skip the per-step multiply.
         self.sparse = P.density(masks) < 1.0
         self.names = {p: n for n, p in model.named_parameters()}
+        self.loss = LOSSES[get_method(spec.prune.method).loss]
 
     def lr_at(self, epoch: int) -> float:
         t = self.spec.train
@@ -156,7 +152,7 @@ class Trainer:
             yb = p.y_train[idx.to(p.y_train.device)]
             with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 out = self.forward(self._inputs(xb))
-                loss = F.cross_entropy(out, yb)
+                loss = self.loss(out, yb, p.info.num_classes)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -213,8 +209,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
     context = dict(context or {})
     context.setdefault("node", socket.gethostname())
     context.setdefault("gpu_ids", [])
-    if spec.prune.method not in MASK_METHODS:
-        raise ValueError(f"unknown method {spec.prune.method!r}; known: {sorted(MASK_METHODS)}")
+    method = get_method(spec.prune.method)
 
     store.write_spec(spec.to_dict())
     done, verified = _verified_prefix(store)
@@ -226,9 +221,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
     device = pick_device(opts, context)
     prep = prepare(spec, opts, device)
     info = prep.info
-    torch.manual_seed(_seed(spec.seed, -1))
-    model = build_model(spec.model.arch, num_classes=info.num_classes, in_channels=info.channels,
-                        image_size=info.image_size, width=spec.model.width).to(device)
+    model = make_model(spec, info, opts).to(device)
     names = P.prunable_names(model, spec.prune.prunable)
 
     rewind_saved = None  # round 0's committed rewind state, read once
@@ -249,7 +242,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
             # and the order of the per-layer table.
             prev_masks = {n: unpacked[n].to(device) for n in names}
             gen = torch.Generator().manual_seed(_seed(spec.seed, k, -1))
-            masks = MASK_METHODS[spec.prune.method](model, prev_masks, spec.prune.rate, gen)
+            masks = MASKS[method.mask](model, prev_masks, spec.prune.rate, gen)
             rewind_state = rewind_saved
             model.load_state_dict(rewind_state)
         metrics = _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context, token)
@@ -257,6 +250,22 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
             on_round(metrics)
     store.clear_marker("HEARTBEAT.json")
     return [store.read_manifest(k)["metrics"] for k in range(spec.num_rounds)]
+
+
+def make_model(spec: TrialSpec, info: D.DatasetInfo, opts: RunOptions) -> torch.nn.Module:
+    """The trial's network at its initialisation: architecture, the method's
+    variant and head, then the init's weights (seeded, so a resume rebuilds it)."""
+    method = get_method(spec.prune.method)
+    torch.manual_seed(_seed(spec.seed, -1))
+    model = build_model(spec.model.arch, num_classes=info.num_classes, in_channels=info.channels,
+                        image_size=info.image_size, width=spec.model.width, variant=method.variant)
+    if method.head != "linear":
+        model.fc = make_head(method.head, model.fc.in_features, info.num_classes)
+    if spec.model.init != "random":
+        report = load_init(model, spec.model.init, arch=spec.model.arch, path=opts.init_path,
+                           image_size=info.image_size, in_channels=info.channels)
+        log.info("init %s: %s", spec.model.init, report.summary())
+    return model
 
 
 def _verified_prefix(store: LineageStore) -> tuple[int, dict]:

@@ -132,6 +132,9 @@ class RunOptions:
     # CUDA; the first epoch pays the compile). The backend is for tests.
     compile: bool = False
     compile_backend: str = "inductor"
+    # Where init weights live (model.init imagenet: the torchvision file or its
+    # folder, default the torch hub cache; simclr: the state dict file).
+    init_path: Optional[str] = None
 
 
 def _non_default(obj: Any) -> Any:

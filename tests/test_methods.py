@@ -1,0 +1,98 @@
+"""Every method is what its name says, inside the lineage engine and through
+the orchestrator. (Component-level proofs: test_models_paper.py for the
+variants and inits, test_methods_parts.py for the losses and heads.)"""
+import pytest
+import torch
+from safetensors.torch import load as st_load
+
+from conftest import TINY_YAML, cli, table
+from workers import data as D
+from workers import lineage as L
+from workers import pruning as P
+from workers.losses import TvMFHead
+from workers.methods import METHODS, get_method
+from workers.models.variants import HarmonicConv2d
+from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
+from workers.store import SweepStore
+
+INDEPENDENT = ["imp", "random_prune", "cosine_loss", "tvmf_loss", "full_conv", "harmonic"]
+
+
+def spec(method, **kw):
+    return TrialSpec(DataSpec("digits", fraction=0.1), model=ModelSpec(width=0.125),
+                     train=TrainSpec(epochs=2, batch_size=40, lr=0.05),
+                     prune=PruneSpec(method=method, rounds=1, rewind_epoch=1), **kw)
+
+
+def model_of(method):
+    return L.make_model(spec(method), D.dataset_info("digits"), RunOptions())
+
+
+def test_registry_and_unknown_method():
+    assert set(INDEPENDENT) <= set(METHODS)
+    with pytest.raises(ValueError, match="known"):
+        get_method("snip")
+
+
+def test_each_method_builds_what_it_says():
+    std = model_of("imp")
+    full = model_of("full_conv")
+    assert full.layer1[0].conv1.padding == (2, 2) and std.layer1[0].conv1.padding == (1, 1)
+    x = torch.zeros(2, 1, 8, 8)
+    # Full convolution grows the map: the stem's 8x8 becomes 10x10.
+    assert full.stem(x).shape[-1] == 10 and std.stem(x).shape[-1] == 8
+    harm = model_of("harmonic")
+    assert any(isinstance(m, HarmonicConv2d) for m in harm.modules())
+    names = P.prunable_names(harm)
+    assert names and all(n.endswith("mix.weight") or "shortcut" in n or n.startswith("stem") for n in names)
+    assert not any("basis" in n for n, _ in harm.named_parameters())
+    assert isinstance(model_of("tvmf_loss").fc, TvMFHead) and isinstance(std.fc, torch.nn.Linear)
+    assert get_method("cosine_loss").loss == "cosine" and get_method("imp").loss == "cross_entropy"
+
+
+@pytest.mark.parametrize("method", ["cosine_loss", "tvmf_loss", "full_conv", "harmonic"])
+def test_method_lineage_runs_and_differs_from_imp(tmp_path, method):
+    """Same seed, data and schedule as imp: the round-0 network must differ
+    (the loss/head/convs really changed), and the lineage prunes as IMP does."""
+    ms = L.run_lineage(spec(method), SweepStore(str(tmp_path), "m").lineage(spec(method).trial_id))
+    base = L.run_lineage(spec("imp"), SweepStore(str(tmp_path), "b").lineage(spec("imp").trial_id))
+    assert [round(m["density"], 4) for m in ms] == [round(m["density"], 4) for m in base]
+    w = st_load(SweepStore(str(tmp_path), "m").lineage(spec(method).trial_id)
+                .load_round(0, ["weights.safetensors"])["weights.safetensors"])
+    wb = st_load(SweepStore(str(tmp_path), "b").lineage(spec("imp").trial_id)
+                 .load_round(0, ["weights.safetensors"])["weights.safetensors"])
+    shared = [k for k in wb if k in w and w[k].shape == wb[k].shape and w[k].is_floating_point()]
+    assert set(w) != set(wb) or any(not torch.equal(w[k], wb[k]) for k in shared)
+    if method == "tvmf_loss":
+        assert "fc.weight" in w and "fc.bias" not in w  # the t-vMF head, not a Linear
+    if method == "harmonic":
+        assert any(k.endswith("basis") for k in w)  # the fixed DCT basis travels with the weights
+
+
+def test_imagenet_init_loads_the_given_weights(tmp_path):
+    """model.init imagenet: torchvision's file (written here) is loaded into
+    every layer but the new small-image stem and the new head."""
+    import torchvision
+    tv = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(tv.state_dict(), path)
+    s = TrialSpec(DataSpec("digits", fraction=0.1), model=ModelSpec(init="imagenet"))
+    model = L.make_model(s, D.dataset_info("digits"), RunOptions(init_path=str(path)))
+    assert torch.equal(model.layer3[1].conv2.weight, tv.layer3[1].conv2.weight)
+    assert torch.equal(model.layer1[0].bn1.running_var, tv.layer1[0].bn1.running_var)
+    assert model.fc.out_features == 10 and model.stem[0].weight.shape != tv.conv1.weight.shape
+
+
+@pytest.mark.ray
+def test_every_method_end_to_end_through_the_orchestrator(tmp_path):
+    yaml = (TINY_YAML.replace("fractions: [0.1, 0.2]", "fractions: [0.1]")
+            .replace("augmentations: [none, basic]", "augmentations: [basic]")
+            .replace("methods: [imp]", f"methods: [{', '.join(INDEPENDENT)}]")
+            .replace("epochs: 3", "epochs: 2").replace("rounds: 2", "rounds: 1"))
+    (tmp_path / "experiments.yaml").write_text(yaml)
+    r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    df = table(tmp_path / "runs")
+    assert sorted(df["method"].unique()) == sorted(INDEPENDENT)
+    assert len(df) == len(INDEPENDENT) * 2 and not df.duplicated(["trial_id", "round"]).any()
+    assert df.groupby("method")["round"].apply(sorted).map(tuple).eq((0, 1)).all()
