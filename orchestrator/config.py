@@ -254,6 +254,10 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
     if rewind > epochs:
         err(f"{path}.imp.rewind_epoch", f"{rewind} is after the last epoch ({epochs})")
     archs = body.get("archs") or [body["arch"]]
+    needs_parent = [m for m in body["methods"] if METHODS[m].parent]
+    if needs_parent and "imp" not in body["methods"]:
+        err(f"{path}.methods", f"{needs_parent[0]} is built from the imp lineage of each grid point: "
+                               "add imp to methods")
     for method in body["methods"]:
         variant = METHODS[method].variant
         for arch in archs:

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from typing import Optional
 
 from orchestrator.grid import Trial
+from workers.methods import get_method
 from workers.spec import RunOptions, TrialSpec
 from workers.store import SweepStore
 
@@ -293,33 +294,41 @@ def _tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, m
 
     state = _Progress(sweep, collector, done_rounds, total_rounds)
     base = {"storage": sweep.fs.uri, "sweep": sweep.sweep}
-    space = [{**base, "trial_id": t.trial_id, "spec": t.spec.to_dict(), "options": asdict(t.options),
-              "cpu": t.resources["cpu"], "gpu": t.resources["gpu"]} for t in todo]
     trainable = tune.with_resources(lineage_trainable,
                                     lambda cfg: {"cpu": cfg["trial"]["cpu"], "gpu": cfg["trial"]["gpu"]})
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search(space)},
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=max_concurrent, reuse_actors=True,
-            trial_name_creator=lambda tr: tr.config["trial"]["trial_id"],
-            trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
-        run_config=tune.RunConfig(
-            name=f"run-{stamp}", storage_path=sweep.path("_tune"),
-            storage_filesystem=sweep.fs.fs,
-            failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[state], verbose=0))
-
-    interrupted = False
+    # Methods built from an imp lineage (same_layer_sparse, small_dense) run
+    # after every lineage they could depend on has committed.
+    phases = [[t for t in todo if not get_method(t.spec.prune.method).parent],
+              [t for t in todo if get_method(t.spec.prune.method).parent]]
+    interrupted, errors = False, []
     old_term = signal.getsignal(signal.SIGTERM)
     # SIGTERM (scheduler preemption, `kill`) takes Ctrl-C's graceful path.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
-        grid = tuner.fit()
-        errors = [r for r in grid if r.error is not None]
+        for n, phase in enumerate(p for p in phases if p):
+            if n:
+                _log(f"{len(phase)} trial(s) built from finished imp lineages start now")
+            space = [{**base, "trial_id": t.trial_id, "spec": t.spec.to_dict(), "options": asdict(t.options),
+                      "cpu": t.resources["cpu"], "gpu": t.resources["gpu"]} for t in phase]
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial": tune.grid_search(space)},
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=max_concurrent, reuse_actors=True,
+                    trial_name_creator=lambda tr: tr.config["trial"]["trial_id"],
+                    trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
+                run_config=tune.RunConfig(
+                    name=f"run-{stamp}-{n}", storage_path=sweep.path("_tune"),
+                    storage_filesystem=sweep.fs.fs,
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    callbacks=[state], verbose=0))
+            grid = tuner.fit()
+            errors += [r for r in grid if r.error is not None]
+            if state.interrupted:
+                break
     except KeyboardInterrupt:
-        interrupted, errors = True, []
+        interrupted = True
     finally:
         signal.signal(signal.SIGTERM, old_term)
     collector.rebuild()

@@ -144,3 +144,13 @@ def test_console_script_bad_fraction(tmp_path):
     cfg.write_text(BASE.replace("[0.1]", "[2.0]"))
     r = cli("plan", "-c", str(cfg), "-e", "x", cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_dependent_methods_need_imp(tmp_path, capsys):
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(BASE + "    methods: [small_dense]\n")
+    rc, _, err = run_main(capsys, ["plan", "-c", str(cfg), "-e", "x"])
+    assert rc == 2 and "add imp to methods" in err and len(err.strip().splitlines()) == 1
+    cfg.write_text(BASE + "    methods: [full_conv]\n    archs: [mobilenetv2]\n")
+    rc, _, err = run_main(capsys, ["plan", "-c", str(cfg), "-e", "x"])
+    assert rc == 2 and "mobilenetv2 does not have" in err

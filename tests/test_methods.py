@@ -16,6 +16,7 @@ from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, 
 from workers.store import SweepStore
 
 INDEPENDENT = ["imp", "random_prune", "cosine_loss", "tvmf_loss", "full_conv", "harmonic"]
+ALL = INDEPENDENT + ["same_layer_sparse", "small_dense"]
 
 
 def spec(method, **kw):
@@ -29,7 +30,7 @@ def model_of(method):
 
 
 def test_registry_and_unknown_method():
-    assert set(INDEPENDENT) <= set(METHODS)
+    assert set(ALL) == set(METHODS)
     with pytest.raises(ValueError, match="known"):
         get_method("snip")
 
@@ -87,12 +88,71 @@ def test_imagenet_init_loads_the_given_weights(tmp_path):
 def test_every_method_end_to_end_through_the_orchestrator(tmp_path):
     yaml = (TINY_YAML.replace("fractions: [0.1, 0.2]", "fractions: [0.1]")
             .replace("augmentations: [none, basic]", "augmentations: [basic]")
-            .replace("methods: [imp]", f"methods: [{', '.join(INDEPENDENT)}]")
+            .replace("methods: [imp]", f"methods: [{', '.join(ALL)}]")
             .replace("epochs: 3", "epochs: 2").replace("rounds: 2", "rounds: 1"))
     (tmp_path / "experiments.yaml").write_text(yaml)
     r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     df = table(tmp_path / "runs")
-    assert sorted(df["method"].unique()) == sorted(INDEPENDENT)
-    assert len(df) == len(INDEPENDENT) * 2 and not df.duplicated(["trial_id", "round"]).any()
-    assert df.groupby("method")["round"].apply(sorted).map(tuple).eq((0, 1)).all()
+    assert sorted(df["method"].unique()) == sorted(ALL)
+    assert len(df) == len(ALL) * 2 and not df.duplicated(["trial_id", "round"]).any()
+    assert all(sorted(g) == [0, 1] for _, g in df.groupby("method")["round"])
+    # The dependent trials ran after their parent: they start after it finished.
+    by = df.set_index(["method", "round"])
+    imp_done = by.loc[("imp", 1), "finished_at"]
+    for m in ("same_layer_sparse", "small_dense"):
+        assert by.loc[(m, 1), "started_at"] >= imp_done
+        assert by.loc[(m, 0), "test_acc"] == by.loc[("imp", 0), "test_acc"]  # the shared dense round
+    assert "built from finished imp lineages" in r.stdout
+
+
+def parent_and_child(tmp_path, method, rounds=2):
+    parent = spec("imp").__class__(**{**spec("imp").__dict__,
+                                      "prune": PruneSpec(method="imp", rounds=rounds, rewind_epoch=1)})
+    child = spec(method).__class__(**{**spec(method).__dict__,
+                                      "prune": PruneSpec(method=method, rounds=rounds, rewind_epoch=1)})
+    st = SweepStore(str(tmp_path), "s")
+    return st, parent, child
+
+
+def test_parent_dependent_trial_needs_its_finished_parent(tmp_path):
+    st, parent, child = parent_and_child(tmp_path, "same_layer_sparse")
+    with pytest.raises(L.ParentMissing, match="add imp"):
+        L.run_lineage(child, st.lineage(child.trial_id))
+
+
+def test_same_layer_sparse_has_the_parents_layer_densities_exactly(tmp_path):
+    st, parent, child = parent_and_child(tmp_path, "same_layer_sparse")
+    L.run_lineage(parent, st.lineage(parent.trial_id))
+    rows = L.run_lineage(child, st.lineage(child.trial_id))
+    pa, ch = st.lineage(parent.trial_id), st.lineage(child.trial_id)
+    # Round 0 is the parent's dense network, copied.
+    assert pa.load_round(0, ["weights.safetensors"]) == ch.load_round(0, ["weights.safetensors"])
+    assert rows[0]["copied_from"] == parent.trial_id
+    for k in (1, 2):
+        pm = P.unpack_masks(st_load(pa.load_round(k, ["mask.safetensors"])["mask.safetensors"]))
+        cm = P.unpack_masks(st_load(ch.load_round(k, ["mask.safetensors"])["mask.safetensors"]))
+        assert set(pm) == set(cm)
+        assert all(int(pm[n].sum()) == int(cm[n].sum()) for n in pm)  # per-layer counts equal
+        assert any(not torch.equal(pm[n], cm[n]) for n in pm)  # but other positions
+        assert rows[k]["layers"] == pa.read_manifest(k)["metrics"]["layers"]
+
+
+def test_small_dense_matches_the_tickets_parameter_count(tmp_path):
+    from workers.pruning.matching import param_count
+    st, parent, child = parent_and_child(tmp_path, "small_dense")
+    prow = L.run_lineage(parent, st.lineage(parent.trial_id))
+    rows = L.run_lineage(child, st.lineage(child.trial_id))
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    ch = st.lineage(child.trial_id)
+    for k in (1, 2):
+        r = rows[k]
+        assert r["density"] == pytest.approx(prow[k]["density"])  # placed at the ticket's density
+        assert abs(r["params"] - r["ticket_params"]) <= 0.01 * r["ticket_params"]
+        assert r["width"] < 0.125 and r["epochs"] == 2  # narrower, and trained from scratch for all epochs
+        w = st_load(ch.load_round(k, ["weights.safetensors"])["weights.safetensors"])
+        assert sum(v.numel() for n, v in w.items() if not n.endswith(("running_mean", "running_var",
+                                                                      "num_batches_tracked"))) == r["params"]
+        cm = P.unpack_masks(st_load(ch.load_round(k, ["mask.safetensors"])["mask.safetensors"]))
+        assert all(bool(m.all()) for m in cm.values())  # dense
+    assert param_count(L.make_model(parent, D.dataset_info("digits"), RunOptions())) > rows[1]["params"]

@@ -30,7 +30,9 @@ from safetensors.torch import save as st_save
 from workers import data as D
 from workers import pruning as P
 from workers.losses import LOSSES, make_head
-from workers.methods import MASKS, get_method
+from workers.methods import MASKS, get_method, parent_spec
+from workers.pruning.layerwise import same_layer_random_masks
+from workers.pruning.matching import matching_width, param_count
 from workers.models import build_model
 from workers.models.inits import load_init
 from workers.spec import RunOptions, TrialSpec
@@ -212,6 +214,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
     method = get_method(spec.prune.method)
 
     store.write_spec(spec.to_dict())
+    parent = _finished_parent(spec, store) if method.parent else None
     done, verified = _verified_prefix(store)
     store.clear_partials_before(done)
     if done == spec.num_rounds:
@@ -226,6 +229,12 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
 
     rewind_saved = None  # round 0's committed rewind state, read once
     for k in range(done, spec.num_rounds):
+        if parent is not None and (k == 0 or method.mask == "dense_matched"):
+            metrics = (_copy_parent_round0(spec, store, parent, token) if k == 0 else
+                       _small_dense_round(spec, opts, store, parent, prep, k, context, token))
+            if on_round is not None:
+                on_round(metrics)
+            continue
         if k == 0:
             masks = P.full_masks(model, names)
             rewind_state = model_state(model) if spec.prune.rewind_epoch == 0 else None
@@ -242,7 +251,11 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
             # and the order of the per-layer table.
             prev_masks = {n: unpacked[n].to(device) for n in names}
             gen = torch.Generator().manual_seed(_seed(spec.seed, k, -1))
-            masks = MASKS[method.mask](model, prev_masks, spec.prune.rate, gen)
+            if method.mask == "same_layer":
+                pm = P.unpack_masks(st_load(parent.load_round(k, ["mask.safetensors"])["mask.safetensors"]))
+                masks = same_layer_random_masks({n: pm[n].to(device) for n in names}, gen)
+            else:
+                masks = MASKS[method.mask](model, prev_masks, spec.prune.rate, gen)
             rewind_state = rewind_saved
             model.load_state_dict(rewind_state)
         metrics = _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context, token)
@@ -250,6 +263,60 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
             on_round(metrics)
     store.clear_marker("HEARTBEAT.json")
     return [store.read_manifest(k)["metrics"] for k in range(spec.num_rounds)]
+
+
+class ParentMissing(Exception):
+    """A parent-dependent trial whose `imp` lineage is not (fully) committed."""
+
+
+def _finished_parent(spec: TrialSpec, store: LineageStore) -> LineageStore:
+    pid = parent_spec(spec).trial_id
+    parent = store.sweep.lineage(pid)
+    have = parent.committed_prefix()
+    if have < spec.num_rounds:
+        raise ParentMissing(
+            f"{spec.prune.method} trial {store.trial_id} is built from the imp lineage {pid} of the same "
+            f"grid point, which has {have}/{spec.num_rounds} rounds committed in this sweep; "
+            f"add imp to the experiment's methods (the driver runs it first)")
+    return parent
+
+
+def _copy_parent_round0(spec, store, parent, token) -> dict:
+    """Round 0 is the parent's dense network: commit its verified files under
+    this trial (nothing retrained), so resume and the tables treat it as ours."""
+    names = ["weights.safetensors", "mask.safetensors", "rewind.safetensors"]
+    files = parent.load_round(0, names)
+    metrics = dict(parent.read_manifest(0)["metrics"])
+    metrics.update(trial_id=store.trial_id, checkpoint_uri=store.round_uri(0), copied_from=parent.trial_id)
+    files["metrics.json"] = json.dumps(metrics, sort_keys=True, indent=1).encode()
+    store.check_owner(token)
+    store.commit_round(0, files, metrics, spec.to_dict())
+    return metrics
+
+
+def _small_dense_round(spec, opts, store, parent, prep, k, context, token) -> dict:
+    """A dense network with the parameter count of the parent's round-k ticket
+    (width searched over the architecture's channel rounding), trained from
+    scratch for every epoch. Its row's density is the ticket's it matches."""
+    info = prep.info
+    pm = P.unpack_masks(st_load(parent.load_round(k, ["mask.safetensors"])["mask.safetensors"]))
+    ticket = make_model(parent_spec(spec), info, opts)
+    prunable = sum(m.numel() for m in pm.values())
+    target = param_count(ticket) - prunable + sum(int(m.sum()) for m in pm.values())
+    method = get_method(spec.prune.method)
+
+    def build(width: float) -> torch.nn.Module:
+        return build_model(spec.model.arch, num_classes=info.num_classes, in_channels=info.channels,
+                           image_size=info.image_size, width=width, variant=method.variant)
+
+    width = matching_width(build, target, hi=spec.model.width)
+    torch.manual_seed(_seed(spec.seed, k, -2))
+    model = build(width).to(prep.device)
+    masks = P.full_masks(model, P.prunable_names(model, spec.prune.prunable))
+    extra = {"density": sum(int(m.sum()) for m in pm.values()) / prunable, "width": width,
+             "params": param_count(model), "ticket_params": target}
+    return _train_round(spec, opts, store, prep, model, masks, k, None, context, token,
+                        first_epoch=0, extra=extra)
 
 
 def make_model(spec: TrialSpec, info: D.DatasetInfo, opts: RunOptions) -> torch.nn.Module:
@@ -293,10 +360,13 @@ def _verified_prefix(store: LineageStore) -> tuple[int, dict]:
         return k, {"rewind": rewind, k - 1: last}
 
 
-def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context, token=None) -> dict:
+def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context, token=None,
+                 first_epoch: Optional[int] = None, extra: Optional[dict] = None) -> dict:
     t, pr = spec.train, spec.prune
     trainer = Trainer(spec, prep, model, masks, opts)
-    start_epoch = 0 if k == 0 else pr.rewind_epoch
+    if first_epoch is None:
+        first_epoch = 0 if k == 0 else pr.rewind_epoch
+    start_epoch = first_epoch
     history: list[dict] = []
     wall_prev = 0.0
     started_at = _now()
@@ -359,7 +429,7 @@ def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context
         "train_acc": train_acc,
         "val_acc": val_acc,
         "test_acc": test_acc,
-        "epochs": t.epochs - (0 if k == 0 else pr.rewind_epoch),
+        "epochs": t.epochs - first_epoch,
         "wall_s": wall_s,
         "images_per_s": images / train_s if train_s > 0 else None,
         "node": context["node"],
@@ -370,6 +440,7 @@ def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context
         "checkpoint_uri": store.round_uri(k),
         "layers": P.layer_densities(masks),
         "history": history,
+        **(extra or {}),
     }
     files = {"weights.safetensors": _save(model_state(model)),
              "mask.safetensors": _save(P.pack_masks(masks))}

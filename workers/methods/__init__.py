@@ -12,6 +12,17 @@ paper's released code trained a plain ResNet under several of these names).
     full_conv      IMP on full convolutions (padding 2 on 3x3 convs)
     harmonic       IMP on harmonic blocks (fixed DCT basis + learned 1x1 mixing;
                    IMP prunes the mixing weights, never the basis)
+
+Two methods are built from a finished `imp` lineage of the same grid point
+(its "parent", read from storage; the driver runs them after their parents):
+
+    same_layer_sparse  round k: random masks with exactly the parent's round-k
+                       per-layer densities, trained from the parent's rewind state
+    small_dense        round k: a dense network whose width is chosen so its
+                       parameter count matches the parent's round-k ticket,
+                       trained from scratch for all epochs
+
+Both share the parent's round 0 (the same dense network, copied, not retrained).
 """
 from __future__ import annotations
 
@@ -27,6 +38,7 @@ class Method:
     variant: str = "standard"  # workers.models.variants
     head: str = "linear"  # workers.losses.make_head
     loss: str = "cross_entropy"  # workers.losses.LOSSES
+    parent: bool = False  # built from the committed `imp` lineage of the same grid point
 
 
 # mask kind -> f(model, previous masks, rate, generator) -> masks
@@ -42,7 +54,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("tvmf_loss", head="tvmf", loss="tvmf"),
     Method("full_conv", variant="full_conv"),
     Method("harmonic", variant="harmonic"),
+    Method("same_layer_sparse", mask="same_layer", parent=True),
+    Method("small_dense", mask="dense_matched", parent=True),
 )}
+
+
+def parent_spec(spec):
+    """The `imp` lineage a parent-dependent trial is built from."""
+    import dataclasses
+    return dataclasses.replace(spec, prune=dataclasses.replace(spec.prune, method="imp"))
 
 
 def get_method(name: str) -> Method:
@@ -51,4 +71,4 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-__all__ = ["MASKS", "METHODS", "Method", "get_method"]
+__all__ = ["MASKS", "METHODS", "Method", "get_method", "parent_spec"]
