@@ -109,9 +109,22 @@ AXES = {
     "methods": lambda: _choice(sorted(METHODS)),
     "archs": lambda: _choice(sorted(ARCHS)),
     "seeds": lambda: _int(0),
+    "imbalances": lambda: _num(0, 1, lo_open=True),
 }
+def _names(known):
+    def check(v):
+        if not isinstance(v, list) or len(set(map(str, v))) != len(v):
+            return f"{v!r} is not a list without duplicates"
+        for x in v:
+            if x not in known():
+                return f"{x!r} is not one of {', '.join(known())}"
+    return check
+
+
+ANALYSIS_KEYS = {"robustness": _names(lambda: ["cifar10c", "cifar10_2"]),
+                 "probe": _names(lambda: sorted(D.DATASETS)), "cka": _bool}
 SECTIONS = {"train": TRAIN_KEYS, "imp": IMP_KEYS, "model": MODEL_KEYS, "resources": RESOURCE_KEYS,
-            "runtime": RUNTIME_KEYS}
+            "runtime": RUNTIME_KEYS, "analysis": ANALYSIS_KEYS}
 SCALARS = {"arch": _choice(sorted(ARCHS)), "selection": _choice(["val", "test"]),
            "val_fraction": _num(0, 1, lo_open=True, hi_open=True), "data_root": _str,
            "description": lambda v: None if isinstance(v, str) else f"{v!r} is not a string"}
@@ -129,6 +142,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "selection": "val",
     "resources": {"gpu": 1, "cpu": 4},
     "runtime": {},
+    "analysis": {},
 }
 
 
@@ -253,6 +267,17 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
     rewind = body["imp"].get("rewind_epoch", 2)
     if rewind > epochs:
         err(f"{path}.imp.rewind_epoch", f"{rewind} is after the last epoch ({epochs})")
+    if "imbalances" in body and set(body["datasets"]) != {"cifar100_lt"}:
+        err(f"{path}.imbalances", "applies to long-tailed datasets only: datasets must be [cifar100_lt]")
+    an = body["analysis"]
+    if an.get("robustness") and set(body["datasets"]) != {"cifar10"}:
+        err(f"{path}.analysis.robustness", "CIFAR-10-C and CIFAR-10.2 evaluate CIFAR-10 models: "
+                                           "datasets must be [cifar10]")
+    for target in an.get("probe", []):
+        for ds in body["datasets"]:
+            if D.dataset_info(target).channels != D.dataset_info(ds).channels:
+                err(f"{path}.analysis.probe", f"{target} has {D.dataset_info(target).channels} channel(s), "
+                                              f"{ds} models take {D.dataset_info(ds).channels}")
     archs = body.get("archs") or [body["arch"]]
     needs_parent = [m for m in body["methods"] if METHODS[m].parent]
     if needs_parent and "imp" not in body["methods"]:

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from typing import Optional
 
 from orchestrator.grid import Trial
+from workers.evaluation import pending
 from workers.methods import get_method
 from workers.spec import RunOptions, TrialSpec
 from workers.store import SweepStore
@@ -62,7 +63,11 @@ def lineage_trainable(config: dict) -> None:
         row["lth_trial_id"] = metrics["trial_id"]  # Tune owns the `trial_id` key
         tune.report(row)
 
-    run_lineage(spec, store, RunOptions(**config["options"]), ctx, on_round=report)
+    opts = RunOptions(**config["options"])
+    run_lineage(spec, store, opts, ctx, on_round=report)
+    from workers.evaluation import run_evaluations
+    if run_evaluations(spec, store, opts):
+        tune.report({"lth_trial_id": spec.trial_id, "evaluations": True})
 
 
 def node_label() -> str:
@@ -259,7 +264,7 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
         for t in trials:
             k = sweep.lineage(t.trial_id).committed_prefix()
             done_rounds += min(k, t.spec.num_rounds)
-            if k < t.spec.num_rounds:
+            if k < t.spec.num_rounds or pending(t.spec, sweep.lineage(t.trial_id), t.options):
                 todo.append(t)
         total_rounds = sum(t.spec.num_rounds for t in trials)
         _log(f"sweep {sweep_name!r} ({experiment}) at {sweep.fs.to_uri(sweep.dir)}: {len(trials)} trials, "
@@ -391,6 +396,9 @@ class _Progress(_make_callback_base()):
         if tid is None:
             return
         self._update(tid)
+        if result.get("evaluations"):
+            _log(f"{tid}: evaluations written")
+            return
         self.done_rounds += 1
         acc = lambda k: f"{result[k]:.3f}" if isinstance(result.get(k), (int, float)) else "-"
         _log(f"{tid} round {result['round']}: density {result['density']:.3f} val {acc('val_acc')} "

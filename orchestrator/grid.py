@@ -6,6 +6,7 @@ seeds, so `plan` lists trials the way a person reads the yaml.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -34,7 +35,8 @@ class Trial:
         return {"trial_id": self.trial_id, "dataset": d.dataset, "fraction": d.fraction,
                 "images_per_class": d.images_per_class, "augmentation": d.augmentation,
                 "method": self.spec.prune.method, "arch": self.spec.model.arch,
-                "seed": self.spec.seed, "resources": dict(self.resources)}
+                "seed": self.spec.seed, "resources": dict(self.resources),
+                **({"imbalance": d.imbalance} if d.imbalance is not None else {})}
 
     def train_images(self) -> int:
         """Images processed by the whole lineage (for the cost estimate)."""
@@ -64,11 +66,15 @@ def expand(exp: dict) -> list[Trial]:
     sizes = [("fraction", f) for f in exp.get("fractions", [])] + \
             [("images_per_class", n) for n in exp.get("images_per_class", [])]
     archs = exp.get("archs") or [exp["arch"]]
+    an = exp.get("analysis", {})
+    options = dataclasses.replace(options, robustness=tuple(an.get("robustness", ())),
+                                  probe=tuple(an.get("probe", ())), cka=bool(an.get("cka", False)))
     trials = []
-    for ds, (kind, size), aug, method, arch, seed in itertools.product(
-            exp["datasets"], sizes, exp["augmentations"], exp["methods"], archs, exp["seeds"]):
+    for ds, imbalance, (kind, size), aug, method, arch, seed in itertools.product(
+            exp["datasets"], exp.get("imbalances", [None]), sizes, exp["augmentations"], exp["methods"],
+            archs, exp["seeds"]):
         spec = TrialSpec(
-            data=DataSpec(dataset=ds, augmentation=aug, **{kind: size}),
+            data=DataSpec(dataset=ds, augmentation=aug, imbalance=imbalance, **{kind: size}),
             model=ModelSpec(arch=arch, **model_kw),
             train=train,
             prune=PruneSpec(method=method, **prune_kw),

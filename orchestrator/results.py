@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from workers.store import SweepStore
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: imbalance, init, acc_<suite> columns; robustness/probe/cka tables
 
 _TS = pa.timestamp("ms", tz="UTC")
 # Stored in each file's schema metadata: a reader can tell our shards (and
@@ -64,6 +64,10 @@ RESULTS_SCHEMA = pa.schema([
     ("started_at", _TS),
     ("finished_at", _TS),
     ("checkpoint_uri", pa.string()),
+    ("imbalance", pa.float64()),         # cifar100_lt's imbalance factor, else null
+    ("init", pa.string()),
+    ("acc_cifar10c", pa.float64()),      # mean over the robustness table's rows, when evaluated
+    ("acc_cifar10_2", pa.float64()),
     ("schema_version", pa.int32()),
 ], metadata={_META_TABLE: b"results", _META_VERSION: str(SCHEMA_VERSION).encode()})
 
@@ -77,7 +81,24 @@ LAYERS_SCHEMA = pa.schema([
     ("schema_version", pa.int32()),
 ], metadata={_META_TABLE: b"layers", _META_VERSION: str(SCHEMA_VERSION).encode()})
 
-_SCHEMAS = {"results": RESULTS_SCHEMA, "layers": LAYERS_SCHEMA}
+def _side_schema(name: str, fields: list) -> pa.Schema:
+    return pa.schema([("sweep", pa.string()), ("trial_id", pa.string()), *fields,
+                      ("schema_version", pa.int32())],
+                     metadata={_META_TABLE: name.encode(), _META_VERSION: str(SCHEMA_VERSION).encode()})
+
+
+# Evaluations after a lineage (workers/evaluation.py), one row per measurement.
+ROBUSTNESS_SCHEMA = _side_schema("robustness", [("round", pa.int64()), ("suite", pa.string()),
+                                                ("corruption", pa.string()), ("severity", pa.int64()),
+                                                ("accuracy", pa.float64())])
+PROBE_SCHEMA = _side_schema("probe", [("round", pa.int64()), ("target", pa.string()),
+                                      ("accuracy", pa.float64())])
+CKA_SCHEMA = _side_schema("cka", [("trial_a", pa.string()), ("round_a", pa.int64()),
+                                  ("trial_b", pa.string()), ("round_b", pa.int64()),
+                                  ("layer", pa.string()), ("cka", pa.float64())])
+
+_SCHEMAS = {"results": RESULTS_SCHEMA, "layers": LAYERS_SCHEMA, "robustness": ROBUSTNESS_SCHEMA,
+            "probe": PROBE_SCHEMA, "cka": CKA_SCHEMA}
 GROUP_KEYS = ["dataset", "fraction", "images_per_class", "augmentation", "method", "arch"]
 
 
@@ -111,9 +132,35 @@ def _num(value, kind=float):
         return None
 
 
-def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> tuple[list[dict], list[dict]]:
-    """(results rows, layer rows) of one trial, one per intact committed round."""
+def _evaluation_rows(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dict]]:
+    """Rows of the trial's current evaluation files (stale ones are left out)."""
+    from workers.evaluation import current
+    lin = sweep_store.lineage(trial_id)
+    out: dict[str, list[dict]] = {"robustness": [], "probe": [], "cka": []}
+    base = {"sweep": sweep_store.sweep, "trial_id": trial_id, "schema_version": SCHEMA_VERSION}
+    for name in lin.analyses():
+        doc = current(lin, name)
+        if doc is None:
+            continue
+        kind = name.split("_", 1)[0]
+        for r in doc.get("rows", []):
+            if kind == "cka":
+                out["cka"].append({**base, "trial_a": trial_id, "round_a": r.get("round_a"),
+                                   "trial_b": trial_id, "round_b": r.get("round_b"),
+                                   "layer": r.get("layer"), "cka": _num(r.get("cka"))})
+            elif kind in out:
+                out[kind].append({**base, **r})
+    return out
+
+
+def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dict]]:
+    """Rows of every table for one trial: results and layers (one per intact
+    committed round) and its evaluations; rounds carry their mean per suite."""
     results, layers = [], []
+    extra = _evaluation_rows(sweep_store, trial_id)
+    suite_mean: dict[tuple, list] = defaultdict(list)
+    for r in extra["robustness"]:
+        suite_mean[(r["round"], r["suite"])].append(r["accuracy"])
     for k, man in sorted(sweep_store.lineage(trial_id).manifests().items()):
         m, spec = man.get("metrics") or {}, man.get("spec") or {}
         data, model = spec.get("data") or {}, spec.get("model") or {}
@@ -127,7 +174,7 @@ def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> tuple[list[dict], 
             "augmentation": data.get("augmentation"),
             "method": (spec.get("prune") or {}).get("method"),
             "arch": model.get("arch"),
-            "width": _num(model.get("width")),
+            "width": _num(m.get("width", model.get("width"))),  # small_dense: its own width
             "seed": _num(spec.get("seed"), int),
             "selection": (spec.get("selection") or {}).get("selection"),
             "density": _num(m.get("density")),
@@ -143,12 +190,16 @@ def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> tuple[list[dict], 
             "started_at": _ts(m.get("started_at")),
             "finished_at": _ts(m.get("finished_at")),
             "checkpoint_uri": m.get("checkpoint_uri"),
+            "imbalance": _num(data.get("imbalance")),
+            "init": model.get("init"),
+            **{f"acc_{suite}": (sum(v) / len(v) if (v := suite_mean.get((k, suite))) else None)
+               for suite in ("cifar10c", "cifar10_2")},
         })
         for layer in m.get("layers") or []:
             layers.append({**base, "layer": layer.get("layer"),
                            "density": _num(layer.get("density")),
                            "numel": _num(layer.get("numel"), int)})
-    return results, layers
+    return {"results": results, "layers": layers, **extra}
 
 
 # --- shard files -------------------------------------------------------------
@@ -283,11 +334,10 @@ class Collector:
 
     # --- internals (lock held) --------------------------------------------
     def _rows(self, trial_ids: Iterable[str]) -> dict[str, pa.Table]:
-        rows: dict[str, list] = {"results": [], "layers": []}
+        rows: dict[str, list] = {k: [] for k in _SCHEMAS}
         for t in sorted(trial_ids):
-            r, l = rows_for_trial(self.store, t)
-            rows["results"] += r
-            rows["layers"] += l
+            for kind, r in rows_for_trial(self.store, t).items():
+                rows[kind] += r
         return {k: pa.Table.from_pylist(v, schema=_SCHEMAS[k]) for k, v in rows.items()}
 
     def _update_shard(self, shard: str, tids: set[str]) -> None:
@@ -317,7 +367,8 @@ class Collector:
                 self.store.fs.delete_file(path)
                 continue
             # A stable sort: layers keep the model's order within a round.
-            table = table.sort_by([("trial_id", "ascending"), ("round", "ascending")])
+            keys = [k for k in ("trial_id", "round", "round_b") if k in table.column_names]
+            table = table.sort_by([(k, "ascending") for k in keys])
             sink = pa.BufferOutputStream()
             pq.write_table(table.replace_schema_metadata(_SCHEMAS[kind].metadata), sink)
             self.store.fs.write(path, sink.getvalue().to_pybytes())

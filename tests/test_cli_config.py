@@ -154,3 +154,15 @@ def test_dependent_methods_need_imp(tmp_path, capsys):
     cfg.write_text(BASE + "    methods: [full_conv]\n    archs: [mobilenetv2]\n")
     rc, _, err = run_main(capsys, ["plan", "-c", str(cfg), "-e", "x"])
     assert rc == 2 and "mobilenetv2 does not have" in err
+
+
+def test_every_shipped_experiment_plans_with_the_product_of_its_axes(capsys):
+    import math
+    cfg = load_config("experiments.yaml")
+    axes = ["datasets", "imbalances", "fractions", "augmentations", "methods", "archs", "seeds"]
+    for name, exp in cfg["experiments"].items():
+        rc, out, err = run_main(capsys, ["plan", "-e", name, "--json"])
+        assert rc == 0, (name, err)
+        sizes = len(exp.get("fractions", [])) + len(exp.get("images_per_class", []))
+        want = sizes * math.prod(len(exp[a]) for a in axes if a in exp and a != "fractions")
+        assert json.loads(out)["count"] == want, name

@@ -57,9 +57,9 @@ def test_report_tables(tmp_path, capsys):
     col = [c for c in df.columns if "0.2" in c][0]
     assert df[col].isna().tolist() == [False, True]  # missing stays missing, never zero
     # Views without their data are a one-line note, not an error.
-    for note in ("no acc_cifar10c column", "no random_prune, same_layer_sparse, small_dense trials",
+    for note in ("no IMP trial has a value of acc_cifar10c yet", "no random_prune, same_layer_sparse, small_dense trials",
                  "no cka/ table", "no per-layer densities", "no trials on cifar100 or imagenet",
-                 "no imbalance column", "no probe/ table"):
+                 "no trials on cifar100_lt", "no probe/ table"):
         assert note in md and note in html
     printed = capsys.readouterr().out.split()
     assert sorted(os.path.basename(p) for p in printed if p.endswith(".png")) == [
@@ -206,7 +206,7 @@ def test_figures_are_pngs_linked_and_embedded(paper):
         assert_png(p)
         assert f"]({os.path.basename(p)})" in md
     assert html.count('src="data:image/png;base64,') == len(pngs)
-    assert "_Skipped: the results table has no acc_cifar10c column._" in md
+    assert "_Skipped: no IMP trial has a value of acc_cifar10c yet._" in md
 
 
 # --- columns the results schema does not have yet --------------------------------------

@@ -81,6 +81,9 @@ class Prepared:
 
 def prepare(spec: TrialSpec, opts: RunOptions, device: torch.device) -> Prepared:
     info, train, test = D.load_dataset(spec.data.dataset, opts.data_root)
+    if spec.data.imbalance is not None:
+        from workers.data.cifar_lt import load_long_tail
+        train, test = load_long_tail(opts.data_root, True, spec.data.imbalance)
     use_val = spec.selection.selection == "val"
     tr_idx, va_idx = D.stratified_split(
         train.y, fraction=spec.data.fraction, images_per_class=spec.data.images_per_class,
@@ -319,7 +322,8 @@ def _small_dense_round(spec, opts, store, parent, prep, k, context, token) -> di
                         first_epoch=0, extra=extra)
 
 
-def make_model(spec: TrialSpec, info: D.DatasetInfo, opts: RunOptions) -> torch.nn.Module:
+def make_model(spec: TrialSpec, info: D.DatasetInfo, opts: RunOptions,
+               with_init: bool = True) -> torch.nn.Module:
     """The trial's network at its initialisation: architecture, the method's
     variant and head, then the init's weights (seeded, so a resume rebuilds it)."""
     method = get_method(spec.prune.method)
@@ -328,7 +332,7 @@ def make_model(spec: TrialSpec, info: D.DatasetInfo, opts: RunOptions) -> torch.
                         image_size=info.image_size, width=spec.model.width, variant=method.variant)
     if method.head != "linear":
         model.fc = make_head(method.head, model.fc.in_features, info.num_classes)
-    if spec.model.init != "random":
+    if with_init and spec.model.init != "random":
         report = load_init(model, spec.model.init, arch=spec.model.arch, path=opts.init_path,
                            image_size=info.image_size, in_channels=info.channels)
         log.info("init %s: %s", spec.model.init, report.summary())

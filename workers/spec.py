@@ -28,6 +28,8 @@ class DataSpec:
     fraction: Optional[float] = None
     images_per_class: Optional[int] = None
     augmentation: str = "none"
+    # Long-tailed datasets (cifar100_lt): the imbalance factor n_min / n_max.
+    imbalance: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ class RunOptions:
     # Where init weights live (model.init imagenet: the torchvision file or its
     # folder, default the torch hub cache; simclr: the state dict file).
     init_path: Optional[str] = None
+    # Evaluations after the lineage (workers/evaluation.py): robustness suites,
+    # linear-probe target datasets, CKA dense vs winning ticket.
+    robustness: tuple = ()
+    probe: tuple = ()
+    cka: bool = False
 
 
 def _non_default(obj: Any) -> Any:

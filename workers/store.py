@@ -231,6 +231,26 @@ class LineageStore:
     def partial_dir(self, k: int) -> str:
         return f"{self.dir}/partial/round_{k}"
 
+    # --- evaluations after the lineage (workers/evaluation.py) ----------
+    def analysis_path(self, name: str) -> str:
+        return f"{self.dir}/analysis/{check_name('analysis', name)}.json"
+
+    def write_analysis(self, name: str, doc: dict) -> None:
+        self.fs.write(self.analysis_path(name), _dumps(doc))
+
+    def read_analysis(self, name: str) -> Optional[dict]:
+        try:
+            doc = json.loads(self.fs.read(self.analysis_path(name)))
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            return None  # torn or unreadable: computed again
+        return doc if isinstance(doc, dict) else None
+
+    def analyses(self) -> list[str]:
+        names = self.fs.listdir(f"{self.dir}/analysis")
+        return sorted(n[:-5] for n in names if n.endswith(".json") and ".tmp-" not in n and not n.startswith("."))
+
     # --- spec / markers -------------------------------------------------
     def write_spec(self, spec_dict: dict) -> None:
         path = f"{self.dir}/spec.json"
