@@ -89,7 +89,8 @@ def test_every_method_end_to_end_through_the_orchestrator(tmp_path):
     yaml = (TINY_YAML.replace("fractions: [0.1, 0.2]", "fractions: [0.1]")
             .replace("augmentations: [none, basic]", "augmentations: [basic]")
             .replace("methods: [imp]", f"methods: [{', '.join(ALL)}]")
-            .replace("epochs: 3", "epochs: 2").replace("rounds: 2", "rounds: 1"))
+            .replace("epochs: 3", "epochs: 2").replace("rounds: 2", "rounds: 1")
+            + "    analysis: {cka: true, probe: [digits]}\n")
     (tmp_path / "experiments.yaml").write_text(yaml)
     r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -104,6 +105,14 @@ def test_every_method_end_to_end_through_the_orchestrator(tmp_path):
         assert by.loc[(m, 1), "started_at"] >= imp_done
         assert by.loc[(m, 0), "test_acc"] == by.loc[("imp", 0), "test_acc"]  # the shared dense round
     assert "built from finished imp lineages" in r.stdout
+    # The evaluations ran inside the trials and reached their tables.
+    from orchestrator import results as R
+    st = SweepStore(str(tmp_path / "runs"), "tiny")
+    cka = R.to_pandas(R.load_table(st, "cka"))
+    probe = R.to_pandas(R.load_table(st, "probe"))
+    assert set(cka["trial_id"]) == set(df["trial_id"]) == set(probe["trial_id"])
+    again = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path, timeout=600)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
 def parent_and_child(tmp_path, method, rounds=2):

@@ -262,10 +262,11 @@ def penultimate_features(model: nn.Module, x_uint8: torch.Tensor, info: DatasetI
                          batch: int = FEATURE_BATCH, device: DeviceLike = None) -> torch.Tensor:
     """float32 CPU [n, d]: what the model feeds its classifier `model.fc`
     (captured by a forward pre-hook, so the backbone is exactly the model's
-    own forward up to the head, whatever the architecture)."""
+    own forward up to the head, whatever the architecture or head: a Linear,
+    or the t-vMF head of tvmf_loss)."""
     fc = getattr(model, "fc", None)
-    if not isinstance(fc, nn.Linear):
-        raise ValueError(f"model {type(model).__name__} has no nn.Linear `fc` head "
+    if not isinstance(fc, nn.Module):
+        raise ValueError(f"model {type(model).__name__} has no `fc` head module "
                          f"(top-level children: {_children(model)})")
     taps = {"fc_input": (fc, "input")}
     return _run_hooked(model, x_uint8, info, taps, pool=False, batch=batch,
