@@ -144,23 +144,36 @@ class RunOptions:
     cka: bool = False
 
 
+_DEFAULTS: dict[type, list[tuple[str, Any]]] = {}
+
+
+def _defaults(cls: type) -> list[tuple[str, Any]]:
+    """(field name, default or MISSING) per field, computed once per class:
+    `plan` hashes every trial of a grid, so this runs 10,000s of times."""
+    if cls not in _DEFAULTS:
+        out = []
+        for f in fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out.append((f.name, f.default))
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                out.append((f.name, f.default_factory()))  # type: ignore[misc]
+            else:
+                out.append((f.name, dataclasses.MISSING))
+        _DEFAULTS[cls] = out
+    return _DEFAULTS[cls]
+
+
 def _non_default(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         out = {}
-        for f in fields(obj):
-            v = getattr(obj, f.name)
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                default = f.default_factory()  # type: ignore[misc]
-            else:
-                default = dataclasses.MISSING
+        for name, default in _defaults(type(obj)):
+            v = getattr(obj, name)
             if default is not dataclasses.MISSING and v == default:
                 continue
             nv = _non_default(v)
             if nv == {} and dataclasses.is_dataclass(v):
                 continue
-            out[f.name] = nv
+            out[name] = nv
         return out
     if isinstance(obj, float) and obj.is_integer():
         # 1.0 and 1 are the same grid point whichever way the yaml spells it.

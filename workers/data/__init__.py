@@ -92,10 +92,25 @@ def load_dataset(name: str, root: str | None = None, download: bool = True) -> t
     return entry.info, train, test
 
 
+_CONSTANTS: dict = {}
+
+
+def device_constant(key, device, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A small constant tensor, built once per device. A fresh torch.tensor(...,
+    device="cuda") in every step is a host-to-device copy from pageable memory,
+    which stalls the host behind the queued kernels: per batch, that is a sync."""
+    k = (key, str(device))
+    t = _CONSTANTS.get(k)
+    if t is None:
+        t = _CONSTANTS[k] = make().to(device)
+    return t
+
+
 def normalize(x_uint8: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     """float32 (x/255 - mean)/std on x's device; works on [C,H,W] and [B,C,H,W]."""
-    mean = torch.tensor(info.mean, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
-    std = torch.tensor(info.std, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
+    dev = x_uint8.device
+    mean = device_constant(("mean", info.mean), dev, lambda: torch.tensor(info.mean).view(-1, 1, 1))
+    std = device_constant(("std", info.std), dev, lambda: torch.tensor(info.std).view(-1, 1, 1))
     return (x_uint8.float() / 255.0 - mean) / std
 
 

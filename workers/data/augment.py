@@ -181,6 +181,14 @@ def _run_step(x: torch.Tensor, g: torch.Generator, names: list[str], op: torch.T
     return x
 
 
+def _on(policy, dev, names: tuple) -> list[torch.Tensor]:
+    """The policy's tables on `dev`, copied there once (not once per batch)."""
+    cache = policy.__dict__.setdefault("_device_tables", {})
+    if str(dev) not in cache:
+        cache[str(dev)] = [getattr(policy, n).to(dev) for n in names]
+    return cache[str(dev)]
+
+
 class AutoAugmentBatched:
     """v2.AutoAugment(policy) per sample: one of the policy's sub-policies, each
     of its two ops applied with its probability at its magnitude bin (10 bins)."""
@@ -199,12 +207,12 @@ class AutoAugmentBatched:
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         B, dev = x.shape[0], x.device
-        pick = torch.randint(len(self.op), (B,), generator=g, device=dev)
+        op_t, prob, mag, signed = _on(self, dev, ("op", "prob", "magnitude", "signed"))
+        pick = torch.randint(len(op_t), (B,), generator=g, device=dev)
         for step in range(2):
-            apply = torch.rand(B, generator=g, device=dev) <= self.prob.to(dev)[pick, step]
-            op = torch.where(apply, self.op.to(dev)[pick, step], -1)
-            x = _run_step(x, g, self.names, op, self.magnitude.to(dev)[pick, step],
-                          self.signed.to(dev)[pick, step])
+            apply = torch.rand(B, generator=g, device=dev) <= prob[pick, step]
+            op = torch.where(apply, op_t[pick, step], -1)
+            x = _run_step(x, g, self.names, op, mag[pick, step], signed[pick, step])
         return x
 
 
@@ -222,9 +230,10 @@ class RandAugmentBatched:
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         B, dev = x.shape[0], x.device
+        mag, signed = _on(self, dev, ("magnitude", "signed"))
         for _ in range(self.num_ops):
             op = torch.randint(len(self.names), (B,), generator=g, device=dev)
-            x = _run_step(x, g, self.names, op, self.magnitude.to(dev)[op], self.signed.to(dev)[op])
+            x = _run_step(x, g, self.names, op, mag[op], signed[op])
         return x
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import device_constant
+
 
 def _col(v: torch.Tensor) -> torch.Tensor:
     return v.to(torch.float32).view(-1, 1, 1, 1)
@@ -95,8 +97,8 @@ def _hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
     t = sxf.add_(one_minus_s).mul_(v).clamp_(0.0, 1.0)
     p = one_minus_s.mul_(v).clamp_(0.0, 1.0)
     vpqt = torch.stack((v, p, q, t), dim=-3)
-    select = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]],
-                          dtype=torch.long, device=img.device)
+    select = device_constant("hsv_select", img.device, lambda: torch.tensor(
+        [[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], dtype=torch.long))
     return vpqt.gather(-3, select[:, i].moveaxis(0, -3))
 
 
@@ -115,7 +117,8 @@ def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     if H <= 2 or W <= 2:
         return x
     a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=x.device).expand(C, 1, 3, 3)
+    kernel = device_constant(("sharpness", C), x.device, lambda: torch.tensor(
+        [[a, a, a], [a, b, a], [a, a, a]]).expand(C, 1, 3, 3).contiguous())
     out = x.float()
     blurred = F.conv2d(out, kernel, groups=C).round_()
     inner = out[..., 1:-1, 1:-1]
@@ -188,16 +191,22 @@ def rotation(degrees: torch.Tensor) -> torch.Tensor:
     return torch.stack([c, s, z, -s, c, z], -1).view(-1, 2, 3)
 
 
+def _base_grid(H: int, W: int) -> torch.Tensor:
+    base = torch.empty(1, H, W, 3)
+    base[..., 0].copy_(torch.linspace((1.0 - W) * 0.5, (W - 1.0) * 0.5, W))
+    base[..., 1].copy_(torch.linspace((1.0 - H) * 0.5, (H - 1.0) * 0.5, H).unsqueeze(-1))
+    base[..., 2].fill_(1)
+    return base
+
+
 def affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour resampling through per-sample inverse matrices [B, 2, 3], zero fill."""
     B, C, H, W = x.shape
     dev = x.device
     theta = theta.to(device=dev, dtype=torch.float32)
-    base = torch.empty(1, H, W, 3, device=dev)
-    base[..., 0].copy_(torch.linspace((1.0 - W) * 0.5, (W - 1.0) * 0.5, W, device=dev))
-    base[..., 1].copy_(torch.linspace((1.0 - H) * 0.5, (H - 1.0) * 0.5, H, device=dev).unsqueeze(-1))
-    base[..., 2].fill_(1)
-    scaled = theta.transpose(1, 2) / torch.tensor([0.5 * W, 0.5 * H], device=dev)
+    base = device_constant(("affine_grid", H, W), dev, lambda: _base_grid(H, W))
+    half = device_constant(("affine_half", H, W), dev, lambda: torch.tensor([0.5 * W, 0.5 * H]))
+    scaled = theta.transpose(1, 2) / half
     grid = base.view(1, H * W, 3).expand(B, -1, -1).bmm(scaled).view(B, H, W, 2)
     out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_().to(torch.uint8)
