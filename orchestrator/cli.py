@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compare", action="store_true", help="dense vs winning ticket per grid cell")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
-    p = sub.add_parser("report", help="write the sweep's tables as report.md and report.html")
+    p = sub.add_parser("report", help="write the paper's figures and tables as PNGs, report.md and report.html")
     _common(p, config=False)
     p.add_argument("sweep", nargs="?", help="sweep name (same as --name)")
     p.add_argument("--out", help="output folder (default: ./report-<sweep>)")
