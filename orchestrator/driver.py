@@ -146,6 +146,23 @@ def preflight_data(trials: list[Trial]) -> None:
                                seed=0, with_val=selection == "val")
         except D.DataError as e:
             raise D.DataError(f"{name}: {e}") from None
+    # Evaluation data and init weights too: a trial must not train for hours
+    # and then find its CIFAR-10-C or its ImageNet weights missing.
+    from workers.data import robustness as RB
+    for root in sorted({t.options.data_root or "" for t in trials if "cifar10c" in t.options.robustness}):
+        RB.load_cifar10c(root or D.default_root())
+    for root in sorted({t.options.data_root or "" for t in trials if "cifar10_2" in t.options.robustness}):
+        RB.load_cifar102(root or D.default_root())
+    for name, root in sorted({(p, t.options.data_root) for t in trials for p in t.options.probe}, key=str):
+        D.load_dataset(name, root)
+    from workers.models.inits import imagenet_path
+    for t in trials:
+        init, path = t.spec.model.init, t.options.init_path
+        where = imagenet_path(t.spec.model.arch, path) if init == "imagenet" else path
+        if init != "random" and not (where and os.path.isfile(where)):
+            raise D.DataError(f"model.init {init}: weights file not found at {where or '(runtime.init_path unset)'}"
+                              + ("; put torchvision's file there or set runtime.init_path" if init == "imagenet"
+                                 else "; set runtime.init_path to the SimCLR state dict"))
 
 
 class SweepLock:

@@ -166,3 +166,14 @@ def test_every_shipped_experiment_plans_with_the_product_of_its_axes(capsys):
         sizes = len(exp.get("fractions", [])) + len(exp.get("images_per_class", []))
         want = sizes * math.prod(len(exp[a]) for a in axes if a in exp and a != "fractions")
         assert json.loads(out)["count"] == want, name
+
+
+def test_missing_init_weights_fail_before_anything_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(BASE + "    model: {init: imagenet}\n    resources: {gpu: 0, cpu: 1}\n")
+    storage = tmp_path / "store"
+    rc, _, err = run_main(capsys, ["run", "-c", str(cfg), "-e", "x", "--storage", str(storage)])
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "resnet18-f37072fd.pth" in err and "runtime.init_path" in err
+    assert not storage.exists()
