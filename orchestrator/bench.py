@@ -110,7 +110,7 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
-def bench_engine(width: float, repeats: int = 3) -> dict:
+def bench_engine(width: float, repeats: int = 3, sizes: tuple = (2000, 500, 10000)) -> dict:
     """train_loop_ratio, epoch_overhead_frac, eval_train_ratio, checkpoint_frac."""
     from safetensors.torch import save as st_save
 
@@ -120,7 +120,8 @@ def bench_engine(width: float, repeats: int = 3) -> dict:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = {}
-    for n, key in ((2000, "loop"), (500, "epoch")):
+    n_loop, n_epoch, n_eval = sizes
+    for n, key in ((n_loop, "loop"), (n_epoch, "epoch")):
         spec, prep, model, masks = _setup(n, width, device)
         trainer = L.Trainer(spec, prep, model, masks)
         from workers.models import build_model
@@ -151,9 +152,9 @@ def bench_engine(width: float, repeats: int = 3) -> dict:
 
     # Evaluation as the engine does it at the end of a round: train subset,
     # validation split (10% of CIFAR-10's training split) and the 10k test set.
-    spec, prep, model, masks = _setup(500, width, device, n_eval=10000)
+    spec, prep, model, masks = _setup(n_epoch, width, device, n_eval=n_eval)
     trainer = L.Trainer(spec, prep, model, masks)
-    xv, yv = prep.x_test[:5000], prep.y_test[:5000]
+    xv, yv = prep.x_test[:n_eval // 2], prep.y_test[:n_eval // 2]
 
     def evaluate():
         trainer.accuracy(prep.x_train, prep.y_train)
@@ -185,7 +186,7 @@ def bench_engine(width: float, repeats: int = 3) -> dict:
     res["checkpoint_frac"] = round(ckpt_s / round_train_s, 5)
     res["_detail"] = {
         "width": width, "device": str(device),
-        "loop_images_per_s": {"engine": round(2000 / e_s, 1), "bare": round(2000 / b_s, 1)},
+        "loop_images_per_s": {"engine": round(n_loop / e_s, 1), "bare": round(n_loop / b_s, 1)},
         "epoch_500_s": {"engine": round(e5, 4), "bare": round(b5, 4)},
         "eval_s": round(eval_s, 4), "commit_s": round(ckpt_s, 4),
         "round_bytes": sizes,
@@ -324,7 +325,8 @@ def bench_augment(n: int = 500) -> dict:
     return {"_augment": out}
 
 
-def bench_reference(width: float, epochs: int = 6, rounds: int = 2) -> dict:
+def bench_reference(width: float, epochs: int = 6, rounds: int = 2, n_train: int = 50000,
+                    n_test: int = 10000) -> dict:
     """The same 1% lineage by the engine (run_lineage, defaults) and by the reference recipe."""
     from workers import data as D
     from workers.lineage import run_lineage
@@ -336,10 +338,10 @@ def bench_reference(width: float, epochs: int = 6, rounds: int = 2) -> dict:
     g = torch.Generator().manual_seed(0)
     info = D.dataset_info("cifar10")
     # CIFAR-10-shaped synthetic splits (50,000 / 10,000): only shapes and counts matter for time.
-    train = D.Split(torch.randint(0, 256, (50000, 3, 32, 32), generator=g, dtype=torch.uint8),
-                    torch.arange(50000) % 10)
-    test = D.Split(torch.randint(0, 256, (10000, 3, 32, 32), generator=g, dtype=torch.uint8),
-                   torch.arange(10000) % 10)
+    train = D.Split(torch.randint(0, 256, (n_train, 3, 32, 32), generator=g, dtype=torch.uint8),
+                    torch.arange(n_train) % 10)
+    test = D.Split(torch.randint(0, 256, (n_test, 3, 32, 32), generator=g, dtype=torch.uint8),
+                   torch.arange(n_test) % 10)
     spec = TrialSpec(DataSpec("cifar10", fraction=0.01, augmentation="basic"), model=ModelSpec(width=width),
                      train=TrainSpec(epochs=epochs), prune=PruneSpec(rounds=rounds, rewind_epoch=1),
                      selection=SelectionSpec(selection="test"))
@@ -360,7 +362,7 @@ def bench_reference(width: float, epochs: int = 6, rounds: int = 2) -> dict:
         ref_s = time.perf_counter() - t0
     return {"reference_speedup": round(ref_s / engine_s, 3),
             "_reference": {"engine_s": round(engine_s, 1), "reference_s": round(ref_s, 1),
-                           "lineage": f"1% of 50,000 images, {rounds + 1} rounds, {epochs} epochs, rewind 1, "
+                           "lineage": f"1% of {n_train:,} images, {rounds + 1} rounds, {epochs} epochs, rewind 1, "
                                       f"width {width}, batch 100",
                            "densities": [round(r["density"], 4) for r in rows],
                            "reference_densities": [round(r["density"], 4) for r in ref]}}
@@ -412,11 +414,20 @@ def run_bench(args) -> int:
     width = 1.0 if torch.cuda.is_available() else 0.25
     res = {k: None for k in KEYS}
     res["device"] = device_name()
-    steps = [("engine", lambda: bench_engine(width)),
-             ("plan", lambda: {"plan_10k_s": bench_plan()}),
-             ("query", lambda: {"query_1m_s": bench_query()}),
-             ("augment", bench_augment),
-             ("reference", lambda: bench_reference(width))]
+    if getattr(args, "smoke", False):
+        # Same code paths at toy sizes: for checking that the benchmark runs.
+        res["_smoke"] = "tiny sizes: these numbers mean nothing"
+        steps = [("engine", lambda: bench_engine(0.0625, repeats=1, sizes=(200, 100, 400))),
+                 ("plan", lambda: {"plan_10k_s": bench_plan(1000)}),
+                 ("query", lambda: {"query_1m_s": bench_query(20000)}),
+                 ("augment", lambda: bench_augment(20)),
+                 ("reference", lambda: bench_reference(0.0625, epochs=1, rounds=1, n_train=2000, n_test=200))]
+    else:
+        steps = [("engine", lambda: bench_engine(width)),
+                 ("plan", lambda: {"plan_10k_s": bench_plan()}),
+                 ("query", lambda: {"query_1m_s": bench_query()}),
+                 ("augment", bench_augment),
+                 ("reference", lambda: bench_reference(width))]
     if torch.cuda.is_available():
         steps.append(("packed", bench_packed))
     if args.full:

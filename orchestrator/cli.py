@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--full", action="store_true", help="include the slow orchestrator benchmark")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes, about a minute: checks the benchmark runs (its numbers mean nothing)")
     return ap
 
 

@@ -165,3 +165,16 @@ def test_small_dense_matches_the_tickets_parameter_count(tmp_path):
         cm = P.unpack_masks(st_load(ch.load_round(k, ["mask.safetensors"])["mask.safetensors"]))
         assert all(bool(m.all()) for m in cm.values())  # dense
     assert param_count(L.make_model(parent, D.dataset_info("digits"), RunOptions())) > rows[1]["params"]
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "vgg16", "mobilenetv2"])
+def test_every_architecture_runs_an_imp_lineage(tmp_path, arch):
+    """Each registered architecture through the engine: prunes its convs only
+    (never `fc`), keeps the density schedule, commits and reloads."""
+    s = TrialSpec(DataSpec("digits", fraction=0.1), model=ModelSpec(arch=arch, width=0.0625),
+                  train=TrainSpec(epochs=1, batch_size=40, lr=0.05), prune=PruneSpec(rounds=1, rewind_epoch=0))
+    lin = SweepStore(str(tmp_path), "a").lineage(s.trial_id)
+    rows = L.run_lineage(s, lin)
+    assert [r["round"] for r in rows] == [0, 1] and rows[1]["density"] == pytest.approx(0.8, abs=1e-3)
+    masks = P.unpack_masks(st_load(lin.load_round(1, ["mask.safetensors"])["mask.safetensors"]))
+    assert masks and not any(n.startswith("fc.") for n in masks)
