@@ -91,16 +91,9 @@ def model_at(spec: TrialSpec, store: LineageStore, k: int, info: D.DatasetInfo,
 
 
 def _accuracy(model, x, y, info, device) -> float:
-    """The engine's own evaluation loop (Trainer.accuracy), on any split."""
-    from workers.lineage import Prepared, Trainer
-    empty = torch.zeros(0, dtype=torch.long)
-    prep = Prepared(info=info, x_train=x[:0], y_train=empty, x_val=x[:0], y_val=empty,
-                    x_test=x[:0], y_test=empty, augment=None, device=device)
-    trainer = Trainer.__new__(Trainer)  # evaluation only: no optimizer or masks to set up
-    trainer.model, trainer.forward, trainer.prep = model, model, prep
-    trainer.autocast = device.type == "cuda"
-    trainer.channels_last = False
-    return trainer.accuracy(x.to(device), y.to(device))
+    """The engine's own evaluation loop, on any split."""
+    from workers.lineage import accuracy
+    return accuracy(model, x, y, info, device, autocast=device.type == "cuda")
 
 
 def _robustness(spec, store, metrics, info, opts, device, suite) -> dict:

@@ -101,6 +101,24 @@ def prepare(spec: TrialSpec, opts: RunOptions, device: torch.device) -> Prepared
         augment=D.make_augment(spec.data.augmentation, info), device=device)
 
 
+def _inputs(xb: torch.Tensor, info: D.DatasetInfo, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = D.normalize(xb.to(device, non_blocking=True), info)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def accuracy(forward, x: torch.Tensor, y: torch.Tensor, info: D.DatasetInfo, device: torch.device,
+             autocast: bool = False, channels_last: bool = False) -> float:
+    """Top-1 accuracy in large batches with one device sync at the end (the
+    caller puts the model in eval mode)."""
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for b in range(0, x.shape[0], EVAL_BATCH):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = forward(_inputs(x[b:b + EVAL_BATCH], info, device, channels_last))
+        correct += (out.argmax(1) == y[b:b + EVAL_BATCH].to(device)).sum()
+    return int(correct) / max(1, x.shape[0])
+
+
 class Trainer:
     """The training/evaluation loop of one round, with state that can be saved."""
 
@@ -132,10 +150,7 @@ class Trainer:
         return 0.5 * t.lr * (1 + math.cos(math.pi * epoch / t.epochs))
 
     def _inputs(self, xb: torch.Tensor) -> torch.Tensor:
-        x = D.normalize(xb.to(self.prep.device, non_blocking=True), self.prep.info)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return _inputs(xb, self.prep.info, self.prep.device, self.channels_last)
 
     def train_epoch(self, round_k: int, epoch: int) -> dict:
         """One epoch; returns {loss, acc, images} (one device sync at the end)."""
@@ -170,12 +185,8 @@ class Trainer:
     @torch.no_grad()
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.model.eval()
-        correct = torch.zeros((), device=self.prep.device, dtype=torch.long)
-        for b in range(0, x.shape[0], EVAL_BATCH):
-            with torch.autocast(self.prep.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = self.forward(self._inputs(x[b:b + EVAL_BATCH]))
-            correct += (out.argmax(1) == y[b:b + EVAL_BATCH]).sum()
-        return int(correct) / max(1, x.shape[0])
+        return accuracy(self.forward, x, y, self.prep.info, self.prep.device, self.autocast,
+                        self.channels_last)
 
     # --- state ------------------------------------------------------------
     def momentum_state(self) -> dict[str, torch.Tensor]:

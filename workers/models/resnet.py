@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .variants import conv_kxk, reset_harmonic, shortcut_pad
+from .variants import conv_kxk, init_weights, shortcut_pad
 
 
 def make_shortcut(cin: int, cout: int, stride: int, pad: int) -> nn.Sequential:
@@ -81,14 +81,7 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
 
-        # torchvision's init; nn.Linear keeps its own default reset.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        reset_harmonic(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

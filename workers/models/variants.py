@@ -125,6 +125,19 @@ class HarmonicConv2d(nn.Module):
                 f"stride={self.stride}, padding={self.padding}")
 
 
+def init_weights(model: nn.Module) -> None:
+    """torchvision's init, shared by every architecture: Kaiming (fan_out) convs,
+    BN at identity; nn.Linear keeps its own default reset. Harmonic mixes then
+    get their own init back."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    reset_harmonic(model)
+
+
 def reset_harmonic(model: nn.Module) -> None:
     """Re-apply the harmonic init after a model-wide Conv2d init loop (which
     would otherwise give the 1x1 mix a 1x1 conv's fan_out)."""
