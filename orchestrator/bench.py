@@ -219,7 +219,8 @@ def bench_query(rows: int = 1_000_000) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from orchestrator.results import RESULTS_SCHEMA, SCHEMA_VERSION, results_dataset, winning_tickets
+    from orchestrator.results import RESULTS_SCHEMA, SCHEMA_VERSION, results_dataset
+    from orchestrator.tables import winning_tickets
     from workers.store import SweepStore
 
     rng = np.random.default_rng(0)
@@ -331,7 +332,7 @@ def bench_reference(width: float, epochs: int = 6, rounds: int = 2, n_train: int
     from workers import data as D
     from workers.lineage import run_lineage
     from workers.reference import run_reference
-    from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, SelectionSpec, TrainSpec, TrialSpec
+    from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
     from workers.store import SweepStore
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -343,8 +344,7 @@ def bench_reference(width: float, epochs: int = 6, rounds: int = 2, n_train: int
     test = D.Split(torch.randint(0, 256, (n_test, 3, 32, 32), generator=g, dtype=torch.uint8),
                    torch.arange(n_test) % 10)
     spec = TrialSpec(DataSpec("cifar10", fraction=0.01, augmentation="basic"), model=ModelSpec(width=width),
-                     train=TrainSpec(epochs=epochs), prune=PruneSpec(rounds=rounds, rewind_epoch=1),
-                     selection=SelectionSpec(selection="test"))
+                     train=TrainSpec(epochs=epochs), prune=PruneSpec(rounds=rounds, rewind_epoch=1))
     with tempfile.TemporaryDirectory() as d:
         # The engine reads datasets through the in-process cache: seed it with
         # the synthetic splits instead of CIFAR files this machine may not have.

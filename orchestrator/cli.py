@@ -31,6 +31,12 @@ def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
     p.add_argument("--storage", default="./runs", help="local path or s3://bucket/prefix (default: %(default)s)")
 
 
+def _select(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--select", choices=["val", "test"], default="val",
+                   help="which split picks each trial's winning ticket: val (held-out images; default) or "
+                        "test (the paper's protocol, biased upwards)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="lth-sweep", description="Lottery-ticket (IMP) sweeps on Ray Tune.")
     sub = ap.add_subparsers(dest="cmd", parser_class=_Parser)
@@ -60,12 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sql", help="SQL over the views `results` and `layers`")
     g.add_argument("--winning-tickets", action="store_true", help="best-val round of every trial")
     g.add_argument("--compare", action="store_true", help="dense vs winning ticket per grid cell")
+    g.add_argument("--protocols", action="store_true",
+                   help="the gain under both selections side by side, with the selection bias")
+    _select(p)
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     p = sub.add_parser("report", help="write the paper's figures and tables as PNGs, report.md and report.html")
     _common(p, config=False)
     p.add_argument("sweep", nargs="?", help="sweep name (same as --name)")
     p.add_argument("--out", help="output folder (default: ./report-<sweep>)")
+    _select(p)
 
     p = sub.add_parser("bench", help="measure the engine and the orchestrator on this machine")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -169,11 +179,15 @@ def cmd_run(args) -> int:
                    max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                    wait_s=max(0.0, args.wait_for_nodes))
     sweep = _sweep(args, must_exist=True)
-    from orchestrator.results import compare, format_frame, load_results
+    from orchestrator.results import format_frame, load_results
+    from orchestrator.tables import compare, notes, protocol_line
     df = load_results(sweep)
     if len(df):
-        print("\nDense (round 0) vs winning ticket (best val round), test accuracy:")
-        print(format_frame(compare(df), "table"))
+        table = compare(df, "val")
+        print(f"\nDense (round 0) vs winning ticket, test accuracy. {protocol_line('val', df)}")
+        print(format_frame(_shown(table), "table"))
+        for line in notes(table, "val"):
+            print(f"note: {line}")
         flags = f"-e {args.experiment}" + (f" --name {args.name}" if args.name else "") + \
                 (f" --storage {args.storage}" if args.storage != "./runs" else "")
         print(f"\nresults: {sweep.fs.to_uri(sweep.results_dir)}  (lth-sweep query {flags} --compare; "
@@ -188,19 +202,43 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _shown(table):
+    """A compare() table for the terminal: the cell id is for programs."""
+    return table.drop(columns=["cell_id"])
+
+
 def cmd_query(args) -> int:
-    from orchestrator.results import (compare, format_frame, load_results, results_dataset, run_sql,
-                                      winning_tickets)
+    from orchestrator.results import format_frame, load_results, results_dataset, run_sql
+    from orchestrator.tables import compare, notes, protocol_line, protocols, winning_tickets
     sweep = _sweep(args, must_exist=True)
+    remarks: list[str] = []
     if args.sql:
         df = run_sql(sweep, args.sql)
-    elif args.winning_tickets:
-        df = winning_tickets(results_dataset(sweep))  # duckdb scans the files; no pandas copy
-    elif args.compare:
-        df = compare(results_dataset(sweep))
+    elif args.winning_tickets or args.compare or args.protocols:
+        rows = results_dataset(sweep)  # duckdb scans the files; no pandas copy
+        if args.winning_tickets:
+            df = winning_tickets(rows, args.select)
+        elif args.compare:
+            df = compare(rows, args.select)
+            remarks = notes(df, args.select)
+        else:
+            df = protocols(rows)
+        if args.protocols:
+            header = ("Gain selected on held-out images (val) and on the test split (test), from the same "
+                      "lineages; selection_bias = gain_test - gain_val. " + protocol_line(None, rows))
+        else:
+            header = protocol_line(args.select, rows)
+        # Machine-readable output stays clean: the protocol goes to stderr there.
+        if args.format == "table":
+            print(header)
+            df = _shown(df) if "cell_id" in df else df
+        else:
+            print(header, file=sys.stderr)
     else:
         df = load_results(sweep)
     print(format_frame(df, args.format))
+    for line in remarks:
+        print(f"note: {line}", file=sys.stderr if args.format != "table" else sys.stdout)
     return 0
 
 
@@ -209,7 +247,7 @@ def cmd_report(args) -> int:
     if args.sweep:
         args.name = args.sweep
     sweep = _sweep(args, must_exist=True)
-    paths = write_report(sweep, args.out or f"report-{sweep.sweep}")
+    paths = write_report(sweep, args.out or f"report-{sweep.sweep}", select=args.select)
     print("\n".join(paths))
     return 0
 

@@ -123,11 +123,18 @@ def _names(known):
 
 ANALYSIS_KEYS = {"robustness": _names(lambda: ["cifar10c", "cifar10_2"]),
                  "probe": _names(lambda: sorted(D.DATASETS)), "cka": _bool}
-SECTIONS = {"train": TRAIN_KEYS, "imp": IMP_KEYS, "model": MODEL_KEYS, "resources": RESOURCE_KEYS,
-            "runtime": RUNTIME_KEYS, "analysis": ANALYSIS_KEYS}
-SCALARS = {"arch": _choice(sorted(ARCHS)), "selection": _choice(["val", "test"]),
-           "val_fraction": _num(0, 1, lo_open=True, hi_open=True), "data_root": _str,
+EVAL_KEYS = {"val_per_class": _int(0), "bn_recalibrate": _bool}
+SECTIONS = {"train": TRAIN_KEYS, "imp": IMP_KEYS, "model": MODEL_KEYS, "eval": EVAL_KEYS,
+            "resources": RESOURCE_KEYS, "runtime": RUNTIME_KEYS, "analysis": ANALYSIS_KEYS}
+SCALARS = {"arch": _choice(sorted(ARCHS)), "data_root": _str,
            "description": lambda v: None if isinstance(v, str) else f"{v!r} is not a string"}
+# Keys of earlier versions whose meaning moved, with where it went.
+MOVED = {
+    "selection": "the winning ticket's selection is chosen at query time now, on the same lineages: "
+                 "`lth-sweep query --compare --select test` (the paper's protocol) or --select val "
+                 "(the default); remove this key",
+    "val_fraction": "the validation budget is images per class now: eval: {val_per_class: N}",
+}
 EXPERIMENT_KEYS = set(AXES) | set(SECTIONS) | set(SCALARS)
 TOP_KEYS = {"defaults", "experiments"}
 
@@ -139,7 +146,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "train": {},
     "imp": {},
     "model": {},
-    "selection": "val",
+    "eval": {},
     "resources": {"gpu": 1, "cpu": 4},
     "runtime": {},
     "analysis": {},
@@ -231,6 +238,8 @@ def _merge(base: dict, over: dict) -> dict:
 def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
     for k, v in body.items():
         p = f"{path}.{k}"
+        if k in MOVED:
+            err(p, MOVED[k])
         if k not in EXPERIMENT_KEYS:
             err(p, f"unknown key; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
         if k in AXES:
@@ -265,8 +274,9 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
         err(f"{path}.fractions", "is required (or images_per_class)")
     epochs = body["train"].get("epochs", TrainSpec.epochs)
     rewind = body["imp"].get("rewind_epoch", 2)
-    if rewind > epochs:
-        err(f"{path}.imp.rewind_epoch", f"{rewind} is after the last epoch ({epochs})")
+    if rewind >= epochs:
+        err(f"{path}.imp.rewind_epoch", f"{rewind} leaves no epoch to train after rewinding "
+                                        f"(train.epochs is {epochs}); it must be below epochs")
     if "imbalances" in body and set(body["datasets"]) != {"cifar100_lt"}:
         err(f"{path}.imbalances", "applies to long-tailed datasets only: datasets must be [cifar100_lt]")
     an = body["analysis"]
@@ -295,5 +305,3 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
     if unused:
         err(f"{path}.resources.by_fraction",
             f"{_fmt(min(unused))} is not one of the experiment's fractions")
-    if body["selection"] == "val" and 1.0 in body.get("fractions", []):
-        err(f"{path}.fractions", "1.0 leaves no held-out validation images; set selection: test")

@@ -135,15 +135,16 @@ def preflight_data(trials: list[Trial]) -> None:
                              key=str):
         D.load_dataset(name, root)
     # Subset sizes that the data cannot give (images_per_class above a class's
-    # count, no images left for validation) fail here too. The seed changes
-    # which images, never whether they exist, so one split per size suffices.
+    # count) fail here too. The seed changes which images, never whether they
+    # exist, so one split per size suffices. No held-out images (fraction 1.0)
+    # is not an error: those trials record no val_acc, and `--select val` says so.
     sizes = {(t.spec.data.dataset, t.options.data_root, t.spec.data.fraction, t.spec.data.images_per_class,
-              t.spec.selection.val_fraction, t.spec.selection.selection) for t in trials}
-    for name, root, fraction, ipc, val_fraction, selection in sorted(sizes, key=str):
+              t.spec.eval.val_per_class) for t in trials}
+    for name, root, fraction, ipc, val_per_class in sorted(sizes, key=str):
         _, train, _ = D.load_dataset(name, root)
         try:
-            D.stratified_split(train.y, fraction=fraction, images_per_class=ipc, val_fraction=val_fraction,
-                               seed=0, with_val=selection == "val")
+            D.stratified_split(train.y, fraction=fraction, images_per_class=ipc, val_per_class=val_per_class,
+                               seed=0)
         except D.DataError as e:
             raise D.DataError(f"{name}: {e}") from None
     # Evaluation data and init weights too: a trial must not train for hours

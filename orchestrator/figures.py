@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 
 import matplotlib
 
@@ -41,7 +42,8 @@ def _grid(n: int, width: float = 4.6, height: float = 3.6, ncols: int = 3):
 def _png(fig, title: str) -> bytes:
     buf = io.BytesIO()
     try:
-        fig.suptitle(title)
+        # A one-panel figure is narrow: wrap a long title instead of cutting it.
+        fig.suptitle(textwrap.fill(title, max(30, int(fig.get_figwidth() * 8))))
         fig.tight_layout()
         fig.savefig(buf, format="png", dpi=100)
     finally:
@@ -82,6 +84,15 @@ def accuracy_vs_density(curves: pd.DataFrame, title: str) -> bytes:
     return _png(fig, title)
 
 
+def _size_axis(ax, p: pd.DataFrame, panel: str, ylabel: str) -> None:
+    """A log data-size axis labelled at the points' own sizes."""
+    ax.set_xscale("log")
+    _log_ticks(ax, p["x"], dict(zip(p["x"], p["xtick"])).get)
+    ax.set(title=panel, xlabel=p["xlabel"].iloc[0], ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def against_size(points: pd.DataFrame, title: str, ylabel: str) -> bytes:
     """points: panel, xlabel, series, x, xtick, mean, std, note (the augmentation
     aug* chose, written beside its point; empty elsewhere)."""
@@ -99,11 +110,29 @@ def against_size(points: pd.DataFrame, title: str, ylabel: str) -> bytes:
                 if row.note:
                     ax.annotate(row.note, (row.x, row.mean), xytext=(4, 4), textcoords="offset points",
                                 fontsize=7, color=color[series])
-        ax.set_xscale("log")
-        _log_ticks(ax, p["x"], dict(zip(p["x"], p["xtick"])).get)
-        ax.set(title=panel, xlabel=p["xlabel"].iloc[0], ylabel=ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _size_axis(ax, p, panel, ylabel)
+    return _png(fig, title)
+
+
+def gains_against_size(points: pd.DataFrame, title: str, ylabel: str) -> bytes:
+    """points: panel, xlabel, series, x, xtick, gain, lo, hi (the interval; NaN:
+    none, e.g. one seed), n (seeds). A dashed line marks zero: no gain."""
+    color = _colors(points["series"])
+    panels = _order(points["panel"])
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes, panels):
+        p = points[points["panel"] == panel]
+        series = _order(p["series"])
+        # Series share x positions: nudge them apart (in log space) so bars stay readable.
+        step = 0.03 * (len(series) > 1)
+        for i, name in enumerate(series):
+            s = p[p["series"] == name].sort_values("x")
+            x = s["x"] * 10 ** (step * (i - (len(series) - 1) / 2))
+            err = np.vstack([(s["gain"] - s["lo"]).to_numpy(dtype=float), (s["hi"] - s["gain"]).to_numpy(dtype=float)])
+            ax.errorbar(x, s["gain"], yerr=np.nan_to_num(err), capsize=3, color=color[name], marker="o", ms=4,
+                        label=f"{name} (n={int(s['n'].min())}{'' if s['n'].nunique() == 1 else '+'})")
+        ax.axhline(0.0, color="0.3", lw=1, ls="--")
+        _size_axis(ax, p, panel, ylabel)
     return _png(fig, title)
 
 

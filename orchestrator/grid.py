@@ -10,8 +10,7 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 
-from workers.spec import (DataSpec, ModelSpec, PruneSpec, RunOptions, SelectionSpec, TrainSpec,
-                          TrialSpec)
+from workers.spec import DataSpec, EvalSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
 
 # Training-split sizes, for the cost estimate only.
 TRAIN_SIZES = {"digits": 1198, "cifar10": 50000, "cifar100": 50000}
@@ -54,8 +53,7 @@ def expand(exp: dict) -> list[Trial]:
     train = TrainSpec(**exp["train"])
     prune_kw = dict(exp["imp"])
     model_kw = dict(exp.get("model", {}))
-    selection = SelectionSpec(selection=exp["selection"],
-                              **({"val_fraction": exp["val_fraction"]} if "val_fraction" in exp else {}))
+    evaluation = EvalSpec(**exp.get("eval", {}))
     base = {"cpu": float(exp["resources"].get("cpu", 1)), "gpu": float(exp["resources"].get("gpu", 0))}
     by_fraction = exp["resources"].get("by_fraction", {})
 
@@ -78,7 +76,7 @@ def expand(exp: dict) -> list[Trial]:
             model=ModelSpec(arch=arch, **model_kw),
             train=train,
             prune=PruneSpec(method=method, **prune_kw),
-            selection=selection,
+            eval=evaluation,
             seed=seed)
         trials.append(Trial(spec, resources(kind, size), options))
     return trials

@@ -28,9 +28,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from workers.spec import TrialSpec, cell_key, legacy_validation
 from workers.store import SweepStore
 
-SCHEMA_VERSION = 2  # 2: imbalance, init, acc_<suite> columns; robustness/probe/cka tables
+# 2: imbalance, init, acc_<suite> columns; robustness/probe/cka tables
+# 3: selection left the trial (query-time): val_per_class, bn_recalibrate, cell_id, cell,
+#    lineage_rounds; no `selection` column; val_acc of legacy test-selected trials is null
+SCHEMA_VERSION = 3
 
 _TS = pa.timestamp("ms", tz="UTC")
 # Stored in each file's schema metadata: a reader can tell our shards (and
@@ -49,7 +53,6 @@ RESULTS_SCHEMA = pa.schema([
     ("arch", pa.string()),
     ("width", pa.float64()),
     ("seed", pa.int64()),
-    ("selection", pa.string()),
     ("round", pa.int64()),
     ("density", pa.float64()),
     ("val_acc", pa.float64()),
@@ -68,6 +71,11 @@ RESULTS_SCHEMA = pa.schema([
     ("init", pa.string()),
     ("acc_cifar10c", pa.float64()),      # mean over the robustness table's rows, when evaluated
     ("acc_cifar10_2", pa.float64()),
+    ("val_per_class", pa.int64()),       # held-out images per class behind val_acc; null: none exist
+    ("bn_recalibrate", pa.bool_()),      # BatchNorm statistics recalibrated before evaluation
+    ("cell_id", pa.string()),            # the grid cell: hash of every spec field but the seed
+    ("cell", pa.string()),               # that cell's canonical JSON (non-default fields)
+    ("lineage_rounds", pa.int64()),      # rounds of the finished lineage (round 0 included)
     ("schema_version", pa.int32()),
 ], metadata={_META_TABLE: b"results", _META_VERSION: str(SCHEMA_VERSION).encode()})
 
@@ -99,7 +107,6 @@ CKA_SCHEMA = _side_schema("cka", [("trial_a", pa.string()), ("round_a", pa.int64
 
 _SCHEMAS = {"results": RESULTS_SCHEMA, "layers": LAYERS_SCHEMA, "robustness": ROBUSTNESS_SCHEMA,
             "probe": PROBE_SCHEMA, "cka": CKA_SCHEMA}
-GROUP_KEYS = ["dataset", "fraction", "images_per_class", "augmentation", "method", "arch"]
 
 
 class ResultsError(Exception):
@@ -153,6 +160,25 @@ def _evaluation_rows(sweep_store: SweepStore, trial_id: str) -> dict[str, list[d
     return out
 
 
+_DEFAULT_LEGACY = {"selection": "val", "val_fraction": 0.1}
+
+
+def _cell_of(spec: dict) -> tuple[Optional[dict], Optional[int]]:
+    """(grid cell, rounds of a finished lineage) of a stored full spec. A trial
+    written before selection moved to query time keeps its id; unless it used
+    the then default (held-out 10% per class) its old protocol stays part of its
+    cell, so it never poses as a seed of a trial that measured differently."""
+    try:
+        ts = TrialSpec.from_dict(spec)
+    except (TypeError, ValueError, KeyError):
+        return None, None
+    cell = ts.cell()
+    legacy = legacy_validation(spec)
+    if legacy is not None and legacy != _DEFAULT_LEGACY:
+        cell["legacy_selection"] = legacy
+    return cell, ts.num_rounds
+
+
 def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dict]]:
     """Rows of every table for one trial: results and layers (one per intact
     committed round) and its evaluations; rounds carry their mean per suite."""
@@ -166,6 +192,9 @@ def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dic
         data, model = spec.get("data") or {}, spec.get("model") or {}
         base = {"sweep": sweep_store.sweep, "trial_id": trial_id, "round": k,
                 "schema_version": SCHEMA_VERSION}
+        cell, rounds = _cell_of(spec)
+        legacy = legacy_validation(spec)
+        held_out = not (legacy and legacy["selection"] == "test")  # else val_acc was the test split's
         results.append({
             **base,
             "dataset": data.get("dataset"),
@@ -176,9 +205,8 @@ def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dic
             "arch": model.get("arch"),
             "width": _num(m.get("width", model.get("width"))),  # small_dense: its own width
             "seed": _num(spec.get("seed"), int),
-            "selection": (spec.get("selection") or {}).get("selection"),
             "density": _num(m.get("density")),
-            "val_acc": _num(m.get("val_acc")),
+            "val_acc": _num(m.get("val_acc")) if held_out else None,
             "test_acc": _num(m.get("test_acc")),
             "train_acc": _num(m.get("train_acc")),
             "epochs": _num(m.get("epochs"), int),
@@ -194,6 +222,11 @@ def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dic
             "init": model.get("init"),
             **{f"acc_{suite}": (sum(v) / len(v) if (v := suite_mean.get((k, suite))) else None)
                for suite in ("cifar10c", "cifar10_2")},
+            "val_per_class": _num(m.get("val_per_class"), int) if held_out else None,
+            "bn_recalibrate": bool((spec.get("eval") or {}).get("bn_recalibrate", False)),
+            "cell_id": None if cell is None else cell_key(cell)[1],
+            "cell": None if cell is None else cell_key(cell)[0],
+            "lineage_rounds": rounds,
         })
         for layer in m.get("layers") or []:
             layers.append({**base, "layer": layer.get("layer"),
@@ -222,9 +255,10 @@ def _short(sweep_store: SweepStore, path: str) -> str:
     return path[len(sweep_store.dir) + 1:] if path.startswith(sweep_store.dir + "/") else path
 
 
-def _check_file(sweep_store: SweepStore, path: str, kind: str) -> None:
-    """Refuse a file that is torn, not ours, or newer than this code. Only the
-    footer is read, so checking every shard before a query costs little."""
+def _check_file(sweep_store: SweepStore, path: str, kind: str) -> int:
+    """Refuse a file that is torn, not ours, or newer than this code; returns its
+    schema version. Only the footer is read, so checking every shard before a
+    query costs little."""
     short = _short(sweep_store, path)
     try:
         schema = pq.read_schema(path, filesystem=sweep_store.fs.fs)
@@ -242,6 +276,7 @@ def _check_file(sweep_store: SweepStore, path: str, kind: str) -> None:
     if version > SCHEMA_VERSION:
         raise NewerSchemaError(f"{short}: written with results schema version {version}, this "
                                f"lth-sweep reads up to {SCHEMA_VERSION}; upgrade lth-sweep")
+    return version
 
 
 def _first_line(e: BaseException) -> str:
@@ -252,21 +287,35 @@ def _first_line(e: BaseException) -> str:
 def _dataset(sweep_store: SweepStore, paths: list[str], kind: str) -> pads.Dataset:
     """The given shards as one lazy dataset with our schema. The explicit schema
     also reads older-version shards: missing columns come back as nulls."""
-    for path in paths:
-        _check_file(sweep_store, path, kind)
-    return pads.dataset(paths, schema=_SCHEMAS[kind], format="parquet",
-                        filesystem=sweep_store.fs.fs)
+    ds, _ = _checked_dataset(sweep_store, paths, kind)
+    return ds
 
 
-def results_dataset(sweep_store: SweepStore, kind: str = "results") -> pads.Dataset:
+def _checked_dataset(sweep_store: SweepStore, paths: list[str], kind: str) -> tuple[pads.Dataset, int]:
+    versions = [_check_file(sweep_store, path, kind) for path in paths]
+    ds = pads.dataset(paths, schema=_SCHEMAS[kind], format="parquet", filesystem=sweep_store.fs.fs)
+    return ds, min(versions, default=SCHEMA_VERSION)
+
+
+def results_dataset(sweep_store: SweepStore, kind: str = "results") -> Union[pads.Dataset, pa.Table]:
     """Every shard of `results` or `layers`, checked, as a lazy pyarrow dataset:
-    duckdb then reads only the columns (and row groups) a query needs."""
+    duckdb then reads only the columns (and row groups) a query needs.
+
+    Shards written by an older lth-sweep lack what this one derives from the
+    manifests (the grid cell, the validation budget, which val_acc were really
+    held out): then the table is derived again from the manifests, in memory
+    (the next `run` rewrites the shards), so an old sweep reads like a new one."""
     folder = sweep_store.path(kind)
-    return _dataset(sweep_store, [f"{folder}/{n}" for n in sweep_store.fs.listdir(folder)
-                                  if not _is_hidden(n)], kind)
+    ds, version = _checked_dataset(sweep_store, [f"{folder}/{n}" for n in sweep_store.fs.listdir(folder)
+                                                 if not _is_hidden(n)], kind)
+    if version < SCHEMA_VERSION and kind in ("results", "layers"):
+        return Collector(sweep_store).tables()[kind]
+    return ds
 
 
-def _to_table(dataset: pads.Dataset, columns: Optional[list[str]] = None) -> pa.Table:
+def _to_table(dataset: Union[pads.Dataset, pa.Table], columns: Optional[list[str]] = None) -> pa.Table:
+    if isinstance(dataset, pa.Table):
+        return dataset.select(columns) if columns else dataset
     try:
         return dataset.to_table(columns=columns)
     except (pa.ArrowException, OSError) as e:  # a shard whose footer is fine but data is not
@@ -332,6 +381,10 @@ class Collector:
             for shard, tids in sorted(by_shard.items()):
                 self._write_shard(shard, self._rows(tids))
 
+    def tables(self) -> dict[str, pa.Table]:
+        """Every table as derived from the manifests now, without writing anything."""
+        return self._rows(self.store.trial_ids())
+
     # --- internals (lock held) --------------------------------------------
     def _rows(self, trial_ids: Iterable[str]) -> dict[str, pa.Table]:
         rows: dict[str, list] = {k: [] for k in _SCHEMAS}
@@ -379,7 +432,7 @@ class Collector:
 Frame = Union[pd.DataFrame, pa.Table, pads.Dataset]
 
 
-def _duck(sql: str, **tables: Frame) -> pd.DataFrame:
+def duck(sql: str, **tables: Frame) -> pd.DataFrame:
     import duckdb  # imported lazily: only queries need it
 
     con = duckdb.connect()
@@ -396,46 +449,9 @@ def _duck(sql: str, **tables: Frame) -> pd.DataFrame:
         con.close()
 
 
-# Per trial, its best val_acc round; ties go to the sparser, then the earlier
-# round. arg_max over a tuple is ~10x faster than a window (ROW_NUMBER) here.
-_WINNERS = """
-    WITH best AS (
-        SELECT trial_id,
-               arg_max(round, (val_acc, -coalesce(density, 2.0), -round)) AS round
-        FROM results WHERE val_acc IS NOT NULL GROUP BY trial_id)
-    SELECT r.* FROM results r SEMI JOIN best b ON r.trial_id = b.trial_id AND r.round = b.round
-"""
-
-
-def winning_tickets(frame: Frame) -> pd.DataFrame:
-    """One row per trial: its winning ticket (DESIGN.md: best val_acc, ties -> sparser)."""
-    return _duck(f"SELECT * FROM ({_WINNERS}) ORDER BY trial_id", results=frame)
-
-
-def compare(frame: Frame) -> pd.DataFrame:
-    """Dense baseline vs winning ticket per grid cell, over seeds (sample std)."""
-    keys = ", ".join(f"w.{k}" for k in GROUP_KEYS)
-    sql = f"""
-        WITH winners AS ({_WINNERS}),
-             dense AS (SELECT trial_id, test_acc FROM results WHERE round = 0)
-        SELECT {keys},
-               count(*)                     AS n_seeds,
-               avg(d.test_acc)              AS dense_test_acc,
-               stddev_samp(d.test_acc)      AS dense_test_std,
-               avg(w.test_acc)              AS ticket_test_acc,
-               stddev_samp(w.test_acc)      AS ticket_test_std,
-               avg(w.density)               AS ticket_density,
-               avg(w.test_acc) - avg(d.test_acc) AS gain
-        FROM winners w JOIN dense d USING (trial_id)
-        GROUP BY {keys}
-        ORDER BY {", ".join(f"{k} NULLS FIRST" for k in GROUP_KEYS)}
-    """
-    return _duck(sql, results=frame)
-
-
 def run_sql(sweep_store: SweepStore, sql: str) -> pd.DataFrame:
     """Any SQL over the views `results` and `layers` (duckdb dialect)."""
-    return _duck(sql, results=results_dataset(sweep_store, "results"),
+    return duck(sql, results=results_dataset(sweep_store, "results"),
                  layers=results_dataset(sweep_store, "layers"))
 
 

@@ -133,3 +133,45 @@ def test_batched_pipelines_never_touch_the_host_rng_or_the_global_rng():
     for name in ("contrast", "auto", "rand"):
         make_augment(name, info)(x, torch.Generator().manual_seed(0))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def _bright_column(info, n=400):
+    """n copies of an image whose only bright pixel sits in column 1: mirroring
+    sends it to the other half of the image, a crop shift by at most padding."""
+    S = info.image_size
+    x = torch.zeros(n, info.channels, S, S, dtype=torch.uint8)
+    x[:, :, S // 2, 1] = 255
+    return x
+
+
+def _columns(out):
+    return set(torch.nonzero(out.amax(dim=(1, 2)) == 255)[:, 1].tolist())
+
+
+@pytest.mark.parametrize("name", ["basic", "contrast", "auto", "rand"])
+def test_augmentations_never_mirror_datasets_whose_labels_flips_break(name):
+    for dataset in ("digits", "clamm"):
+        info = dataset_info(dataset)
+        assert info.flips == ()
+    info = dataset_info("digits")
+    out = make_augment(name, info)(_bright_column(info), torch.Generator().manual_seed(0))
+    if name in ("basic", "contrast"):
+        assert max(_columns(out)) <= 1 + info.image_size // 8
+    else:
+        # Their translations (< 45% of the width), rotations (<= 30 degrees) and shears move
+        # the pixel by less than a mirror would; images where an op lit more pixels (invert,
+        # equalize) say nothing about position and are left out.
+        single = (out == 255).flatten(1).sum(1) == 1
+        assert single.sum() > 50
+        assert max(_columns(out[single])) < info.image_size - 2
+    ref = reference_augment("basic", info)(_bright_column(info, 100), torch.Generator().manual_seed(0))
+    assert max(_columns(ref)) <= 1 + info.image_size // 8  # torchvision's own pipeline honours it too
+
+
+def test_basic_still_mirrors_cifar():
+    info = dataset_info("cifar10")
+    assert "horizontal" in info.flips
+    out = make_augment("basic", info)(_bright_column(info), torch.Generator().manual_seed(0))
+    cols = _columns(out)
+    S, pad = info.image_size, info.image_size // 8
+    assert min(cols) <= 1 + pad and max(cols) >= S - 2 - pad  # both the plain and the mirrored crops occur

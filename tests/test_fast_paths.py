@@ -19,7 +19,7 @@ from workers import lineage as L
 from workers import pruning as P
 from workers import reference as R
 from workers.models import build_model
-from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, SelectionSpec, TrainSpec, TrialSpec
+from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
 from workers.store import SweepStore
 
 
@@ -107,8 +107,7 @@ def test_batched_evaluation_equals_dataloader_evaluation():
 
 def test_reference_lineage_follows_the_engines_schedule(tmp_path):
     spec = TrialSpec(DataSpec("digits", fraction=0.2, augmentation="basic"), model=ModelSpec(width=0.125),
-                     train=TrainSpec(epochs=2, batch_size=40, lr=0.05), prune=PruneSpec(rounds=2, rewind_epoch=1),
-                     selection=SelectionSpec(selection="test"))
+                     train=TrainSpec(epochs=2, batch_size=40, lr=0.05), prune=PruneSpec(rounds=2, rewind_epoch=1))
     info, train, test = D.load_dataset("digits")
     ref = R.run_reference(spec, train, test, info, str(tmp_path / "ref"), torch.device("cpu"))
     ours = L.run_lineage(spec, SweepStore(str(tmp_path), "s").lineage(spec.trial_id))

@@ -16,11 +16,11 @@ from workers.store import SweepStore
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def commit(st, tid, k, val, test, fraction=0.1, seed=0, augmentation="none", method="imp", layers=()):
+def commit(st, tid, k, val, test, fraction=0.1, seed=0, augmentation="none", method="imp", layers=(), rounds=2):
     spec = {"data": {"dataset": "digits", "fraction": fraction, "images_per_class": None,
                      "augmentation": augmentation},
-            "model": {"arch": "resnet18", "width": 1.0, "init": "random"}, "prune": {"method": method, "rounds": 2},
-            "selection": {"selection": "val"}, "seed": seed, "train": {}}
+            "model": {"arch": "resnet18", "width": 1.0, "init": "random"},
+            "prune": {"method": method, "rounds": rounds}, "seed": seed, "train": {}}
     m = {"trial_id": tid, "round": k, "density": 0.8 ** k, "val_acc": val, "test_acc": test, "train_acc": 1.0,
          "epochs": 3, "wall_s": 1.0, "images_per_s": 10.0, "node": "n", "gpu_ids": "", "device": "cpu",
          "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:00:01+00:00",
@@ -40,15 +40,15 @@ def assert_png(source):
 def test_report_tables(tmp_path, capsys):
     st = SweepStore(str(tmp_path / "runs"), "s")
     for seed, tid in ((0, "aa00000000000000"), (1, "ab00000000000000")):
-        commit(st, tid, 0, 0.5, 0.50 + seed / 10, seed=seed)
-        commit(st, tid, 1, 0.7, 0.60 + seed / 10, seed=seed)  # the winning ticket
+        commit(st, tid, 0, 0.5, 0.50 + seed / 10, seed=seed, rounds=1)
+        commit(st, tid, 1, 0.7, 0.60 + seed / 10, seed=seed, rounds=1)  # the winning ticket
     commit(st, "ac00000000000000", 0, 0.4, 0.4, fraction=0.2)  # a partial lineage: round 0 only
     R.Collector(st).rebuild()
     rc = main(["report", "s", "--storage", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
     assert rc == 0
     md = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
     html = (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
-    assert "0/3 trials done" in md and "5/9 rounds committed" in md  # a partial sweep reports
+    assert "2/3 trials done" in md and "5/7 rounds committed" in md  # a partial sweep reports
     # seed-averaged dense 0.55 vs ticket 0.65: gain 0.1
     assert "| 0.5500 |" in md and "| 0.6500 |" in md and "| 0.1000 |" in md
     assert "<table" in html and "0.6500" in html
@@ -57,13 +57,14 @@ def test_report_tables(tmp_path, capsys):
     col = [c for c in df.columns if "0.2" in c][0]
     assert df[col].isna().tolist() == [False, True]  # missing stays missing, never zero
     # Views without their data are a one-line note, not an error.
-    for note in ("no IMP trial has a value of acc_cifar10c yet", "no random_prune, same_layer_sparse, small_dense trials",
-                 "no cka/ table", "no per-layer densities", "no trials on cifar100 or imagenet",
-                 "no trials on cifar100_lt", "no probe/ table"):
+    for note in ("no IMP trial has a value of acc_cifar10c yet",
+                 "no finished random_prune, same_layer_sparse, small_dense trials",
+                 "no cka/ table", "no per-layer densities", "no finished trials on cifar100 or imagenet",
+                 "no finished trials on cifar100_lt", "no probe/ table"):
         assert note in md and note in html
     printed = capsys.readouterr().out.split()
     assert sorted(os.path.basename(p) for p in printed if p.endswith(".png")) == [
-        "fig1_accuracy_vs_density.png", "fig2_data_efficiency.png"]
+        "fig1_accuracy_vs_density.png", "fig2_data_efficiency.png", "fig2b_gain.png"]
 
 
 def test_report_of_unknown_sweep_is_one_line(tmp_path, capsys):
@@ -91,10 +92,11 @@ TRIALS = {
     "a000000000000000": ("none", 0, "imp", 0.1, [(0.50, 0.50), (0.70, 0.60), (0.70, 0.62)]),  # val tie: round 2
     "a100000000000000": ("none", 1, "imp", 0.1, [(0.52, 0.54), (0.72, 0.70), (0.60, 0.58)]),
     # basic beats none on validation for the dense round and loses for the ticket; test says the opposite
-    "b000000000000000": ("basic", 0, "imp", 0.1, [(0.60, 0.48), (0.65, 0.70)]),
-    "b100000000000000": ("basic", 1, "imp", 0.1, [(0.58, 0.50), (0.67, 0.68)]),
-    "c000000000000000": ("none", 0, "imp", 0.2, [(0.40, 0.45)]),  # partial: round 0 only
-    "d000000000000000": ("none", 0, "random_prune", 0.1, [(0.50, 0.51), (0.55, 0.57)]),
+    "b000000000000000": ("basic", 0, "imp", 0.1, [(0.60, 0.48), (0.65, 0.70), (0.55, 0.60)]),
+    "b100000000000000": ("basic", 1, "imp", 0.1, [(0.58, 0.50), (0.67, 0.68), (0.50, 0.55)]),
+    "c000000000000000": ("none", 0, "imp", 0.2, [(0.40, 0.45)]),  # partial: round 0 of 3 only
+    "e000000000000000": ("none", 1, "imp", 0.2, [(0.40, 0.45), (0.30, 0.35), (0.20, 0.25)]),  # dense wins
+    "d000000000000000": ("none", 0, "random_prune", 0.1, [(0.50, 0.51), (0.55, 0.57), (0.40, 0.45)]),
 }
 
 
@@ -105,7 +107,8 @@ def paper(tmp_path_factory):
     st = SweepStore(str(root / "runs"), "p")
     for tid, (aug, seed, method, fraction, rounds) in TRIALS.items():
         for k, (val, test) in enumerate(rounds):
-            commit(st, tid, k, val, test, fraction, seed, aug, method, layer_entries(k) if method == "imp" else ())
+            commit(st, tid, k, val, test, fraction, seed, aug, method, layer_entries(k) if method == "imp" else (),
+                   rounds=2)  # every lineage has 3 rounds; c is still at round 0
     R.Collector(st).rebuild()
     os.makedirs(st.path("probe"))
     pd.DataFrame({"trial_id": ["a000000000000000"] * 3 + ["a100000000000000"] * 2 + ["b000000000000000"],
@@ -177,10 +180,11 @@ def test_figure_data(paper):
                                             ("none", "random_prune"): 57.0, ("basic", "dense"): 49.0,
                                             ("basic", "winning ticket"): 69.0})  # no random_prune bar for basic
     lines = REP.layer_density_lines(df, R.load_layers(paper[0])).set_index(["series", "layer"])["density"]
-    # sparsest rounds: 2, 2 (none), 1, 1 (basic): conv1 0.9**2, 0.9**2, 0.9, 0.9
+    # sparsest rounds: 2 in every finished lineage: conv1 0.9**2, layer1 0.7**2
     assert lines.to_dict() == pytest.approx({
-        ("train 10% (overall 72%)", "conv1"): 85.5, ("train 10% (overall 72%)", "layer1.0.conv1"): 59.5,
-        ("train 20% (overall 100%)", "conv1"): 100.0, ("train 20% (overall 100%)", "layer1.0.conv1"): 100.0})
+        ("train 10% (overall 64%)", "conv1"): 81.0, ("train 10% (overall 64%)", "layer1.0.conv1"): 49.0,
+        # c (unfinished) at round 0, e at round 2
+        ("train 20% (overall 82%)", "conv1"): 90.5, ("train 20% (overall 82%)", "layer1.0.conv1"): 74.5})
 
 
 def test_optional_probe_and_cka_tables(paper):
@@ -200,7 +204,7 @@ def test_figures_are_pngs_linked_and_embedded(paper):
     _, _, paths, md, html = paper
     pngs = [p for p in paths if p.endswith(".png")]
     assert sorted(os.path.basename(p) for p in pngs) == [
-        "fig1_accuracy_vs_density.png", "fig2_data_efficiency.png", "fig4_capacity.png",
+        "fig1_accuracy_vs_density.png", "fig2_data_efficiency.png", "fig2b_gain.png", "fig4_capacity.png",
         "fig5_layer_density.png", "fig6_cka.png"]
     for p in pngs:
         assert_png(p)
@@ -253,7 +257,8 @@ def test_report_of_a_real_tiny_sweep(reference, tmp_path):
     st = SweepStore(str(d / "runs"), "tiny")
     paths = write_report(st, str(tmp_path / "rep"))
     names = sorted(os.path.basename(p) for p in paths if p.endswith(".png"))
-    assert names == ["fig1_accuracy_vs_density.png", "fig2_data_efficiency.png", "fig5_layer_density.png"]
+    assert names == ["fig1_accuracy_vs_density.png", "fig2_data_efficiency.png", "fig2b_gain.png",
+                     "fig5_layer_density.png"]
     for p in paths:
         if p.endswith(".png"):
             assert_png(p)
@@ -266,3 +271,33 @@ def test_report_of_a_real_tiny_sweep(reference, tmp_path):
         assert (t.loc[size, "dense_aug"], t.loc[size, "dense_test_acc_mean"]) == (dense["augmentation"],
                                                                                  pytest.approx(dense["test_acc"]))
         assert t.loc[size, "ticket_test_acc_mean"] > 0
+
+
+def test_every_caption_states_protocol_and_budget(paper, tmp_path):
+    st, _, _, md, html = paper
+    sections = [s for s in md.split("\n## ")[1:] if "_Skipped:" not in s]
+    assert len(sections) >= 10
+    for s in sections:
+        title, body = s.split("\n", 1)
+        assert "Validation budget:" in body and "BatchNorm statistics" in body, title
+        assert "Winning ticket: selection on held-out validation images" in body or "(val) and on the test" in body
+    assert "selection bias" in md and html.count("Validation budget:") >= len(sections)
+    write_report(st, str(tmp_path / "t"), select="test")
+    test_md = (tmp_path / "t" / "report.md").read_text(encoding="utf-8")
+    assert "selection on the test split (the paper's protocol" in test_md
+
+
+def test_cells_differing_only_in_width_get_their_own_rows():
+    rows = []
+    for width, acc in ((0.25, 0.5), (0.5, 0.6)):
+        for seed in (0, 1):
+            rows += [dict(trial_id=f"w{width}{seed}", width=width, seed=seed, round=0, density=1.0, val_acc=acc,
+                          test_acc=acc), dict(trial_id=f"w{width}{seed}", width=width, seed=seed, round=1,
+                                              density=0.8, val_acc=acc + 0.1, test_acc=acc + 0.05)]
+    trials = REP.trial_summary(frame(rows))
+    t = REP.table_methods(trials).frame
+    assert t["width"].tolist() == ["0.25", "0.5"] and t["dense + aug*"].tolist() == ["0.5000 ± 0.0000", "0.6000 ± 0.0000"]
+    c = REP.table_compare(frame(rows), "val").frame
+    assert c["width"].tolist() == ["0.25", "0.5"] and (c["seeds"] == 2).all()
+    curves = REP.density_curves(frame(rows))
+    assert curves["panel"].nunique() == 2

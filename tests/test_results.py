@@ -27,7 +27,6 @@ def spec_dict(dataset="cifar10", fraction=0.01, ipc=None, aug="none", method="im
                       "channels_last": True},
             "prune": {"method": method, "rounds": rounds, "rate": 0.2, "rewind_epoch": 2,
                       "prunable": "conv"},
-            "selection": {"selection": "val", "val_fraction": 0.1},
             "seed": seed}
 
 
@@ -201,50 +200,6 @@ def test_concurrent_updates_sharing_a_shard_lose_no_rows(store):
 
 
 # --- queries -----------------------------------------------------------------
-
-def frame(rows):
-    cols = ["trial_id", "dataset", "fraction", "images_per_class", "augmentation", "method",
-            "arch", "seed", "round", "density", "val_acc", "test_acc"]
-    return pd.DataFrame([dict(zip(cols, r)) for r in rows])
-
-
-def test_winning_ticket_argmax_and_ties_go_to_the_sparser():
-    df = frame([
-        ("t1", "c", 0.1, None, "none", "imp", "r", 0, 0, 1.00, 0.50, 0.40),
-        ("t1", "c", 0.1, None, "none", "imp", "r", 0, 1, 0.80, 0.70, 0.60),
-        ("t1", "c", 0.1, None, "none", "imp", "r", 0, 2, 0.64, 0.60, 0.65),
-        ("t2", "c", 0.1, None, "none", "imp", "r", 1, 0, 1.00, 0.50, 0.40),
-        ("t2", "c", 0.1, None, "none", "imp", "r", 1, 1, 0.80, 0.70, 0.60),
-        ("t2", "c", 0.1, None, "none", "imp", "r", 1, 2, 0.64, 0.70, 0.62),
-    ])
-    w = R.winning_tickets(df).set_index("trial_id")
-    assert w.loc["t1", "round"] == 1 and w.loc["t2", "round"] == 2
-    assert R.winning_tickets(pa.Table.from_pandas(df)).shape[0] == 2
-
-
-def test_compare_numbers():
-    rows = []
-    # cell A: 2 seeds; dense test 0.40 / 0.50, tickets 0.60 / 0.64 at density 0.8 / 0.64
-    rows += [("a0", "c", 0.1, None, "none", "imp", "r", 0, 0, 1.0, 0.5, 0.40),
-             ("a0", "c", 0.1, None, "none", "imp", "r", 0, 1, 0.8, 0.9, 0.60),
-             ("a1", "c", 0.1, None, "none", "imp", "r", 1, 0, 1.0, 0.5, 0.50),
-             ("a1", "c", 0.1, None, "none", "imp", "r", 1, 1, 0.8, 0.6, 0.70),
-             ("a1", "c", 0.1, None, "none", "imp", "r", 1, 2, 0.64, 0.8, 0.64)]
-    # cell B (images_per_class): one seed, the dense net wins
-    rows += [("b0", "c", None, 10, "none", "imp", "r", 0, 0, 1.0, 0.9, 0.30),
-             ("b0", "c", None, 10, "none", "imp", "r", 0, 1, 0.8, 0.1, 0.20)]
-    # a trial without round 0 is left out
-    rows += [("x0", "c", 0.1, None, "none", "imp", "r", 2, 1, 0.8, 0.99, 0.99)]
-    out = R.compare(frame(rows))
-    assert len(out) == 2
-    a = out[out.fraction == 0.1].iloc[0]
-    assert a.n_seeds == 2
-    assert a.dense_test_acc == pytest.approx(0.45) and a.dense_test_std == pytest.approx(0.0707107, abs=1e-6)
-    assert a.ticket_test_acc == pytest.approx(0.62) and a.ticket_test_std == pytest.approx(0.0282843, abs=1e-6)
-    assert a.ticket_density == pytest.approx(0.72) and a.gain == pytest.approx(0.17)
-    b = out[out.images_per_class == 10].iloc[0]
-    assert b.n_seeds == 1 and b.gain == pytest.approx(0.0) and b.ticket_density == 1.0
-
 
 def test_run_sql_both_views_and_errors(store):
     for k in range(2):

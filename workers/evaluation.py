@@ -8,10 +8,13 @@ collector turns the files into the `robustness/`, `probe/` and `cka/` tables.
 
     robustness  accuracy on CIFAR-10-C (19 corruptions x 5 severities) and
                 CIFAR-10.2, for the rounds nearest densities 1.0, 0.41, 0.13,
-                0.044 and the winning ticket
-    probe       freeze a round's backbone (dense and winning ticket), train a
+                0.044 and the winning tickets
+    probe       freeze a round's backbone (dense and winning tickets), train a
                 linear classifier on another dataset, record its test accuracy
-    cka         linear CKA between the dense network and the winning ticket, layer by layer
+    cka         linear CKA between the dense network and each winning ticket, layer by layer
+
+"The winning tickets" are the winners under every selection protocol
+(workers/selection.py), so a query can switch protocols without a rerun.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from safetensors.torch import load as st_load
 
 from workers import data as D
 from workers import pruning as P
+from workers.selection import winning_rounds
 from workers.spec import RunOptions, TrialSpec
 from workers.store import LineageStore
 
@@ -43,29 +47,35 @@ def wanted(opts: RunOptions) -> list[str]:
     return out
 
 
-def winning_round(metrics: list[dict]) -> int:
-    """Best val_acc; ties go to the sparser round (DESIGN)."""
-    return max(metrics, key=lambda m: (m["val_acc"], -m["density"]))["round"]
-
-
 def robust_rounds(metrics: list[dict]) -> list[int]:
-    """Rounds nearest (in log density) to ROBUST_DENSITIES, plus the winning ticket."""
+    """Rounds nearest (in log density) to ROBUST_DENSITIES, plus the winning tickets."""
     near = {min(metrics, key=lambda m: abs(math.log(m["density"]) - math.log(d)))["round"]
             for d in ROBUST_DENSITIES}
-    return sorted(near | {winning_round(metrics)})
+    return sorted(near | set(winning_rounds(metrics)))
+
+
+def needed_rounds(name: str, metrics: list[dict]) -> list[int]:
+    """The rounds evaluation `name` has to cover."""
+    kind = name.partition("_")[0]
+    if kind == "robustness":
+        return robust_rounds(metrics)
+    return sorted({0, *winning_rounds(metrics)})
 
 
 def _digests(store: LineageStore, rounds) -> dict:
     return {str(k): store.read_manifest(k)["manifest_sha256"] for k in sorted(set(rounds))}
 
 
-def current(store: LineageStore, name: str) -> Optional[dict]:
-    """The evaluation file if it still matches the committed rounds it read."""
+def current(store: LineageStore, name: str, rounds: Optional[list[int]] = None) -> Optional[dict]:
+    """The evaluation file if it still matches the committed rounds it read
+    (and, given `rounds`, covers them all)."""
     doc = store.read_analysis(name)
     if doc is None:
         return None
     try:
         if _digests(store, map(int, doc["rounds"])) != doc["rounds"]:
+            return None
+        if rounds is not None and not {str(k) for k in rounds} <= set(doc["rounds"]):
             return None
     except (TypeError, KeyError, ValueError):
         return None
@@ -122,7 +132,7 @@ def _robustness(spec, store, metrics, info, opts, device, suite) -> dict:
 def _probe(spec, store, metrics, info, opts, device, target) -> dict:
     from workers.analysis import linear_probe
     t_info, train, test = D.load_dataset(target, opts.data_root)
-    rounds = sorted({0, winning_round(metrics)})
+    rounds = needed_rounds("probe", metrics)
     rows = []
     for k in rounds:
         model = model_at(spec, store, k, info, device)
@@ -135,23 +145,27 @@ def _probe(spec, store, metrics, info, opts, device, target) -> dict:
 def _cka(spec, store, metrics, info, opts, device) -> dict:
     from workers.analysis import cka_between
     _, _, test = D.load_dataset(spec.data.dataset, opts.data_root)
-    win = winning_round(metrics)
     x = test.x[:1000]
-    dense, ticket = model_at(spec, store, 0, info, device), model_at(spec, store, win, info, device)
-    rows = [{"round_a": 0, "round_b": win, **r} for r in cka_between(dense, ticket, x, info)]
-    return {"rounds": _digests(store, [0, win]), "rows": rows}
+    dense = model_at(spec, store, 0, info, device)
+    rows = []
+    for win in winning_rounds(metrics):
+        ticket = model_at(spec, store, win, info, device)
+        rows += [{"round_a": 0, "round_b": win, **r} for r in cka_between(dense, ticket, x, info)]
+    return {"rounds": _digests(store, needed_rounds("cka", metrics)), "rows": rows}
 
 
 def run_evaluations(spec: TrialSpec, store: LineageStore, opts: RunOptions,
                     device: Optional[torch.device] = None) -> list[str]:
     """Compute every requested evaluation that is missing or stale; returns their names."""
-    names = [n for n in wanted(opts) if current(store, n) is None]
+    if not wanted(opts):
+        return []
+    metrics = [store.read_manifest(k)["metrics"] for k in range(spec.num_rounds)]
+    names = [n for n in wanted(opts) if current(store, n, needed_rounds(n, metrics)) is None]
     if not names:
         return []
     from workers.lineage import pick_device
     device = device or pick_device(opts, {})
     info = D.dataset_info(spec.data.dataset)
-    metrics = [store.read_manifest(k)["metrics"] for k in range(spec.num_rounds)]
     for name in names:
         kind, _, arg = name.partition("_")
         if kind == "robustness":
@@ -167,7 +181,10 @@ def run_evaluations(spec: TrialSpec, store: LineageStore, opts: RunOptions,
 
 def pending(spec: TrialSpec, store: LineageStore, opts: RunOptions) -> bool:
     """Whether a trial whose lineage is finished still has evaluations to run."""
-    return any(current(store, n) is None for n in wanted(opts))
+    if not wanted(opts):
+        return False
+    metrics = [store.read_manifest(k)["metrics"] for k in range(spec.num_rounds)]
+    return any(current(store, n, needed_rounds(n, metrics)) is None for n in wanted(opts))
 
 
-__all__ = ["SUITES", "current", "pending", "robust_rounds", "run_evaluations", "wanted", "winning_round"]
+__all__ = ["SUITES", "current", "needed_rounds", "pending", "robust_rounds", "run_evaluations", "wanted"]

@@ -77,28 +77,31 @@ class Prepared:
     y_test: torch.Tensor
     augment: Callable
     device: torch.device
+    # Held-out images per class (the validation budget), None when none exist.
+    val_per_class: Optional[int] = None
 
 
-def prepare(spec: TrialSpec, opts: RunOptions, device: torch.device) -> Prepared:
+def prepare(spec: TrialSpec, opts: RunOptions, device: torch.device,
+            legacy: Optional[dict] = None) -> Prepared:
+    """The trial's data on `device`. `legacy` is the validation rule of a
+    lineage started before the budget was per class (spec.legacy_validation):
+    such a lineage keeps measuring on the images it started with."""
     info, train, test = D.load_dataset(spec.data.dataset, opts.data_root)
     if spec.data.imbalance is not None:
         from workers.data.cifar_lt import load_long_tail
         train, test = load_long_tail(opts.data_root, True, spec.data.imbalance)
-    use_val = spec.selection.selection == "val"
     tr_idx, va_idx = D.stratified_split(
-        train.y, fraction=spec.data.fraction, images_per_class=spec.data.images_per_class,
-        val_fraction=spec.selection.val_fraction, seed=spec.seed, with_val=use_val)
-    if use_val:
-        xv, yv = train.x[va_idx], train.y[va_idx]
-    else:
-        xv, yv = test.x, test.y
+        train.y, fraction=spec.data.fraction, images_per_class=spec.data.images_per_class, seed=spec.seed,
+        val_per_class=spec.eval.val_per_class,
+        val_fraction=legacy["val_fraction"] if legacy and legacy["selection"] == "val" else None)
     on = device if train.x.shape[0] <= opts.max_device_images else torch.device("cpu")
     return Prepared(
         info=info,
         x_train=train.x[tr_idx].to(on), y_train=train.y[tr_idx].to(device),
-        x_val=xv.to(on), y_val=yv.to(device),
+        x_val=train.x[va_idx].to(on), y_val=train.y[va_idx].to(device),
         x_test=test.x.to(on), y_test=test.y.to(device),
-        augment=D.make_augment(spec.data.augmentation, info), device=device)
+        augment=D.make_augment(spec.data.augmentation, info), device=device,
+        val_per_class=D.held_out_per_class(train.y[va_idx], info.num_classes))
 
 
 def _inputs(xb: torch.Tensor, info: D.DatasetInfo, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -108,15 +111,48 @@ def _inputs(xb: torch.Tensor, info: D.DatasetInfo, device: torch.device, channel
 
 @torch.no_grad()
 def accuracy(forward, x: torch.Tensor, y: torch.Tensor, info: D.DatasetInfo, device: torch.device,
-             autocast: bool = False, channels_last: bool = False) -> float:
+             autocast: bool = False, channels_last: bool = False) -> Optional[float]:
     """Top-1 accuracy in large batches with one device sync at the end (the
-    caller puts the model in eval mode)."""
+    caller puts the model in eval mode); None for an empty split."""
+    if x.shape[0] == 0:
+        return None
     correct = torch.zeros((), device=device, dtype=torch.long)
     for b in range(0, x.shape[0], EVAL_BATCH):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = forward(_inputs(x[b:b + EVAL_BATCH], info, device, channels_last))
         correct += (out.argmax(1) == y[b:b + EVAL_BATCH].to(device)).sum()
     return int(correct) / max(1, x.shape[0])
+
+
+def _batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, forward, x: torch.Tensor, info: D.DatasetInfo,
+                   device: torch.device, autocast: bool = False, channels_last: bool = False) -> None:
+    """Replace BatchNorm's running statistics with those of `x` (the training
+    subset, unaugmented): reset, then a no-grad train-mode pass with a
+    cumulative average (momentum None). The running averages of a short round
+    lag the weights they describe; this measures the network that was trained."""
+    bns = _batch_norms(model)
+    if not bns or x.shape[0] == 0:
+        return
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for b in range(0, x.shape[0], EVAL_BATCH):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                forward(_inputs(x[b:b + EVAL_BATCH], info, device, channels_last))
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was_training)
 
 
 class Trainer:
@@ -183,10 +219,33 @@ class Trainer:
         return {"loss": float(loss_sum) / n, "acc": int(correct) / n, "images": n}
 
     @torch.no_grad()
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> Optional[float]:
         self.model.eval()
         return accuracy(self.forward, x, y, self.prep.info, self.prep.device, self.autocast,
                         self.channels_last)
+
+    def recalibrate_bn(self) -> None:
+        recalibrate_bn(self.model, self.forward, self.prep.x_train, self.prep.info, self.prep.device,
+                       self.autocast, self.channels_last)
+
+    @torch.no_grad()
+    def evaluate(self, splits: tuple[str, ...], keep: bool) -> dict[str, Optional[float]]:
+        """{split}_acc for each of train/val/test. With `eval.bn_recalibrate`,
+        measured after recalibrating BatchNorm on the training subset: kept
+        when `keep` (the end of a round: the committed weights are the measured
+        ones), else undone (mid-round: training continues from its own state)."""
+        p = self.prep
+        data = {"train": (p.x_train, p.y_train), "val": (p.x_val, p.y_val), "test": (p.x_test, p.y_test)}
+        saved = None
+        if self.spec.eval.bn_recalibrate:
+            if not keep:
+                saved = {k: v.clone() for k, v in self.model.state_dict().items()
+                         if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+            self.recalibrate_bn()
+        out = {f"{s}_acc": self.accuracy(*data[s]) for s in splits}
+        if saved is not None:
+            self.model.load_state_dict(saved, strict=False)
+        return out
 
     # --- state ------------------------------------------------------------
     def momentum_state(self) -> dict[str, torch.Tensor]:
@@ -227,6 +286,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
     context.setdefault("gpu_ids", [])
     method = get_method(spec.prune.method)
 
+    legacy = _legacy_rule(spec, store)
     store.write_spec(spec.to_dict())
     parent = _finished_parent(spec, store) if method.parent else None
     done, verified = _verified_prefix(store)
@@ -236,7 +296,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
     token = store.claim(context)
 
     device = pick_device(opts, context)
-    prep = prepare(spec, opts, device)
+    prep = prepare(spec, opts, device, legacy)
     info = prep.info
     model = make_model(spec, info, opts).to(device)
     names = P.prunable_names(model, spec.prune.prunable)
@@ -277,6 +337,27 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
             on_round(metrics)
     store.clear_marker("HEARTBEAT.json")
     return [store.read_manifest(k)["metrics"] for k in range(spec.num_rounds)]
+
+
+def _legacy_rule(spec: TrialSpec, store: LineageStore) -> Optional[dict]:
+    """A lineage begun before selection moved to query time keeps its old
+    validation images (10% of each class), so all its rounds are measured
+    alike. One trained on a dataset whose labels mirroring breaks (digits,
+    CLaMM) with an augmentation that mirrored it then is redone from round 0."""
+    from workers.spec import legacy_validation
+    legacy = legacy_validation(store.read_spec())
+    if legacy is None:
+        return None
+    if spec.data.augmentation != "none" and "horizontal" not in D.dataset_info(spec.data.dataset).flips:
+        if store.committed_prefix():
+            log.warning("trial %s was trained with a %s augmentation that mirrored %s images, which "
+                        "changes their labels: redoing the lineage from round 0", store.trial_id,
+                        spec.data.augmentation, spec.data.dataset)
+            store.invalidate_from(0)
+        store.clear_partials_before(spec.num_rounds)
+        store.write_spec(spec.to_dict(), replace=True)
+        return None
+    return legacy
 
 
 class ParentMissing(Exception):
@@ -407,8 +488,7 @@ def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context
         row = {"epoch": epoch + 1, "train_loss": ep["loss"], "train_acc_running": ep["acc"],
                "lr": trainer.lr_at(epoch)}
         if opts.eval_every and (epoch + 1) % opts.eval_every == 0 and epoch + 1 < t.epochs:
-            row["val_acc"] = trainer.accuracy(prep.x_val, prep.y_val)
-            row["test_acc"] = trainer.accuracy(prep.x_test, prep.y_test)
+            row.update(trainer.evaluate(("val", "test"), keep=False))
         history.append(row)
         if k == 0 and epoch + 1 == pr.rewind_epoch:
             rewind_state = model_state(model)
@@ -432,18 +512,14 @@ def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context
     if k == 0 and rewind_state is None:  # rewind_epoch >= epochs: rewind to the end state
         rewind_state = model_state(model)
 
-    train_acc = trainer.accuracy(prep.x_train, prep.y_train)
-    val_acc = trainer.accuracy(prep.x_val, prep.y_val)
-    test_acc = (val_acc if spec.selection.selection == "test"
-                else trainer.accuracy(prep.x_test, prep.y_test))
+    accs = trainer.evaluate(("train", "val", "test"), keep=True)
     wall_s = wall_prev + time.perf_counter() - t0
     metrics = {
         "trial_id": store.trial_id,
         "round": k,
         "density": P.density(masks),
-        "train_acc": train_acc,
-        "val_acc": val_acc,
-        "test_acc": test_acc,
+        **accs,
+        "val_per_class": prep.val_per_class,
         "epochs": t.epochs - first_epoch,
         "wall_s": wall_s,
         "images_per_s": images / train_s if train_s > 0 else None,
@@ -465,6 +541,7 @@ def _train_round(spec, opts, store, prep, model, masks, k, rewind_state, context
     store.check_owner(token)
     store.commit_round(k, files, metrics, spec.to_dict())
     store.clear_partial(k)
-    log.info("trial %s round %d: density %.4f val %.4f test %.4f (%.1fs)", store.trial_id, k,
-             metrics["density"], val_acc, test_acc, wall_s)
+    log.info("trial %s round %d: density %.4f val %s test %.4f (%.1fs)", store.trial_id, k,
+             metrics["density"], "-" if accs["val_acc"] is None else f"{accs['val_acc']:.4f}",
+             accs["test_acc"], wall_s)
     return metrics

@@ -103,8 +103,7 @@ def run_reference(spec: TrialSpec, train: D.Split, test: D.Split, info: D.Datase
     """The lineage of `spec` the reference way; returns one metrics dict per round."""
     t, pr = spec.train, spec.prune
     tr_idx, _ = D.stratified_split(train.y, fraction=spec.data.fraction,
-                                   images_per_class=spec.data.images_per_class,
-                                   val_fraction=spec.selection.val_fraction, seed=spec.seed, with_val=False)
+                                   images_per_class=spec.data.images_per_class, seed=spec.seed)
     train_ds = PILDataset(train.x[tr_idx], train.y[tr_idx], transforms(spec.data.augmentation, info, True))
     test_ds = PILDataset(test.x, test.y, transforms("none", info, False))
     torch.manual_seed(spec.seed)

@@ -1,7 +1,7 @@
 """Frozen trial specs and their canonical hash.
 
 A trial is fully described by one `TrialSpec`: one dataclass per concern
-(data, model, training, pruning, selection), as OpenLTH does. `trial_id` is
+(data, model, training, pruning, evaluation), as OpenLTH does. `trial_id` is
 the sha256 of the spec's canonical JSON with every field that is at its
 default left out, so adding a new field with a default never changes the id
 (and so never moves) an existing trial's storage folder.
@@ -61,12 +61,26 @@ class PruneSpec:
     prunable: str = "conv"
 
 
+# Images per class held out of the training split (outside the subset) to
+# pick the winning ticket. 50 per class is the paper's headline training size
+# (1% of CIFAR-10), so there the selection budget equals the training budget
+# instead of dwarfing it; at 10 classes it is 500 images, a standard error of
+# about 2 points on an accuracy near 70%, the size of the differences between
+# neighbouring IMP rounds that selection has to resolve.
+DEFAULT_VAL_PER_CLASS = 50
+
+
 @dataclass(frozen=True)
-class SelectionSpec:
-    # "val": held-out images of the training split that are not in the subset.
-    # "test": the paper's setting (model selection on the test split).
-    selection: str = "val"
-    val_fraction: float = 0.1
+class EvalSpec:
+    """How every round is measured. Which round is the winning ticket is
+    decided at query time (`--select val|test`), never here: both protocols
+    read the same lineages."""
+    val_per_class: int = DEFAULT_VAL_PER_CLASS
+    # Reset BatchNorm's running statistics with a no-grad pass over the
+    # training subset (no augmentation, cumulative average) before each
+    # evaluation: in short rounds they lag the weights and handicap whichever
+    # round trained least.
+    bn_recalibrate: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,7 @@ class TrialSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     prune: PruneSpec = field(default_factory=PruneSpec)
-    selection: SelectionSpec = field(default_factory=SelectionSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
     seed: int = 0
 
     # --- identity -------------------------------------------------------
@@ -100,15 +114,33 @@ class TrialSpec:
         kinds = {f.name: f.type for f in fields(cls)}
         parts: dict[str, Any] = {}
         for name, sub in (("data", DataSpec), ("model", ModelSpec), ("train", TrainSpec),
-                          ("prune", PruneSpec), ("selection", SelectionSpec)):
+                          ("prune", PruneSpec), ("eval", EvalSpec)):
             if name in d:
                 parts[name] = sub(**d[name])
         if "seed" in d:
             parts["seed"] = int(d["seed"])
-        unknown = set(d) - set(kinds)
+        # Specs written before selection moved to query time carry a
+        # `selection` section (see legacy_validation); it is not part of the
+        # new spec.
+        unknown = set(d) - set(kinds) - {LEGACY_SELECTION}
         if unknown:
             raise ValueError(f"unknown trial spec keys: {sorted(unknown)}")
         return cls(**parts)
+
+    # --- grid cell ---------------------------------------------------------
+    def cell(self) -> dict:
+        """The grid cell: every non-default spec field except the seed. Seeds of
+        one cell are the replicates whose paired gains are averaged."""
+        c = self.canonical()
+        c.pop("seed", None)
+        return c
+
+    def cell_json(self) -> str:
+        return cell_key(self.cell())[0]
+
+    @property
+    def cell_id(self) -> str:
+        return cell_key(self.cell())[1]
 
     @property
     def num_rounds(self) -> int:
@@ -142,6 +174,43 @@ class RunOptions:
     robustness: tuple = ()
     probe: tuple = ()
     cka: bool = False
+
+
+LEGACY_SELECTION = "selection"
+
+
+def legacy_validation(spec_dict: Optional[dict]) -> Optional[dict]:
+    """The validation rule of a trial written before selection became a query-time
+    choice, else None. Those specs carry `selection: {selection, val_fraction}`:
+    "val" held out round(val_fraction * N_c) images of each class, "test" measured
+    `val_acc` on the test split itself (so it is not a held-out accuracy)."""
+    if not isinstance(spec_dict, dict) or not isinstance(spec_dict.get(LEGACY_SELECTION), dict):
+        return None
+    sel = spec_dict[LEGACY_SELECTION]
+    return {"selection": sel.get("selection", "val"), "val_fraction": float(sel.get("val_fraction", 0.1))}
+
+
+def cell_key(cell: dict) -> tuple[str, str]:
+    """(canonical JSON, id) of a cell dict."""
+    text = json.dumps(cell, sort_keys=True, separators=(",", ":"))
+    return text, hashlib.sha256(text.encode()).hexdigest()[:ID_LEN]
+
+
+def cell_fields(cell: dict) -> dict[str, Any]:
+    """A cell (TrialSpec.cell()) as flat {field: value} with every default filled
+    in; field names are unique across the sub-specs (dataset, width, epochs...)."""
+    out: dict[str, Any] = {}
+    for part, cls in _SUBSPECS.items():
+        sub = cell.get(part, {})
+        for f, (name, default) in zip(fields(cls), _defaults(cls)):
+            v = sub.get(name, None if default is dataclasses.MISSING else default)
+            if "float" in str(f.type) and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)  # the canonical form spells 1.0 as 1
+            out[name] = v
+    for k, v in cell.items():  # e.g. a legacy trial's selection protocol
+        if k not in _SUBSPECS:
+            out[k] = v if not isinstance(v, dict) else json.dumps(v, sort_keys=True)
+    return out
 
 
 _DEFAULTS: dict[type, list[tuple[str, Any]]] = {}
@@ -179,3 +248,6 @@ def _non_default(obj: Any) -> Any:
         # 1.0 and 1 are the same grid point whichever way the yaml spells it.
         return int(obj)
     return obj
+
+
+_SUBSPECS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "prune": PruneSpec, "eval": EvalSpec}

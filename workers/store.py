@@ -252,10 +252,17 @@ class LineageStore:
         return sorted(n[:-5] for n in names if n.endswith(".json") and ".tmp-" not in n and not n.startswith("."))
 
     # --- spec / markers -------------------------------------------------
-    def write_spec(self, spec_dict: dict) -> None:
+    def write_spec(self, spec_dict: dict, replace: bool = False) -> None:
         path = f"{self.dir}/spec.json"
-        if not self.fs.exists(path):
+        if replace or not self.fs.exists(path):
             self.fs.write(path, _dumps(spec_dict))
+
+    def read_spec(self) -> Optional[dict]:
+        try:
+            doc = json.loads(self.fs.read(f"{self.dir}/spec.json"))
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def claim(self, info: dict) -> str:
         """Make this attempt the lineage's owner; returns its token.

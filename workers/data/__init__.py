@@ -6,7 +6,7 @@ augments on the device, so there is no per-epoch DataLoader.
 
     info, train, test = load_dataset("cifar10")
     train_idx, val_idx = stratified_split(train.y, fraction=0.01, images_per_class=None,
-                                          val_fraction=0.1, seed=0)
+                                          val_per_class=50, seed=0)
     augment = make_augment("basic", info)
     xb = normalize(augment(train.x[idx].to(dev), gen), info)
 
@@ -35,6 +35,10 @@ class DatasetInfo:
     mean: tuple[float, ...]  # per channel, on the 0..1 scale, of the training split
     std: tuple[float, ...]
     autoaugment_policy: str  # torchvision AutoAugmentPolicy value: "cifar10" or "imagenet"
+    # Flips that keep every label: `basic` (and each augmentation built on it)
+    # mirrors only along these. A mirrored 2 or 5, or a mirrored line of
+    # medieval script, is not the same class, so digits and CLaMM declare none.
+    flips: tuple[str, ...] = ("horizontal",)
 
 
 @dataclass
@@ -117,10 +121,10 @@ def normalize(x_uint8: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
 # The registry entries and helpers import the names above, so they come last.
 from . import cifar, cifar_lt, clamm, digits, eurosat, imagenet, isic  # noqa: E402,F401  (registers the datasets)
 from .augment import AUGMENTATIONS, make_augment, reference_basic  # noqa: E402
-from .subset import stratified_split  # noqa: E402
+from .subset import held_out_per_class, stratified_split  # noqa: E402
 
 __all__ = [
     "AUGMENTATIONS", "DATASETS", "DataError", "DatasetInfo", "Split", "dataset_info",
-    "default_root", "load_dataset", "make_augment", "normalize", "reference_basic",
+    "default_root", "held_out_per_class", "load_dataset", "make_augment", "normalize", "reference_basic",
     "register", "stratified_split",
 ]

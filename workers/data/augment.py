@@ -1,7 +1,9 @@
 """The paper's augmentations, on uint8 batches [B, C, H, W] on any device.
 
     none      identity
-    basic     RandomCrop(size, padding) + RandomHorizontalFlip(0.5)
+    basic     RandomCrop(size, padding) + RandomHorizontalFlip(0.5) where the dataset
+              declares horizontal flips label-preserving (`DatasetInfo.flips`;
+              not digits, not CLaMM)
     contrast  basic + ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8 + RandomGrayscale(0.2)
     auto      basic + AutoAugment(dataset policy) + Cutout
     rand      basic + RandAugment(num_ops=4) + Cutout
@@ -39,14 +41,18 @@ def cutout_for(size: int) -> int:
     return size // 2
 
 
-def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int) -> torch.Tensor:
-    """Batched RandomCrop(H, padding=pad, fill 0) + RandomHorizontalFlip(0.5), one gather."""
+def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool = True) -> torch.Tensor:
+    """Batched RandomCrop(H, padding=pad, fill 0) + RandomHorizontalFlip(0.5)
+    (when `flip`), one gather."""
     B, C, H, W = x.shape
     dev = x.device
     padded = F.pad(x, (pad, pad, pad, pad))  # zeros, like torchvision's default fill
     dy = torch.randint(0, 2 * pad + 1, (B,), generator=g, device=dev)  # offsets 0..2*pad inclusive
     dx = torch.randint(0, 2 * pad + 1, (B,), generator=g, device=dev)
-    flip = torch.rand(B, generator=g, device=dev) < 0.5
+    if flip:
+        flip = torch.rand(B, generator=g, device=dev) < 0.5
+    else:
+        flip = torch.zeros(B, dtype=torch.bool, device=dev)
     ar_h, ar_w = torch.arange(H, device=dev), torch.arange(W, device=dev)
     # A flipped crop reads its columns right to left: fold the flip into the column index.
     cols = dx[:, None] + torch.where(flip[:, None], W - 1 - ar_w, ar_w)  # [B, W]
@@ -267,8 +273,10 @@ def make_augment(name: str, info: DatasetInfo) -> Augment:
     S = info.image_size
     pad, cut = padding_for(S), cutout_for(S)
 
+    flip = "horizontal" in info.flips
+
     def basic(x, g):
-        return random_crop_flip(x, g, pad)
+        return random_crop_flip(x, g, pad, flip)
 
     def erase(x, g):
         return cutout(x, g, cut)
@@ -310,7 +318,9 @@ def reference_transform(name: str, info: DatasetInfo):
     _check_name(name)
     from torchvision.transforms import v2
     S = info.image_size
-    basic = [v2.RandomCrop(S, padding=padding_for(S)), v2.RandomHorizontalFlip(0.5)]
+    basic = [v2.RandomCrop(S, padding=padding_for(S))]
+    if "horizontal" in info.flips:
+        basic.append(v2.RandomHorizontalFlip(0.5))
     cut = cutout_for(S)
     # Cutout: v2.RandomErasing can't fix the square's size, so it stays ours (per image).
     erase = [lambda img: cutout(img[None], torch.default_generator, cut)[0]]

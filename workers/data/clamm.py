@@ -38,6 +38,7 @@ from .folders import cached_split, is_image_file
 INFO = DatasetInfo(
     name="clamm", num_classes=12, channels=1, image_size=224,
     mean=(0.5,), std=(0.25,), autoaugment_policy="imagenet",
+    flips=(),  # mirrored glyphs are other glyphs
 )
 CLASSES = ("caroline", "cursiva", "half_uncial", "humanistic", "humanistic_cursive", "hybrida",
            "praegothica", "semihybrida", "semitextualis", "southern_textualis", "textualis", "uncial")

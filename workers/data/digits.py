@@ -16,6 +16,7 @@ from . import DataError, DatasetInfo, Split, register
 INFO = DatasetInfo(
     name="digits", num_classes=10, channels=1, image_size=8,
     mean=(0.3058,), std=(0.3762,), autoaugment_policy="imagenet",
+    flips=(),  # mirrored glyphs are other glyphs
 )
 
 

@@ -12,14 +12,18 @@ from . import DataError
 
 
 def stratified_split(y: torch.Tensor, *, fraction: float | None, images_per_class: int | None,
-                     val_fraction: float, seed: int, with_val: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train_idx, val_idx): int64 indices into y, sorted ascending (val empty when with_val=False).
+                     seed: int, val_per_class: int = 0,
+                     val_fraction: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_idx, val_idx): int64 indices into y, sorted ascending.
 
     Per class c with N_c images: the subset takes n_c = max(1, round(fraction * N_c))
-    (Python round) or exactly images_per_class; validation takes
-    v_c = min(round(val_fraction * N_c), N_c - n_c) of the remaining images.
-    One permutation per class from torch.Generator(seed): the subset is its head and
-    validation the next v_c, so the subset never depends on val_fraction or with_val.
+    (Python round) or exactly images_per_class; validation takes the next
+    v_c = min(val_per_class, N_c - n_c) images (or, for trials written before
+    the budget was per class, min(round(val_fraction * N_c), N_c - n_c)).
+    One permutation per class from torch.Generator(seed): the subset is its head
+    and validation the next v_c, so the subset never depends on the validation
+    budget, and neither protocol changes what a lineage trains on. Validation is
+    empty when nothing is left (fraction 1.0): val_acc is then missing.
     """
     if (fraction is None) == (images_per_class is None):
         raise DataError("give exactly one of fraction / images_per_class")
@@ -27,7 +31,9 @@ def stratified_split(y: torch.Tensor, *, fraction: float | None, images_per_clas
         raise DataError(f"fraction must be in (0, 1], got {fraction}")
     if images_per_class is not None and images_per_class < 1:
         raise DataError(f"images_per_class must be >= 1, got {images_per_class}")
-    if with_val and not 0.0 <= val_fraction < 1.0:
+    if val_per_class < 0:
+        raise DataError(f"val_per_class must be >= 0, got {val_per_class}")
+    if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     y = torch.as_tensor(y).cpu()
     if y.ndim != 1:
@@ -48,11 +54,14 @@ def stratified_split(y: torch.Tensor, *, fraction: float | None, images_per_clas
             if n > n_total:
                 raise DataError(f"class {c} has {n_total} training images, fewer than images_per_class={n}")
         train.append(perm[:n])
-        if with_val:
-            v = min(round(val_fraction * n_total), n_total - n)
-            val.append(perm[n:n + v])
+        want = round(val_fraction * n_total) if val_fraction is not None else val_per_class
+        val.append(perm[n:n + min(want, n_total - n)])
+    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
 
-    val_idx = torch.cat(val) if val else torch.empty(0, dtype=torch.int64)
-    if with_val and len(val_idx) == 0:
-        raise DataError("this subset leaves no validation images; use selection: test")
-    return torch.sort(torch.cat(train)).values, torch.sort(val_idx).values
+
+def held_out_per_class(y_val: torch.Tensor, num_classes: int) -> int | None:
+    """The validation budget a split realised: images of its smallest class
+    (None when there is no validation image at all)."""
+    if len(y_val) == 0:
+        return None
+    return int(torch.bincount(torch.as_tensor(y_val).cpu(), minlength=num_classes).min())
