@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 
 EXIT_USAGE = 2
 
@@ -106,8 +104,10 @@ def main(argv=None) -> int:
         from orchestrator.driver import DriverError
         from orchestrator.results import ResultsError
         from workers.data import DataError
+        from workers.selection import SelectionError
         from workers.store import StorageError
-        if isinstance(e, (UsageError, ConfigError, DriverError, ResultsError, StorageError, DataError)):
+        if isinstance(e, (UsageError, ConfigError, DriverError, ResultsError, StorageError, DataError,
+                          SelectionError)):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             print(f"lth-sweep: error: {msg}" if not msg.startswith("lth-sweep") else msg, file=sys.stderr)
             return EXIT_USAGE
@@ -253,5 +253,5 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from orchestrator.bench import run_bench
+    from bench import run_bench
     return run_bench(args)

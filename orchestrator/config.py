@@ -10,6 +10,8 @@ Validation runs before anything starts or is written.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib
 import math
 import os
 from typing import Any
@@ -17,24 +19,24 @@ from typing import Any
 import yaml
 
 from workers import data as D
+from workers.evaluations import EVALUATIONS
 from workers.methods import METHODS
-from workers.models.inits import INITS
-from workers.models import ARCH_VARIANTS, ARCHS
-from workers.spec import TrainSpec
+from workers.models import ARCHS
+from workers.spec import PruneSpec, RunOptions, Rule, TrainSpec, spec_fields
 
 
 class ConfigError(Exception):
     """Bad input in experiments.yaml: a one-line, user-facing message."""
 
 
-# key -> (checker, description) for the scalar sections. Checkers return an
-# error string or None.
+# --- checkers: each returns an error string or None ---------------------------
+
 def _int(lo=None):
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int):
             return f"{v!r} is not an integer"
         if lo is not None and v < lo:
-            return f"{v!r} must be >= {lo}"
+            return f"{v!r} must be >= {_fmt(lo)}"
     return check
 
 
@@ -58,8 +60,8 @@ def _bool(v):
 
 def _choice(options):
     def check(v):
-        if v not in options:
-            return f"{v!r} is not one of {', '.join(map(str, options))}"
+        if v not in options():
+            return f"{v!r} is not one of {', '.join(map(str, options()))}"
     return check
 
 
@@ -68,20 +70,43 @@ def _str(v):
         return f"{v!r} is not a non-empty string"
 
 
+def _names(one):
+    def check(v):
+        if not isinstance(v, list) or len(set(map(str, v))) != len(v):
+            return f"{v!r} is not a list without duplicates"
+        for x in v:
+            msg = one(x)
+            if msg:
+                return msg
+    return check
+
+
 def _fmt(x):
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-TRAIN_KEYS = {
-    "epochs": _int(1), "batch_size": _int(1), "lr": _num(0, lo_open=True),
-    "momentum": _num(0, 1), "weight_decay": _num(0), "schedule": _choice(["cosine", "constant"]),
-    "bf16": _bool, "channels_last": _bool,
-}
-IMP_KEYS = {
-    "rounds": _int(0), "rate": _num(0, 1, lo_open=True, hi_open=True), "rewind_epoch": _int(0),
-    "prunable": _choice(["conv", "conv+linear"]),
-}
-MODEL_KEYS = {"width": _num(0, lo_open=True), "init": _choice(list(INITS))}
+def _registry(ref: str):
+    """The keys of a registry named "module:NAME" (a dict's in sorted order)."""
+    mod, _, name = ref.partition(":")
+    reg = getattr(importlib.import_module(mod), name)
+    return sorted(reg) if isinstance(reg, dict) else list(reg)
+
+
+def checker(rule: Rule):
+    """The check of a spec field's Rule (workers/spec.py)."""
+    if rule.choices:
+        one = _choice(lambda: _registry(rule.choices))
+    elif rule.kind is bool:
+        one = _bool
+    elif rule.kind is int:
+        one = _int(rule.lo)
+    elif rule.kind is float:
+        one = _num(rule.lo, rule.hi, rule.lo_open, rule.hi_open)
+    else:
+        one = _str
+    return _names(one) if rule.many else one
+
+
 def _by_fraction(v):
     """{fraction: {gpu: .., cpu: ..}}: per-data-size resources, e.g. four 1% trials per GPU."""
     if not isinstance(v, dict) or not v:
@@ -98,36 +123,19 @@ def _by_fraction(v):
                 return f"{_fmt(f)}.{k}: {bad}"
 
 
-RESOURCE_KEYS = {"gpu": _num(0), "cpu": _num(0, lo_open=True), "by_fraction": _by_fraction}
-RUNTIME_KEYS = {"checkpoint_every": _int(0), "checkpoint_interval_s": _num(0), "eval_every": _int(0),
-                "max_device_images": _int(0), "compile": _bool, "init_path": _str}
-AXES = {
-    "datasets": lambda: _choice(sorted(D.DATASETS)),
-    "fractions": lambda: _num(0, 1, lo_open=True),
-    "images_per_class": lambda: _int(1),
-    "augmentations": lambda: _choice(list(D.AUGMENTATIONS)),
-    "methods": lambda: _choice(sorted(METHODS)),
-    "archs": lambda: _choice(sorted(ARCHS)),
-    "seeds": lambda: _int(0),
-    "imbalances": lambda: _num(0, 1, lo_open=True),
-}
-def _names(known):
-    def check(v):
-        if not isinstance(v, list) or len(set(map(str, v))) != len(v):
-            return f"{v!r} is not a list without duplicates"
-        for x in v:
-            if x not in known():
-                return f"{x!r} is not one of {', '.join(known())}"
-    return check
+# --- the schema, from the spec's fields ------------------------------------------
 
-
-ANALYSIS_KEYS = {"robustness": _names(lambda: ["cifar10c", "cifar10_2"]),
-                 "probe": _names(lambda: sorted(D.DATASETS)), "cka": _bool}
-EVAL_KEYS = {"val_per_class": _int(0), "bn_recalibrate": _bool}
-SECTIONS = {"train": TRAIN_KEYS, "imp": IMP_KEYS, "model": MODEL_KEYS, "eval": EVAL_KEYS,
-            "resources": RESOURCE_KEYS, "runtime": RUNTIME_KEYS, "analysis": ANALYSIS_KEYS}
-SCALARS = {"arch": _choice(sorted(ARCHS)), "data_root": _str,
-           "description": lambda v: None if isinstance(v, str) else f"{v!r} is not a string"}
+_FIELDS = [f for _, f in spec_fields()] + [f for f in dataclasses.fields(RunOptions) if f.metadata]
+AXES: dict[str, Any] = {f.metadata["axis"]: checker(f.metadata["rule"]) for f in _FIELDS if f.metadata.get("axis")}
+SECTIONS: dict[str, dict[str, Any]] = {"resources": {"gpu": _num(0), "cpu": _num(0, lo_open=True),
+                                                     "by_fraction": _by_fraction}}
+for _f in _FIELDS:
+    if _f.metadata.get("yaml"):
+        _section, _key = _f.metadata["yaml"]
+        SECTIONS.setdefault(_section, {})[_key] = checker(_f.metadata["rule"])
+SCALARS: dict[str, Any] = {f.metadata["scalar"]: checker(f.metadata["rule"]) for f in _FIELDS
+                           if f.metadata.get("scalar")}
+SCALARS["description"] = lambda v: None if isinstance(v, str) else f"{v!r} is not a string"
 # Keys of earlier versions whose meaning moved, with where it went.
 MOVED = {
     "selection": "the winning ticket's selection is chosen at query time now, on the same lineages: "
@@ -138,19 +146,17 @@ MOVED = {
 EXPERIMENT_KEYS = set(AXES) | set(SECTIONS) | set(SCALARS)
 TOP_KEYS = {"defaults", "experiments"}
 
-BUILTIN_DEFAULTS: dict[str, Any] = {
-    "arch": "resnet18",
-    "seeds": [0],
-    "methods": ["imp"],
-    "augmentations": ["none"],
-    "train": {},
-    "imp": {},
-    "model": {},
-    "eval": {},
-    "resources": {"gpu": 1, "cpu": 4},
-    "runtime": {},
-    "analysis": {},
-}
+# Merged under every experiment: a scalar at its spec default (arch), an axis
+# whose field has a default as that one value (seeds: [0], methods: [imp]...).
+BUILTIN_DEFAULTS: dict[str, Any] = {"resources": {"gpu": 1, "cpu": 4}, **{s: {} for s in SECTIONS if s != "resources"}}
+for _f in _FIELDS:
+    _m = _f.metadata
+    if _f.default in (dataclasses.MISSING, None) or not (_m.get("axis") or _m.get("scalar")):
+        continue
+    if _m.get("scalar"):
+        BUILTIN_DEFAULTS[_m["scalar"]] = _f.default
+    else:
+        BUILTIN_DEFAULTS[_m["axis"]] = [_f.default]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -245,7 +251,7 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
         if k in AXES:
             if not isinstance(v, list) or not v:
                 err(p, f"must be a non-empty list, got {v!r}")
-            check = AXES[k]()
+            check = AXES[k]
             for i, item in enumerate(v):
                 msg = check(item)
                 if msg:
@@ -273,35 +279,38 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
     if "fractions" not in body and "images_per_class" not in body:
         err(f"{path}.fractions", "is required (or images_per_class)")
     epochs = body["train"].get("epochs", TrainSpec.epochs)
-    rewind = body["imp"].get("rewind_epoch", 2)
+    rewind = body["imp"].get("rewind_epoch", PruneSpec.rewind_epoch)
     if rewind >= epochs:
         err(f"{path}.imp.rewind_epoch", f"{rewind} leaves no epoch to train after rewinding "
                                         f"(train.epochs is {epochs}); it must be below epochs")
-    if "imbalances" in body and set(body["datasets"]) != {"cifar100_lt"}:
-        err(f"{path}.imbalances", "applies to long-tailed datasets only: datasets must be [cifar100_lt]")
-    an = body["analysis"]
-    if an.get("robustness") and set(body["datasets"]) != {"cifar10"}:
-        err(f"{path}.analysis.robustness", "CIFAR-10-C and CIFAR-10.2 evaluate CIFAR-10 models: "
-                                           "datasets must be [cifar10]")
-    for target in an.get("probe", []):
-        for ds in body["datasets"]:
-            if D.dataset_info(target).channels != D.dataset_info(ds).channels:
-                err(f"{path}.analysis.probe", f"{target} has {D.dataset_info(target).channels} channel(s), "
-                                              f"{ds} models take {D.dataset_info(ds).channels}")
+    for axis, param in _DATASET_PARAMS.items():
+        lacking = [d for d in body["datasets"] if param not in D.dataset_info(d).params]
+        if axis in body and lacking:
+            takers = [d for d in sorted(D.DATASETS) if param in D.dataset_info(d).params]
+            err(f"{path}.{axis}", f"{lacking[0]} takes no {param}; datasets that do: {', '.join(takers)}")
+    for key, ev in sorted(_ANALYSIS.items()):
+        ev.check_experiment(body["datasets"], body["analysis"].get(key), lambda msg: err(f"{path}.analysis.{key}", msg))
     archs = body.get("archs") or [body["arch"]]
-    needs_parent = [m for m in body["methods"] if METHODS[m].parent]
-    if needs_parent and "imp" not in body["methods"]:
-        err(f"{path}.methods", f"{needs_parent[0]} is built from the imp lineage of each grid point: "
-                               "add imp to methods")
     for method in body["methods"]:
+        parent = METHODS[method].parent
+        if parent and parent not in body["methods"]:
+            err(f"{path}.methods", f"{method} is built from the {parent} lineage of each grid point: "
+                                   f"add {parent} to methods")
         variant = METHODS[method].variant
         for arch in archs:
-            if variant not in ARCH_VARIANTS[arch]:
+            if variant not in ARCHS[arch].variants:
                 err(f"{path}.methods", f"{method} needs the {variant} variant, which {arch} does not have "
-                                       f"(it has: {', '.join(ARCH_VARIANTS[arch])})")
+                                       f"(it has: {', '.join(ARCHS[arch].variants)})")
     if body["model"].get("init", "random") != "random" and body["model"].get("width", 1) != 1:
         err(f"{path}.model.width", "pretrained inits (model.init) need width 1")
     unused = set(body["resources"].get("by_fraction", {})) - set(body.get("fractions", []))
     if unused:
         err(f"{path}.resources.by_fraction",
             f"{_fmt(min(unused))} is not one of the experiment's fractions")
+
+
+# Axes that set a dataset's own parameter (DataSpec.params: imbalances -> imbalance).
+_DATASET_PARAMS = {f.metadata["axis"]: f.name for part, f in spec_fields()
+                   if part == "data" and f.name in {p for d in D.DATASETS for p in D.dataset_info(d).params}}
+# analysis key -> the evaluation it configures (the key is the evaluation's name)
+_ANALYSIS = {e.option: e for e in EVALUATIONS.values()}

@@ -1,8 +1,11 @@
 """Grid expansion: a validated experiment -> frozen trial specs.
 
-The trial count is the product of the axis lengths; the order is
-datasets x fractions/images_per_class x augmentations x methods x archs x
-seeds, so `plan` lists trials the way a person reads the yaml.
+The trial count is the product of the axis lengths. Which yaml key sets which
+spec field is the spec's own metadata (workers/spec.py `spec_field`): the
+axes (datasets, fractions / images_per_class, augmentations, ...) are
+multiplied out in the order of the spec's fields, the sections (train, imp,
+model, eval, runtime, analysis) set the rest, so `plan` lists trials the way
+the spec reads.
 """
 from __future__ import annotations
 
@@ -10,13 +13,18 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 
-from workers.spec import DataSpec, EvalSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
+from workers.spec import (DataSpec, EvalSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec, field_value,
+                          spec_fields)
 
 # Training-split sizes, for the cost estimate only.
 TRAIN_SIZES = {"digits": 1198, "cifar10": 50000, "cifar100": 50000}
 # Rough training throughput (images/s) of ResNet-18 on one modern GPU at
 # 32 px; only for `plan`'s order-of-magnitude estimate.
 GPU_IMAGES_PER_S = 20000.0
+
+_PARTS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "prune": PruneSpec, "eval": EvalSpec}
+# fraction and images_per_class are one axis: the size of the training subset, given either way.
+_SIZE = ("fraction", "images_per_class")
 
 
 @dataclass(frozen=True)
@@ -30,12 +38,9 @@ class Trial:
         return self.spec.trial_id
 
     def row(self) -> dict:
-        d = self.spec.data
-        return {"trial_id": self.trial_id, "dataset": d.dataset, "fraction": d.fraction,
-                "images_per_class": d.images_per_class, "augmentation": d.augmentation,
-                "method": self.spec.prune.method, "arch": self.spec.model.arch,
-                "seed": self.spec.seed, "resources": dict(self.resources),
-                **({"imbalance": d.imbalance} if d.imbalance is not None else {})}
+        """The trial as `plan` lists it: its id, its value on every grid axis, its resources."""
+        axes = {f.name: field_value(self.spec, part, f.name) for part, f in spec_fields() if f.metadata.get("axis")}
+        return {"trial_id": self.trial_id, **axes, "resources": dict(self.resources)}
 
     def train_images(self) -> int:
         """Images processed by the whole lineage (for the cost estimate)."""
@@ -48,37 +53,61 @@ class Trial:
         return int(size * epochs)
 
 
+def _axes(exp: dict) -> list[tuple[str, list]]:
+    """(field, values) per grid axis in spec order. The size axis is one:
+    ("size", [(field, value), ...]); an axis the experiment leaves out takes its
+    scalar (arch) or its field's default."""
+    axis_of = {f.name: f.metadata["axis"] for _, f in spec_fields() if f.metadata.get("axis")}
+    out = []
+    for part, f in spec_fields():
+        if f.name not in axis_of:
+            continue
+        if f.name in _SIZE:
+            if f.name == _SIZE[0]:
+                out.append(("size", [(n, v) for n in _SIZE for v in exp.get(axis_of[n], [])]))
+            continue
+        scalar = f.metadata.get("scalar")
+        out.append((f.name, exp.get(axis_of[f.name]) or ([exp[scalar]] if scalar in exp else [f.default])))
+    return out
+
+
 def expand(exp: dict) -> list[Trial]:
     """All trials of one validated experiment (see orchestrator.config)."""
-    train = TrainSpec(**exp["train"])
-    prune_kw = dict(exp["imp"])
-    model_kw = dict(exp.get("model", {}))
-    evaluation = EvalSpec(**exp.get("eval", {}))
+    fixed: dict[str, dict] = {part: {} for part in _PARTS}
+    options: dict = {}
+    for part, f in spec_fields():
+        section, key = f.metadata.get("yaml") or (None, None)
+        if section and key in exp.get(section, {}):
+            fixed[part][key] = exp[section][key]
+    for f in dataclasses.fields(RunOptions):
+        m = f.metadata
+        if m.get("yaml") and m["yaml"][1] in exp.get(m["yaml"][0], {}):
+            value = exp[m["yaml"][0]][m["yaml"][1]]
+            options[f.name] = tuple(value) if isinstance(value, list) else value
+        elif m.get("scalar") and exp.get(m["scalar"]) is not None:
+            options[f.name] = exp[m["scalar"]]
+    opts = RunOptions(**options)
     base = {"cpu": float(exp["resources"].get("cpu", 1)), "gpu": float(exp["resources"].get("gpu", 0))}
     by_fraction = exp["resources"].get("by_fraction", {})
+    where = {f.name: part for part, f in spec_fields()}
 
-    def resources(kind: str, size) -> dict:
-        over = by_fraction.get(size, {}) if kind == "fraction" else {}
-        return {k: float(over.get(k, v)) for k, v in base.items()}
-    options = RunOptions(data_root=exp.get("data_root"), **exp.get("runtime", {}))
-    sizes = [("fraction", f) for f in exp.get("fractions", [])] + \
-            [("images_per_class", n) for n in exp.get("images_per_class", [])]
-    archs = exp.get("archs") or [exp["arch"]]
-    an = exp.get("analysis", {})
-    options = dataclasses.replace(options, robustness=tuple(an.get("robustness", ())),
-                                  probe=tuple(an.get("probe", ())), cka=bool(an.get("cka", False)))
+    axes = _axes(exp)
     trials = []
-    for ds, imbalance, (kind, size), aug, method, arch, seed in itertools.product(
-            exp["datasets"], exp.get("imbalances", [None]), sizes, exp["augmentations"], exp["methods"],
-            archs, exp["seeds"]):
-        spec = TrialSpec(
-            data=DataSpec(dataset=ds, augmentation=aug, imbalance=imbalance, **{kind: size}),
-            model=ModelSpec(arch=arch, **model_kw),
-            train=train,
-            prune=PruneSpec(method=method, **prune_kw),
-            eval=evaluation,
-            seed=seed)
-        trials.append(Trial(spec, resources(kind, size), options))
+    for combo in itertools.product(*[values for _, values in axes]):
+        kw = {part: dict(v) for part, v in fixed.items()}
+        seed = 0
+        resources = dict(base)
+        for (name, _), value in zip(axes, combo):
+            if name == "size":
+                name, value = value
+                over = by_fraction.get(value, {}) if name == "fraction" else {}
+                resources = {k: float(over.get(k, v)) for k, v in base.items()}
+            if where[name]:
+                kw[where[name]][name] = value
+            else:
+                seed = value
+        spec = TrialSpec(**{part: cls(**kw[part]) for part, cls in _PARTS.items()}, seed=seed)
+        trials.append(Trial(spec, resources, opts))
     return trials
 
 

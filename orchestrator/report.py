@@ -36,12 +36,14 @@ from orchestrator import tables as T
 from orchestrator.results import format_frame, load_layers, load_results, to_pandas
 from orchestrator.status import sweep_status
 from workers import selection as S
+from workers.evaluations import EVALUATIONS
+from workers.methods import METHODS
 from workers.store import SweepStore
 
 # Accuracy on distribution-shifted test sets, when the results carry it.
-ROBUSTNESS = {"acc_cifar10c": "CIFAR-10-C", "acc_cifar10_2": "CIFAR-10.2"}
+ROBUSTNESS = {c: label for e in EVALUATIONS.values() for c, label in e.labels.items()}
 MANY_CLASS = ["cifar100", "imagenet"]
-CAPACITY = ["random_prune", "same_layer_sparse", "small_dense"]
+CAPACITY = [name for name, m in METHODS.items() if m.control]  # in registry order
 # One (dataset, data size) cell; size_kind/size_x keep sizes in numeric order.
 SIZE = ["size_kind", "size_x", "size"]
 # Cells without the axes a view compares along: the groups it draws or tabulates.
@@ -333,12 +335,16 @@ def density_curves(df: pd.DataFrame, select: str = S.DEFAULT_SELECTION) -> pd.Da
                          "star": c.index.isin(best.index)})
 
 
+def plot(filename: str, data: pd.DataFrame, empty: str, draw: Callable[[pd.DataFrame], bytes], caption: str) -> Plot:
+    """A figure of `data` (drawn by `draw`), or Skip(`empty`) when there is none."""
+    if data.empty:
+        raise Skip(empty)
+    return Plot(filename, draw(data), caption)
+
+
 def fig_accuracy_density(df: pd.DataFrame, select: str) -> Plot:
-    curves = density_curves(df, select).dropna(subset=["density", "mean"])
-    if curves.empty:
-        raise Skip("no IMP rounds yet")
-    png = figures.accuracy_vs_density(curves, "IMP: test accuracy against density")
-    return Plot("fig1_accuracy_vs_density.png", png,
+    return plot("fig1_accuracy_vs_density.png", density_curves(df, select).dropna(subset=["density", "mean"]),
+                "no IMP rounds yet", lambda d: figures.accuracy_vs_density(d, "IMP: test accuracy against density"),
                 "One panel per cell without augmentation (dataset, training-data size, ...), one line per "
                 "augmentation: mean test accuracy over seeds at each IMP round (band: ± std when several seeds). "
                 "★ = the winning ticket of the seed-mean curve (best mean accuracy on the selection split, ties: "
@@ -380,11 +386,9 @@ def size_points(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def fig_data_efficiency(trials: pd.DataFrame) -> Plot:
-    points = size_points(trials, "test_acc")
-    if points.empty:
-        raise Skip("no finished IMP lineage yet")
-    png = figures.against_size(points, "Dense vs winning ticket against training-data size", "test accuracy (%)")
-    return Plot("fig2_data_efficiency.png", png,
+    return plot("fig2_data_efficiency.png", size_points(trials, "test_acc"), "no finished IMP lineage yet",
+                lambda d: figures.against_size(d, "Dense vs winning ticket against training-data size",
+                                               "test accuracy (%)"),
                 "IMP's dense network (round 0) and winning ticket, test accuracy against the training-data size: "
                 "without augmentation and with aug* (the augmentation with the best mean accuracy on the selection "
                 "split at that size, named beside its point). Error bars: std over seeds.")
@@ -411,12 +415,9 @@ def gain_points(df: pd.DataFrame, select: str) -> pd.DataFrame:
 
 
 def fig_gain(df: pd.DataFrame, select: str) -> Plot:
-    points = gain_points(df, select)
-    if points.empty:
-        raise Skip("no finished IMP lineage with a winning ticket yet")
-    png = figures.gains_against_size(points, "Winning ticket minus dense network, paired over seeds",
-                                     "gain in test accuracy (points)")
-    return Plot("fig2b_gain.png", png,
+    return plot("fig2b_gain.png", gain_points(df, select), "no finished IMP lineage with a winning ticket yet",
+                lambda d: figures.gains_against_size(d, "Winning ticket minus dense network, paired over seeds",
+                                                     "gain in test accuracy (points)"),
                 "Per cell, the mean over seeds of the paired gain (winning-ticket minus dense test accuracy of the "
                 "same lineage), one line per augmentation, with its 95% t interval (no bar for one seed). Above "
                 "zero: the ticket beats its dense network.")
@@ -425,12 +426,11 @@ def fig_gain(df: pd.DataFrame, select: str) -> Plot:
 def fig_robustness(trials: pd.DataFrame, column: str) -> Plot:
     if f"dense_{column}" not in trials:
         raise Skip(f"the results table has no {column} column")
-    points = size_points(trials, column)
-    if points.empty:
-        raise Skip(f"no IMP trial has a value of {column} yet")
-    png = figures.against_size(points, f"Robustness: accuracy on {ROBUSTNESS[column]} against training-data size",
-                               f"{ROBUSTNESS[column]} accuracy (%)")
-    return Plot(f"fig3_robustness_{column}.png", png,
+    label = ROBUSTNESS[column]
+    return plot(f"fig3_robustness_{column}.png", size_points(trials, column),
+                f"no IMP trial has a value of {column} yet",
+                lambda d: figures.against_size(d, f"Robustness: accuracy on {label} against training-data size",
+                                               f"{label} accuracy (%)"),
                 f"As Figure 2, with the accuracy on {ROBUSTNESS[column]} (`{column}`) of the same selected rounds.")
 
 
@@ -455,10 +455,9 @@ def capacity_bars(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def fig_capacity(trials: pd.DataFrame) -> Plot:
-    if not finished(trials)["method"].isin(CAPACITY).any():
-        raise Skip(f"no finished {', '.join(CAPACITY)} trials: nothing to compare IMP with")
-    png = figures.grouped_bars(capacity_bars(trials), "Capacity and connectivity: test accuracy")
-    return Plot("fig4_capacity.png", png,
+    bars = capacity_bars(trials) if finished(trials)["method"].isin(CAPACITY).any() else pd.DataFrame()
+    return plot("fig4_capacity.png", bars, f"no finished {', '.join(CAPACITY)} trials: nothing to compare IMP with",
+                lambda d: figures.grouped_bars(d, "Capacity and connectivity: test accuracy"),
                 "Per (dataset, training-data size) and augmentation: IMP's dense network (round 0) and winning "
                 "ticket, and each control method at its winning round. Mean over seeds, error bars std.")
 
@@ -487,11 +486,9 @@ def layer_density_lines(df: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def fig_layers(df: pd.DataFrame, layers: pd.DataFrame) -> Plot:
-    lines = layer_density_lines(df, layers) if len(layers) else pd.DataFrame()
-    if lines.empty:
-        raise Skip("no per-layer densities of IMP trials yet (layers/ table)")
-    png = figures.layer_lines(lines, "Layer-wise density of the sparsest ticket")
-    return Plot("fig5_layer_density.png", png,
+    return plot("fig5_layer_density.png", layer_density_lines(df, layers) if len(layers) else pd.DataFrame(),
+                "no per-layer densities of IMP trials yet (layers/ table)",
+                lambda d: figures.layer_lines(d, "Layer-wise density of the sparsest ticket"),
                 "Per IMP trial its sparsest committed round; each line is the mean per-layer density of those "
                 "rounds over the seeds and augmentations of one training-data size (on a partial sweep they "
                 "can be different rounds: the legend gives their mean overall density).")
@@ -524,11 +521,8 @@ def cka_cells(cka: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
 
 def fig_cka(cka: pd.DataFrame, trials: pd.DataFrame) -> Plot:
     need_columns(cka, "cka", ["trial_a", "round_a", "trial_b", "round_b", "layer", "cka"])
-    cells = cka_cells(cka.dropna(subset=["cka"]), trials)
-    if cells.empty:
-        raise Skip("the cka/ table has no values")
-    png = figures.heatmaps(cells, "Representation similarity (linear CKA) per layer")
-    return Plot("fig6_cka.png", png,
+    return plot("fig6_cka.png", cka_cells(cka.dropna(subset=["cka"]), trials), "the cka/ table has no values",
+                lambda d: figures.heatmaps(d, "Representation similarity (linear CKA) per layer"),
                 "Linear CKA between the representations of two networks at each layer, mean over the seeds "
                 "behind each row. A network is named by dataset, training-data size, augmentation, method and "
                 "round (dense = round 0, ticket = the trial's winning ticket).")
@@ -539,7 +533,7 @@ def fig_cka(cka: pd.DataFrame, trials: pd.DataFrame) -> Plot:
 def load_optional(sweep: SweepStore, name: str) -> pd.DataFrame:
     """A table other analyses write beside the results (cka/, probe/): empty when
     the folder does not exist; read through the sweep's filesystem (S3 too)."""
-    folder = sweep.path(name)
+    folder = sweep.table_dir(name)
     if not sweep.fs.exists(folder):
         return pd.DataFrame()
     try:

@@ -14,6 +14,7 @@ leaves the old shard or the new one. Both folders hold nothing but shards, so
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import io
 import json
@@ -28,8 +29,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from workers.spec import TrialSpec, cell_key, legacy_validation
+from workers.evaluations import EVALUATIONS, current
+from workers.spec import TrialSpec, cell_key, legacy_validation, spec_fields
 from workers.store import SweepStore
+
+# The results columns evaluations fill per round (e.g. acc_cifar10c).
+ROUND_COLUMNS = [c for e in EVALUATIONS.values() for c in e.round_columns]
 
 # 2: imbalance, init, acc_<suite> columns; robustness/probe/cka tables
 # 3: selection left the trial (query-time): val_per_class, bn_recalibrate, cell_id, cell,
@@ -42,71 +47,48 @@ _TS = pa.timestamp("ms", tz="UTC")
 _META_TABLE = b"lth_sweep.table"
 _META_VERSION = b"lth_sweep.schema_version"
 
-RESULTS_SCHEMA = pa.schema([
-    ("sweep", pa.string()),
-    ("trial_id", pa.string()),
-    ("dataset", pa.string()),
-    ("fraction", pa.float64()),          # null when images_per_class sizes the subset
-    ("images_per_class", pa.int64()),
-    ("augmentation", pa.string()),
-    ("method", pa.string()),
-    ("arch", pa.string()),
-    ("width", pa.float64()),
-    ("seed", pa.int64()),
-    ("round", pa.int64()),
-    ("density", pa.float64()),
-    ("val_acc", pa.float64()),
-    ("test_acc", pa.float64()),
-    ("train_acc", pa.float64()),
-    ("epochs", pa.int64()),
-    ("wall_s", pa.float64()),
-    ("images_per_s", pa.float64()),
-    ("node", pa.string()),
-    ("gpu_ids", pa.string()),
-    ("device", pa.string()),
-    ("started_at", _TS),
-    ("finished_at", _TS),
-    ("checkpoint_uri", pa.string()),
-    ("imbalance", pa.float64()),         # cifar100_lt's imbalance factor, else null
-    ("init", pa.string()),
-    ("acc_cifar10c", pa.float64()),      # mean over the robustness table's rows, when evaluated
-    ("acc_cifar10_2", pa.float64()),
-    ("val_per_class", pa.int64()),       # held-out images per class behind val_acc; null: none exist
-    ("bn_recalibrate", pa.bool_()),      # BatchNorm statistics recalibrated before evaluation
-    ("cell_id", pa.string()),            # the grid cell: hash of every spec field but the seed
-    ("cell", pa.string()),               # that cell's canonical JSON (non-default fields)
-    ("lineage_rounds", pa.int64()),      # rounds of the finished lineage (round 0 included)
-    ("schema_version", pa.int32()),
-], metadata={_META_TABLE: b"results", _META_VERSION: str(SCHEMA_VERSION).encode()})
+_ARROW = {str: pa.string(), float: pa.float64(), int: pa.int64(), bool: pa.bool_()}
 
-LAYERS_SCHEMA = pa.schema([
-    ("sweep", pa.string()),
-    ("trial_id", pa.string()),
-    ("round", pa.int64()),
-    ("layer", pa.string()),
-    ("density", pa.float64()),
-    ("numel", pa.int64()),
-    ("schema_version", pa.int32()),
-], metadata={_META_TABLE: b"layers", _META_VERSION: str(SCHEMA_VERSION).encode()})
 
-def _side_schema(name: str, fields: list) -> pa.Schema:
-    return pa.schema([("sweep", pa.string()), ("trial_id", pa.string()), *fields,
-                      ("schema_version", pa.int32())],
+def _spec_columns() -> list[tuple[str, str, pa.DataType]]:
+    """(part, name, type) of the spec fields that are results columns (workers/spec.py `column`)."""
+    return [(part, f.name, _ARROW[f.metadata["rule"].kind]) for part, f in spec_fields()
+            if f.metadata.get("column")]
+
+
+def _columns(text: str) -> list[tuple[str, pa.DataType]]:
+    """"name:type ..." -> [(name, arrow type)]; "ts" is a UTC timestamp in ms."""
+    return [(n, _TS if t == "ts" else pa.type_for_alias(t)) for n, t in (c.split(":") for c in text.split())]
+
+
+def _table_schema(name: str, fields: list) -> pa.Schema:
+    """sweep, trial_id, `fields`, schema_version; tagged with the table's name and version."""
+    return pa.schema([("sweep", pa.string()), ("trial_id", pa.string()), *fields, ("schema_version", pa.int32())],
                      metadata={_META_TABLE: name.encode(), _META_VERSION: str(SCHEMA_VERSION).encode()})
 
 
-# Evaluations after a lineage (workers/evaluation.py), one row per measurement.
-ROBUSTNESS_SCHEMA = _side_schema("robustness", [("round", pa.int64()), ("suite", pa.string()),
-                                                ("corruption", pa.string()), ("severity", pa.int64()),
-                                                ("accuracy", pa.float64())])
-PROBE_SCHEMA = _side_schema("probe", [("round", pa.int64()), ("target", pa.string()),
-                                      ("accuracy", pa.float64())])
-CKA_SCHEMA = _side_schema("cka", [("trial_a", pa.string()), ("round_a", pa.int64()),
-                                  ("trial_b", pa.string()), ("round_b", pa.int64()),
-                                  ("layer", pa.string()), ("cka", pa.float64())])
+# A round's own measurements (its manifest's metrics). val_per_class: held-out images per class
+# behind val_acc (null: none exist); fused_with: the lineages trained together with it (null: alone).
+_METRIC_COLUMNS = _columns("round:int64 density:double val_acc:double test_acc:double train_acc:double epochs:int64 "
+                           "wall_s:double images_per_s:double node:string gpu_ids:string device:string "
+                           "started_at:ts finished_at:ts checkpoint_uri:string val_per_class:int64 fused_with:string")
 
-_SCHEMAS = {"results": RESULTS_SCHEMA, "layers": LAYERS_SCHEMA, "robustness": ROBUSTNESS_SCHEMA,
-            "probe": PROBE_SCHEMA, "cka": CKA_SCHEMA}
+RESULTS_SCHEMA = _table_schema("results", [
+    *[(name, kind) for _, name, kind in _spec_columns()],
+    *_METRIC_COLUMNS,
+    # Each round's mean over an evaluation's rows (e.g. acc_cifar10c), when evaluated.
+    *[(col, pa.float64()) for col in ROUND_COLUMNS],
+    # The grid cell (every spec field but the seed) as a hash and as canonical JSON, and
+    # the length of the finished lineage (round 0 included).
+    *_columns("cell_id:string cell:string lineage_rounds:int64"),
+])
+LAYERS_SCHEMA = _table_schema("layers", _columns("round:int64 layer:string density:double numel:int64"))
+
+
+# Evaluations after a lineage (workers/evaluations/), one row per measurement.
+_SCHEMAS = {"results": RESULTS_SCHEMA, "layers": LAYERS_SCHEMA,
+            **{e.table: _table_schema(e.table, _columns(" ".join(f"{c}:{t}" for c, t in e.columns.items())))
+               for e in EVALUATIONS.values()}}
 
 
 class ResultsError(Exception):
@@ -139,28 +121,45 @@ def _num(value, kind=float):
         return None
 
 
-def _evaluation_rows(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dict]]:
-    """Rows of the trial's current evaluation files (stale ones are left out)."""
-    from workers.evaluation import current
+def _evaluation_rows(sweep_store: SweepStore, trial_id: str) -> tuple[dict[str, list[dict]], dict]:
+    """Rows of the trial's current evaluation files (stale ones are left out),
+    and what they add to its results rows: {(round, column): value}."""
     lin = sweep_store.lineage(trial_id)
-    out: dict[str, list[dict]] = {"robustness": [], "probe": [], "cka": []}
+    out: dict[str, list[dict]] = {e.table: [] for e in EVALUATIONS.values()}
+    means: dict = {}
     base = {"sweep": sweep_store.sweep, "trial_id": trial_id, "schema_version": SCHEMA_VERSION}
     for name in lin.analyses():
         doc = current(lin, name)
-        if doc is None:
+        kind = name.partition("_")[0]
+        if doc is None or kind not in EVALUATIONS:
             continue
-        kind = name.split("_", 1)[0]
-        for r in doc.get("rows", []):
-            if kind == "cka":
-                out["cka"].append({**base, "trial_a": trial_id, "round_a": r.get("round_a"),
-                                   "trial_b": trial_id, "round_b": r.get("round_b"),
-                                   "layer": r.get("layer"), "cka": _num(r.get("cka"))})
-            elif kind in out:
-                out[kind].append({**base, **r})
-    return out
+        ev = EVALUATIONS[kind]
+        rows = ev.rows(trial_id, doc)
+        out[ev.table] += [{**base, **r} for r in rows]
+        means.update(ev.round_means(rows))
+    return out, means
 
 
 _DEFAULT_LEGACY = {"selection": "val", "val_fraction": 0.1}
+
+
+_CASTS = {str: lambda v: None if v is None else str(v), float: _num, int: lambda v: _num(v, int),
+          bool: lambda v: None if v is None else bool(v)}
+
+
+def _spec_values(spec: dict, metrics: dict) -> dict:
+    """The spec's results columns, from a stored full spec (defaults where an
+    older spec lacks a field). A round's metrics may override one: a method
+    that builds its own network per round records its `width`."""
+    out = {}
+    for part, f in spec_fields():
+        if not f.metadata.get("column"):
+            continue
+        given = spec.get(part) or {} if part else spec
+        default = None if f.default is dataclasses.MISSING else f.default
+        value = metrics[f.name] if f.name in metrics else given.get(f.name, default)
+        out[f.name] = _CASTS[f.metadata["rule"].kind](value)
+    return out
 
 
 def _cell_of(spec: dict) -> tuple[Optional[dict], Optional[int]]:
@@ -183,28 +182,18 @@ def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dic
     """Rows of every table for one trial: results and layers (one per intact
     committed round) and its evaluations; rounds carry their mean per suite."""
     results, layers = [], []
-    extra = _evaluation_rows(sweep_store, trial_id)
-    suite_mean: dict[tuple, list] = defaultdict(list)
-    for r in extra["robustness"]:
-        suite_mean[(r["round"], r["suite"])].append(r["accuracy"])
+    extra, means = _evaluation_rows(sweep_store, trial_id)
     for k, man in sorted(sweep_store.lineage(trial_id).manifests().items()):
         m, spec = man.get("metrics") or {}, man.get("spec") or {}
-        data, model = spec.get("data") or {}, spec.get("model") or {}
         base = {"sweep": sweep_store.sweep, "trial_id": trial_id, "round": k,
                 "schema_version": SCHEMA_VERSION}
         cell, rounds = _cell_of(spec)
         legacy = legacy_validation(spec)
         held_out = not (legacy and legacy["selection"] == "test")  # else val_acc was the test split's
+        fused = m.get("fused_with")
         results.append({
             **base,
-            "dataset": data.get("dataset"),
-            "fraction": _num(data.get("fraction")),
-            "images_per_class": _num(data.get("images_per_class"), int),
-            "augmentation": data.get("augmentation"),
-            "method": (spec.get("prune") or {}).get("method"),
-            "arch": model.get("arch"),
-            "width": _num(m.get("width", model.get("width"))),  # small_dense: its own width
-            "seed": _num(spec.get("seed"), int),
+            **_spec_values(spec, m),
             "density": _num(m.get("density")),
             "val_acc": _num(m.get("val_acc")) if held_out else None,
             "test_acc": _num(m.get("test_acc")),
@@ -218,12 +207,9 @@ def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dic
             "started_at": _ts(m.get("started_at")),
             "finished_at": _ts(m.get("finished_at")),
             "checkpoint_uri": m.get("checkpoint_uri"),
-            "imbalance": _num(data.get("imbalance")),
-            "init": model.get("init"),
-            **{f"acc_{suite}": (sum(v) / len(v) if (v := suite_mean.get((k, suite))) else None)
-               for suite in ("cifar10c", "cifar10_2")},
             "val_per_class": _num(m.get("val_per_class"), int) if held_out else None,
-            "bn_recalibrate": bool((spec.get("eval") or {}).get("bn_recalibrate", False)),
+            "fused_with": ",".join(fused) if isinstance(fused, list) else fused,
+            **{col: means.get((k, col)) for col in ROUND_COLUMNS},
             "cell_id": None if cell is None else cell_key(cell)[1],
             "cell": None if cell is None else cell_key(cell)[0],
             "lineage_rounds": rounds,
@@ -305,7 +291,7 @@ def results_dataset(sweep_store: SweepStore, kind: str = "results") -> Union[pad
     manifests (the grid cell, the validation budget, which val_acc were really
     held out): then the table is derived again from the manifests, in memory
     (the next `run` rewrites the shards), so an old sweep reads like a new one."""
-    folder = sweep_store.path(kind)
+    folder = sweep_store.table_dir(kind)
     ds, version = _checked_dataset(sweep_store, [f"{folder}/{n}" for n in sweep_store.fs.listdir(folder)
                                                  if not _is_hidden(n)], kind)
     if version < SCHEMA_VERSION and kind in ("results", "layers"):
@@ -372,7 +358,7 @@ class Collector:
             for t in self.store.trial_ids():
                 by_shard[shard_of(t)].append(t)
             for kind in _SCHEMAS:
-                folder = self.store.path(kind)
+                folder = self.store.table_dir(kind)
                 for name in self.store.fs.listdir(folder):
                     # Leftovers of killed writes, and shards of trials that are gone.
                     # Foreign files are left alone: reading then names them.
@@ -397,7 +383,7 @@ class Collector:
         kept = {}
         try:
             for kind in _SCHEMAS:
-                path = self.store.path(kind, shard)
+                path = self.store.table_file(kind, shard)
                 if self.store.fs.exists(path):
                     table = _to_table(_dataset(self.store, [path], kind))
                     stale = pc.is_in(table["trial_id"], value_set=pa.array(sorted(tids)))
@@ -415,7 +401,7 @@ class Collector:
 
     def _write_shard(self, shard: str, tables: dict[str, pa.Table]) -> None:
         for kind, table in tables.items():
-            path = self.store.path(kind, shard)
+            path = self.store.table_file(kind, shard)
             if table.num_rows == 0:
                 self.store.fs.delete_file(path)
                 continue

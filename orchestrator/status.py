@@ -8,15 +8,10 @@ of several requests per trial.
 """
 from __future__ import annotations
 
-import json
-import re
 import time
-from collections import defaultdict
 from typing import Optional
 
-import pyarrow.fs as pafs
-
-from workers.store import MANIFEST, SweepStore
+from workers.store import SweepStore
 
 from orchestrator.results import ResultsError, load_table
 
@@ -24,39 +19,10 @@ from orchestrator.results import ResultsError, load_table
 # every 30 s while training; a round commit is also a sign of life).
 LIVE_S = 300.0
 
-_ROUND_MANIFEST = re.compile(r"round_(\d+)/" + re.escape(MANIFEST))
-
-
-def _listing(sweep_store: SweepStore) -> dict[str, dict]:
-    """{trial_id: {"rounds": {k: mtime_s}, "heartbeat": mtime_s, "failed": bool, "spec": bool}}."""
-    fs = sweep_store.fs
-    base = sweep_store.path("trials")
-    try:
-        infos = fs.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    except (FileNotFoundError, NotADirectoryError):
-        infos = []
-    out: dict[str, dict] = defaultdict(lambda: {"rounds": {}, "heartbeat": None,
-                                                 "failed": False, "spec": False})
-    for info in infos:
-        if info.type != pafs.FileType.File or not info.path.startswith(base + "/"):
-            continue
-        tid, _, rest = info.path[len(base) + 1:].partition("/")
-        mtime = info.mtime_ns / 1e9 if info.mtime_ns is not None else None
-        m = _ROUND_MANIFEST.fullmatch(rest)
-        if m:
-            out[tid]["rounds"][int(m.group(1))] = mtime
-        elif rest == "HEARTBEAT.json":
-            out[tid]["heartbeat"] = mtime
-        elif rest == "FAILED.json":
-            out[tid]["failed"] = True
-        elif rest == "spec.json":
-            out[tid]["spec"] = True
-    return out
-
 
 def _planned(sweep_store: SweepStore, listing: dict[str, dict]) -> dict[str, int]:
     """{trial_id: rounds in a finished lineage}: from sweep.json, else from spec.json files."""
-    sweep = sweep_store.read_json("sweep.json")
+    sweep = sweep_store.read_json(sweep_store.PLAN)
     if sweep and isinstance(sweep.get("trials"), dict):
         return {tid: int(t.get("rounds", 0)) for tid, t in sweep["trials"].items()}
     planned = {}
@@ -64,9 +30,8 @@ def _planned(sweep_store: SweepStore, listing: dict[str, dict]) -> dict[str, int
         if not entry["spec"]:
             continue
         try:
-            spec = json.loads(sweep_store.fs.read(sweep_store.path("trials", tid, "spec.json")))
-            planned[tid] = int(spec["prune"]["rounds"]) + 1
-        except (OSError, ValueError, KeyError, TypeError):
+            planned[tid] = int(sweep_store.lineage(tid).read_spec()["prune"]["rounds"]) + 1
+        except (ValueError, KeyError, TypeError):
             continue  # a trial whose spec cannot be read is not part of any plan we know
     return planned
 
@@ -81,7 +46,7 @@ def _mean_round_s(sweep_store: SweepStore) -> Optional[float]:
 
 def sweep_status(sweep_store: SweepStore, now: Optional[float] = None) -> dict:
     now = time.time() if now is None else now
-    listing = _listing(sweep_store)
+    listing = sweep_store.listing()
     planned = _planned(sweep_store, listing)
     counts = {"total": len(planned), "done": 0, "running": 0, "pending": 0, "failed": 0}
     committed = total = 0

@@ -23,15 +23,18 @@ import pandas as pd
 
 from orchestrator.results import Frame, duck
 from workers import selection as S
-from workers.spec import cell_fields
+from workers.spec import SHOWN, cell_fields, spec_fields
 
-# Shown for every cell; any other spec field is shown where the cells differ in it.
-FIXED = ["dataset", "fraction", "images_per_class", "augmentation", "method", "arch"]
+# Shown for every cell (workers/spec.py `shown`); any other spec field is shown where the cells differ in it.
+FIXED = list(SHOWN)
 CONFIDENCE = 0.95
 
 
-_CELL_PARTS = {"data": ["dataset", "fraction", "images_per_class", "augmentation", "imbalance"],
-               "model": ["arch", "width", "init"], "prune": ["method"]}
+# Spec columns by sub-spec, to rebuild a cell from a frame's own columns.
+_CELL_PARTS: dict[str, list[str]] = {}
+for _part, _f in spec_fields():
+    if _f.metadata.get("column") and _part:
+        _CELL_PARTS.setdefault(_part, []).append(_f.name)
 
 
 def with_cells(frame: Frame) -> Frame:

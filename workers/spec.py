@@ -22,43 +22,91 @@ ID_LEN = 16  # hex chars of sha256: 64 bits, collision-free for any real sweep
 
 
 @dataclass(frozen=True)
+class Rule:
+    """What a value of a spec field may be, for orchestrator/config.py to check:
+    its type, bounds (open or closed) and, by "module:NAME", the registry its
+    value must be a key of (resolved by the checker, so no registry is
+    imported here). `many`: a list of such values without duplicates."""
+    kind: type
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: Optional[str] = None
+    many: bool = False
+
+
+def spec_field(default: Any = dataclasses.MISSING, *, rule: Rule, yaml: Optional[tuple[str, str]] = None,
+               axis: Optional[str] = None, scalar: Optional[str] = None, column: bool = False,
+               shown: bool = False) -> Any:
+    """A spec field with what the rest of the project derives from it:
+
+    yaml    (section, key) that sets it in experiments.yaml (e.g. ("train", "epochs"))
+    axis    the yaml list that makes it a grid axis (e.g. "datasets")
+    scalar  a top-level yaml key that sets it for every trial (e.g. "arch")
+    column  a column of the results table (a round's metrics may override it:
+            a method that builds its own network per round records its width)
+    shown   a column of every comparison table (the rest are shown where cells differ)
+    """
+    meta = {"rule": rule, "yaml": yaml, "axis": axis, "scalar": scalar, "column": column, "shown": shown}
+    return field(default=default, metadata=meta)
+
+
+_POSITIVE = Rule(float, lo=0, lo_open=True)
+_UNIT = Rule(float, lo=0, hi=1, lo_open=True)
+
+
+@dataclass(frozen=True)
 class DataSpec:
-    dataset: str
+    dataset: str = spec_field(rule=Rule(str, choices="workers.data:DATASETS"), axis="datasets", column=True,
+                              shown=True)
+    # A parameter of the dataset itself (DatasetInfo.params): cifar100_lt's
+    # imbalance factor n_min / n_max.
+    imbalance: Optional[float] = spec_field(None, rule=_UNIT, axis="imbalances", column=True)
     # Exactly one of fraction / images_per_class sizes the training subset.
-    fraction: Optional[float] = None
-    images_per_class: Optional[int] = None
-    augmentation: str = "none"
-    # Long-tailed datasets (cifar100_lt): the imbalance factor n_min / n_max.
-    imbalance: Optional[float] = None
+    fraction: Optional[float] = spec_field(None, rule=_UNIT, axis="fractions", column=True, shown=True)
+    images_per_class: Optional[int] = spec_field(None, rule=Rule(int, lo=1), axis="images_per_class",
+                                                 column=True, shown=True)
+    augmentation: str = spec_field("none", rule=Rule(str, choices="workers.data:AUGMENTATIONS"),
+                                   axis="augmentations", column=True, shown=True)
+
+    def params(self) -> dict:
+        """The dataset's own parameters that this spec sets (passed to its loader)."""
+        return {"imbalance": self.imbalance} if self.imbalance is not None else {}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    arch: str = "resnet18"
-    width: float = 1.0
-    init: str = "random"
+    arch: str = spec_field("resnet18", rule=Rule(str, choices="workers.models:ARCHS"), axis="archs",
+                           scalar="arch", column=True, shown=True)
+    width: float = spec_field(1.0, rule=_POSITIVE, yaml=("model", "width"), column=True)
+    init: str = spec_field("random", rule=Rule(str, choices="workers.models.inits:INITS"), yaml=("model", "init"),
+                           column=True)
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    epochs: int = 200
-    batch_size: int = 100
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
-    schedule: str = "cosine"
+    epochs: int = spec_field(200, rule=Rule(int, lo=1), yaml=("train", "epochs"))
+    batch_size: int = spec_field(100, rule=Rule(int, lo=1), yaml=("train", "batch_size"))
+    lr: float = spec_field(0.1, rule=_POSITIVE, yaml=("train", "lr"))
+    momentum: float = spec_field(0.9, rule=Rule(float, lo=0, hi=1), yaml=("train", "momentum"))
+    weight_decay: float = spec_field(0.0005, rule=Rule(float, lo=0), yaml=("train", "weight_decay"))
+    schedule: str = spec_field("cosine", rule=Rule(str, choices="workers.train:SCHEDULES"),
+                               yaml=("train", "schedule"))
     # Only take effect on CUDA; on CPU training is always fp32.
-    bf16: bool = True
-    channels_last: bool = True
+    bf16: bool = spec_field(True, rule=Rule(bool), yaml=("train", "bf16"))
+    channels_last: bool = spec_field(True, rule=Rule(bool), yaml=("train", "channels_last"))
 
 
 @dataclass(frozen=True)
 class PruneSpec:
-    method: str = "imp"
-    rounds: int = 16
-    rate: float = 0.2
-    rewind_epoch: int = 2
-    prunable: str = "conv"
+    method: str = spec_field("imp", rule=Rule(str, choices="workers.methods:METHODS"), axis="methods",
+                             column=True, shown=True)
+    rounds: int = spec_field(16, rule=Rule(int, lo=0), yaml=("imp", "rounds"))
+    rate: float = spec_field(0.2, rule=Rule(float, lo=0, hi=1, lo_open=True, hi_open=True), yaml=("imp", "rate"))
+    rewind_epoch: int = spec_field(2, rule=Rule(int, lo=0), yaml=("imp", "rewind_epoch"))
+    prunable: str = spec_field("conv", rule=Rule(str, choices="workers.pruning:PRUNABLE_SETS"),
+                               yaml=("imp", "prunable"))
 
 
 # Images per class held out of the training split (outside the subset) to
@@ -75,12 +123,12 @@ class EvalSpec:
     """How every round is measured. Which round is the winning ticket is
     decided at query time (`--select val|test`), never here: both protocols
     read the same lineages."""
-    val_per_class: int = DEFAULT_VAL_PER_CLASS
+    val_per_class: int = spec_field(DEFAULT_VAL_PER_CLASS, rule=Rule(int, lo=0), yaml=("eval", "val_per_class"))
     # Reset BatchNorm's running statistics with a no-grad pass over the
     # training subset (no augmentation, cumulative average) before each
     # evaluation: in short rounds they lag the weights and handicap whichever
     # round trained least.
-    bn_recalibrate: bool = False
+    bn_recalibrate: bool = spec_field(False, rule=Rule(bool), yaml=("eval", "bn_recalibrate"), column=True)
 
 
 @dataclass(frozen=True)
@@ -90,7 +138,7 @@ class TrialSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     prune: PruneSpec = field(default_factory=PruneSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
-    seed: int = 0
+    seed: int = spec_field(0, rule=Rule(int, lo=0), axis="seeds", column=True)
 
     # --- identity -------------------------------------------------------
     def canonical(self) -> dict:
@@ -151,29 +199,31 @@ class TrialSpec:
 @dataclass(frozen=True)
 class RunOptions:
     """How a lineage runs; never part of its identity."""
-    data_root: Optional[str] = None
+    data_root: Optional[str] = spec_field(None, rule=Rule(str), scalar="data_root")
     # Rolling mid-round checkpoint every N epochs (0: never) and/or every S
     # seconds of training (0: never). Neither changes the result: epochs are
     # reseeded from (seed, round, epoch), so resuming at an epoch is exact.
-    checkpoint_every: int = 0
-    checkpoint_interval_s: float = 600.0
+    checkpoint_every: int = spec_field(0, rule=Rule(int, lo=0), yaml=("runtime", "checkpoint_every"))
+    checkpoint_interval_s: float = spec_field(600.0, rule=Rule(float, lo=0), yaml=("runtime", "checkpoint_interval_s"))
     # Evaluate val/test every N epochs (0: at the end of each round only).
-    eval_every: int = 0
+    eval_every: int = spec_field(0, rule=Rule(int, lo=0), yaml=("runtime", "eval_every"))
     device: Optional[str] = None  # None: CUDA when present, else CPU
     # Datasets with at most this many training images live on the device.
-    max_device_images: int = 2_000_000
+    max_device_images: int = spec_field(2_000_000, rule=Rule(int, lo=0), yaml=("runtime", "max_device_images"))
     # torch.compile the training/eval forward (worth it for long rounds on
     # CUDA; the first epoch pays the compile). The backend is for tests.
-    compile: bool = False
+    compile: bool = spec_field(False, rule=Rule(bool), yaml=("runtime", "compile"))
     compile_backend: str = "inductor"
     # Where init weights live (model.init imagenet: the torchvision file or its
     # folder, default the torch hub cache; simclr: the state dict file).
-    init_path: Optional[str] = None
-    # Evaluations after the lineage (workers/evaluation.py): robustness suites,
+    init_path: Optional[str] = spec_field(None, rule=Rule(str), yaml=("runtime", "init_path"))
+    # Evaluations after the lineage (workers/evaluations/): robustness suites,
     # linear-probe target datasets, CKA dense vs winning ticket.
-    robustness: tuple = ()
-    probe: tuple = ()
-    cka: bool = False
+    robustness: tuple = spec_field((), rule=Rule(str, choices="workers.evaluations.robustness:SUITES", many=True),
+                                   yaml=("analysis", "robustness"))
+    probe: tuple = spec_field((), rule=Rule(str, choices="workers.data:DATASETS", many=True),
+                              yaml=("analysis", "probe"))
+    cka: bool = spec_field(False, rule=Rule(bool), yaml=("analysis", "cka"))
 
 
 LEGACY_SELECTION = "selection"
@@ -251,3 +301,18 @@ def _non_default(obj: Any) -> Any:
 
 
 _SUBSPECS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "prune": PruneSpec, "eval": EvalSpec}
+
+
+def spec_fields() -> list[tuple[str, dataclasses.Field]]:
+    """(part, field) of every TrialSpec field, in order: part is the sub-spec
+    ("data", "model", ...) or "" for the seed."""
+    out = [(part, f) for part, cls in _SUBSPECS.items() for f in fields(cls)]
+    return out + [("", f) for f in fields(TrialSpec) if f.name == "seed"]
+
+
+def field_value(spec: "TrialSpec", part: str, name: str):
+    return getattr(getattr(spec, part) if part else spec, name)
+
+
+COLUMNS = [f.name for _, f in spec_fields() if f.metadata.get("column")]  # results columns from the spec
+SHOWN = [f.name for _, f in spec_fields() if f.metadata.get("shown")]    # every comparison table shows these

@@ -174,8 +174,16 @@ class FS:
             self.fs.delete_file(src)
 
 
+_ROUND_MANIFEST = re.compile(r"round_(\d+)/" + re.escape(MANIFEST))
+
+
 class SweepStore:
     """Paths and whole-sweep reads of one sweep folder."""
+
+    PLAN = "sweep.json"            # the trial list of the last `run` (for `status`)
+    RUN = "RUN.json"               # the last `run`'s timings (start, Ray start-up, trials, end)
+    LEASE = "DRIVER_LEASE.json"    # the driver's lease on object stores (workers/lease.py)
+    LOCK = ".driver.lock"          # the driver's file lock on local/NFS paths
 
     def __init__(self, storage: str, sweep: str):
         self.fs = FS(storage)
@@ -185,13 +193,52 @@ class SweepStore:
     def path(self, *parts: str) -> str:
         return "/".join([self.dir] + list(parts))
 
+    def table_dir(self, kind: str) -> str:
+        """The folder of a Parquet table (results, layers, robustness, ...)."""
+        return self.path(check_name("table", kind))
+
+    def table_file(self, kind: str, shard: str) -> str:
+        return f"{self.table_dir(kind)}/{shard}"
+
     @property
     def results_dir(self) -> str:
-        return self.path("results")
+        return self.table_dir("results")
 
     @property
     def layers_dir(self) -> str:
-        return self.path("layers")
+        return self.table_dir("layers")
+
+    @property
+    def tune_dir(self) -> str:
+        """Ray Tune's own experiment state (not a record of what is done)."""
+        return self.path("_tune")
+
+    def listing(self) -> dict[str, dict]:
+        """One recursive listing of trials/: per trial id, {"rounds": {k: mtime_s}
+        (rounds with a manifest file), "heartbeat": mtime_s, "failed": bool,
+        "spec": bool}. On S3 that is a few paged LIST calls, not several per trial."""
+        base = self.path("trials")
+        try:
+            infos = self.fs.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            infos = []
+        out: dict[str, dict] = {}
+        for info in infos:
+            if info.type != pafs.FileType.File or not info.path.startswith(base + "/"):
+                continue
+            tid, _, rest = info.path[len(base) + 1:].partition("/")
+            entry = out.setdefault(tid, {"rounds": {}, "heartbeat": None, "failed": False, "spec": False})
+            mtime = info.mtime_ns / 1e9 if info.mtime_ns is not None else None
+            m = _ROUND_MANIFEST.fullmatch(rest)
+            if m:
+                entry["rounds"][int(m.group(1))] = mtime
+            elif rest == "HEARTBEAT.json":
+                entry["heartbeat"] = mtime
+            elif rest == "FAILED.json":
+                entry["failed"] = True
+            elif rest == "spec.json":
+                entry["spec"] = True
+        return out
 
     def exists(self) -> bool:
         return self.fs.exists(self.dir)

@@ -10,7 +10,8 @@ augments on the device, so there is no per-epoch DataLoader.
     augment = make_augment("basic", info)
     xb = normalize(augment(train.x[idx].to(dev), gen), info)
 
-Adding a dataset is one file with a `@register(DatasetInfo(...))` loader.
+Adding a dataset is one file with a `@register(DatasetInfo(...))` loader plus its import line
+below.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ class DatasetInfo:
     # mirrors only along these. A mirrored 2 or 5, or a mirrored line of
     # medieval script, is not the same class, so digits and CLaMM declare none.
     flips: tuple[str, ...] = ("horizontal",)
+    # Spec fields (DataSpec) the loader takes as keyword arguments, e.g. cifar100_lt's imbalance.
+    params: tuple[str, ...] = ()
 
 
 @dataclass
@@ -50,8 +53,8 @@ class Split:
         return len(self.y)
 
 
-# name -> loader(root: str, download: bool) -> (train Split, test Split); each loader carries `.info`
-# so configs can be validated without touching data.
+# name -> loader(root: str, download: bool, **params) -> (train Split, test Split); each loader
+# carries `.info` so configs can be validated without touching data.
 DATASETS: dict[str, Callable[[str, bool], tuple[Split, Split]]] = {}
 
 
@@ -78,21 +81,30 @@ def default_root() -> str:
     return os.environ.get("LTH_DATA_ROOT") or os.path.join("~", ".cache", "lth-sweep", "data")
 
 
-# Decoded datasets, keyed by (name, absolute root): every round of a lineage (and every
-# trial sharing a worker process) reuses one parse. The lock makes concurrent first
-# calls parse once.
-_CACHE: dict[tuple[str, str], tuple[Split, Split]] = {}
-_CACHE_LOCK = threading.Lock()
+# Decoded datasets, keyed by (name, absolute root, params): every round of a lineage
+# (and every trial sharing a worker process) reuses one parse. The lock makes
+# concurrent first calls parse once; it is re-entrant so that a loader can build on
+# another dataset (cifar100_lt on cifar100) and share its parse.
+_CACHE: dict[tuple, tuple[Split, Split]] = {}
+_CACHE_LOCK = threading.RLock()
 
 
-def load_dataset(name: str, root: str | None = None, download: bool = True) -> tuple[DatasetInfo, Split, Split]:
-    """(info, train, test). `download` only matters when the files are missing."""
+def load_dataset(name: str, root: str | None = None, download: bool = True,
+                 **params) -> tuple[DatasetInfo, Split, Split]:
+    """(info, train, test). `download` only matters when the files are missing;
+    `params` are the dataset's own (DatasetInfo.params), None meaning its default."""
     entry = _entry(name)
+    params = {k: v for k, v in params.items() if v is not None}
+    unknown = set(params) - set(entry.info.params)
+    if unknown:
+        raise DataError(f"dataset {name!r} takes no {', '.join(sorted(unknown))}"
+                        + (f" (it takes: {', '.join(entry.info.params)})" if entry.info.params else ""))
     root = os.path.abspath(os.path.expanduser(root or default_root()))
+    key = (name, root, tuple(sorted(params.items())))
     with _CACHE_LOCK:
-        if (name, root) not in _CACHE:
-            _CACHE[(name, root)] = entry(root, download)
-        train, test = _CACHE[(name, root)]
+        if key not in _CACHE:
+            _CACHE[key] = entry(root, download, **params)
+        train, test = _CACHE[key]
     return entry.info, train, test
 
 
@@ -119,12 +131,18 @@ def normalize(x_uint8: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
 
 
 # The registry entries and helpers import the names above, so they come last.
-from . import cifar, cifar_lt, clamm, digits, eurosat, imagenet, isic  # noqa: E402,F401  (registers the datasets)
-from .augment import AUGMENTATIONS, make_augment, reference_basic  # noqa: E402
+from . import cifar  # noqa: E402,F401  (each module registers its dataset)
+from . import cifar_lt  # noqa: E402,F401
+from . import clamm  # noqa: E402,F401
+from . import digits  # noqa: E402,F401
+from . import eurosat  # noqa: E402,F401
+from . import imagenet  # noqa: E402,F401
+from . import isic  # noqa: E402,F401
+from .augment import AUGMENTATIONS, make_augment  # noqa: E402
 from .subset import held_out_per_class, stratified_split  # noqa: E402
 
 __all__ = [
     "AUGMENTATIONS", "DATASETS", "DataError", "DatasetInfo", "Split", "dataset_info",
-    "default_root", "held_out_per_class", "load_dataset", "make_augment", "normalize", "reference_basic",
+    "default_root", "held_out_per_class", "load_dataset", "make_augment", "normalize",
     "register", "stratified_split",
 ]

@@ -338,10 +338,3 @@ def reference_transform(name: str, info: DatasetInfo):
 def reference_augment(name: str, info: DatasetInfo) -> Augment:
     """The same augmentation through torchvision, image by image (the slow reference)."""
     return _checked(per_sample(reference_transform(name, info)), info)
-
-
-def reference_basic(x: torch.Tensor) -> torch.Tensor:
-    """torchvision's own `basic` for one uint8 image [C,H,W] (global RNG); tests compare the fast path to it."""
-    size = x.shape[-1]
-    from torchvision.transforms import v2
-    return v2.Compose([v2.RandomCrop(size, padding=padding_for(size)), v2.RandomHorizontalFlip(0.5)])(x)

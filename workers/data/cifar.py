@@ -241,6 +241,32 @@ def _loader(fmt: CifarFormat):
     return load
 
 
+def write_folder(name: str, root: str, train: Split, test: Split) -> str:
+    """Write `train` / `test` under `root` in the layout `load` reads (the official
+    pickle files: pixels CHW-flattened, labels, the meta file's class names), e.g.
+    to benchmark on synthetic CIFAR-shaped data. Returns the folder. Splits as
+    large as the official ones are refused: `load` would check those against
+    the official md5s."""
+    fmt = FORMATS[name]
+    folder = os.path.join(root, fmt.folder)
+    os.makedirs(folder, exist_ok=True)
+
+    def dump(fname: str, split: Split) -> None:
+        if len(split) >= fmt.official_counts[fname]:
+            raise DataError(f"{name}: {fname} would be as large as the official file; write fewer images")
+        d = {"data": split.x.reshape(len(split), -1).numpy(), fmt.label_key: split.y.tolist()}
+        with open(os.path.join(folder, fname), "wb") as f:
+            pickle.dump(d, f, protocol=4)
+
+    chunks = torch.arange(len(train)).tensor_split(len(fmt.train_files))
+    for fname, idx in zip(fmt.train_files, chunks):
+        dump(fname, Split(train.x[idx], train.y[idx]))
+    dump(fmt.test_files[0], test)
+    with open(os.path.join(folder, fmt.meta_file), "wb") as f:
+        pickle.dump({fmt.meta_key: [f"class{i}" for i in range(fmt.info.num_classes)]}, f, protocol=4)
+    return folder
+
+
 FORMATS = {f.info.name: f for f in (CIFAR10_FMT, CIFAR100_FMT)}
 for _fmt in FORMATS.values():
     register(_fmt.info)(_loader(_fmt))

@@ -11,14 +11,15 @@ IMBALANCECIFAR100 first shuffles each class with np.random.seed(0); the counts a
 the same, the chosen images differ.)
 
 The files are CIFAR-100's (`cifar-100-python/`), read, checked and downloaded by
-cifar.py's reader. The registered loader uses DEFAULT_IMBALANCE; load_long_tail
-takes any factor and shares one parse per process through load_dataset("cifar100").
+cifar.py's reader, through load_dataset("cifar100"): every factor of a process
+shares one parse. The factor is the dataset's parameter `imbalance` (the spec's
+`imbalances` axis); without one, DEFAULT_IMBALANCE.
 """
 from __future__ import annotations
 
 import torch
 
-from . import DATASETS, DataError, DatasetInfo, Split, load_dataset, register
+from . import DataError, DatasetInfo, Split, load_dataset, register
 from .cifar import CIFAR100_FMT
 
 IMBALANCE_FACTORS = (0.1, 0.05, 0.02, 0.01)  # the paper's grid
@@ -29,6 +30,7 @@ DEFAULT_IMBALANCE = 0.01
 INFO = DatasetInfo(
     name="cifar100_lt", num_classes=100, channels=3, image_size=32,
     mean=CIFAR100_FMT.info.mean, std=CIFAR100_FMT.info.std, autoaugment_policy="cifar10",
+    params=("imbalance",),
 )
 
 
@@ -69,18 +71,8 @@ def long_tail(train: Split, imbalance: float) -> Split:
     return Split(x=train.x[idx].contiguous(), y=train.y[idx].contiguous())
 
 
-def load_long_tail(root: str, download: bool, imbalance: float = DEFAULT_IMBALANCE) -> tuple[Split, Split]:
-    """(long-tailed train, balanced official test) of CIFAR-100 under `root`, for any factor in (0, 1].
-
-    Goes through load_dataset("cifar100"), so every factor of a process shares one parse
-    of the files. Not for use inside a registered loader: load_dataset's lock is not
-    re-entrant (the registered `cifar100_lt` below calls the cifar100 reader directly).
-    """
+@register(INFO)
+def load(root: str, download: bool, imbalance: float = DEFAULT_IMBALANCE) -> tuple[Split, Split]:
+    """(long-tailed train, balanced official test) of CIFAR-100 under `root`."""
     _, train, test = load_dataset("cifar100", root=root, download=download)
     return long_tail(train, imbalance), test
-
-
-@register(INFO)
-def load(root: str, download: bool) -> tuple[Split, Split]:
-    train, test = DATASETS["cifar100"](root, download)  # runs under load_dataset's lock: no load_dataset here
-    return long_tail(train, DEFAULT_IMBALANCE), test

@@ -1,36 +1,26 @@
-"""Model registry: one file per architecture, one entry per name here.
+"""Model registry: one file per architecture, each registering an `Arch`
+(registry.py), and the one function that builds a trial's network.
 
 Every architecture takes (num_classes, in_channels, image_size, width,
 variant) and exposes its classifier as the nn.Linear attribute `fc`.
-Variants (variants.py) change how the convs are built; `ARCH_VARIANTS` says
-which ones each architecture supports.
+Variants (variants.py) change how the convs are built; each `Arch` says which
+ones it supports. Adding an architecture is one file plus its import below.
 """
 from __future__ import annotations
 
-from typing import Callable
+import logging
+from typing import Optional
 
 import torch
 
-from .mobilenetv2 import mobilenetv2
-from .resnet import resnet18
-from .resnet50 import resnet50
+from workers.losses import make_head
+
+from .registry import ARCHS, Arch, register
 from .variants import VARIANTS, check_variant
-from .vgg import vgg16
+from . import mobilenetv2, resnet, resnet50, vgg  # noqa: E402,F401  (each registers its Arch)
+from .inits import load_init  # noqa: E402
 
-# Each entry: f(*, num_classes, in_channels, image_size, width, variant) -> nn.Module.
-ARCHS: dict[str, Callable[..., torch.nn.Module]] = {
-    "resnet18": resnet18,
-    "resnet50": resnet50,
-    "vgg16": vgg16,
-    "mobilenetv2": mobilenetv2,
-}
-
-ARCH_VARIANTS: dict[str, tuple[str, ...]] = {
-    "resnet18": VARIANTS,
-    "resnet50": VARIANTS,
-    "vgg16": VARIANTS,
-    "mobilenetv2": ("standard",),
-}
+log = logging.getLogger("lth_sweep.models")
 
 
 def build_model(arch: str, *, num_classes: int, in_channels: int, image_size: int,
@@ -39,9 +29,31 @@ def build_model(arch: str, *, num_classes: int, in_channels: int, image_size: in
         raise ValueError(f"unknown arch {arch!r}; known: {sorted(ARCHS)}")
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
-    check_variant(variant, ARCH_VARIANTS[arch])
-    return ARCHS[arch](num_classes=num_classes, in_channels=in_channels,
-                       image_size=image_size, width=width, variant=variant)
+    check_variant(variant, ARCHS[arch].variants)
+    return ARCHS[arch].build(num_classes=num_classes, in_channels=in_channels,
+                             image_size=image_size, width=width, variant=variant)
 
 
-__all__ = ["ARCHS", "ARCH_VARIANTS", "VARIANTS", "build_model"]
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the full state (weights, BN statistics, head)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def make_model(spec, info, *, variant: str = "standard", head: str = "linear", width: Optional[float] = None,
+               init_path: Optional[str] = None, with_init: bool = True) -> torch.nn.Module:
+    """A trial's network as initialised (the caller seeds torch first): the
+    architecture at `width` (default the spec's), the classifier `head`, then
+    the spec's `model.init` weights unless `with_init` is False."""
+    model = build_model(spec.model.arch, num_classes=info.num_classes, in_channels=info.channels,
+                        image_size=info.image_size, width=spec.model.width if width is None else width,
+                        variant=variant)
+    if head != "linear":
+        model.fc = make_head(head, model.fc.in_features, info.num_classes)
+    if with_init and spec.model.init != "random":
+        report = load_init(model, spec.model.init, arch=spec.model.arch, path=init_path,
+                           image_size=info.image_size, in_channels=info.channels)
+        log.info("init %s: %s", spec.model.init, report.summary())
+    return model
+
+
+__all__ = ["ARCHS", "Arch", "VARIANTS", "build_model", "make_model", "model_state", "register"]

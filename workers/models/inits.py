@@ -32,13 +32,9 @@ Rules (both pretrained inits):
   mean absorbs b), so the bias is folded into the following BN's running
   mean; those running means are the one place that is not a plain copy.
 
-Key mapping, project -> torchvision:
-  resnet18/resnet50: stem.0.* -> conv1.*, stem.1.* -> bn1.*,
-                     layerN.i.shortcut.{0,1}.* -> layerN.i.downsample.{0,1}.*,
-                     everything else identical (layerN.i.convK / bnK).
-  vgg16:             features.* identical (same indices); torchvision's
-                     classifier.* is ignored.
-  mobilenetv2:       features.* identical; classifier.* ignored.
+Key mapping, project -> torchvision: each architecture's `Arch.renames`
+(registry.py, set in the architecture's own file); keys without a rename are
+identical, and torchvision's classifier.* is ignored.
 """
 from __future__ import annotations
 
@@ -49,30 +45,20 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from workers.data import DataError
+
+from .registry import ARCHS
+
 INITS = ("random", "imagenet", "simclr")
 
-# torchvision's ImageNet-1k checkpoints (resnet50: IMAGENET1K_V1).
-IMAGENET_FILES = {
-    "resnet18": "resnet18-f37072fd.pth",
-    "resnet50": "resnet50-0676ba61.pth",
-    "vgg16": "vgg16_bn-6c64b313.pth",
-    "mobilenetv2": "mobilenet_v2-b0353104.pth",
-}
 IMAGENET_URL = "https://download.pytorch.org/models/{}"
-
-STEM_KEYS = {
-    "resnet18": "stem.0.weight",
-    "resnet50": "stem.0.weight",
-    "vgg16": "features.0.weight",
-    "mobilenetv2": "features.0.0.weight",
-}
 HEAD_PREFIX = "fc."
 SIMCLR_PREFIXES = ("module.", "backbone.", "encoder.")
 
 
-class InitError(Exception):
+class InitError(DataError):
     """A pretrained init cannot be applied: missing file, unreadable file, or
-    a checkpoint that does not fit the model."""
+    a checkpoint that does not fit the model (a one-line, user-facing message)."""
 
 
 @dataclass
@@ -96,19 +82,26 @@ class InitReport:
 
 def torchvision_key(arch: str, key: str) -> str:
     """The torchvision state-dict name of this project's `key`."""
-    if arch in ("resnet18", "resnet50"):
-        key = re.sub(r"^stem\.0\.", "conv1.", key)
-        key = re.sub(r"^stem\.1\.", "bn1.", key)
-        key = key.replace(".shortcut.", ".downsample.")
-    return key
+    return ARCHS[arch].torchvision_key(key)
 
 
 def imagenet_path(arch: str, path: str | None = None) -> str:
     """Where the ImageNet checkpoint for `arch` is expected."""
-    fname = IMAGENET_FILES[arch]
+    fname = ARCHS[arch].imagenet_file
     if path is None:
         return os.path.join(torch.hub.get_dir(), "checkpoints", fname)
     return os.path.join(path, fname) if os.path.isdir(path) else path
+
+
+def check_init_file(arch: str, init: str, path: str | None) -> None:
+    """The weights file a trial's `model.init` will read exists (InitError if not)."""
+    if init == "random":
+        return
+    where = imagenet_path(arch, path) if init == "imagenet" else path
+    if not (where and os.path.isfile(where)):
+        raise InitError(f"model.init {init}: weights file not found at {where or '(runtime.init_path unset)'}"
+                        + ("; put torchvision's file there or set runtime.init_path" if init == "imagenet"
+                           else "; set runtime.init_path to the SimCLR state dict"))
 
 
 def load_init(model: nn.Module, init: str, *, arch: str, path: str | None = None,
@@ -122,9 +115,9 @@ def load_init(model: nn.Module, init: str, *, arch: str, path: str | None = None
         if path is not None:
             raise ValueError(f"init 'random' takes no path (got {path!r})")
         return InitReport("random")
-    if arch not in STEM_KEYS:
-        raise ValueError(f"no pretrained init for arch {arch!r}; known: {sorted(STEM_KEYS)}")
-    stem = model.get_submodule(STEM_KEYS[arch].rsplit(".", 1)[0])
+    if arch not in ARCHS:
+        raise ValueError(f"no pretrained init for arch {arch!r}; known: {sorted(ARCHS)}")
+    stem = model.get_submodule(ARCHS[arch].stem_key.rsplit(".", 1)[0])
     if in_channels is not None and getattr(stem, "in_channels", in_channels) != in_channels:
         raise InitError(f"in_channels={in_channels} but the model's stem takes "
                         f"{stem.in_channels} channels")
@@ -134,7 +127,7 @@ def load_init(model: nn.Module, init: str, *, arch: str, path: str | None = None
         if not os.path.isfile(file):
             raise InitError(
                 f"ImageNet weights for {arch} not found at {file}; nothing is downloaded "
-                f"during a trial: fetch {IMAGENET_URL.format(IMAGENET_FILES[arch])} "
+                f"during a trial: fetch {IMAGENET_URL.format(ARCHS[arch].imagenet_file)} "
                 f"to that path (or pass its path) beforehand")
     else:
         if path is None:
@@ -144,7 +137,7 @@ def load_init(model: nn.Module, init: str, *, arch: str, path: str | None = None
             raise InitError(f"SimCLR checkpoint not found at {file}")
     src = _read_state_dict(file, strip=init == "simclr")
     report = InitReport(init, source=file)
-    if arch == "vgg16":
+    if ARCHS[arch].fold_conv_bias:
         src = _fold_conv_bias(src, model.state_dict(), report)
     _copy_mapped(model, src, arch=arch, report=report, image_size=image_size)
     return report
@@ -194,7 +187,7 @@ def _fold_conv_bias(src: dict, own: dict, report: InitReport) -> dict:
 def _copy_mapped(model: nn.Module, src: dict, *, arch: str, report: InitReport,
                  image_size: int | None) -> None:
     own = model.state_dict()
-    stem_key = STEM_KEYS[arch]
+    stem_key = ARCHS[arch].stem_key
     plan, used, missing, mismatched = {}, set(), [], []
     for key, cur in own.items():
         if key.startswith(HEAD_PREFIX):

@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .variants import init_weights
+from .registry import Arch, register
+from .variants import FeaturesNet
 
 # t (expansion), c (channels), n (repeats), s (stride of the first repeat)
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -48,7 +49,7 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res else self.conv(x)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(FeaturesNet):
     def __init__(self, *, num_classes: int, in_channels: int, image_size: int,
                  width: float = 1.0, variant: str = "standard"):
         super().__init__()
@@ -65,17 +66,14 @@ class MobileNetV2(nn.Module):
                 cin = ch(c)
         last = round(1280 * max(1.0, width))
         features.append(conv_bn_relu6(cin, last, 1, 1))
-        self.features = nn.Sequential(*features)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(last, num_classes)
-
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+        self.finish(features, last, num_classes)
 
 
 def mobilenetv2(*, num_classes: int, in_channels: int, image_size: int,
                 width: float = 1.0, variant: str = "standard") -> MobileNetV2:
     return MobileNetV2(num_classes=num_classes, in_channels=in_channels,
                        image_size=image_size, width=width, variant=variant)
+
+
+ARCH = register(Arch("mobilenetv2", mobilenetv2, ("standard",), stem_key="features.0.0.weight",
+                     imagenet_file="mobilenet_v2-b0353104.pth"))

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .variants import conv_kxk, init_weights, shortcut_pad
+from .registry import Arch, register
+from .variants import VARIANTS, conv_kxk, init_weights, shortcut_pad
 
 
 def make_shortcut(cin: int, cout: int, stride: int, pad: int) -> nn.Sequential:
@@ -93,3 +94,9 @@ def resnet18(*, num_classes: int, in_channels: int, image_size: int,
              width: float = 1.0, variant: str = "standard") -> ResNet:
     return ResNet([2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels,
                   image_size=image_size, width=width, variant=variant)
+
+
+# Names as torchvision's but stem.0/stem.1 for conv1/bn1 and `shortcut` for `downsample`.
+RESNET_RENAMES = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."), (r"\.shortcut\.", ".downsample."))
+ARCH = register(Arch("resnet18", resnet18, VARIANTS, stem_key="stem.0.weight",
+                     imagenet_file="resnet18-f37072fd.pth", renames=RESNET_RENAMES))

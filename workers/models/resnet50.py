@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .resnet import ResNet, make_shortcut
-from .variants import conv_kxk, shortcut_pad
+from .registry import Arch, register
+from .resnet import RESNET_RENAMES, ResNet, make_shortcut
+from .variants import VARIANTS, conv_kxk, shortcut_pad
 
 
 class Bottleneck(nn.Module):
@@ -41,3 +42,7 @@ def resnet50(*, num_classes: int, in_channels: int, image_size: int,
              width: float = 1.0, variant: str = "standard") -> ResNet:
     return ResNet([3, 4, 6, 3], num_classes=num_classes, in_channels=in_channels,
                   image_size=image_size, width=width, block=Bottleneck, variant=variant)
+
+
+ARCH = register(Arch("resnet50", resnet50, VARIANTS, stem_key="stem.0.weight",
+                     imagenet_file="resnet50-0676ba61.pth", renames=RESNET_RENAMES))  # IMAGENET1K_V1

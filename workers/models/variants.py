@@ -144,3 +144,17 @@ def reset_harmonic(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, HarmonicConv2d):
             m.reset_parameters()
+
+
+class FeaturesNet(nn.Module):
+    """`features` -> global average pool -> the Linear head `fc` (VGG, MobileNetV2).
+    Subclasses build `features` and call `finish(features, channels, num_classes)`."""
+
+    def finish(self, features: list[nn.Module], channels: int, num_classes: int) -> None:
+        self.features = nn.Sequential(*features)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))

@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .variants import conv_kxk, init_weights
+from .registry import Arch, register
+from .variants import VARIANTS, FeaturesNet, conv_kxk
 
 CFG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
          512, 512, 512, "M", 512, 512, 512, "M"]
@@ -41,7 +42,7 @@ class MaxPoolIfLarge(nn.MaxPool2d):
         return super().forward(x)
 
 
-class VGG(nn.Module):
+class VGG(FeaturesNet):
     def __init__(self, cfg: list, *, num_classes: int, in_channels: int,
                  image_size: int, width: float = 1.0, variant: str = "standard"):
         super().__init__()
@@ -54,17 +55,16 @@ class VGG(nn.Module):
             layers += [conv_kxk(variant, cin, cout, 3, 1), nn.BatchNorm2d(cout),
                        nn.ReLU(inplace=True)]
             cin = cout
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
-
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+        self.finish(layers, cin, num_classes)
 
 
 def vgg16(*, num_classes: int, in_channels: int, image_size: int,
           width: float = 1.0, variant: str = "standard") -> VGG:
     return VGG(CFG16, num_classes=num_classes, in_channels=in_channels,
                image_size=image_size, width=width, variant=variant)
+
+
+# features.* as torchvision's vgg16_bn (its classifier.* is not used); its conv
+# biases are folded into the following BN (inits.py).
+ARCH = register(Arch("vgg16", vgg16, VARIANTS, stem_key="features.0.weight",
+                     imagenet_file="vgg16_bn-6c64b313.pth", fold_conv_bias=True))

@@ -23,7 +23,7 @@ def _random_layer_mask(like: torch.Tensor, keep: int, generator: torch.Generator
     return flat.reshape(like.shape).to(like.device)
 
 
-def same_layer_random_masks(parent_masks: Masks, generator: torch.Generator) -> Masks:
+def layerwise_random_masks(parent_masks: Masks, generator: torch.Generator) -> Masks:
     """Random masks with exactly the parent's number of kept weights in every
     layer (hence exactly its per-layer and overall densities), positions
     uniform within each layer.
@@ -37,4 +37,4 @@ def same_layer_random_masks(parent_masks: Masks, generator: torch.Generator) -> 
     return out
 
 
-__all__ = ["same_layer_random_masks"]
+__all__ = ["layerwise_random_masks"]

@@ -17,6 +17,7 @@ Masks = dict[str, torch.Tensor]
 # Module types each token of the `prunable` setting adds (their `.weight` only:
 # biases, BatchNorm and anything else are never pruned).
 _PRUNABLE_KINDS = {"conv": nn.Conv2d, "linear": nn.Linear}
+PRUNABLE_SETS = ("conv", "conv+linear")  # the `imp.prunable` settings experiments may use
 _SHAPE_SUFFIX = ".__shape__"
 
 
@@ -106,19 +107,24 @@ class MaskApplier:
                       for n, p in zip(masks, self.params)]
         self.optimizer = optimizer
 
-    @torch.no_grad()
     def apply(self) -> None:
-        torch._foreach_mul_(self.params, self.masks)
-        if self.optimizer is None:
-            return
-        # SGD creates momentum buffers lazily at its first step, so look them up
-        # each call. The gradient (and weight decay) at a pruned position is not
-        # zero, so the buffer would otherwise keep a velocity there.
-        bufs, bmasks = [], []
-        for p, m in zip(self.params, self.masks):
-            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                bufs.append(buf)
-                bmasks.append(m)
-        if bufs:
-            torch._foreach_mul_(bufs, bmasks)
+        apply_masks(self.params, self.masks, self.optimizer)
+
+
+@torch.no_grad()
+def apply_masks(params: list[torch.Tensor], masks: list[torch.Tensor], optimizer=None) -> None:
+    """params *= masks in one fused op, then the same for the SGD momentum buffers
+    of those params. SGD creates its buffers lazily at the first step, so they
+    are looked up on each call; the gradient (and weight decay) at a pruned
+    position is not zero, so a buffer would otherwise keep a velocity there."""
+    torch._foreach_mul_(params, masks)
+    if optimizer is None:
+        return
+    bufs, bmasks = [], []
+    for p, m in zip(params, masks):
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            bufs.append(buf)
+            bmasks.append(m)
+    if bufs:
+        torch._foreach_mul_(bufs, bmasks)

@@ -12,7 +12,6 @@ that is not prunable (BN affine, biases, the head): those stay dense.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch

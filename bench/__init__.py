@@ -1,0 +1,83 @@
+"""`lth-sweep bench`: what the engine and the orchestrator cost, as ratios.
+
+Every figure compares the project's code with a baseline doing the same work
+on the same machine, so the numbers travel across machines better than
+seconds do. Nothing here is asserted by tests (timings are not test
+material); the README quotes a run with the machine named. One file per
+family of figures, each importing the engine's public functions:
+
+    engine.py        train_loop_ratio, epoch_overhead_frac, eval_train_ratio, checkpoint_frac
+    orchestrator.py  plan_10k_s, query_1m_s, orchestrator_overhead_ratio (--full)
+    reference.py     reference_speedup
+    augment.py       batched vs torchvision augmentation (detail only)
+    packed.py        packed_gpu_speedup (CUDA only)
+    fused.py         fused_speedup, fused_k
+
+Keys are null where this machine cannot measure them (no GPU, no --full).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from .common import device_name
+
+KEYS = ["train_loop_ratio", "epoch_overhead_frac", "eval_train_ratio", "checkpoint_frac",
+        "orchestrator_overhead_ratio", "plan_10k_s", "query_1m_s", "reference_speedup",
+        "packed_gpu_speedup", "fused_speedup", "fused_k"]
+
+
+def steps(smoke: bool, full: bool) -> list:
+    """(name, function returning a dict of figures) in the order they run."""
+    from .augment import bench_augment
+    from .engine import bench_engine
+    from .orchestrator import bench_orchestrator, bench_plan, bench_query
+    from .reference import bench_reference
+    width = 1.0 if torch.cuda.is_available() else 0.25
+    if smoke:  # the same code paths at toy sizes: checks that the benchmark runs
+        out = [("engine", lambda: bench_engine(0.0625, repeats=1, sizes=(200, 100, 400))),
+               ("plan", lambda: {"plan_10k_s": bench_plan(1000)}),
+               ("query", lambda: {"query_1m_s": bench_query(20000)}),
+               ("augment", lambda: bench_augment(20)),
+               ("reference", lambda: bench_reference(0.0625, epochs=1, rounds=1, train_per_class=60,
+                                                     test_per_class=20))]
+    else:
+        out = [("engine", lambda: bench_engine(width)),
+               ("plan", lambda: {"plan_10k_s": bench_plan()}),
+               ("query", lambda: {"query_1m_s": bench_query()}),
+               ("augment", bench_augment),
+               ("reference", lambda: bench_reference(width))]
+    if torch.cuda.is_available():
+        from .packed import bench_packed
+        out.append(("packed", bench_packed))
+    if full:
+        out.append(("orchestrator", bench_orchestrator))
+    return out
+
+
+def run_bench(args) -> int:
+    res = {k: None for k in KEYS}
+    res["device"] = device_name()
+    smoke = bool(getattr(args, "smoke", False))
+    if smoke:
+        res["_smoke"] = "tiny sizes: these numbers mean nothing"
+    for name, fn in steps(smoke, bool(getattr(args, "full", False))):
+        if not args.json:
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        res.update(fn())
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"device: {res['device']}")
+        for k in KEYS:
+            v = res[k]
+            print(f"  {k:30s} {'-' if v is None else v}")
+        for k, v in res.items():
+            if k.startswith("_"):
+                print(f"  {k[1:]}: {json.dumps(v)}")
+    return 0

@@ -1,0 +1,244 @@
+"""The Ray Tune adapter: one Tune trial per IMP lineage. The only module that imports Ray Tune.
+
+    tune_run(sweep, collector, todo, ...)   # what orchestrator/driver.py hands over
+
+The trainable is thin: Tune's config -> frozen spec -> workers.lineage.run_lineage
+(then the trial's evaluations). The callback keeps the results table current
+and prints one line per committed round.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import signal
+import socket
+import time
+from dataclasses import asdict
+
+# Tune's own progress tables would interleave with ours; one line per
+# committed round is printed by Progress instead.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from orchestrator.driver import DriverError, check_resources, n as _n  # noqa: E402
+from orchestrator.results import Collector  # noqa: E402
+from orchestrator.grid import Trial  # noqa: E402
+from workers.evaluations import run_evaluations  # noqa: E402
+from workers.lease import log as _log  # noqa: E402
+from workers.lineage import run_lineage  # noqa: E402
+from workers.methods import get_method  # noqa: E402
+from workers.spec import RunOptions, TrialSpec  # noqa: E402
+from workers.store import SweepStore  # noqa: E402
+
+
+# --- what runs inside a Tune trial -----------------------------------------
+
+def lineage_trainable(config: dict) -> None:
+    """Tune function trainable: config -> frozen spec -> pure lineage runner."""
+    config = config["trial"]
+    spec = TrialSpec.from_dict(config["spec"])
+    store = SweepStore(config["storage"], config["sweep"]).lineage(spec.trial_id)
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    gpu = config.get("gpu", 0)
+    if 0 < gpu < 1:
+        # Packed trials: cap this process's share of the GPU so neighbours
+        # on the same device cannot starve it (or be starved).
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(gpu)
+    ctx = {"node": node_label(), "gpu_ids": gpu_ids}
+    store.clear_marker("FAILED.json")
+
+    def report(metrics: dict) -> None:
+        row = {k: v for k, v in metrics.items() if k not in ("layers", "history", "trial_id")}
+        row["lth_trial_id"] = metrics["trial_id"]  # Tune owns the `trial_id` key
+        tune.report(row)
+
+    opts = RunOptions(**config["options"])
+    run_lineage(spec, store, opts, ctx, on_round=report)
+    if run_evaluations(spec, store, opts):
+        tune.report({"lth_trial_id": spec.trial_id, "evaluations": True})
+
+
+def node_label() -> str:
+    """Host name plus Ray node id: distinct even for several nodes on one host."""
+    try:
+        nid = ray.get_runtime_context().get_node_id()
+        return f"{socket.gethostname()}:{nid[:8]}"
+    except Exception:
+        return socket.gethostname()
+
+
+# --- the driver ---------------------------------------------------------------
+
+def wait_for_nodes(trials: list[Trial], where: str, wait_s: float) -> None:
+    """On a cluster, nodes may still be joining or wait for the autoscaler:
+    ask it for the largest bundle and wait up to `wait_s` for a node that
+    fits every trial, then fail as check_resources does."""
+    deadline = time.monotonic() + wait_s
+    asked = False
+    while True:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        try:
+            return check_resources(trials, nodes, where)
+        except DriverError:
+            if time.monotonic() >= deadline:
+                raise
+        if not asked:
+            asked = True
+            big = max(trials, key=lambda t: (t.resources["gpu"], t.resources["cpu"])).resources
+            try:  # a no-op on clusters without an autoscaler
+                from ray.autoscaler.sdk import request_resources
+                request_resources(bundles=[{"CPU": big["cpu"], "GPU": big["gpu"]}])
+            except Exception:
+                pass
+            _log(f"no node of {where} fits cpu={_n(big['cpu'])} gpu={_n(big['gpu'])} yet; waiting up to "
+                 f"{wait_s:.0f}s for one to join (--wait-for-nodes)")
+        time.sleep(2.0)
+
+
+def tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, max_concurrent,
+             max_failures, done_rounds, total_rounds, wait_s=0.0, timings=None) -> int:
+    """Run `todo` as Tune trials; fills `timings` (ray_start_s, tune_s); returns the exit status."""
+    timings = {} if timings is None else timings
+    t0 = time.monotonic()
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        wait_for_nodes(todo, f"the cluster at {address}", wait_s)
+    else:
+        # The dashboard is not needed and would listen on a port; if someone
+        # turns it on it must stay on loopback.
+        # address="local": always a fresh Ray of our own, never a cluster that
+        # happens to run on this machine (plain ray.init() would join it).
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 dashboard_host="127.0.0.1", log_to_driver=False, logging_level="WARNING")
+    timings["ray_start_s"] = round(time.monotonic() - t0, 3)
+    _log(f"Ray up in {timings['ray_start_s']:.1f}s: {ray.cluster_resources()}")
+    t_tune = time.monotonic()
+
+    state = Progress(sweep, collector, done_rounds, total_rounds)
+    base = {"storage": sweep.fs.uri, "sweep": sweep.sweep}
+    trainable = tune.with_resources(lineage_trainable,
+                                    lambda cfg: {"cpu": cfg["trial"]["cpu"], "gpu": cfg["trial"]["gpu"]})
+    # Methods built from another lineage (Method.parent) run
+    # after every lineage they could depend on has committed.
+    phases = [[t for t in todo if not get_method(t.spec.prune.method).parent],
+              [t for t in todo if get_method(t.spec.prune.method).parent]]
+    interrupted, errors = False, []
+    old_term = signal.getsignal(signal.SIGTERM)
+    # SIGTERM (scheduler preemption, `kill`) takes Ctrl-C's graceful path.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        for n, phase in enumerate(p for p in phases if p):
+            if n:
+                _log(f"{len(phase)} trial(s) built from finished imp lineages start now")
+            space = [{**base, "trial_id": t.trial_id, "spec": t.spec.to_dict(), "options": asdict(t.options),
+                      "cpu": t.resources["cpu"], "gpu": t.resources["gpu"]} for t in phase]
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial": tune.grid_search(space)},
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=max_concurrent, reuse_actors=True,
+                    trial_name_creator=lambda tr: tr.config["trial"]["trial_id"],
+                    trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
+                run_config=tune.RunConfig(
+                    name=f"run-{stamp}-{n}", storage_path=sweep.tune_dir,
+                    storage_filesystem=sweep.fs.fs,
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    callbacks=[state], verbose=0))
+            grid = tuner.fit()
+            errors += [r for r in grid if r.error is not None]
+            if state.interrupted:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    timings["tune_s"] = round(time.monotonic() - t_tune, 3)
+    collector.rebuild()
+    if state.interrupted or interrupted:
+        _log("stopped; committed rounds are safe. Re-run the same command to resume.")
+        return 130
+    if errors:
+        causes = sorted({_cause(r.error) for r in errors})
+        _log(f"{len(errors)} trial(s) failed after {max_failures} retries ({'; '.join(causes)[:400]}); see "
+             f"trials/<id>/FAILED.json under {sweep.fs.to_uri(sweep.dir)}. Re-running retries them.")
+        return 1
+    _log(f"sweep finished in {time.monotonic() - t0:.0f}s; rounds committed "
+         f"{state.done_rounds}/{total_rounds}")
+    return 0
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost message of a trial's error (Tune wraps the worker's)."""
+    lines = [l.strip() for l in str(err).splitlines() if l.strip()]
+    return lines[-1][:200] if lines else type(err).__name__
+
+
+def _last_line(path) -> str:
+    """The exception line of a Tune error file (its last non-blank line)."""
+    try:
+        with open(path) as f:
+            lines = [l.strip() for l in f if l.strip()]
+        return lines[-1][:500] if lines else "unknown error"
+    except (OSError, TypeError):
+        return "unknown error"
+
+
+class Progress(tune.Callback):
+    """Driver-side: keeps the results table current and prints progress."""
+
+    def __init__(self, sweep: SweepStore, collector, done_rounds: int, total_rounds: int):
+        self.sweep, self._collector = sweep, collector
+        self.done_rounds, self.total_rounds = done_rounds, total_rounds
+        self.interrupted = False
+
+    @property
+    def collector(self):
+        if self._collector is None:
+            self._collector = Collector(self.sweep)
+        return self._collector
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment state; the collector
+        # holds a lock and is rebuilt on demand.
+        return {**self.__dict__, "_collector": None}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = result.get("lth_trial_id")
+        if tid is None:
+            return
+        self._update(tid)
+        if result.get("evaluations"):
+            _log(f"{tid}: evaluations written")
+            return
+        self.done_rounds += 1
+        acc = lambda k: f"{result[k]:.3f}" if isinstance(result.get(k), (int, float)) else "-"
+        _log(f"{tid} round {result['round']}: density {result['density']:.3f} val {acc('val_acc')} "
+             f"test {acc('test_acc')} ({result['wall_s']:.1f}s, gpu [{result.get('gpu_ids', '')}]) "
+             f"| rounds {self.done_rounds}/{self.total_rounds}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        tid = trial.config["trial"]["trial_id"]
+        err = getattr(trial, "error_file", None)
+        cause = _last_line(err)
+        try:
+            self.sweep.lineage(tid).write_marker("FAILED.json", {
+                "time": time.time(), "error": cause, "error_file": err, "tune_trial": str(trial)})
+        except OSError:
+            pass  # storage itself is failing; the line below still tells the user
+        _log(f"{tid} FAILED after retries: {cause} (details: {err})")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._update(trial.config["trial"]["trial_id"])
+
+    def _update(self, tid: str) -> None:
+        # The table is derived and rebuilt at the end of the run: a failed
+        # write here (storage full, a flaky S3 call) must not stop the sweep.
+        try:
+            self.collector.update([tid])
+        except Exception as e:
+            _log(f"warning: results table not updated for {tid} ({type(e).__name__}: {e}); "
+                 "it is rebuilt from the manifests at the end of the run")

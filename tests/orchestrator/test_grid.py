@@ -1,0 +1,64 @@
+"""Grid expansion: trial counts, ids, resources per data size, plan's JSON contract."""
+import json
+
+from orchestrator.cli import main
+from orchestrator.config import load_config
+from orchestrator.grid import expand
+
+BASE = "experiments:\n  x:\n    datasets: [digits]\n    fractions: [0.1]\n    augmentations: [none]\n"
+
+
+def run_main(capsys, argv):
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_plan_json_contract(tmp_path, capsys, tiny_yaml):
+    rc, out, _ = run_main(capsys, ["plan", "-c", str(tiny_yaml), "-e", "tiny", "--json"])
+    assert rc == 0
+    o = json.loads(out)
+    assert o["experiment"] == "tiny" and o["count"] == 4 == len(o["trials"])
+    t = o["trials"][0]
+    assert {"trial_id", "dataset", "fraction", "augmentation", "method", "arch", "seed", "resources"} <= set(t)
+    assert t["resources"] == {"cpu": 1.0, "gpu": 0.0}
+    assert len({t["trial_id"] for t in o["trials"]}) == 4
+
+
+def test_resources_per_fraction_pack_small_trials(tmp_path, capsys):
+    """resources.by_fraction: four 1% trials per GPU, two 2% trials, whole GPUs
+    for the rest; ids do not depend on resources."""
+    p = tmp_path / "e.yaml"
+    p.write_text(BASE.replace("[0.1]", "[0.01, 0.02, 0.1]")
+                 + "    resources: {gpu: 1, cpu: 4, by_fraction: {0.01: {gpu: 0.25, cpu: 1}, 0.02: {gpu: 0.5}}}\n")
+    rc, out, _ = run_main(capsys, ["plan", "-c", str(p), "-e", "x", "--json"])
+    assert rc == 0
+    res = {t["fraction"]: t["resources"] for t in json.loads(out)["trials"]}
+    assert res == {0.01: {"cpu": 1.0, "gpu": 0.25}, 0.02: {"cpu": 4.0, "gpu": 0.5}, 0.1: {"cpu": 4.0, "gpu": 1.0}}
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(BASE.replace("[0.1]", "[0.01, 0.02, 0.1]"))
+    ids = [t.trial_id for t in expand(load_config(str(p))["experiments"]["x"])]
+    assert ids == [t.trial_id for t in expand(load_config(str(plain))["experiments"]["x"])]
+
+
+def test_grid_count_is_product_and_ids_stable(tmp_path):
+    p = tmp_path / "e.yaml"
+    p.write_text(BASE.replace("[digits]", "[digits, cifar10]").replace("[0.1]", "[0.1, 0.2, 0.3]")
+                 + "    seeds: [0, 1]\n    methods: [imp, random_prune]\n")
+    trials = expand(load_config(str(p))["experiments"]["x"])
+    assert len(trials) == 2 * 3 * 1 * 2 * 2
+    assert len({t.trial_id for t in trials}) == len(trials)
+    again = expand(load_config(str(p))["experiments"]["x"])
+    assert [t.trial_id for t in trials] == [t.trial_id for t in again]
+
+
+def test_every_shipped_experiment_plans_with_the_product_of_its_axes(capsys):
+    import math
+    cfg = load_config("experiments.yaml")
+    axes = ["datasets", "imbalances", "fractions", "augmentations", "methods", "archs", "seeds"]
+    for name, exp in cfg["experiments"].items():
+        rc, out, err = run_main(capsys, ["plan", "-e", name, "--json"])
+        assert rc == 0, (name, err)
+        sizes = len(exp.get("fractions", [])) + len(exp.get("images_per_class", []))
+        want = sizes * math.prod(len(exp[a]) for a in axes if a in exp and a != "fractions")
+        assert json.loads(out)["count"] == want, name

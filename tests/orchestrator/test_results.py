@@ -1,0 +1,184 @@
+"""The results table: Parquet shards derived from the manifests, kept current, rebuilt, queried with SQL."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator import results as R
+from tests.orchestrator.helpers import commit, shard_files, spec_dict
+
+
+def test_rows_one_per_round_and_columns(store):
+    for k in range(3):
+        commit(store, "ab00000000000001", k)
+    commit(store, "cd00000000000002", 0, spec=spec_dict(fraction=None, ipc=10))
+    R.Collector(store).rebuild()
+    df = R.load_results(store)
+    assert list(df.columns) == R.RESULTS_SCHEMA.names
+    assert len(df) == 4 and not df.duplicated(["trial_id", "round"]).any()
+    row = df[(df.trial_id == "ab00000000000001") & (df["round"] == 2)].iloc[0]
+    assert row.density == pytest.approx(0.64) and row.dataset == "cifar10" and row.seed == 0
+    assert row.finished_at == pd.Timestamp("2024-05-01T10:00:10Z")
+    ipc = df[df.trial_id == "cd00000000000002"].iloc[0]
+    assert pd.isna(ipc.fraction) and ipc.images_per_class == 10
+    assert str(df.images_per_class.dtype) == "Int64"  # not float64 because of the nulls
+    assert shard_files(store) == ["part-ab.parquet", "part-cd.parquet"]
+    layers = R.load_layers(store)
+    assert len(layers) == 8 and set(layers.columns) >= {"trial_id", "round", "layer", "density", "numel"}
+
+
+def test_update_and_rebuild_are_idempotent_and_see_new_rounds(store):
+    tid = "ab00000000000001"
+    commit(store, tid, 0)
+    commit(store, "ab00000000000002", 0)
+    c = R.Collector(store)
+    c.update([tid])
+    c.update([tid])
+    assert len(R.load_results(store)) == 1  # the other trial is not known to the table yet
+    c.rebuild()
+    c.rebuild()
+    c.update([tid, tid])
+    df = R.load_results(store)
+    assert len(df) == 2 and not df.duplicated(["trial_id", "round"]).any()
+    commit(store, tid, 1)
+    c.update([tid])
+    df = R.load_results(store)
+    assert sorted(df[df.trial_id == tid]["round"]) == [0, 1] and len(df) == 3
+    assert len(R.load_layers(store)) == 6
+
+
+def test_rebuild_removes_shards_without_rows(store):
+    commit(store, "ab00000000000001", 0)
+    c = R.Collector(store)
+    c.rebuild()
+    stray = store.path("results", "part-ff.parquet")
+    os.replace(store.path("results", "part-ab.parquet"), stray)
+    c.rebuild()
+    assert shard_files(store) == ["part-ab.parquet"] and len(R.load_results(store)) == 1
+
+
+def test_readers_read_the_folder_and_survive_a_killed_write(store, monkeypatch):
+    import workers.store as S
+
+    tid = "ab00000000000001"
+    commit(store, tid, 0)
+    c = R.Collector(store)
+    c.update([tid])
+    commit(store, tid, 1)
+
+    # Kill the next shard write after its temporary file is complete but
+    # before the rename: the temporary file stays, under FS.write's own name.
+    class Killed(BaseException):
+        pass
+
+    def killed_replace(src, dst):
+        raise Killed()
+    monkeypatch.setattr(S.os, "replace", killed_replace)
+    monkeypatch.setattr(S.os, "unlink", lambda p: None)
+    with pytest.raises(Killed):
+        c.update([tid])
+    monkeypatch.undo()
+    assert any(".tmp-" in n for n in os.listdir(store.results_dir))
+
+    assert len(pd.read_parquet(store.results_dir)) == 1  # the old shard, untouched
+    assert pads.dataset(store.results_dir).to_table().num_rows == 1
+    assert len(R.load_results(store)) == 1
+    c.update([tid])
+    assert len(pd.read_parquet(store.results_dir)) == 2
+    c.rebuild()  # also sweeps the leftover away
+    assert not any(".tmp-" in n for n in os.listdir(store.results_dir))
+
+
+def test_newer_schema_version_is_refused(store):
+    commit(store, "ab00000000000001", 0)
+    R.Collector(store).rebuild()
+    path = store.path("results", "part-ab.parquet")
+    table = pq.read_table(path)
+    meta = {**table.schema.metadata, b"lth_sweep.schema_version": b"99"}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    with pytest.raises(R.ResultsError, match="version 99"):
+        R.load_results(store)
+    with pytest.raises(R.ResultsError):  # nor rewritten (downgraded) by an update
+        R.Collector(store).update(["ab00000000000001"])
+
+
+@pytest.mark.parametrize("content", ["foreign", "corrupt", "empty"])
+def test_foreign_or_corrupt_file_is_named(store, content):
+    commit(store, "ab00000000000001", 0)
+    R.Collector(store).rebuild()
+    path = store.path("results", "zz.parquet")
+    if content == "foreign":
+        pq.write_table(pa.table({"x": [1]}), path)
+    elif content == "empty":
+        open(path, "wb").close()
+    else:
+        open(path, "wb").write(b"PAR1 not really")
+    with pytest.raises(R.ResultsError, match=r"results/zz\.parquet") as e:
+        R.load_results(store)
+    assert "\n" not in str(e.value)
+
+
+def test_a_corrupt_shard_is_rebuilt_by_update(store):
+    commit(store, "ab00000000000001", 0)
+    commit(store, "ab00000000000002", 0)
+    R.Collector(store).rebuild()
+    open(store.path("results", "part-ab.parquet"), "wb").write(b"torn")
+    R.Collector(store).update(["ab00000000000001"])
+    assert len(R.load_results(store)) == 2
+
+
+def test_concurrent_updates_sharing_a_shard_lose_no_rows(store):
+    tids = [f"ab{i:014d}" for i in range(12)]
+    for t in tids:
+        commit(store, t, 0)
+        commit(store, t, 1)
+    c = R.Collector(store)
+    threads = [threading.Thread(target=c.update, args=([t],)) for t in tids]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    df = R.load_results(store)
+    assert len(df) == 24 and set(df.trial_id) == set(tids)
+    assert list(zip(df.trial_id, df["round"])) == sorted(zip(df.trial_id, df["round"]))
+
+
+def test_run_sql_both_views_and_errors(store):
+    for k in range(2):
+        commit(store, "ab00000000000001", k)
+    R.Collector(store).rebuild()
+    out = R.run_sql(store, "SELECT count(*) AS n, max(density) AS d FROM results")
+    assert out.n[0] == 2 and out.d[0] == 1.0
+    out = R.run_sql(store, "SELECT r.round, sum(l.numel) AS numel FROM results r "
+                           "JOIN layers l USING (trial_id, round) GROUP BY r.round ORDER BY 1")
+    assert list(out.numel) == [1728 + 36864] * 2
+    with pytest.raises(R.ResultsError, match="nope") as e:
+        R.run_sql(store, "SELECT nope FROM results")
+    assert "\n" not in str(e.value)
+    with pytest.raises(R.ResultsError):
+        R.run_sql(store, "SELEC 1")
+
+
+def test_empty_table_and_formats(store):
+    df = R.load_results(store)
+    assert list(df.columns) == R.RESULTS_SCHEMA.names and len(df) == 0
+    assert json.loads(R.format_frame(df, "json")) == []
+    commit(store, "ab00000000000001", 0, images_per_s=None)
+    R.Collector(store).rebuild()
+    rows = json.loads(R.format_frame(R.load_results(store), "json"))
+    assert isinstance(rows, list) and isinstance(rows[0], dict)
+    assert rows[0]["images_per_s"] is None and rows[0]["images_per_class"] is None
+    assert rows[0]["started_at"].startswith("2024-05-01T10:00:00")
+    assert rows[0]["seed"] == 0 and isinstance(rows[0]["epochs"], int)
+    small = pd.DataFrame({"name": ["a", "bb"], "x": [0.123456, float("nan")]})
+    text = R.format_frame(small, "table").splitlines()
+    assert "0.1235" in text[2] and len({len(l) for l in text[:3]}) == 1
+    assert R.format_frame(small, "csv").splitlines()[0] == "name,x"
+    assert json.loads(R.format_frame(small, "json"))[1] == {"name": "bb", "x": None}

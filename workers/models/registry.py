@@ -1,0 +1,44 @@
+"""The architecture registry: one `Arch` entry per file, all it takes to add one.
+
+An entry carries what the rest of the engine needs to know about an
+architecture: how to build it, which conv variants it supports, and how its
+state dict lines up with torchvision's ImageNet checkpoint (for
+`model.init: imagenet`, workers/models/inits.py).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    # f(*, num_classes, in_channels, image_size, width, variant) -> nn.Module with a Linear `fc`
+    build: Callable[..., nn.Module]
+    variants: tuple[str, ...]
+    # The stem conv's weight: left at its random init when its shape differs from the
+    # checkpoint's (other input channels, a small-image stem).
+    stem_key: str
+    imagenet_file: str  # torchvision's ImageNet-1k checkpoint file name
+    # (regex, replacement) pairs mapping this project's state-dict keys to torchvision's.
+    renames: tuple[tuple[str, str], ...] = ()
+    # torchvision's convs have biases this model lacks (a BN follows): fold them into
+    # the BN's running mean, exactly.
+    fold_conv_bias: bool = False
+
+    def torchvision_key(self, key: str) -> str:
+        for pattern, repl in self.renames:
+            key = re.sub(pattern, repl, key)
+        return key
+
+
+ARCHS: dict[str, Arch] = {}
+
+
+def register(arch: Arch) -> Arch:
+    ARCHS[arch.name] = arch
+    return arch

@@ -1,0 +1,160 @@
+"""One round of one lineage, from its start to its commit.
+
+    run = RoundRun(ctx, k, start)            # resumes from the round's mid-round checkpoint
+    for epoch in range(run.epoch, epochs):
+        run.after_epoch(epoch, run.trainer.train_epoch(k, epoch))
+    metrics = run.commit()                    # evaluate, write the files, manifest last
+
+`train_round` is that loop for a lone lineage; workers/fused.py advances the
+RoundRuns of several lineages together and calls the same `after_epoch` and
+`commit`, so a fused member writes exactly what a solo one does.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import time
+from typing import Optional
+
+from safetensors.torch import load as st_load
+
+from workers import pruning as P
+from workers.methods import RoundStart
+from workers.train import Trainer, model_state, save_tensors
+
+log = logging.getLogger("lth_sweep.round")
+
+HEARTBEAT_S = 30.0
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class RoundRun:
+    """The training state of round k of one lineage (ctx: a LineageContext)."""
+
+    def __init__(self, ctx, k: int, start: RoundStart):
+        self.ctx, self.k, self.start = ctx, k, start
+        self.trainer = Trainer(ctx.spec, ctx.prep, start.model, start.masks, ctx.opts)
+        self.rewind = start.rewind
+        self.epoch = start.first_epoch  # the next epoch to train
+        self.history: list[dict] = []
+        self.wall_prev, self.started_at = 0.0, now()
+        partial = ctx.store.load_partial(k)
+        if partial is not None:
+            epoch, files, meta = partial
+            start.model.load_state_dict(st_load(files["model.safetensors"]))
+            self.trainer.load_momentum(st_load(files["momentum.safetensors"]))
+            if "rewind.safetensors" in files:
+                self.rewind = st_load(files["rewind.safetensors"])
+            self.epoch, self.history = epoch, meta["history"]
+            self.wall_prev, self.started_at = meta["wall_s"], meta["started_at"]
+            log.info("trial %s round %d: resuming at epoch %d", ctx.store.trial_id, k, epoch)
+        self.trainer.masker.apply()  # the rewound/pruned weights start exactly masked
+        self.t0 = time.perf_counter()
+        self.images = 0
+        self.last_ckpt, self.last_beat = time.monotonic(), 0.0
+
+    def after_epoch(self, epoch: int, ep: dict) -> None:
+        """Book-keeping after `epoch` trained (ep: Trainer.train_epoch's result):
+        history, mid-round evaluation, the rewind state, checkpoint, heartbeat."""
+        ctx, t, opts = self.ctx, self.ctx.spec.train, self.ctx.opts
+        self.images += ep["images"]
+        row = {"epoch": epoch + 1, "train_loss": ep["loss"], "train_acc_running": ep["acc"],
+               "lr": self.trainer.lr_at(epoch)}
+        if opts.eval_every and (epoch + 1) % opts.eval_every == 0 and epoch + 1 < t.epochs:
+            row.update(self.trainer.evaluate(("val", "test"), keep=False))
+        self.history.append(row)
+        self.epoch = epoch + 1
+        if self.k == 0 and self.epoch == ctx.spec.prune.rewind_epoch:
+            self.rewind = model_state(self.start.model)
+        now_s = time.monotonic()
+        if self.epoch < t.epochs and (
+                (opts.checkpoint_every and self.epoch % opts.checkpoint_every == 0)
+                or (opts.checkpoint_interval_s and now_s - self.last_ckpt >= opts.checkpoint_interval_s)):
+            self.checkpoint()
+            self.last_ckpt = now_s
+        if now_s - self.last_beat >= HEARTBEAT_S:
+            ctx.store.heartbeat({"round": self.k, "epoch": self.epoch, "epochs": t.epochs, **ctx.context})
+            self.last_beat = now_s
+
+    def checkpoint(self) -> None:
+        files = {"model.safetensors": save_tensors(model_state(self.start.model)),
+                 "momentum.safetensors": save_tensors(self.trainer.momentum_state())}
+        if self.k == 0 and self.rewind is not None:
+            files["rewind.safetensors"] = save_tensors(self.rewind)
+        self.ctx.store.check_owner(self.ctx.token)
+        self.ctx.store.save_partial(self.k, self.epoch, files, {
+            "history": self.history, "started_at": self.started_at,
+            "wall_s": self.wall_prev + time.perf_counter() - self.t0})
+
+    def commit(self, extra: Optional[dict] = None) -> dict:
+        """Evaluate the trained round and commit it; returns its metrics."""
+        ctx, k, start = self.ctx, self.k, self.start
+        train_s = time.perf_counter() - self.t0
+        if k == 0 and self.rewind is None:  # rewind_epoch >= epochs (older specs): the end state
+            self.rewind = model_state(start.model)
+        accs = self.trainer.evaluate(("train", "val", "test"), keep=True)
+        wall_s = self.wall_prev + time.perf_counter() - self.t0
+        metrics = {
+            "trial_id": ctx.store.trial_id,
+            "round": k,
+            "density": P.density(start.masks),
+            **accs,
+            "val_per_class": ctx.prep.val_per_class,
+            "epochs": ctx.spec.train.epochs - start.first_epoch,
+            "wall_s": wall_s,
+            "images_per_s": self.images / train_s if train_s > 0 else None,
+            "node": ctx.context["node"],
+            "gpu_ids": ",".join(str(g) for g in ctx.context["gpu_ids"]),
+            "device": str(ctx.prep.device),
+            "started_at": self.started_at,
+            "finished_at": now(),
+            "checkpoint_uri": ctx.store.round_uri(k),
+            "layers": P.layer_densities(start.masks),
+            "history": self.history,
+            **start.extra,
+            **(extra or {}),
+        }
+        files = {"weights.safetensors": save_tensors(model_state(start.model)),
+                 "mask.safetensors": save_tensors(P.pack_masks(start.masks))}
+        if k == 0:
+            files["rewind.safetensors"] = save_tensors(self.rewind)
+        files["metrics.json"] = json.dumps(metrics, sort_keys=True, indent=1).encode()
+        ctx.store.check_owner(ctx.token)
+        ctx.store.commit_round(k, files, metrics, ctx.spec.to_dict())
+        ctx.store.clear_partial(k)
+        log.info("trial %s round %d: density %.4f val %s test %.4f (%.1fs)", ctx.store.trial_id, k,
+                 metrics["density"], "-" if accs["val_acc"] is None else f"{accs['val_acc']:.4f}",
+                 accs["test_acc"], wall_s)
+        return metrics
+
+
+def train_round(ctx, k: int, start: RoundStart) -> dict:
+    """Train round k of a lone lineage and commit it."""
+    run = RoundRun(ctx, k, start)
+    for epoch in range(run.epoch, ctx.spec.train.epochs):
+        run.after_epoch(epoch, run.trainer.train_epoch(k, epoch))
+    return run.commit()
+
+
+def copy_round(ctx, k: int, start: RoundStart) -> dict:
+    """Commit round k of another lineage (`start.copy_from`) as this one's:
+    its verified files, nothing retrained, so resume and the tables treat it as ours."""
+    source = start.copy_from
+    files = source.load_round(k, [n for n in ("weights.safetensors", "mask.safetensors", "rewind.safetensors")
+                                  if k == 0 or n != "rewind.safetensors"])
+    metrics = dict(source.read_manifest(k)["metrics"])
+    metrics.update(trial_id=ctx.store.trial_id, checkpoint_uri=ctx.store.round_uri(k), copied_from=source.trial_id)
+    files["metrics.json"] = json.dumps(metrics, sort_keys=True, indent=1).encode()
+    ctx.store.check_owner(ctx.token)
+    ctx.store.commit_round(k, files, metrics, ctx.spec.to_dict())
+    return metrics
+
+
+def run_round(ctx, k: int) -> dict:
+    """Start round k the trial's method's way, then train or copy it, and commit."""
+    start = ctx.method.start_round(k, ctx)
+    return copy_round(ctx, k, start) if start.copy_from is not None else train_round(ctx, k, start)
