@@ -49,6 +49,9 @@ def steps(smoke: bool, full: bool) -> list:
                ("query", lambda: {"query_1m_s": bench_query()}),
                ("augment", bench_augment),
                ("reference", lambda: bench_reference(width))]
+    from .fused import bench_fused
+    ks = (4, 8, 16) if torch.cuda.is_available() else (4, 8)
+    out.append(("fused", lambda: bench_fused(ks=ks, smoke=smoke)))
     if torch.cuda.is_available():
         from .packed import bench_packed
         out.append(("packed", bench_packed))

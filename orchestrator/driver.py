@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from orchestrator.grid import Trial
+from orchestrator.grid import Trial, Unit, units
 from orchestrator.results import Collector
 from workers import preflight
 from workers.evaluations import pending
@@ -30,16 +30,16 @@ class DriverError(Exception):
     """A user-facing problem detected before any trial starts."""
 
 
-def check_resources(trials: list[Trial], nodes: list[dict], where: str) -> None:
-    """A trial that no node can ever hold is an error now, not a sweep that
-    stays pending forever."""
-    for t in trials:
+def check_resources(todo: list[Unit], nodes: list[dict], where: str) -> None:
+    """A Tune trial (a lineage or a fused group) that no node can ever hold is
+    an error now, not a sweep that stays pending forever."""
+    for t in todo:
         need_cpu, need_gpu = t.resources["cpu"], t.resources["gpu"]
         if not any(n.get("CPU", 0) >= need_cpu and n.get("GPU", 0) >= need_gpu for n in nodes):
             best_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
             best_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
             raise DriverError(
-                f"trial {t.trial_id} asks for cpu={n(need_cpu)} gpu={n(need_gpu)} but the largest node "
+                f"trial {t.unit_id} asks for cpu={n(need_cpu)} gpu={n(need_gpu)} but the largest node "
                 f"of {where} has cpu={n(best_cpu)} gpu={n(best_gpu)}; change `resources:` in the "
                 f"experiment or pass --num-cpus/--num-gpus")
 
@@ -54,27 +54,34 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
               max_failures: int = 2, wait_s: float = 0.0) -> int:
     """Run (or resume) a sweep. Returns the process exit status."""
     sweep = SweepStore(storage, sweep_name)
+    # Grouped from every trial of the experiment, finished or not: the same
+    # experiment always fuses the same lineages together (workers/group.py).
+    plan = units(trials)
     if address is None:
         cpus = num_cpus if num_cpus is not None else os.cpu_count() or 1
         gpus = num_gpus if num_gpus is not None else torch.cuda.device_count()
-        check_resources(trials, [{"CPU": cpus, "GPU": gpus}], "the local Ray")
+        check_resources(plan, [{"CPU": cpus, "GPU": gpus}], "the local Ray")
         preflight.check([(t.spec, t.options) for t in trials])
 
     with SweepLock(sweep):
+        group_of = {t.trial_id: u.unit_id for u in plan if len(u.trials) > 1 for t in u.trials}
         sweep.write_json(sweep.PLAN, {
             "sweep": sweep_name, "experiment": experiment,
-            "trials": {t.trial_id: {"rounds": t.spec.num_rounds, **t.row()} for t in trials}})
+            "trials": {t.trial_id: {"rounds": t.spec.num_rounds, **t.row(), "fused_group": group_of.get(t.trial_id)}
+                       for t in trials}})
         collector = Collector(sweep)
         collector.rebuild()
-        todo, done_rounds = [], 0
+        unfinished, done_rounds = set(), 0
         for t in trials:
             k = sweep.lineage(t.trial_id).committed_prefix()
             done_rounds += min(k, t.spec.num_rounds)
             if k < t.spec.num_rounds or pending(t.spec, sweep.lineage(t.trial_id), t.options):
-                todo.append(t)
+                unfinished.add(t.trial_id)
+        todo = [u for u in plan if any(t.trial_id in unfinished for t in u.trials)]
         total_rounds = sum(t.spec.num_rounds for t in trials)
         log(f"sweep {sweep_name!r} ({experiment}) at {sweep.fs.to_uri(sweep.dir)}: {len(trials)} trials, "
-            f"{len(trials) - len(todo)} already done; rounds committed {done_rounds}/{total_rounds}")
+            f"{len(trials) - len(unfinished)} already done; rounds committed {done_rounds}/{total_rounds}"
+            + (f"; {len(group_of)} lineages fused in {len(set(group_of.values()))} groups" if group_of else ""))
         if not todo:
             log("nothing to do")
             return 0

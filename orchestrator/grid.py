@@ -10,9 +10,11 @@ the spec reads.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from dataclasses import dataclass
 
+from workers.group import fuse_key
 from workers.spec import (DataSpec, EvalSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec, field_value,
                           spec_fields)
 
@@ -109,6 +111,54 @@ def expand(exp: dict) -> list[Trial]:
         spec = TrialSpec(**{part: cls(**kw[part]) for part, cls in _PARTS.items()}, seed=seed)
         trials.append(Trial(spec, resources, opts))
     return trials
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one Tune trial runs: one lineage, or several fused (workers/group.py)."""
+    trials: tuple
+
+    @property
+    def unit_id(self) -> str:
+        if len(self.trials) == 1:
+            return self.trials[0].trial_id
+        digest = hashlib.sha256(",".join(sorted(t.trial_id for t in self.trials)).encode()).hexdigest()
+        return f"fused-{digest[:12]}"
+
+    @property
+    def resources(self) -> dict:
+        """A fused group is one process on one device: the largest CPU ask, and
+        the members' GPU shares summed up to one GPU."""
+        gpu = sum(t.resources["gpu"] for t in self.trials)
+        return {"cpu": max(t.resources["cpu"] for t in self.trials), "gpu": min(1.0, gpu) if gpu else 0.0}
+
+
+def fuse_size(trial: Trial) -> int:
+    """`runtime.fuse`, or by device: 8 lineages per GPU program, none fused on CPU."""
+    if trial.options.fuse is not None:
+        return trial.options.fuse
+    return 8 if trial.resources["gpu"] > 0 else 1
+
+
+def units(trials: list[Trial]) -> list[Unit]:
+    """The trials as Tune trials: same-shape lineages (workers/group.py
+    `fuse_key`, same options and resources) in groups of at most `fuse_size`,
+    members in trial-id order, so the same experiment always makes the same
+    groups; every other trial alone. In plan order of each unit's first trial."""
+    buckets: dict = {}
+    for t in trials:
+        key = fuse_key(t.spec) if fuse_size(t) > 1 else None
+        if key is None:
+            buckets[("solo", t.trial_id)] = [t]
+        else:
+            buckets.setdefault((key, fuse_size(t), t.options, tuple(sorted(t.resources.items()))), []).append(t)
+    out = []
+    for members in buckets.values():
+        members = sorted(members, key=lambda t: t.trial_id)
+        k = fuse_size(members[0])
+        out += [Unit(tuple(members[i:i + k])) for i in range(0, len(members), k)]
+    order = {t.trial_id: i for i, t in enumerate(trials)}
+    return sorted(out, key=lambda u: min(order[t.trial_id] for t in u.trials))
 
 
 def cost_estimate(trials: list[Trial]) -> dict:

@@ -91,7 +91,8 @@ def winning_tickets(frame: Frame, select: str = S.DEFAULT_SELECTION) -> pd.DataF
     return out
 
 
-def t_interval(mean: float, sd: float, n: int, confidence: float = CONFIDENCE) -> tuple[Optional[float], Optional[float]]:
+def t_interval(mean: float, sd: float, n: int,
+               confidence: float = CONFIDENCE) -> tuple[Optional[float], Optional[float]]:
     """Two-sided t interval of a mean of n paired differences; (None, None) for n < 2."""
     if n is None or n < 2 or mean is None or sd is None or pd.isna(mean) or pd.isna(sd):
         return None, None
@@ -225,5 +226,5 @@ def notes(table: pd.DataFrame, select: str) -> list[str]:
     return out
 
 
-__all__ = ["CONFIDENCE", "FIXED", "cell_columns", "cell_without", "with_cells", "compare", "notes", "protocol_line", "protocols",
-           "t_interval", "winning_tickets"]
+__all__ = ["CONFIDENCE", "FIXED", "cell_columns", "cell_without", "compare", "notes", "protocol_line", "protocols",
+           "t_interval", "winning_tickets", "with_cells"]

@@ -2,9 +2,12 @@
 
     tune_run(sweep, collector, todo, ...)   # what orchestrator/driver.py hands over
 
-The trainable is thin: Tune's config -> frozen spec -> workers.lineage.run_lineage
-(then the trial's evaluations). The callback keeps the results table current
-and prints one line per committed round.
+One Tune trial per unit (orchestrator/grid.py `units`): a lineage, or a group of
+same-shape lineages fused into one program (workers/group.py). The trainable is
+thin: Tune's config -> frozen specs -> run_lineage / run_group (then each
+lineage's evaluations). The searcher (`Units`) releases a unit as soon as the
+lineages it is built from have finished. The callback keeps the results table
+current and prints one line per committed round.
 """
 from __future__ import annotations
 
@@ -20,26 +23,28 @@ from dataclasses import asdict
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
 
 from orchestrator.driver import DriverError, check_resources, n as _n  # noqa: E402
 from orchestrator.results import Collector  # noqa: E402
-from orchestrator.grid import Trial  # noqa: E402
+from orchestrator.grid import Unit  # noqa: E402
 from workers.evaluations import run_evaluations  # noqa: E402
 from workers.lease import log as _log  # noqa: E402
+from workers.group import run_group  # noqa: E402
 from workers.lineage import run_lineage  # noqa: E402
-from workers.methods import get_method  # noqa: E402
+from workers.methods import get_method, parent_spec  # noqa: E402
 from workers.spec import RunOptions, TrialSpec  # noqa: E402
 from workers.store import SweepStore  # noqa: E402
 
 
 # --- what runs inside a Tune trial -----------------------------------------
 
-def lineage_trainable(config: dict) -> None:
-    """Tune function trainable: config -> frozen spec -> pure lineage runner."""
+def unit_trainable(config: dict) -> None:
+    """Tune function trainable: config -> frozen specs -> pure lineage runner
+    (one lineage, or a fused group of them), then each lineage's evaluations."""
     config = config["trial"]
-    spec = TrialSpec.from_dict(config["spec"])
-    store = SweepStore(config["storage"], config["sweep"]).lineage(spec.trial_id)
-    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    sweep = SweepStore(config["storage"], config["sweep"])
+    members = [(TrialSpec.from_dict(m), sweep.lineage(tid)) for tid, m in config["members"].items()]
     gpu = config.get("gpu", 0)
     if 0 < gpu < 1:
         # Packed trials: cap this process's share of the GPU so neighbours
@@ -47,8 +52,9 @@ def lineage_trainable(config: dict) -> None:
         import torch
         if torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(gpu)
-    ctx = {"node": node_label(), "gpu_ids": gpu_ids}
-    store.clear_marker("FAILED.json")
+    ctx = {"node": node_label(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    for _, store in members:
+        store.clear_marker("FAILED.json")
 
     def report(metrics: dict) -> None:
         row = {k: v for k, v in metrics.items() if k not in ("layers", "history", "trial_id")}
@@ -56,9 +62,13 @@ def lineage_trainable(config: dict) -> None:
         tune.report(row)
 
     opts = RunOptions(**config["options"])
-    run_lineage(spec, store, opts, ctx, on_round=report)
-    if run_evaluations(spec, store, opts):
-        tune.report({"lth_trial_id": spec.trial_id, "evaluations": True})
+    if len(members) == 1:
+        run_lineage(*members[0], opts, ctx, on_round=report)
+    else:
+        run_group(members, opts, ctx, on_round=report)
+    for spec, store in members:
+        if run_evaluations(spec, store, opts):
+            tune.report({"lth_trial_id": spec.trial_id, "evaluations": True})
 
 
 def node_label() -> str:
@@ -72,7 +82,7 @@ def node_label() -> str:
 
 # --- the driver ---------------------------------------------------------------
 
-def wait_for_nodes(trials: list[Trial], where: str, wait_s: float) -> None:
+def wait_for_nodes(trials: list[Unit], where: str, wait_s: float) -> None:
     """On a cluster, nodes may still be joining or wait for the autoscaler:
     ask it for the largest bundle and wait up to `wait_s` for a node that
     fits every trial, then fail as check_resources does."""
@@ -98,9 +108,83 @@ def wait_for_nodes(trials: list[Trial], where: str, wait_s: float) -> None:
         time.sleep(2.0)
 
 
-def tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, max_concurrent,
+class Units(Searcher):
+    """Hands Tune the sweep's units (a lineage, or a fused group), each as soon
+    as the lineages it is built from (Method.parent) have finished: one Tune
+    run, no barrier between phases, no polling of storage. A unit whose parent
+    failed is not started: its lineages get a FAILED marker naming the parent."""
+
+    def __init__(self, sweep: SweepStore, configs: list[dict], deps: dict[int, set[int]]):
+        super().__init__(metric=None, mode=None)
+        self.sweep, self.configs, self.deps = sweep, configs, deps
+        self.pending = list(range(len(configs)))
+        self.done: set[int] = set()
+        self.failed: set[int] = set()
+        self.dropped: list[int] = []
+        self.started: dict[str, int] = {}
+
+    def suggest(self, trial_id: str):
+        for i in list(self.pending):
+            bad = self.deps.get(i, set()) & self.failed
+            if bad:
+                self.pending.remove(i)
+                self.failed.add(i)
+                self.dropped.append(i)
+                self._mark_dependent_failed(i, next(iter(sorted(bad))))
+        # Units whose parents just finished go first: their GPUs were waiting for them.
+        ready = [i for i in self.pending if self.deps.get(i, set()) <= self.done]
+        ready.sort(key=lambda i: (not self.deps.get(i), i))
+        if not ready:
+            return Searcher.FINISHED if not self.pending else None
+        i = ready[0]
+        self.pending.remove(i)
+        self.started[trial_id] = i
+        if self.deps.get(i):
+            _log(f"{self.configs[i]['trial_id']} starts: what it is built from has finished")
+        return {"trial": self.configs[i]}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: a new run derives what is left from storage."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        i = self.started.get(trial_id)
+        if i is not None:
+            (self.failed if error else self.done).add(i)
+
+    def _mark_dependent_failed(self, i: int, parent: int) -> None:
+        pid = self.configs[parent]["trial_id"]
+        marker = self.sweep.lineage(pid).read_marker("FAILED.json") if pid in self.configs[parent]["members"] else None
+        cause = (marker or {}).get("error", "see its FAILED.json")
+        for tid in self.configs[i]["members"]:
+            try:
+                self.sweep.lineage(tid).write_marker("FAILED.json", {
+                    "time": time.time(), "error": f"not started: built from lineage {pid}, which failed ({cause})",
+                    "parent": pid})
+            except OSError:
+                pass
+        _log(f"{self.configs[i]['trial_id']} FAILED: built from lineage {pid}, which failed ({cause})")
+
+
+def _dependencies(todo: list[Unit]) -> dict[int, set[int]]:
+    """{unit index: indices of the units holding the lineages its lineages are built from}."""
+    where = {t.trial_id: i for i, u in enumerate(todo) for t in u.trials}
+    deps: dict[int, set[int]] = {}
+    for i, u in enumerate(todo):
+        for t in u.trials:
+            if get_method(t.spec.prune.method).parent:
+                pid = parent_spec(t.spec).trial_id
+                if pid in where and where[pid] != i:
+                    deps.setdefault(i, set()).add(where[pid])
+    return deps
+
+
+def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, num_gpus, max_concurrent,
              max_failures, done_rounds, total_rounds, wait_s=0.0, timings=None) -> int:
-    """Run `todo` as Tune trials; fills `timings` (ray_start_s, tune_s); returns the exit status."""
+    """Run the units `todo` as Tune trials; fills `timings` (ray_start_s, tune_s);
+    returns the exit status."""
     timings = {} if timings is None else timings
     t0 = time.monotonic()
     if address:
@@ -119,39 +203,34 @@ def tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, ma
 
     state = Progress(sweep, collector, done_rounds, total_rounds)
     base = {"storage": sweep.fs.uri, "sweep": sweep.sweep}
-    trainable = tune.with_resources(lineage_trainable,
+    configs = [{**base, "trial_id": u.unit_id, "members": {t.trial_id: t.spec.to_dict() for t in u.trials},
+                "options": asdict(u.trials[0].options), **u.resources} for u in todo]
+    searcher = Units(sweep, configs, _dependencies(todo))
+    # Tune keeps one trial pending for a custom searcher unless told otherwise, and
+    # then starts one trial per scheduling step: too slow to fill a cluster. As
+    # many pending as its own generator allows (200), or as there are units.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, min(200, len(configs)))))
+    trainable = tune.with_resources(unit_trainable,
                                     lambda cfg: {"cpu": cfg["trial"]["cpu"], "gpu": cfg["trial"]["gpu"]})
-    # Methods built from another lineage (Method.parent) run
-    # after every lineage they could depend on has committed.
-    phases = [[t for t in todo if not get_method(t.spec.prune.method).parent],
-              [t for t in todo if get_method(t.spec.prune.method).parent]]
     interrupted, errors = False, []
     old_term = signal.getsignal(signal.SIGTERM)
     # SIGTERM (scheduler preemption, `kill`) takes Ctrl-C's graceful path.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
-        for n, phase in enumerate(p for p in phases if p):
-            if n:
-                _log(f"{len(phase)} trial(s) built from finished imp lineages start now")
-            space = [{**base, "trial_id": t.trial_id, "spec": t.spec.to_dict(), "options": asdict(t.options),
-                      "cpu": t.resources["cpu"], "gpu": t.resources["gpu"]} for t in phase]
-            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"trial": tune.grid_search(space)},
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=max_concurrent, reuse_actors=True,
-                    trial_name_creator=lambda tr: tr.config["trial"]["trial_id"],
-                    trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
-                run_config=tune.RunConfig(
-                    name=f"run-{stamp}-{n}", storage_path=sweep.tune_dir,
-                    storage_filesystem=sweep.fs.fs,
-                    failure_config=tune.FailureConfig(max_failures=max_failures),
-                    callbacks=[state], verbose=0))
-            grid = tuner.fit()
-            errors += [r for r in grid if r.error is not None]
-            if state.interrupted:
-                break
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=-1,
+                max_concurrent_trials=max_concurrent, reuse_actors=True,
+                trial_name_creator=lambda tr: tr.config["trial"]["trial_id"],
+                trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
+            run_config=tune.RunConfig(
+                name=f"run-{stamp}", storage_path=sweep.tune_dir, storage_filesystem=sweep.fs.fs,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                callbacks=[state], verbose=0))
+        grid = tuner.fit()
+        errors += [r for r in grid if r.error is not None]
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -161,9 +240,10 @@ def tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus, ma
     if state.interrupted or interrupted:
         _log("stopped; committed rounds are safe. Re-run the same command to resume.")
         return 130
-    if errors:
+    if errors or searcher.dropped:
         causes = sorted({_cause(r.error) for r in errors})
-        _log(f"{len(errors)} trial(s) failed after {max_failures} retries ({'; '.join(causes)[:400]}); see "
+        _log(f"{len(errors)} trial(s) failed after {max_failures} retries, {len(searcher.dropped)} not started "
+             f"because what they are built from failed ({'; '.join(causes)[:400]}); see "
              f"trials/<id>/FAILED.json under {sweep.fs.to_uri(sweep.dir)}. Re-running retries them.")
         return 1
     _log(f"sweep finished in {time.monotonic() - t0:.0f}s; rounds committed "
@@ -221,24 +301,28 @@ class Progress(tune.Callback):
              f"| rounds {self.done_rounds}/{self.total_rounds}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        tid = trial.config["trial"]["trial_id"]
+        unit = trial.config["trial"]
         err = getattr(trial, "error_file", None)
         cause = _last_line(err)
-        try:
-            self.sweep.lineage(tid).write_marker("FAILED.json", {
-                "time": time.time(), "error": cause, "error_file": err, "tune_trial": str(trial)})
-        except OSError:
-            pass  # storage itself is failing; the line below still tells the user
-        _log(f"{tid} FAILED after retries: {cause} (details: {err})")
+        for tid, spec in unit["members"].items():
+            lin = self.sweep.lineage(tid)
+            try:
+                # A fused group's member that failed on its own has its own marker already.
+                if lin.committed_prefix() < spec["prune"]["rounds"] + 1 and lin.read_marker("FAILED.json") is None:
+                    lin.write_marker("FAILED.json", {"time": time.time(), "error": cause, "error_file": err,
+                                                     "tune_trial": str(trial)})
+            except OSError:
+                pass  # storage itself is failing; the line below still tells the user
+        _log(f"{unit['trial_id']} FAILED after retries: {cause} (details: {err})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._update(trial.config["trial"]["trial_id"])
+        self._update(*trial.config["trial"]["members"])
 
-    def _update(self, tid: str) -> None:
+    def _update(self, *tids: str) -> None:
         # The table is derived and rebuilt at the end of the run: a failed
         # write here (storage full, a flaky S3 call) must not stop the sweep.
         try:
-            self.collector.update([tid])
+            self.collector.update(list(tids))
         except Exception as e:
-            _log(f"warning: results table not updated for {tid} ({type(e).__name__}: {e}); "
+            _log(f"warning: results table not updated for {', '.join(tids)} ({type(e).__name__}: {e}); "
                  "it is rebuilt from the manifests at the end of the run")

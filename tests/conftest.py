@@ -15,3 +15,20 @@ def tiny_yaml(tmp_path):
 def reference(tmp_path_factory):
     """One uninterrupted sweep of TINY_YAML, shared by the tests that compare against it."""
     return uninterrupted(tmp_path_factory.mktemp("ref"), TINY_YAML)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_cuda(request, monkeypatch):
+    """Every test but the `cuda` ones runs on the CPU, on any host."""
+    if "cuda" not in request.keywords:
+        monkeypatch.setenv("LTH_DEVICE", "cpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run `pytest -m cuda` where there is one)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

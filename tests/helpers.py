@@ -10,6 +10,9 @@ import pandas as pd
 from workers.store import SweepStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Trials of CLI runs train on the CPU even on a GPU host: the bit-exact checks
+# are CPU facts, and fake GPUs must not land on real ones (CUDA tests: -m cuda).
+CPU_ENV = {"LTH_DEVICE": "cpu"}
 
 
 # A tiny experiment: real digits, a real (narrow) ResNet-18, seconds per lineage.
@@ -31,7 +34,7 @@ experiments:
 
 def cli(*args, cwd, timeout=300, **kw):
     """Run `lth-sweep ARGS` as its own process, as a user would."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0", **CPU_ENV}
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kw)
 
@@ -49,6 +52,7 @@ def manifests(storage, sweep="tiny"):
 
 def uninterrupted(d, yaml_text):
     """Run experiment `tiny` of `yaml_text` once, to the end, in folder d."""
+    d.mkdir(parents=True, exist_ok=True)
     (d / "experiments.yaml").write_text(yaml_text)
     r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=d)
     assert r.returncode == 0, r.stdout + r.stderr

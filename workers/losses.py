@@ -55,6 +55,17 @@ def cosine_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int,
     return (1.0 - cos).mean() + ce_weight * F.cross_entropy(logits, target)
 
 
+def full_precision(x: torch.Tensor):
+    """fp32 inside a bf16 autocast region: bf16 resolves a cosine near 1 in steps of
+    2^-8, which phi's slope there (1 + 2 kappa = 33 at kappa 16) turns into steps of
+    0.13 in the logits. A no-op on CPU, where training is fp32 anyway."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def tvmf_similarity(cos: torch.Tensor, kappa: float) -> torch.Tensor:
     """phi(cos) = (1 + cos) / (1 + kappa (1 - cos)) - 1  (Kobayashi 2021, eq. for
     the t-vMF similarity). phi(1) = 1, phi(-1) = -1 and phi is increasing, so it
@@ -105,13 +116,15 @@ class TvMFHead(nn.Module):
         return 1.0 + F.softplus(self.scale_raw)
 
     def cosine(self, x: torch.Tensor) -> torch.Tensor:
-        cos = F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+        with full_precision(x):
+            cos = F.linear(F.normalize(at_least_fp32(x), dim=1), F.normalize(at_least_fp32(self.weight), dim=1))
         # Rounding can put |cos| a hair past 1, and phi'(1) = 1 + 2 kappa
         # (33 at kappa 16) would carry that past the [-1, 1] bound of phi.
         return cos.clamp(-1.0, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale() * tvmf_similarity(self.cosine(x), self.kappa)
+        with full_precision(x):
+            return self.scale() * tvmf_similarity(self.cosine(x), self.kappa)
 
     def extra_repr(self) -> str:
         s = "learned" if self.fixed_scale is None else self.fixed_scale

@@ -214,6 +214,14 @@ class RunOptions:
     # CUDA; the first epoch pays the compile). The backend is for tests.
     compile: bool = spec_field(False, rule=Rule(bool), yaml=("runtime", "compile"))
     compile_backend: str = "inductor"
+    # Train up to this many same-shape lineages as one fused program on one
+    # device (workers/group.py). None: 8 for trials that ask for a GPU, 1 (no
+    # fusion) on CPU, where fusion measured slower at 32 px (README, Performance).
+    fuse: Optional[int] = spec_field(None, rule=Rule(int, lo=1), yaml=("runtime", "fuse"))
+    # How fused convolutions run (workers/fused.py): auto, grouped (one conv with
+    # groups K) or loop (each member's own conv: the solo kernels and, on CPU, bits).
+    fuse_conv: str = spec_field("auto", rule=Rule(str, choices="workers.fused:CONV_STRATEGIES"),
+                                yaml=("runtime", "fuse_conv"))
     # Where init weights live (model.init imagenet: the torchvision file or its
     # folder, default the torch hub cache; simclr: the state dict file).
     init_path: Optional[str] = spec_field(None, rule=Rule(str), yaml=("runtime", "init_path"))

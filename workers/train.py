@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -35,8 +36,12 @@ EVAL_BATCH = 1000
 SCHEDULES = ("cosine", "constant")  # the learning rate over a round's epochs (Trainer.lr_at)
 
 def pick_device(opts: RunOptions, context: dict) -> torch.device:
+    """RunOptions.device, else $LTH_DEVICE (tests pin the CPU with it: bit-exact
+    checks are CPU facts), else CUDA when present, else the CPU."""
     if opts.device:
         return torch.device(opts.device)
+    if os.environ.get("LTH_DEVICE"):
+        return torch.device(os.environ["LTH_DEVICE"])
     if torch.cuda.is_available():
         return torch.device("cuda")
     if context.get("gpu_ids"):

@@ -1,12 +1,14 @@
 """The benchmarks run through the real code paths at toy sizes; timings are never asserted."""
 import json
 
+import torch
+
 from bench.packed import bench_packed
 from tests.helpers import cli
 
 CONTRACT = {"train_loop_ratio", "epoch_overhead_frac", "eval_train_ratio", "checkpoint_frac",
             "orchestrator_overhead_ratio", "plan_10k_s", "query_1m_s", "reference_speedup",
-            "packed_gpu_speedup", "device"}
+            "packed_gpu_speedup", "fused_speedup", "fused_k", "device"}
 
 
 def test_bench_json_has_the_contract_keys(tmp_path):
@@ -17,7 +19,11 @@ def test_bench_json_has_the_contract_keys(tmp_path):
     measured = CONTRACT - {"device", "orchestrator_overhead_ratio", "packed_gpu_speedup"}
     assert all(isinstance(out[k], (int, float)) and out[k] >= 0 for k in measured), out
     assert out["orchestrator_overhead_ratio"] is None  # only with --full
-    assert out["packed_gpu_speedup"] is None and out["device"].startswith("cpu")  # needs CUDA
+    if torch.cuda.is_available():
+        assert out["device"].startswith("cuda") and out["packed_gpu_speedup"] > 0
+    else:
+        assert out["packed_gpu_speedup"] is None and out["device"].startswith("cpu")  # needs CUDA
+    assert out["fused_k"] == 2 and set(out["_fused"]) == {"quickstart", "cifar"}  # smoke: K=2
     assert out["_reference"]["densities"] == out["_reference"]["reference_densities"]
 
 
@@ -27,3 +33,22 @@ def test_packed_benchmark_runs_its_processes():
     something; the speedup itself is a GPU figure."""
     res = bench_packed(device="cpu", trials=2, width=0.0625, epochs=1)
     assert res["packed_gpu_speedup"] > 0 and res["_packed"]["trials"] == 2
+
+
+def test_the_gpu_check_runs_end_to_end(tmp_path):
+    """bench/gpu_check.sh at toy sizes: on a machine without CUDA its CUDA tests
+    are listed as skipped and its figures are CPU ones; it writes its JSON."""
+    import os
+    import subprocess
+    import sys
+    from tests.helpers import ROOT
+    out = tmp_path / "gpu_check.json"
+    r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), "--smoke", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["smoke"] and res["cuda"] == torch.cuda.is_available()
+    assert [r["round"] for r in res["lineage"]["rounds"]] == [0, 1, 2]
+    assert {"train_loop_ratio", "fused_speedup"} <= set(res["bench"])
+    if not res["cuda"]:
+        assert res["cuda_tests"]["rc"] == 0 and any("skipped" in line for line in res["cuda_tests"]["summary"])

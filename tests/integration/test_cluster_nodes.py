@@ -83,7 +83,8 @@ def kill_machine(cluster, node) -> None:
     cluster.remove_node(node, allow_graceful=False)
 
 
-GPU_YAML = (TINY_YAML.replace("resources: {gpu: 0, cpu: 1}", "resources: {gpu: 1, cpu: 1}"))
+# Lineages placed one per GPU (fuse: 1): GPU trials are otherwise fused by default.
+GPU_YAML = (TINY_YAML.replace("resources: {gpu: 0, cpu: 1}", "resources: {gpu: 1, cpu: 1}\n  runtime: {fuse: 1}"))
 
 
 def test_submit_spreads_trials_over_gpu_nodes(cluster, tmp_path):
@@ -122,7 +123,7 @@ def test_worker_node_killed_mid_trial_restarts_elsewhere(cluster, tmp_path):
     workers = cluster.add_workers(3)
     (tmp_path / "experiments.yaml").write_text(
         GPU_YAML.replace("[0.1, 0.2]", "[0.1]").replace("epochs: 3", "epochs: 4")
-        .replace("resources: {gpu: 1, cpu: 1}", "resources: {gpu: 1, cpu: 1}\n  runtime: {checkpoint_every: 1}"))
+        .replace("runtime: {fuse: 1}", "runtime: {fuse: 1, checkpoint_every: 1}"))
     storage = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0"}
     log = open(tmp_path / "driver.log", "w+")

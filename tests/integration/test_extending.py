@@ -32,7 +32,7 @@ class ToyHalf(Method):
 METHOD = register(ToyHalf("toy_half"))
 '''
 
-TOY_DATASET = '''"""`toyset`: bars, offline (a test's dataset): class 0 a bright top half, class 1 a bright bottom half."""
+TOY_DATASET = '''"""`toyset`: bars, offline (a test's dataset): class 0 bright on top, class 1 at the bottom."""
 import torch
 
 from . import DatasetInfo, Split, register

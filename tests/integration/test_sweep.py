@@ -15,7 +15,7 @@ import pytest
 from orchestrator import report as REP
 from orchestrator import results as R
 from orchestrator.report import write_report
-from tests.helpers import ROOT, TINY_YAML, assert_png, cli, manifests, table
+from tests.helpers import ROOT, TINY_YAML, assert_png, cli, manifests, table, uninterrupted
 from workers.store import SweepStore
 
 pytestmark = pytest.mark.ray
@@ -88,7 +88,7 @@ def test_extended_grid_runs_only_new_trials(reference, tmp_path):
 
 def test_gpu_pinning_with_fake_gpus(tmp_path):
     (tmp_path / "experiments.yaml").write_text(
-        TINY_YAML.replace("resources: {gpu: 0, cpu: 1}", "resources: {gpu: 1, cpu: 0.5}")
+        TINY_YAML.replace("resources: {gpu: 0, cpu: 1}", "resources: {gpu: 1, cpu: 0.5}\n  runtime: {fuse: 1}")
         .replace("epochs: 3", "epochs: 2"))
     r = cli("run", "-e", "tiny", "--num-cpus", "2", "--num-gpus", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -132,11 +132,19 @@ def _wait_for_commits(storage, n, proc, timeout=240):
     raise AssertionError("no commit in time")
 
 
-def test_kill_and_resume_equals_uninterrupted(reference, tmp_path):
+# The tiny sweep with its lineages fused in pairs (none + basic of each data size).
+FUSED_YAML = TINY_YAML.replace("  resources: {gpu: 0, cpu: 1}\n",
+                               "  resources: {gpu: 0, cpu: 1}\n  runtime: {fuse: 2}\n")
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["solo", "fused"])
+def test_kill_and_resume_equals_uninterrupted(reference, tmp_path, fused):
     """SIGKILL of the driver's process group, then SIGTERM, then the same
-    command again: same rows, same accuracies, no round trained twice."""
-    d, _ = reference
-    (tmp_path / "experiments.yaml").write_text(TINY_YAML)
+    command again: same rows, same accuracies, no round trained twice; for a
+    fused sweep too (against an uninterrupted fused sweep)."""
+    yaml_text = FUSED_YAML if fused else TINY_YAML
+    d = uninterrupted(tmp_path / "fused_ref", FUSED_YAML)[0] if fused else reference[0]
+    (tmp_path / "experiments.yaml").write_text(yaml_text)
     storage = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0"}
     seed = int(os.environ.get("LTH_KILL_SEED", random.randrange(10**6)))
@@ -173,6 +181,7 @@ def test_kill_and_resume_equals_uninterrupted(reference, tmp_path):
     assert not got.duplicated(["trial_id", "round"]).any()
     assert got[["trial_id", "round"]].equals(ref[["trial_id", "round"]])
     assert got[METRICS].equals(ref[METRICS])  # bit for bit on CPU
+    assert got["fused_with"].notna().all() if fused else got["fused_with"].isna().all()
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path):
@@ -210,7 +219,7 @@ def test_every_method_end_to_end_through_the_orchestrator(tmp_path):
     for m in ("same_layer_sparse", "small_dense"):
         assert by.loc[(m, 1), "started_at"] >= imp_done
         assert by.loc[(m, 0), "test_acc"] == by.loc[("imp", 0), "test_acc"]  # the shared dense round
-    assert "built from finished imp lineages" in r.stdout
+    assert "starts: what it is built from has finished" in r.stdout
     # The evaluations ran inside the trials and reached their tables.
     from orchestrator import results as R
     st = SweepStore(str(tmp_path / "runs"), "tiny")

@@ -26,7 +26,8 @@ def run_main(capsys, argv):
 ])
 def test_bad_arguments(tmp_path, capsys, tiny_yaml, monkeypatch, argv):
     monkeypatch.chdir(tmp_path)
-    rc, _, err = run_main(capsys, argv + (["-c", str(tiny_yaml), "-e", "tiny"] if argv[:1] in (["run"], ["plan"]) else []))
+    common = ["-c", str(tiny_yaml), "-e", "tiny"] if argv[:1] in (["run"], ["plan"]) else []
+    rc, _, err = run_main(capsys, argv + common)
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()

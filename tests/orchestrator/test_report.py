@@ -252,7 +252,8 @@ def test_cells_differing_only_in_width_get_their_own_rows():
                                               density=0.8, val_acc=acc + 0.1, test_acc=acc + 0.05)]
     trials = REP.trial_summary(frame(rows))
     t = REP.table_methods(trials).frame
-    assert t["width"].tolist() == ["0.25", "0.5"] and t["dense + aug*"].tolist() == ["0.5000 ± 0.0000", "0.6000 ± 0.0000"]
+    assert t["width"].tolist() == ["0.25", "0.5"]
+    assert t["dense + aug*"].tolist() == ["0.5000 ± 0.0000", "0.6000 ± 0.0000"]
     c = REP.table_compare(frame(rows), "val").frame
     assert c["width"].tolist() == ["0.25", "0.5"] and (c["seeds"] == 2).all()
     curves = REP.density_curves(frame(rows))

@@ -1,4 +1,6 @@
-"""Evaluations after a lineage: robustness (CIFAR-10-C, CIFAR-10.2 in their official file formats, written small here), linear probe and CKA; their tables, the per-suite means on the results rows, skipping and staleness."""
+"""Evaluations after a lineage: robustness (CIFAR-10-C, CIFAR-10.2 in their
+official file formats, written small here), linear probe and CKA; their tables,
+the per-suite means on the results rows, skipping and staleness."""
 import os
 
 import numpy as np

@@ -213,7 +213,8 @@ def test_corrupt_rewind_state_redoes_round0(tmp_path, monkeypatch):
     assert [m["round"] for m in out] == [0, 1]
 
 
-def test_fake_gpu_falls_back_to_cpu(tmp_path, caplog):
+def test_fake_gpu_falls_back_to_cpu(tmp_path, caplog, monkeypatch):
+    monkeypatch.delenv("LTH_DEVICE")  # the device choice itself is under test
     spec = tiny(rounds=0, epochs=1, rewind=0)
     with caplog.at_level("WARNING"):
         ms = L.run_lineage(spec, lineage(tmp_path, spec), context={"gpu_ids": ["1"], "node": "n"})

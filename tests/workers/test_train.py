@@ -48,7 +48,8 @@ def test_bn_recalibration_closes_the_eval_mode_gap_of_a_short_round(tmp_path):
     assert plain[0]["test_acc"] == pytest.approx(eval_mode)
     assert batch - eval_mode > 0.15  # the artefact
     assert abs(fixed[0]["test_acc"] - batch) < 0.05  # closed
-    assert _test_acc(recal_lin, recal, 0, False) == pytest.approx(fixed[0]["test_acc"], abs=1e-6)  # committed = measured
+    # committed = measured
+    assert _test_acc(recal_lin, recal, 0, False) == pytest.approx(fixed[0]["test_acc"], abs=1e-6)
     # Training is untouched: every weight (not the BN statistics) is bit-identical.
     for k in (0, 1):
         a, b = round_tensors(plain_lin, k)[0], round_tensors(recal_lin, k)[0]

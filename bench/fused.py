@@ -1,0 +1,166 @@
+"""Fused vs solo training throughput (images/s), same device, same process.
+
+    from bench.fused import bench_fused
+    bench_fused(ks=(4, 8))            # -> {"fused_speedup": ..., "fused_k": 8, "_fused": {...}}
+    python -m bench.fused [--smoke] [--device cuda] [--ks 4 8]   # prints the JSON
+
+Two cases, each for every K in `ks`: K IMP members (different seeds and
+random 20%-pruned masks, `basic` augmentation, SGD + momentum) trained for
+`epochs` epochs, fused (`workers.fused.FusedTrainer`, construction and the
+per-epoch write-back included) against the same K trained solo one after
+another (`Trainer.train_epoch`). Data is synthetic uint8 (speed does not
+depend on pixel values):
+
+- "quickstart": resnet18 width 0.25 on 8x8 single-channel (digits-shaped)
+  images, 120 training images, batch 50;
+- "cifar": resnet18 at 32 px, 3 channels, 10 classes, 500 images (1% of
+  CIFAR-10), batch 100; width 1.0 on CUDA, `width` (default 0.25) on CPU so
+  the case finishes in about a minute there.
+
+Each timing is the best of `repeats` runs after one untimed warm-up epoch
+(kernel selection, allocator), fused and solo interleaved so that load from
+other processes hits both alike. `fused_speedup` is fused/solo images/s at
+the largest K of the "cifar" case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Optional, Sequence
+
+import torch
+
+from workers import data as D
+from workers import pruning as P
+from workers.fused import FusedTrainer, conv_strategy
+from workers.methods import trial_model
+from workers.train import Prepared, Trainer
+from workers.spec import DataSpec, ModelSpec, RunOptions, TrainSpec, TrialSpec
+
+CASES = {
+    # name: (dataset whose shape/normalisation is used, images, batch)
+    "quickstart": ("digits", 120, 50),
+    "cifar": ("cifar10", 500, 100),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_members(case: str, k: int, width: float, device: torch.device, epochs: int) -> list[Trainer]:
+    """K solo Trainers of `case` on synthetic data, ready to train round 1."""
+    dataset, n, batch = CASES[case]
+    info = D.dataset_info(dataset)
+    g = torch.Generator().manual_seed(12345)
+    x = torch.randint(0, 256, (n, info.channels, info.image_size, info.image_size), generator=g,
+                      dtype=torch.uint8)
+    y = torch.randint(0, info.num_classes, (n,), generator=g)
+    empty_x, empty_y = x[:0], y[:0]
+    opts = RunOptions(device=str(device))
+    out = []
+    for seed in range(k):
+        spec = TrialSpec(DataSpec(dataset, images_per_class=max(1, n // info.num_classes),
+                                  augmentation="basic"),
+                         model=ModelSpec("resnet18", width=width),
+                         train=TrainSpec(epochs=epochs, batch_size=batch, lr=0.05), seed=seed)
+        prep = Prepared(info=info, x_train=x.to(device), y_train=y.to(device), x_val=empty_x.to(device),
+                        y_val=empty_y.to(device), x_test=empty_x.to(device), y_test=empty_y.to(device),
+                        augment=D.make_augment("basic", info), device=device)
+        model = trial_model(spec, info, opts).to(device)
+        masks = P.full_masks(model, P.prunable_names(model))
+        masks = P.random_prune(masks, 0.2, torch.Generator().manual_seed(seed))  # an IMP round 1
+        t = Trainer(spec, prep, model, masks, opts)
+        t.masker.apply()
+        out.append(t)
+    return out
+
+
+def _time_solo(members: Sequence[Trainer], epochs: int, first: int) -> float:
+    dev = members[0].prep.device
+    _sync(dev)
+    t0 = time.perf_counter()
+    for t in members:
+        for e in range(first, first + epochs):
+            t.train_epoch(1, e)
+    _sync(dev)
+    return time.perf_counter() - t0
+
+
+def _time_fused(members: Sequence[Trainer], epochs: int, first: int, conv: str) -> float:
+    dev = members[0].prep.device
+    _sync(dev)
+    t0 = time.perf_counter()
+    fused = FusedTrainer(members, conv=conv)
+    for e in range(first, first + epochs):
+        fused.train_epoch(1, e)
+    _sync(dev)
+    return time.perf_counter() - t0
+
+
+def bench_case(case: str, k: int, width: float, device: torch.device, epochs: int, repeats: int,
+               conv: str = "auto") -> dict:
+    dataset, n, batch = CASES[case]
+    members = make_members(case, k, width, device, epochs + 1)
+    # Warm-up: one epoch each way (not timed), then interleaved timed runs.
+    # Training continues across runs; only the speed is measured.
+    _time_solo(members, 1, 0)
+    _time_fused(members, 1, 0, conv)
+    solo, fused = [], []
+    for r in range(repeats):
+        solo.append(_time_solo(members, epochs, 1))
+        fused.append(_time_fused(members, epochs, 1, conv))
+    images = k * n * epochs
+    ips_f, ips_s = images / min(fused), images / min(solo)
+    return {"case": case, "K": k, "width": width, "device": str(device), "images": n, "batch": batch,
+            "epochs": epochs, "conv": conv_strategy(conv, device, D.dataset_info(dataset).image_size),
+            "fused_images_per_s": ips_f, "solo_images_per_s": ips_s, "speedup": ips_f / ips_s}
+
+
+def bench_fused(ks: Sequence[int] = (4, 8), width: float = 0.25, dataset_shape: str = "cifar",
+                epochs: Optional[int] = None, device: Optional[str] = None, smoke: bool = False,
+                repeats: Optional[int] = None, conv: str = "auto", cuda_width: float = 1.0) -> dict:
+    """Images/s of K fused members vs the same K solo, per case and K (see the
+    module docstring). `dataset_shape` is the case whose largest-K speedup is
+    the headline `fused_speedup` ("cifar" or "quickstart"); `width` is the
+    cifar case's width on CPU, `cuda_width` on CUDA (each row says which it
+    ran); `conv` the FusedTrainer's conv strategy; `smoke` runs toy sizes
+    (K=2, width 0.125, one epoch, one repeat) in seconds."""
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dataset_shape not in CASES:
+        raise ValueError(f"unknown dataset_shape {dataset_shape!r}; known: {sorted(CASES)}")
+    ks = tuple(sorted(ks))
+    if smoke:
+        ks, epochs, repeats = tuple(min(k, 2) for k in ks[-1:]), 1, 1
+    epochs = epochs or (1 if dev.type == "cpu" else 5)
+    repeats = repeats or (2 if dev.type == "cpu" else 3)
+    details: dict = {}
+    for case in CASES:
+        w = 0.25 if case == "quickstart" else (cuda_width if dev.type == "cuda" else width)
+        if smoke:
+            w = 0.125
+        details[case] = {str(k): bench_case(case, k, w, dev, epochs, repeats, conv) for k in ks}
+    head = details[dataset_shape][str(ks[-1])]
+    return {"fused_speedup": head["speedup"], "fused_k": ks[-1], "_fused": details}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.fused", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ks", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--conv", default="auto", choices=["auto", "grouped", "loop"])
+    ap.add_argument("--smoke", action="store_true")
+    a = ap.parse_args(argv)
+    out = bench_fused(ks=a.ks, width=a.width, epochs=a.epochs, device=a.device, smoke=a.smoke,
+                      repeats=a.repeats, conv=a.conv)
+    print(json.dumps(out, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
