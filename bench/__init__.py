@@ -12,6 +12,8 @@ family of figures, each importing the engine's public functions:
     augment.py       batched vs torchvision augmentation (detail only)
     packed.py        packed_gpu_speedup (CUDA only)
     fused.py         fused_speedup, fused_k
+    scale.py         --scale N ...: the driver's cost per trial at N trials (not in the default run)
+    calibrate.py     --calibrate: the throughput table `plan` costs with (writes it; no keys)
 
 Keys are null where this machine cannot measure them (no GPU, no --full).
 """
@@ -66,7 +68,23 @@ def run_bench(args) -> int:
     smoke = bool(getattr(args, "smoke", False))
     if smoke:
         res["_smoke"] = "tiny sizes: these numbers mean nothing"
-    for name, fn in steps(smoke, bool(getattr(args, "full", False))):
+    todo = steps(smoke, bool(getattr(args, "full", False)))
+    # --scale / --calibrate are their own runs: asked for alone, they run alone.
+    if getattr(args, "scale", None) or getattr(args, "calibrate", False):
+        todo = []
+        if args.calibrate:
+            from .calibrate import calibrate
+            sizes = [8] if smoke else None
+            todo.append(("calibrate", lambda: {"_calibrate": calibrate(
+                sizes=sizes, steps=1 if smoke else 3,
+                log=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))}))
+        if args.scale:
+            if min(args.scale) < 1:
+                from orchestrator.cli import UsageError
+                raise UsageError("lth-sweep bench: --scale takes trial counts >= 1")
+            from .scale import bench_scale
+            todo.append(("scale", lambda: bench_scale(args.scale)))
+    for name, fn in todo:
         if not args.json:
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
         res.update(fn())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 EXIT_USAGE = 2
@@ -21,9 +22,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
-    if config:
-        p.add_argument("-c", "--config", default="experiments.yaml", help="experiments file (default: %(default)s)")
+def _common(p: argparse.ArgumentParser) -> None:
+    """The flags every verb that names a sweep shares, so a command line can switch verbs unchanged."""
+    p.add_argument("-c", "--config", help="experiments file (default: ./experiments.yaml)")
     p.add_argument("-e", "--experiment", default="quickstart", help="experiment name (default: %(default)s)")
     p.add_argument("--name", help="sweep name (default: the experiment's name)")
     p.add_argument("--storage", default="./runs", help="local path or s3://bucket/prefix (default: %(default)s)")
@@ -35,16 +36,22 @@ def _select(p: argparse.ArgumentParser) -> None:
                         "test (the paper's protocol, biased upwards)")
 
 
+VERBS = ("plan", "run", "status", "query", "report", "verify", "bench")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="lth-sweep", description="Lottery-ticket (IMP) sweeps on Ray Tune.")
     sub = ap.add_subparsers(dest="cmd", parser_class=_Parser)
 
-    p = sub.add_parser("plan", help="expand the grid; start nothing")
-    _common(p)
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        _common(p)
+        return p
+
+    p = verb("plan", "expand the grid; start nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("run", help="run or resume a sweep (the same command does both)")
-    _common(p)
+    p = verb("run", "run or resume a sweep (the same command does both)")
     p.add_argument("--address", help="Ray cluster address ('auto' inside a cluster); default: start a local Ray")
     p.add_argument("--num-cpus", type=float, help="CPUs of the local Ray")
     p.add_argument("--num-gpus", type=float, help="GPUs of the local Ray (fake ones on a machine without)")
@@ -53,13 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-for-nodes", type=float, default=300, metavar="SECONDS",
                    help="with --address: wait this long for nodes (or the autoscaler) to offer the "
                         "resources a trial asks for, then fail (default: %(default)s)")
+    from orchestrator.trackers import TRACKERS
+    p.add_argument("--tracker", action="append", choices=TRACKERS,
+                   help="send each lineage's rounds to this tracker (repeatable; also `trackers:` in the yaml)")
+    p.add_argument("--plain", action="store_true",
+                   help="one line per committed round, also on a terminal (no live panel)")
+    p.add_argument("--verify", action="store_true",
+                   help="first re-check every committed file, and redo each lineage from its first corrupt round")
 
-    p = sub.add_parser("status", help="progress of a sweep, from storage alone")
-    _common(p, config=False)
+    p = verb("status", "progress of a sweep, from storage (and the yaml: trials it names and storage lacks)")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("query", help="query the results table")
-    _common(p, config=False)
+    p = verb("query", "query the results table")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sql", help="SQL over the views `results` and `layers`")
     g.add_argument("--winning-tickets", action="store_true", help="best-val round of every trial")
@@ -69,11 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     _select(p)
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
-    p = sub.add_parser("report", help="write the paper's figures and tables as PNGs, report.md and report.html")
-    _common(p, config=False)
+    p = verb("report", "write the paper's figures and tables as PNGs, report.md and report.html")
     p.add_argument("sweep", nargs="?", help="sweep name (same as --name)")
     p.add_argument("--out", help="output folder (default: ./report-<sweep>)")
     _select(p)
+
+    p = verb("verify", "re-check every committed file of a sweep against its manifest (exit 1 if any is corrupt)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("bench", help="measure the engine and the orchestrator on this machine")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -81,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="include the slow orchestrator benchmark")
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes, about a minute: checks the benchmark runs (its numbers mean nothing)")
+    p.add_argument("--scale", type=int, nargs="+", metavar="N",
+                   help="the driver's cost with N near-zero lineages (e.g. 100 1000 10000) on a local Ray")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure training images/s per (arch, image size) here; `plan` then costs with it")
     return ap
 
 
@@ -92,9 +110,9 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.cmd is None:
-            raise UsageError("lth-sweep: choose a command: plan, run, status, query, report, bench (see --help)")
+            raise UsageError(f"lth-sweep: choose a command: {', '.join(VERBS)} (see --help)")
         return {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "query": cmd_query,
-                "report": cmd_report, "bench": cmd_bench}[args.cmd](args) or 0
+                "report": cmd_report, "verify": cmd_verify, "bench": cmd_bench}[args.cmd](args) or 0
     except KeyboardInterrupt:
         print("lth-sweep: stopped; committed rounds are safe. Re-run the same command to resume.",
               file=sys.stderr)
@@ -104,10 +122,11 @@ def main(argv=None) -> int:
         from orchestrator.driver import DriverError
         from orchestrator.results import ResultsError
         from workers.data import DataError
+        from orchestrator.trackers import TrackerError
         from workers.selection import SelectionError
         from workers.store import StorageError
         if isinstance(e, (UsageError, ConfigError, DriverError, ResultsError, StorageError, DataError,
-                          SelectionError)):
+                          SelectionError, TrackerError)):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             print(f"lth-sweep: error: {msg}" if not msg.startswith("lth-sweep") else msg, file=sys.stderr)
             return EXIT_USAGE
@@ -122,14 +141,23 @@ def main(argv=None) -> int:
 
 # --- commands -------------------------------------------------------------------
 
-def _trials(args):
+DEFAULT_CONFIG = "experiments.yaml"
+
+
+def _experiment(args) -> dict:
+    """The validated experiment `-e` of `-c` (default ./experiments.yaml)."""
     from orchestrator.config import load_config
-    from orchestrator.grid import expand
-    cfg = load_config(args.config)
+    path = args.config or DEFAULT_CONFIG
+    cfg = load_config(path)
     if args.experiment not in cfg["experiments"]:
-        raise UsageError(f"lth-sweep: error: {args.config}: no experiment {args.experiment!r}; "
+        raise UsageError(f"lth-sweep: error: {path}: no experiment {args.experiment!r}; "
                          f"known: {', '.join(cfg['experiments'])}")
-    return expand(cfg["experiments"][args.experiment])
+    return cfg["experiments"][args.experiment]
+
+
+def _trials(args):
+    from orchestrator.grid import expand
+    return expand(_experiment(args))
 
 
 def _sweep(args, must_exist: bool):
@@ -157,9 +185,13 @@ def cmd_plan(args) -> int:
              "cpu": t.resources["cpu"], "gpu": t.resources["gpu"], "rounds": t.spec.num_rounds,
              "epochs": t.spec.train.epochs} for t in trials]
     print(format_frame(pd.DataFrame(rows), "table"))
+    speeds = ", ".join(f"{k} {v:,.0f}" for k, v in cost["images_per_s"].items())
     print(f"\n{len(trials)} trials, {cost['rounds']} rounds; asks cpu={cost['cpus']:g} gpu={cost['gpus']:g} "
-          f"in total; ~{cost['train_images']:.3g} training images, roughly "
-          f"{cost['gpu_hours_estimate']:g} GPU-hours at ~20k images/s")
+          f"in total; ~{cost['train_images']:.3g} training images (+{cost['eval_images']:.2g} evaluated)")
+    hours = cost["device_hours"]
+    spent = f"~{hours:.3g} device-hours" if hours >= 0.1 else f"~{max(1, round(hours * 60))} device-minutes"
+    print(f"estimate: {spent} on {cost['device']}, at training images/s: {speeds}"
+          + ("" if cost["source"] == "calibrated" else "; `lth-sweep bench --calibrate` measures this machine"))
     return 0
 
 
@@ -173,11 +205,17 @@ def cmd_run(args) -> int:
         v = getattr(args, flag)
         if v is not None and v < 0:
             raise UsageError(f"lth-sweep run: --{flag.replace('_', '-')} must be >= 0")
-    trials = _trials(args)
+    from orchestrator.grid import expand
+    from orchestrator.trackers import check, names_of
+    exp = _experiment(args)
+    trials = expand(exp)
+    trackers = names_of(args.tracker, exp.get("trackers"))
+    check(trackers)
     rc = run_sweep(trials=trials, experiment=args.experiment, sweep_name=name, storage=args.storage,
                    address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                    max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-                   wait_s=max(0.0, args.wait_for_nodes))
+                   wait_s=max(0.0, args.wait_for_nodes), plain=True if args.plain else None,
+                   trackers=trackers, verify=args.verify)
     sweep = _sweep(args, must_exist=True)
     from orchestrator.results import format_frame, load_results
     from orchestrator.tables import compare, notes, protocol_line
@@ -196,10 +234,29 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """From storage; the trials of the yaml's experiment too (those storage has
+    never seen count as pending), where the yaml is at hand: `-c`, or
+    ./experiments.yaml when it names the experiment."""
     from orchestrator.status import format_status, sweep_status
-    st = sweep_status(_sweep(args, must_exist=True))
+    planned = None
+    if args.config or os.path.exists(DEFAULT_CONFIG):
+        try:
+            planned = {t.trial_id: t.spec.num_rounds for t in _trials(args)}
+        except UsageError:
+            if args.config:
+                raise  # asked for that yaml: it must name the experiment
+    sweep = _sweep(args, must_exist=planned is None)
+    st = sweep_status(sweep, planned=planned)
     print(json.dumps(st) if args.json else format_status(st))
     return 0
+
+
+def cmd_verify(args) -> int:
+    from orchestrator.verify import format_verify, verify_sweep
+    sweep = _sweep(args, must_exist=True)
+    out = verify_sweep(sweep)
+    print(json.dumps(out) if args.json else format_verify(out))
+    return 1 if out["corrupt"] else 0
 
 
 def _shown(table):

@@ -136,6 +136,8 @@ for _f in _FIELDS:
 SCALARS: dict[str, Any] = {f.metadata["scalar"]: checker(f.metadata["rule"]) for f in _FIELDS
                            if f.metadata.get("scalar")}
 SCALARS["description"] = lambda v: None if isinstance(v, str) else f"{v!r} is not a string"
+# Experiment trackers that follow every run of the experiment (orchestrator/trackers.py).
+SCALARS["trackers"] = _names(_choice(lambda: _registry("orchestrator.trackers:TRACKERS")))
 # Keys of earlier versions whose meaning moved, with where it went.
 MOVED = {
     "selection": "the winning ticket's selection is chosen at query time now, on the same lineages: "

@@ -51,8 +51,11 @@ def n(x: float) -> str:
 def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage: str,
               address: Optional[str] = None, num_cpus: Optional[float] = None,
               num_gpus: Optional[float] = None, max_concurrent: Optional[int] = None,
-              max_failures: int = 2, wait_s: float = 0.0) -> int:
-    """Run (or resume) a sweep. Returns the process exit status."""
+              max_failures: int = 2, wait_s: float = 0.0, plain: Optional[bool] = None,
+              trackers: tuple = (), verify: bool = False) -> int:
+    """Run (or resume) a sweep. Returns the process exit status. `plain`: one line
+    per round (None: unless stdout is a terminal); `trackers`: orchestrator/trackers.py;
+    `verify`: scrub every committed file first (orchestrator/verify.py)."""
     sweep = SweepStore(storage, sweep_name)
     # Grouped from every trial of the experiment, finished or not: the same
     # experiment always fuses the same lineages together (workers/group.py).
@@ -69,6 +72,9 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
             "sweep": sweep_name, "experiment": experiment,
             "trials": {t.trial_id: {"rounds": t.spec.num_rounds, **t.row(), "fused_group": group_of.get(t.trial_id)}
                        for t in trials}})
+        if verify:
+            from orchestrator.verify import redo_corrupt
+            redo_corrupt(sweep)
         collector = Collector(sweep)
         collector.rebuild()
         unfinished, done_rounds = set(), 0
@@ -85,11 +91,17 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
         if not todo:
             log("nothing to do")
             return 0
+        lineages = None
+        if trackers:
+            from orchestrator.trackers import Lineages
+            lineages = Lineages(list(trackers), sweep, {t.trial_id: t.spec.to_dict() for t in trials})
+            lineages.setup()
         started, timings = time.time(), {}
         from orchestrator.tune_adapter import tune_run  # Ray is imported only when there is work for it
         timings["import_s"] = round(time.time() - started, 3)
         rc = tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus,
-                      max_concurrent, max_failures, done_rounds, total_rounds, wait_s, timings)
+                      max_concurrent, max_failures, done_rounds, total_rounds, wait_s, timings, plain=plain,
+                      trackers=lineages)
         # What this run cost and where the time went (bench/orchestrator.py reads it).
         sweep.write_json(sweep.RUN, {"started": started, "finished": time.time(), "rc": rc,
                                      "trials": len(todo), **timings})

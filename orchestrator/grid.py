@@ -18,12 +18,6 @@ from workers.group import fuse_key
 from workers.spec import (DataSpec, EvalSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec, field_value,
                           spec_fields)
 
-# Training-split sizes, for the cost estimate only.
-TRAIN_SIZES = {"digits": 1198, "cifar10": 50000, "cifar100": 50000}
-# Rough training throughput (images/s) of ResNet-18 on one modern GPU at
-# 32 px; only for `plan`'s order-of-magnitude estimate.
-GPU_IMAGES_PER_S = 20000.0
-
 _PARTS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "prune": PruneSpec, "eval": EvalSpec}
 # fraction and images_per_class are one axis: the size of the training subset, given either way.
 _SIZE = ("fraction", "images_per_class")
@@ -43,16 +37,6 @@ class Trial:
         """The trial as `plan` lists it: its id, its value on every grid axis, its resources."""
         axes = {f.name: field_value(self.spec, part, f.name) for part, f in spec_fields() if f.metadata.get("axis")}
         return {"trial_id": self.trial_id, **axes, "resources": dict(self.resources)}
-
-    def train_images(self) -> int:
-        """Images processed by the whole lineage (for the cost estimate)."""
-        d, t, p = self.spec.data, self.spec.train, self.spec.prune
-        n = TRAIN_SIZES.get(d.dataset, 50000)
-        per_class = n / 10
-        size = round(d.fraction * n) if d.fraction is not None else d.images_per_class * 10
-        size = min(size, n) if size else per_class
-        epochs = t.epochs + p.rounds * (t.epochs - p.rewind_epoch)
-        return int(size * epochs)
 
 
 def _axes(exp: dict) -> list[tuple[str, list]]:
@@ -162,10 +146,9 @@ def units(trials: list[Trial]) -> list[Unit]:
 
 
 def cost_estimate(trials: list[Trial]) -> dict:
-    images = sum(t.train_images() for t in trials)
-    gpu_hours = images / GPU_IMAGES_PER_S / 3600
-    rounds = sum(t.spec.num_rounds for t in trials)
-    return {"trials": len(trials), "rounds": rounds, "train_images": images,
-            "gpu_hours_estimate": round(gpu_hours, 2),
-            "gpus": sum(t.resources["gpu"] for t in trials),
-            "cpus": sum(t.resources["cpu"] for t in trials)}
+    """`plan`'s totals: trials, rounds, resources asked, and orchestrator/costs.py's estimate."""
+    from orchestrator.costs import estimate
+    est = estimate(trials)
+    return {"trials": len(trials), "rounds": sum(t.spec.num_rounds for t in trials),
+            "gpus": sum(t.resources["gpu"] for t in trials), "cpus": sum(t.resources["cpu"] for t in trials),
+            **est, "gpu_hours_estimate": est["device_hours"]}

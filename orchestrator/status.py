@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from workers.store import SweepStore
-
+from orchestrator.progress import duration
 from orchestrator.results import ResultsError, load_table
+from workers.store import SweepStore
 
 # A trial counts as running if it showed life this recently (heartbeats come
 # every 30 s while training; a round commit is also a sign of life).
@@ -44,10 +44,13 @@ def _mean_round_s(sweep_store: SweepStore) -> Optional[float]:
     return sum(walls.to_pylist()) / len(walls) if len(walls) else None
 
 
-def sweep_status(sweep_store: SweepStore, now: Optional[float] = None) -> dict:
+def sweep_status(sweep_store: SweepStore, now: Optional[float] = None,
+                 planned: Optional[dict[str, int]] = None) -> dict:
+    """Counts read from storage. `planned` ({trial_id: rounds}, e.g. from the
+    yaml) replaces the last run's plan: a trial storage has never seen is pending."""
     now = time.time() if now is None else now
     listing = sweep_store.listing()
-    planned = _planned(sweep_store, listing)
+    planned = _planned(sweep_store, listing) if planned is None else planned
     counts = {"total": len(planned), "done": 0, "running": 0, "pending": 0, "failed": 0}
     committed = total = 0
     for tid, n in planned.items():
@@ -76,20 +79,11 @@ def sweep_status(sweep_store: SweepStore, now: Optional[float] = None) -> dict:
             "rounds": {"committed": committed, "total": total}, "eta_s": eta}
 
 
-def _duration(s: float) -> str:
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
 def format_status(d: dict, width: int = 30) -> str:
     t, r = d["trials"], d["rounds"]
     frac = r["committed"] / r["total"] if r["total"] else 0.0
     bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-    eta = "unknown" if d.get("eta_s") is None else _duration(d["eta_s"])
+    eta = "unknown" if d.get("eta_s") is None else duration(d["eta_s"])
     return "\n".join([
         f"sweep {d.get('sweep', '?')}: {t['total']} trials",
         f"  done {t['done']}  running {t['running']}  pending {t['pending']}  failed {t['failed']}",

@@ -26,6 +26,7 @@ from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from orchestrator.driver import DriverError, check_resources, n as _n  # noqa: E402
+from orchestrator.progress import View  # noqa: E402
 from orchestrator.results import Collector  # noqa: E402
 from orchestrator.grid import Unit  # noqa: E402
 from workers.evaluations import run_evaluations  # noqa: E402
@@ -61,11 +62,15 @@ def unit_trainable(config: dict) -> None:
         row["lth_trial_id"] = metrics["trial_id"]  # Tune owns the `trial_id` key
         tune.report(row)
 
+    def progress(info: dict) -> None:
+        tune.report({"lth_trial_id": info["trial_id"], "progress": True, **{k: info[k] for k in
+                                                                              ("round", "epoch", "epochs")}})
+
     opts = RunOptions(**config["options"])
     if len(members) == 1:
-        run_lineage(*members[0], opts, ctx, on_round=report)
+        run_lineage(*members[0], opts, ctx, on_round=report, on_epoch=progress)
     else:
-        run_group(members, opts, ctx, on_round=report)
+        run_group(members, opts, ctx, on_round=report, on_epoch=progress)
     for spec, store in members:
         if run_evaluations(spec, store, opts):
             tune.report({"lth_trial_id": spec.trial_id, "evaluations": True})
@@ -181,27 +186,51 @@ def _dependencies(todo: list[Unit]) -> dict[int, set[int]]:
     return deps
 
 
+def _quiet_ray_init(**kw) -> list[str]:
+    """ray.init with Ray's own start-up notices held back; returns them (the
+    driver prints one line of its own instead of Ray's multi-line warnings)."""
+    import logging
+    held: list[str] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record):
+            held.append(record.getMessage().splitlines()[0])
+
+    ray_log = logging.getLogger("ray")
+    hold, old = Hold(level=logging.WARNING), ray_log.propagate
+    saved = ray_log.handlers[:]
+    ray_log.handlers, ray_log.propagate = [hold], False
+    try:
+        ray.init(**kw)
+    finally:
+        ray_log.handlers, ray_log.propagate = saved, old
+    return held
+
+
 def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, num_gpus, max_concurrent,
-             max_failures, done_rounds, total_rounds, wait_s=0.0, timings=None) -> int:
+             max_failures, done_rounds, total_rounds, wait_s=0.0, timings=None, plain=None,
+             trackers=()) -> int:
     """Run the units `todo` as Tune trials; fills `timings` (ray_start_s, tune_s);
     returns the exit status."""
     timings = {} if timings is None else timings
     t0 = time.monotonic()
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        notices = _quiet_ray_init(address=address, log_to_driver=False, logging_level="WARNING")
         wait_for_nodes(todo, f"the cluster at {address}", wait_s)
     else:
         # The dashboard is not needed and would listen on a port; if someone
         # turns it on it must stay on loopback.
         # address="local": always a fresh Ray of our own, never a cluster that
         # happens to run on this machine (plain ray.init() would join it).
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 dashboard_host="127.0.0.1", log_to_driver=False, logging_level="WARNING")
+        notices = _quiet_ray_init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                                  dashboard_host="127.0.0.1", log_to_driver=False, logging_level="WARNING")
     timings["ray_start_s"] = round(time.monotonic() - t0, 3)
-    _log(f"Ray up in {timings['ray_start_s']:.1f}s: {ray.cluster_resources()}")
+    res = ray.cluster_resources()
+    _log(f"Ray up in {timings['ray_start_s']:.1f}s: {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
+         + (f" ({len(notices)} notice(s) from Ray held back: {notices[0][:80]}...)" if notices else ""))
     t_tune = time.monotonic()
 
-    state = Progress(sweep, collector, done_rounds, total_rounds)
+    state = Progress(sweep, collector, done_rounds, total_rounds, plain=plain, trackers=trackers)
     base = {"storage": sweep.fs.uri, "sweep": sweep.sweep}
     configs = [{**base, "trial_id": u.unit_id, "members": {t.trial_id: t.spec.to_dict() for t in u.trials},
                 "options": asdict(u.trials[0].options), **u.resources} for u in todo]
@@ -210,6 +239,10 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
     # then starts one trial per scheduling step: too slow to fill a cluster. As
     # many pending as its own generator allows (200), or as there are units.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, min(200, len(configs)))))
+    # Tune's own per-trial JSON/CSV/TensorBoard files are a second copy of what the
+    # lineage store commits (4 objects and a rewrite per result per trial, on the
+    # driver's critical path); trackers the user asks for are explicit (--tracker).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     trainable = tune.with_resources(unit_trainable,
                                     lambda cfg: {"cpu": cfg["trial"]["cpu"], "gpu": cfg["trial"]["gpu"]})
     interrupted, errors = False, []
@@ -217,6 +250,7 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
     # SIGTERM (scheduler preemption, `kill`) takes Ctrl-C's graceful path.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
+        state.view.__enter__()
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         tuner = tune.Tuner(
             trainable,
@@ -235,6 +269,7 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
         interrupted = True
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        state.close()
     timings["tune_s"] = round(time.monotonic() - t_tune, 3)
     collector.rebuild()
     if state.interrupted or interrupted:
@@ -268,12 +303,19 @@ def _last_line(path) -> str:
 
 
 class Progress(tune.Callback):
-    """Driver-side: keeps the results table current and prints progress."""
+    """Driver-side: keeps the results table current, shows progress (orchestrator/progress.py)
+    and feeds the experiment trackers (orchestrator/trackers.py)."""
 
-    def __init__(self, sweep: SweepStore, collector, done_rounds: int, total_rounds: int):
+    def __init__(self, sweep: SweepStore, collector, done_rounds: int, total_rounds: int, plain=None,
+                 trackers=None):
         self.sweep, self._collector = sweep, collector
-        self.done_rounds, self.total_rounds = done_rounds, total_rounds
+        self.view = View(done_rounds, total_rounds, plain=plain)
+        self.trackers = trackers  # an orchestrator.trackers.Lineages, set up by the driver
         self.interrupted = False
+
+    @property
+    def done_rounds(self) -> int:
+        return self.view.done_rounds
 
     @property
     def collector(self):
@@ -283,22 +325,31 @@ class Progress(tune.Callback):
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; the collector
-        # holds a lock and is rebuilt on demand.
-        return {**self.__dict__, "_collector": None}
+        # holds a lock and is rebuilt on demand, the trackers stay with the driver.
+        return {**self.__dict__, "_collector": None, "trackers": None}
+
+    def close(self) -> None:
+        self.view.__exit__(None, None, None)
+        if self.trackers is not None:
+            self.trackers.close()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = result.get("lth_trial_id")
         if tid is None:
             return
+        if result.get("progress"):
+            self.view.epoch(tid, result)
+            return
         self._update(tid)
         if result.get("evaluations"):
             _log(f"{tid}: evaluations written")
             return
-        self.done_rounds += 1
-        acc = lambda k: f"{result[k]:.3f}" if isinstance(result.get(k), (int, float)) else "-"
-        _log(f"{tid} round {result['round']}: density {result['density']:.3f} val {acc('val_acc')} "
-             f"test {acc('test_acc')} ({result['wall_s']:.1f}s, gpu [{result.get('gpu_ids', '')}]) "
-             f"| rounds {self.done_rounds}/{self.total_rounds}")
+        self.view.round(tid, result)
+        if self.trackers is not None:
+            try:
+                self.trackers.round(tid, result)
+            except Exception as e:  # a tracker must never stop a sweep
+                _log(f"warning: tracker failed for {tid} ({type(e).__name__}: {e})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         unit = trial.config["trial"]
@@ -313,10 +364,14 @@ class Progress(tune.Callback):
                                                      "tune_trial": str(trial)})
             except OSError:
                 pass  # storage itself is failing; the line below still tells the user
+        for tid in unit["members"]:
+            self.view.failed(tid, cause)
         _log(f"{unit['trial_id']} FAILED after retries: {cause} (details: {err})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._update(*trial.config["trial"]["members"])
+        for tid in trial.config["trial"]["members"]:
+            self.view.finished(tid)
 
     def _update(self, *tids: str) -> None:
         # The table is derived and rebuilt at the end of the run: a failed

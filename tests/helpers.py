@@ -32,9 +32,9 @@ experiments:
 """
 
 
-def cli(*args, cwd, timeout=300, **kw):
-    """Run `lth-sweep ARGS` as its own process, as a user would."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0", **CPU_ENV}
+def cli(*args, cwd, timeout=300, env=None, **kw):
+    """Run `lth-sweep ARGS` as its own process, as a user would (env: its environment, default ours)."""
+    env = {**(os.environ if env is None else env), "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0", **CPU_ENV}
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kw)
 

@@ -66,7 +66,8 @@ class Member:
 
 
 def run_group(members: list[tuple[TrialSpec, LineageStore]], opts: Optional[RunOptions] = None,
-              context: Optional[dict] = None, on_round: Optional[Callable[[dict], None]] = None) -> dict:
+              context: Optional[dict] = None, on_round: Optional[Callable[[dict], None]] = None,
+              on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     """Run (or finish) the lineages of `members` together; returns {trial_id: [metrics of
     every committed round]} of the members that finished."""
     group = [Member(spec, store) for spec, store in members]
@@ -75,6 +76,8 @@ def run_group(members: list[tuple[TrialSpec, LineageStore]], opts: Optional[RunO
         _guard(m, lambda m=m: setattr(m, "ctx", LineageContext.open(m.spec, m.store, opts, context,
                                                                     prepare_finished=True)))
     live = [m for m in group if m.error is None]
+    for m in live:
+        m.ctx.on_epoch = on_epoch
     while any(not m.finished for m in live):
         k = min(m.next_round for m in live if not m.finished)
         _round(k, live, on_round)

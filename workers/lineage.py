@@ -32,14 +32,17 @@ log = logging.getLogger("lth_sweep.lineage")
 
 def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions] = None,
                 context: Optional[dict] = None,
-                on_round: Optional[Callable[[dict], None]] = None) -> list[dict]:
+                on_round: Optional[Callable[[dict], None]] = None,
+                on_epoch: Optional[Callable[[dict], None]] = None) -> list[dict]:
     """Run (or finish) the IMP lineage of `spec`, committing each round to `store`.
 
     `context` carries where it runs (`node`, `gpu_ids`) for the result rows;
-    `on_round(metrics)` is called after each newly committed round. Returns
-    the metrics of every committed round, in order.
+    `on_round(metrics)` is called after each newly committed round, and
+    `on_epoch({trial_id, round, epoch, epochs})` now and then within a round
+    (for progress displays). Returns the metrics of every committed round, in order.
     """
     ctx = LineageContext.open(spec, store, opts, context)
+    ctx.on_epoch = on_epoch
     for k in range(ctx.done, spec.num_rounds):
         metrics = run_round(ctx, k)
         if on_round is not None:
@@ -59,6 +62,7 @@ class LineageContext:
         self.done, self.token, self.prep, self.model, self.names = 0, None, None, None, []
         self._verified: dict = {}
         self._rewind: Optional[dict] = None
+        self.on_epoch: Optional[Callable[[dict], None]] = None  # progress within a round
 
     @classmethod
     def open(cls, spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions] = None,

@@ -26,6 +26,7 @@ from workers.train import Trainer, model_state, save_tensors
 log = logging.getLogger("lth_sweep.round")
 
 HEARTBEAT_S = 30.0
+PROGRESS_S = 2.0  # how often a round tells `on_epoch` where it is
 
 
 def now() -> str:
@@ -55,7 +56,7 @@ class RoundRun:
         self.trainer.masker.apply()  # the rewound/pruned weights start exactly masked
         self.t0 = time.perf_counter()
         self.images = 0
-        self.last_ckpt, self.last_beat = time.monotonic(), 0.0
+        self.last_ckpt, self.last_beat, self.last_progress = time.monotonic(), 0.0, 0.0
 
     def after_epoch(self, epoch: int, ep: dict) -> None:
         """Book-keeping after `epoch` trained (ep: Trainer.train_epoch's result):
@@ -76,6 +77,9 @@ class RoundRun:
                 or (opts.checkpoint_interval_s and now_s - self.last_ckpt >= opts.checkpoint_interval_s)):
             self.checkpoint()
             self.last_ckpt = now_s
+        if ctx.on_epoch is not None and now_s - self.last_progress >= PROGRESS_S:
+            ctx.on_epoch({"trial_id": ctx.store.trial_id, "round": self.k, "epoch": self.epoch, "epochs": t.epochs})
+            self.last_progress = now_s
         if now_s - self.last_beat >= HEARTBEAT_S:
             ctx.store.heartbeat({"round": self.k, "epoch": self.epoch, "epochs": t.epochs, **ctx.context})
             self.last_beat = now_s

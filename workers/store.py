@@ -138,6 +138,18 @@ class FS:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
 
+    def sha256_of(self, path: str, chunk: int = 1 << 22) -> tuple[str, int]:
+        """(sha256, bytes) of a file, read in chunks: memory stays flat for any size."""
+        h, n = hashlib.sha256(), 0
+        with self.fs.open_input_stream(path) as f:
+            while True:
+                block = f.read(chunk)
+                if not block:
+                    break
+                h.update(block)
+                n += len(block)
+        return h.hexdigest(), n
+
     def read(self, path: str) -> bytes:
         with self.fs.open_input_stream(path) as f:
             return f.read()
@@ -411,6 +423,29 @@ class LineageStore:
                 raise CorruptRound(f"round {k} of trial {self.trial_id}: {name} fails its sha256 check")
             out[name] = data
         return out
+
+    def verify_round(self, k: int) -> list[tuple[str, str]]:
+        """Re-check committed round k against its manifest, streaming each file:
+        [(file, problem)], empty when everything verifies."""
+        try:
+            raw = self.fs.read(f"{self.round_dir(k)}/{MANIFEST}")
+        except (FileNotFoundError, OSError):
+            return [(MANIFEST, "missing")]
+        man = _parse_manifest(raw)
+        if man is None or man.get("round") != k:
+            return [(MANIFEST, "fails its own sha256 check (torn or edited)")]
+        problems = []
+        for name, want in sorted(man["files"].items()):
+            try:
+                digest, size = self.fs.sha256_of(f"{self.round_dir(k)}/{name}")
+            except (FileNotFoundError, OSError):
+                problems.append((name, "missing"))
+                continue
+            if size != want.get("bytes", size):
+                problems.append((name, f"{size} bytes, the manifest says {want['bytes']}"))
+            elif digest != want["sha256"]:
+                problems.append((name, "fails its sha256 check"))
+        return problems
 
     def invalidate_from(self, k: int) -> list[int]:
         """Un-commit round k and every later round (they were derived from it).

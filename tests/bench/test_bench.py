@@ -1,6 +1,7 @@
 """The benchmarks run through the real code paths at toy sizes; timings are never asserted."""
 import json
 
+import pytest
 import torch
 
 from bench.packed import bench_packed
@@ -52,3 +53,28 @@ def test_the_gpu_check_runs_end_to_end(tmp_path):
     assert {"train_loop_ratio", "fused_speedup"} <= set(res["bench"])
     if not res["cuda"]:
         assert res["cuda_tests"]["rc"] == 0 and any("skipped" in line for line in res["cuda_tests"]["summary"])
+
+
+def test_calibrate_writes_the_table_that_plan_then_costs_with(tmp_path):
+    import os
+    env = {**os.environ, "LTH_THROUGHPUT": str(tmp_path / "throughput.json")}
+    r = cli("bench", "--calibrate", "--smoke", "--json", cwd=tmp_path, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = json.loads((tmp_path / "throughput.json").read_text())
+    from workers.models import ARCHS
+    assert set(table["flops_per_s"]) == {f"{a}@8" for a in ARCHS} and all(v > 0 for v in table["flops_per_s"].values())
+    assert json.loads(r.stdout)["_calibrate"] == table
+    from tests.helpers import ROOT
+    plan = cli("plan", "-e", "quickstart", cwd=ROOT, env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert f"on {table['device']} (measured {table['measured']} by bench --calibrate)" in plan.stdout
+
+
+@pytest.mark.ray
+def test_scale_benchmark_runs_near_zero_lineages_through_the_driver(tmp_path):
+    r = cli("bench", "--scale", "3", "--json", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (row,) = json.loads(r.stdout)["_scale"]
+    assert row["trials"] == 3 and row["storage_objects"] >= 3 * 5  # 5 files per committed round 0
+    assert row["peak_driver_rss_mb"] > 0 and row["wall_per_trial_s"] > 0
+    assert cli("bench", "--scale", "0", cwd=tmp_path).returncode == 2

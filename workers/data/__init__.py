@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -42,6 +42,12 @@ class DatasetInfo:
     flips: tuple[str, ...] = ("horizontal",)
     # Spec fields (DataSpec) the loader takes as keyword arguments, e.g. cifar100_lt's imbalance.
     params: tuple[str, ...] = ()
+    # Images in the full training and test splits, as the loader returns them
+    # (for `plan`'s cost estimate: no data is read). A loader whose training
+    # split depends on its params also sets `train_size_of(**params)`.
+    train_size: int = 0
+    test_size: int = 0
+    train_size_of: Optional[Callable[..., int]] = None
 
 
 @dataclass
@@ -75,6 +81,12 @@ def _entry(name: str):
 
 def dataset_info(name: str) -> DatasetInfo:
     return _entry(name).info
+
+
+def train_size(name: str, **params) -> int:
+    """Images in `name`'s training split under `params` (registry facts, no data read)."""
+    info = dataset_info(name)
+    return info.train_size_of(**params) if info.train_size_of else info.train_size
 
 
 def default_root() -> str:

@@ -25,12 +25,19 @@ from .cifar import CIFAR100_FMT
 IMBALANCE_FACTORS = (0.1, 0.05, 0.02, 0.01)  # the paper's grid
 DEFAULT_IMBALANCE = 0.01
 
+
+def _train_size(imbalance: float = DEFAULT_IMBALANCE) -> int:
+    """Images of the long-tailed split: 500 per class at the head (CIFAR-100's training split)."""
+    return sum(long_tail_counts(500, 100, imbalance))
+
+
 # Normalisation: CIFAR-100's published training-set statistics (the long-tailed subset
 # shifts them by well under 0.01, and every factor then shares one set of constants).
 INFO = DatasetInfo(
     name="cifar100_lt", num_classes=100, channels=3, image_size=32,
     mean=CIFAR100_FMT.info.mean, std=CIFAR100_FMT.info.std, autoaugment_policy="cifar10",
-    params=("imbalance",),
+    params=("imbalance",), test_size=10000,
+    train_size_of=_train_size,
 )
 
 

@@ -37,6 +37,7 @@ from .folders import cached_split, is_image_file
 
 INFO = DatasetInfo(
     name="clamm", num_classes=12, channels=1, image_size=224,
+    train_size=2000, test_size=1000,  # the ICFHR 2016 release (2017's is larger)
     mean=(0.5,), std=(0.25,), autoaugment_policy="imagenet",
     flips=(),  # mirrored glyphs are other glyphs
 )

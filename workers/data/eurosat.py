@@ -31,7 +31,7 @@ from . import DataError, DatasetInfo, Split, register
 from .folders import cached_split, fetch, obtain, sorted_images, sorted_subfolders
 
 INFO = DatasetInfo(
-    name="eurosat", num_classes=10, channels=3, image_size=64,
+    name="eurosat", num_classes=10, channels=3, image_size=64, train_size=21600, test_size=5400,
     mean=(0.3444, 0.3803, 0.4078), std=(0.2037, 0.1366, 0.1148), autoaugment_policy="imagenet",
 )
 CLASSES = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",

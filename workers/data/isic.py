@@ -32,7 +32,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 INFO = DatasetInfo(
-    name="isic2018", num_classes=7, channels=3, image_size=224,
+    name="isic2018", num_classes=7, channels=3, image_size=224, train_size=10015, test_size=193,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, autoaugment_policy="imagenet",
 )
 CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")

@@ -1,0 +1,137 @@
+"""What `plan` says a sweep will cost: images processed, and device-hours on a named device.
+
+Images: per lineage, the training subset (from the dataset registry's real
+split sizes, `DatasetInfo.train_size`) times the epochs of all its rounds
+(round 0 trains every epoch, round k from rewind_epoch on), plus one forward
+pass over the held-out and test images after every round.
+
+Speed: a training image costs about three forward passes (forward, and a
+backward of twice the work), so
+    images/s = sustained FLOP/s of the device / (3 x forward FLOPs of one image),
+with the forward FLOPs counted on the trial's own network (arch, width,
+variant, image size, channels) on PyTorch's meta device: nothing is allocated
+or run. The sustained FLOP/s come from a throughput table:
+
+- `lth-sweep bench --calibrate` times real training steps of every
+  architecture at every image size of the dataset registry on the machine at
+  hand and writes each pair's sustained FLOP/s, with the device's name, to
+  $LTH_THROUGHPUT (default ~/.cache/lth-sweep/throughput.json); `plan` then
+  uses it (a pair it has not measured gets the median of those it has);
+- without one, an assumed device (ASSUMED below), named as such in the output.
+
+It is an estimate: data loading, augmentation on the host, and GPUs shared by
+several small trials are not modelled; small_dense is costed at its parent's width.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import statistics
+from typing import Optional
+
+# Without a calibration: one data-centre GPU (A100 class) training in bf16
+# at a sustained 40 TFLOP/s, about 13% of its peak: what ResNet training
+# with a torchvision-style input pipeline typically reaches.
+ASSUMED = {"device": "an assumed A100-class GPU (40 TFLOP/s sustained; not measured)", "flops_per_s": 40e12}
+TRAIN_FLOPS_PER_FORWARD = 3.0
+
+
+def table_path() -> str:
+    return os.environ.get("LTH_THROUGHPUT") or os.path.join(os.path.expanduser("~"), ".cache", "lth-sweep",
+                                                            "throughput.json")
+
+
+def load_table(path: Optional[str] = None) -> Optional[dict]:
+    """The calibrated table, or None (missing or unreadable: plan falls back to ASSUMED)."""
+    try:
+        with open(path or table_path()) as f:
+            t = json.load(f)
+        return t if isinstance(t, dict) and isinstance(t.get("flops_per_s"), dict) and t["flops_per_s"] else None
+    except (OSError, ValueError):
+        return None
+
+
+def key(arch: str, image_size: int) -> str:
+    return f"{arch}@{image_size}"
+
+
+@functools.lru_cache(maxsize=None)
+def forward_flops(arch: str, image_size: int, channels: int, num_classes: int, width: float = 1.0,
+                  variant: str = "standard") -> float:
+    """FLOPs of one image's forward pass, counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from workers.models import build_model
+    with torch.device("meta"):
+        model = build_model(arch, num_classes=num_classes, in_channels=channels, image_size=image_size,
+                            width=width, variant=variant)
+        x = torch.empty(1, channels, image_size, image_size)
+    model.eval()  # one image: BatchNorm in training mode would refuse a 1x1 batch
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def _images(trial) -> tuple[int, int]:
+    """(training images, evaluated images) of one whole lineage."""
+    from workers import data as D
+    spec = trial.spec
+    d, t, p = spec.data, spec.train, spec.prune
+    info = D.dataset_info(d.dataset)
+    n = D.train_size(d.dataset, **{k: getattr(d, k) for k in info.params})
+    per_class = n / info.num_classes
+    size = round(d.fraction * n) if d.fraction is not None else min(n, d.images_per_class * info.num_classes)
+    held_out = min(spec.eval.val_per_class, max(0.0, per_class - size / info.num_classes)) * info.num_classes
+    epochs = t.epochs + p.rounds * (t.epochs - p.rewind_epoch)
+    return int(size * epochs), int((held_out + info.test_size) * spec.num_rounds)
+
+
+def _flops(trial) -> float:
+    from workers import data as D
+    from workers.methods import get_method
+    spec = trial.spec
+    info = D.dataset_info(spec.data.dataset)
+    return forward_flops(spec.model.arch, info.image_size, info.channels, info.num_classes, spec.model.width,
+                         get_method(spec.prune.method).variant)
+
+
+def estimate(trials: list, table: Optional[dict] = None) -> dict:
+    """{train_images, eval_images, device_hours, device, source, images_per_s: {arch@size: ...}}."""
+    from workers import data as D
+    table = load_table() if table is None else table
+    measured = (table or {}).get("flops_per_s", {})
+    fallback = statistics.median(measured.values()) if measured else ASSUMED["flops_per_s"]
+    train = evals = 0
+    seconds = 0.0
+    speeds: dict[str, float] = {}
+    for trial in trials:
+        tr, ev = _images(trial)
+        info = D.dataset_info(trial.spec.data.dataset)
+        k = key(trial.spec.model.arch, info.image_size)
+        flops_per_s = measured.get(k, fallback)
+        fwd = _flops(trial)
+        speed = flops_per_s / (TRAIN_FLOPS_PER_FORWARD * fwd)  # training images/s
+        speeds.setdefault(k, round(speed, 1))
+        seconds += tr / speed + ev / (speed * TRAIN_FLOPS_PER_FORWARD)
+        train, evals = train + tr, evals + ev
+    if table:
+        device = f"{table.get('device', 'this machine')} (measured {table.get('measured', '?')} by bench --calibrate)"
+        source = "calibrated"
+    else:
+        device, source = ASSUMED["device"], "assumed"
+    return {"train_images": train, "eval_images": evals, "device_hours": round(seconds / 3600, 4),
+            "device": device, "source": source, "images_per_s": speeds}
+
+
+def write_table(table: dict, path: Optional[str] = None) -> str:
+    """Write a calibrated table atomically; returns its path."""
+    path = path or table_path()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(table, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
