@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from dataclasses import asdict
 
 # Tune's own progress tables would interleave with ours; one line per
@@ -117,35 +118,29 @@ class Units(Searcher):
     """Hands Tune the sweep's units (a lineage, or a fused group), each as soon
     as the lineages it is built from (Method.parent) have finished: one Tune
     run, no barrier between phases, no polling of storage. A unit whose parent
-    failed is not started: its lineages get a FAILED marker naming the parent."""
+    failed is not started: its lineages get a FAILED marker naming the parent.
+    Each call costs O(1) in the number of units (queues, not scans), so a
+    10,000-trial sweep pays no quadratic bookkeeping."""
 
     def __init__(self, sweep: SweepStore, configs: list[dict], deps: dict[int, set[int]]):
         super().__init__(metric=None, mode=None)
-        self.sweep, self.configs, self.deps = sweep, configs, deps
-        self.pending = list(range(len(configs)))
-        self.done: set[int] = set()
-        self.failed: set[int] = set()
+        self.sweep, self.configs = sweep, configs
+        self.waiting = {i: set(d) for i, d in deps.items() if d}  # unit -> parents not finished yet
+        self.children: dict[int, list[int]] = {}
+        for i, parents in sorted(self.waiting.items()):
+            for p in parents:
+                self.children.setdefault(p, []).append(i)
+        self.ready = deque(i for i in range(len(configs)) if i not in self.waiting)
+        self.released: deque = deque()  # parents just finished: their devices were waiting for these
         self.dropped: list[int] = []
         self.started: dict[str, int] = {}
 
     def suggest(self, trial_id: str):
-        for i in list(self.pending):
-            bad = self.deps.get(i, set()) & self.failed
-            if bad:
-                self.pending.remove(i)
-                self.failed.add(i)
-                self.dropped.append(i)
-                self._mark_dependent_failed(i, next(iter(sorted(bad))))
-        # Units whose parents just finished go first: their GPUs were waiting for them.
-        ready = [i for i in self.pending if self.deps.get(i, set()) <= self.done]
-        ready.sort(key=lambda i: (not self.deps.get(i), i))
-        if not ready:
-            return Searcher.FINISHED if not self.pending else None
-        i = ready[0]
-        self.pending.remove(i)
+        queue = self.released or self.ready
+        if not queue:
+            return Searcher.FINISHED if not self.waiting else None
+        i = queue.popleft()
         self.started[trial_id] = i
-        if self.deps.get(i):
-            _log(f"{self.configs[i]['trial_id']} starts: what it is built from has finished")
         return {"trial": self.configs[i]}
 
     def save(self, checkpoint_path: str) -> None:
@@ -156,8 +151,30 @@ class Units(Searcher):
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         i = self.started.get(trial_id)
-        if i is not None:
-            (self.failed if error else self.done).add(i)
+        if i is None:
+            return
+        if error:
+            self._drop_dependents(i)
+            return
+        for c in self.children.get(i, ()):
+            parents = self.waiting.get(c)
+            if parents is None:
+                continue  # dropped already: another parent failed
+            parents.discard(i)
+            if not parents:
+                del self.waiting[c]
+                self.released.append(c)
+                _log(f"{self.configs[c]['trial_id']} starts: what it is built from has finished")
+
+    def _drop_dependents(self, failed: int) -> None:
+        stack = [failed]
+        while stack:
+            p = stack.pop()
+            for c in self.children.get(p, ()):
+                if self.waiting.pop(c, None) is not None:
+                    self.dropped.append(c)
+                    self._mark_dependent_failed(c, p)
+                    stack.append(c)
 
     def _mark_dependent_failed(self, i: int, parent: int) -> None:
         pid = self.configs[parent]["trial_id"]

@@ -24,3 +24,26 @@ def test_local_ray_has_no_public_dashboard(tmp_path, monkeypatch):
         tune_adapter.tune_run(SweepStore(str(tmp_path), "s"), None, [], "x", None, 2, 0, None, 0, 0, 0)
     assert seen["address"] == "local"  # never joins a cluster that happens to run here
     assert seen["include_dashboard"] is False and seen["dashboard_host"] == "127.0.0.1"
+
+
+def test_units_searcher_releases_dependents_first_and_drops_those_of_failures(tmp_path):
+    from ray.tune.search import Searcher
+
+    from orchestrator.tune_adapter import Units
+    from workers.store import SweepStore
+    n = 10_000
+    configs = [{"trial_id": f"{i:016x}", "members": {f"{i:016x}": {}}} for i in range(n)]
+    # unit n-1 is built from 0, n-2 from 1, and n-3 from n-2 (two levels).
+    deps = {n - 1: {0}, n - 2: {1}, n - 3: {n - 2}}
+    s = Units(SweepStore(str(tmp_path), "s"), configs, deps)
+    got = [s.suggest(f"t{i}")["trial"]["trial_id"] for i in range(3)]
+    assert got == [configs[i]["trial_id"] for i in range(3)]
+    s.on_trial_complete("t0")                 # parent 0 done: its dependent jumps the queue
+    assert s.suggest("t3")["trial"]["trial_id"] == configs[n - 1]["trial_id"]
+    s.on_trial_complete("t1", error=True)     # parent 1 failed: n-2 and, through it, n-3 never start
+    assert sorted(s.dropped) == [n - 3, n - 2]
+    marker = SweepStore(str(tmp_path), "s").lineage(configs[n - 3]["trial_id"]).read_marker("FAILED.json")
+    assert marker["parent"] == configs[n - 2]["trial_id"]
+    left = [s.suggest(f"u{i}") for i in range(n - 6)]
+    assert all(isinstance(c, dict) for c in left) and s.suggest("end") == Searcher.FINISHED
+    assert len({c["trial"]["trial_id"] for c in left}) == n - 6
