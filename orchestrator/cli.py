@@ -189,10 +189,15 @@ def cmd_plan(args) -> int:
     print(f"\n{len(trials)} trials, {cost['rounds']} rounds; asks cpu={cost['cpus']:g} gpu={cost['gpus']:g} "
           f"in total; ~{cost['train_images']:.3g} training images (+{cost['eval_images']:.2g} evaluated)")
     hours = cost["device_hours"]
-    spent = f"~{hours:.3g} device-hours" if hours >= 0.1 else f"~{max(1, round(hours * 60))} device-minutes"
+    spent = f"~{hours:.3g} device-hours" if hours >= 0.1 else _minutes(hours)
     print(f"estimate: {spent} on {cost['device']}, at training images/s: {speeds}"
           + ("" if cost["source"] == "calibrated" else "; `lth-sweep bench --calibrate` measures this machine"))
     return 0
+
+
+def _minutes(hours: float) -> str:
+    m = max(1, round(hours * 60))
+    return f"~{m} device-minute{'s' if m > 1 else ''}"
 
 
 def cmd_run(args) -> int:

@@ -6,25 +6,21 @@ import struct
 
 import pytest
 
-from tests.helpers import TINY_YAML, cli
+from tests.integration.conftest import SHARED_ROUNDS
 
 pytestmark = pytest.mark.ray
 
-YAML = TINY_YAML.replace("fractions: [0.1, 0.2]", "fractions: [0.2]") + "    trackers: [tensorboard]\n"
-ROUNDS = 3  # TINY_YAML: 2 pruning rounds + the dense one
+ROUNDS = SHARED_ROUNDS
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
-    d = tmp_path_factory.mktemp("trackers")
-    (d / "experiments.yaml").write_text(YAML)
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    r = cli("run", "-e", "tiny", "--num-cpus", "2", "--tracker", "mlflow", "--tracker", "wandb", "--plain", cwd=d,
-            env=env, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    trials = sorted(os.listdir(d / "runs" / "tiny" / "trials"))
+def tracked(swept):
+    """The shared sweep ran with all three trackers (conftest.py)."""
+    d, _ = swept
+    base = d / "store" / "mine" / "trackers"
+    trials = sorted(os.listdir(d / "store" / "mine" / "trials"))
     assert len(trials) == 2
-    return d / "runs" / "tiny" / "trackers", trials
+    return base, trials
 
 
 def test_tensorboard_event_files_hold_every_round(tracked):
@@ -44,7 +40,7 @@ def test_mlflow_has_a_run_per_lineage_with_its_spec_and_rounds(tracked):
     from mlflow.tracking import MlflowClient
     base, trials = tracked
     client = MlflowClient(tracking_uri=f"sqlite:///{base / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("tiny")
+    exp = client.get_experiment_by_name("mine")
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.data.params["trial_id"] for r in runs) == trials
     for run in runs:

@@ -12,32 +12,15 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.helpers import CPU_ENV, ROOT, TINY_YAML, cli
+from tests.helpers import CPU_ENV, ROOT, cli
+from tests.integration.conftest import SHARED_ROUNDS, SHARED_YAML, shared_flags
 from workers.store import SweepStore
 
 pytestmark = pytest.mark.ray
 
-# Two lineages of 3 rounds, in a yaml that is not ./experiments.yaml, under a
-# sweep name that is not the experiment's, on storage that is not ./runs.
-YAML = TINY_YAML.replace("fractions: [0.1, 0.2]", "fractions: [0.2]")
-ROUNDS = 3
+YAML, ROUNDS = SHARED_YAML, SHARED_ROUNDS
 METRICS = ["density", "val_acc", "test_acc", "train_acc"]
-
-
-def flags(d):
-    return ["-c", str(d / "conf" / "my.yaml"), "-e", "tiny", "--name", "mine", "--storage", str(d / "store")]
-
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    d = tmp_path_factory.mktemp("verbs")
-    (d / "conf").mkdir()
-    (d / "conf" / "my.yaml").write_text(YAML)
-    r = cli("plan", *flags(d), cwd=d)
-    assert r.returncode == 0, r.stderr
-    r = cli("run", *flags(d), "--num-cpus", "2", cwd=d, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return d, r
+flags = shared_flags  # the sweep itself: conftest.py's `swept`
 
 
 def test_every_verb_takes_the_same_flags(swept):
@@ -60,6 +43,7 @@ def test_non_tty_output_is_one_line_per_round(swept):
     assert "\x1b[" not in r.stdout  # no terminal control codes in a log
     # Ray's own start-up notices are not printed among ours.
     assert not re.search(r"^(\(raylet\)|.*WARNING.*(services|worker)\.py)", r.stdout + r.stderr, re.M)
+    assert "WARNING" not in r.stdout + r.stderr and "notice(s) from Ray held back" in r.stdout + r.stderr
 
 
 def test_status_with_an_extended_yaml_shows_new_trials_pending(swept, tmp_path):
