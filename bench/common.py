@@ -35,3 +35,13 @@ def best_time(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def trial_process_start_s(run: dict, df, slots: int) -> float:
+    """Seconds from Tune's start to the first rounds of the first `slots` trials:
+    each slot's trial process starting once per sweep (actor reuse), a Ray
+    worker importing torch and decoding the data. `run` is the driver's RUN.json,
+    `df` the results table."""
+    tune_start = run["started"] + (run.get("import_s") or 0) + run["ray_start_s"]
+    firsts = sorted(df.loc[df["round"] == 0, "started_at"].map(lambda t: t.timestamp()))[:slots]
+    return max(0.0, sum(firsts) / len(firsts) - tune_start) if firsts else 0.0

@@ -26,6 +26,8 @@ from orchestrator.results import RESULTS_SCHEMA, SCHEMA_VERSION, load_results, r
 from orchestrator.tables import winning_tickets
 from workers.store import SweepStore
 
+from .common import trial_process_start_s
+
 
 def bench_plan(n: int = 10000) -> float:
     doc = {"experiments": {"big": {
@@ -114,11 +116,7 @@ def bench_orchestrator(epochs: int = 45) -> dict:
         # start-up, and what follows the last trial (Ray's shutdown, the final
         # table). Reported apart from the ratio, which is what the driver adds
         # while trials run (Ray up -> last trial done).
-        # Each slot's trial process starts once per sweep (actor reuse): a Ray
-        # worker importing torch and decoding the data before its first round.
-        tune_start = run["started"] + (run.get("import_s") or 0) + run["ray_start_s"]
-        firsts = sorted(df.loc[df["round"] == 0, "started_at"].map(lambda t: t.timestamp()))[:slots]
-        slot_start = max(0.0, sum(firsts) / len(firsts) - tune_start)
+        slot_start = trial_process_start_s(run, df, slots)
         fixed = {"process_start_s": round(run["started"] - t_start, 1), "ray_import_s": run.get("import_s"),
                  "ray_start_s": run["ray_start_s"], "trial_process_start_s": round(slot_start, 1),
                  "after_trials_s": round(t_end - run["finished"], 1)}

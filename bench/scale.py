@@ -6,7 +6,8 @@ runs them (`lth-sweep run` in its own process, a local Ray with 2 CPU slots).
 Per N:
 
     wall_per_trial_s      the sweep's wall time / N (start to exit)
-    overhead_per_trial_s  (Tune's wall - trial compute / slots) / N: what the driver adds per trial
+    overhead_per_trial_s  (Tune's wall - the slots' one-time trial process start - trial compute / slots) / N:
+                          what the driver adds per trial
     peak_driver_rss_mb    the driver process's peak resident memory (VmHWM; Ray's own
                           processes are not the driver)
     storage_objects       files the sweep left in storage
@@ -24,6 +25,8 @@ import time
 
 from orchestrator.results import load_results
 from workers.store import SweepStore
+
+from .common import trial_process_start_s
 
 YAML = """
 experiments:
@@ -75,8 +78,10 @@ def bench_scale_one(n: int, log=print) -> dict:
         assert df["trial_id"].nunique() == n, (n, df["trial_id"].nunique())
         compute = float(df["wall_s"].sum())
         objects = sum(len(files) for _, _, files in os.walk(sweep.dir))
+        start = trial_process_start_s(run, df, SLOTS)  # once per sweep, not per trial
         out = {"trials": n, "wall_s": round(wall, 1), "wall_per_trial_s": round(wall / n, 4),
-               "overhead_per_trial_s": round((run["tune_s"] - compute / SLOTS) / n, 4),
+               "overhead_per_trial_s": round((run["tune_s"] - start - compute / SLOTS) / n, 4),
+               "trial_process_start_s": round(start, 1),
                "trial_compute_s": round(compute, 1), "ray_start_s": run["ray_start_s"],
                "peak_driver_rss_mb": round(peak, 1), "storage_objects": objects,
                "storage_objects_per_trial": round(objects / n, 2)}

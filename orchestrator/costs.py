@@ -20,7 +20,8 @@ or run. The sustained FLOP/s come from a throughput table:
 - without one, an assumed device (ASSUMED below), named as such in the output.
 
 It is an estimate: data loading, augmentation on the host, and GPUs shared by
-several small trials are not modelled; small_dense is costed at its parent's width.
+several small trials are not modelled; a method that trains a narrower network than its
+spec's width (a capacity control) is costed at the spec's width.
 """
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ def test_verify_names_corrupt_files_and_run_verify_redoes_from_the_first(swept, 
 
 
 def test_progress_panel_on_a_terminal(tmp_path):
-    pexpect = pytest.importorskip("pexpect")
+    import pexpect  # the test extra installs it
     (tmp_path / "experiments.yaml").write_text(YAML.replace("augmentations: [none, basic]", "augmentations: [none]"))
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0", **CPU_ENV, "COLUMNS": "160",
            "TERM": "xterm-256color"}
