@@ -424,16 +424,17 @@ class LineageStore:
             out[name] = data
         return out
 
-    def verify_round(self, k: int) -> list[tuple[str, str]]:
+    def verify_round(self, k: int) -> tuple[int, list[tuple[str, str]]]:
         """Re-check committed round k against its manifest, streaming each file:
-        [(file, problem)], empty when everything verifies."""
+        (files checked, the manifest included; [(file, problem)], empty when
+        everything verifies)."""
         try:
             raw = self.fs.read(f"{self.round_dir(k)}/{MANIFEST}")
         except (FileNotFoundError, OSError):
-            return [(MANIFEST, "missing")]
+            return 1, [(MANIFEST, "missing")]
         man = _parse_manifest(raw)
         if man is None or man.get("round") != k:
-            return [(MANIFEST, "fails its own sha256 check (torn or edited)")]
+            return 1, [(MANIFEST, "fails its own sha256 check (torn or edited)")]
         problems = []
         for name, want in sorted(man["files"].items()):
             try:
@@ -445,7 +446,7 @@ class LineageStore:
                 problems.append((name, f"{size} bytes, the manifest says {want['bytes']}"))
             elif digest != want["sha256"]:
                 problems.append((name, "fails its sha256 check"))
-        return problems
+        return 1 + len(man["files"]), problems
 
     def invalidate_from(self, k: int) -> list[int]:
         """Un-commit round k and every later round (they were derived from it).

@@ -76,5 +76,6 @@ def test_scale_benchmark_runs_near_zero_lineages_through_the_driver(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (row,) = json.loads(r.stdout)["_scale"]
     assert row["trials"] == 3 and row["storage_objects"] >= 3 * 5  # 5 files per committed round 0
-    assert row["peak_driver_rss_mb"] > 0 and row["wall_per_trial_s"] > 0
+    assert row["peak_driver_rss_mb"] > 0  # memory, not speed: the timings are only reported
+    assert {"wall_per_trial_s", "overhead_per_trial_s", "trial_process_start_s"} <= set(row)
     assert cli("bench", "--scale", "0", cwd=tmp_path).returncode == 2
