@@ -1,7 +1,7 @@
 """Fixtures every test folder shares (helpers to import live in tests/helpers.py)."""
 import pytest
 
-from tests.helpers import TINY_YAML, uninterrupted
+from tests.helpers import CPU_ENV, ROOT, TINY_YAML, uninterrupted
 
 
 @pytest.fixture
@@ -15,6 +15,28 @@ def tiny_yaml(tmp_path):
 def reference(tmp_path_factory):
     """One uninterrupted sweep of TINY_YAML, shared by the tests that compare against it."""
     return uninterrupted(tmp_path_factory.mktemp("ref"), TINY_YAML)
+
+
+@pytest.fixture(scope="session")
+def shared_ray():
+    """`lth-sweep run` flags for one local Ray cluster (2 CPUs, 2 fake GPUs) that the
+    runs needing only *a* Ray share: starting and stopping a Ray of its own is ~6 s
+    of a 2-core machine per run. The runs that test Ray's own start and stop, a
+    killed driver, or the missing-dataset preflight keep starting their own."""
+    from ray.cluster_utils import Cluster
+    mp = pytest.MonkeyPatch()
+    # The cluster's worker processes (the trials) import the project and run on
+    # the CPU, as those of a Ray the driver starts itself do.
+    for k, v in {"PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0", **CPU_ENV}.items():
+        mp.setenv(k, v)
+    try:
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2, "include_dashboard": False})
+    finally:
+        mp.undo()
+    try:
+        yield ["--address", c.address, "--wait-for-nodes", "0"]
+    finally:
+        c.shutdown()
 
 
 @pytest.fixture(autouse=True)

@@ -50,11 +50,12 @@ def manifests(storage, sweep="tiny"):
             for k, m in st.lineage(t).manifests().items()}
 
 
-def uninterrupted(d, yaml_text):
-    """Run experiment `tiny` of `yaml_text` once, to the end, in folder d."""
+def uninterrupted(d, yaml_text, ray=("--num-cpus", "2")):
+    """Run experiment `tiny` of `yaml_text` once, to the end, in folder d (`ray`: the
+    run's Ray flags, by default a local Ray of its own)."""
     d.mkdir(parents=True, exist_ok=True)
     (d / "experiments.yaml").write_text(yaml_text)
-    r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=d)
+    r = cli("run", "-e", "tiny", *ray, cwd=d)
     assert r.returncode == 0, r.stdout + r.stderr
     return d, r
 

@@ -145,9 +145,9 @@ def verify_all(storage, sweep="tiny"):
     return n
 
 
-def test_full_storage_clear_error_commits_intact(tmp_path, small_mount):
+def test_full_storage_clear_error_commits_intact(tmp_path, small_mount, shared_ray):
     (tmp_path / "experiments.yaml").write_text(TINY_YAML)
-    r = cli("run", "-e", "tiny", "--num-cpus", "2", "--max-failures", "0", "--storage", str(small_mount),
+    r = cli("run", "-e", "tiny", *shared_ray, "--max-failures", "0", "--storage", str(small_mount),
             cwd=tmp_path)
     assert r.returncode != 0
     assert "No space left on device" in r.stdout  # the cause is named, per failed trial
@@ -156,10 +156,10 @@ def test_full_storage_clear_error_commits_intact(tmp_path, small_mount):
         pd.read_parquet(small_mount / "tiny" / "results")  # and the table stays readable
 
 
-def test_read_only_storage_clear_error(tmp_path, small_mount):
+def test_read_only_storage_clear_error(tmp_path, small_mount, shared_ray):
     (tmp_path / "experiments.yaml").write_text(TINY_YAML.replace("[0.1, 0.2]", "[0.1]").replace(
         "[none, basic]", "[none]"))
-    r = cli("run", "-e", "tiny", "--num-cpus", "2", "--storage", str(small_mount), cwd=tmp_path)
+    r = cli("run", "-e", "tiny", *shared_ray, "--storage", str(small_mount), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     before = manifests(small_mount)
     subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)

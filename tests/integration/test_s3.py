@@ -139,8 +139,8 @@ def test_store_primitives_on_s3(s3_env, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def local_reference(tmp_path_factory):
-    d, _ = uninterrupted(tmp_path_factory.mktemp("local"), S3_YAML)
+def local_reference(tmp_path_factory, shared_ray):
+    d, _ = uninterrupted(tmp_path_factory.mktemp("local"), S3_YAML, ray=shared_ray)
     q = cli("query", "-e", "tiny", "--format", "json", cwd=d)
     assert q.returncode == 0, q.stderr
     return json.loads(q.stdout)

@@ -35,9 +35,9 @@ def _trials(tmp_path):
     return by
 
 
-def test_a_dependent_starts_when_its_own_parent_finishes(tmp_path):
+def test_a_dependent_starts_when_its_own_parent_finishes(tmp_path, shared_ray):
     (tmp_path / "experiments.yaml").write_text(YAML)
-    r = cli("run", "-e", "dep", "--num-cpus", "2", cwd=tmp_path, timeout=600)
+    r = cli("run", "-e", "dep", *shared_ray, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     by = _trials(tmp_path)
     df = table(tmp_path / "runs", "dep")
@@ -51,7 +51,7 @@ def test_a_dependent_starts_when_its_own_parent_finishes(tmp_path):
     assert "starts: what it is built from has finished" in r.stdout
 
 
-def test_a_failed_parent_marks_its_dependent_failed_naming_it(tmp_path):
+def test_a_failed_parent_marks_its_dependent_failed_naming_it(tmp_path, shared_ray):
     (tmp_path / "experiments.yaml").write_text(YAML.replace("fractions: [0.05, 0.9]", "fractions: [0.05]"))
     by = {k: v for k, v in _trials(tmp_path).items() if k[0] == 0.05}
     parent, child = by[(0.05, "imp")], by[(0.05, "same_layer_sparse")]
@@ -60,7 +60,7 @@ def test_a_failed_parent_marks_its_dependent_failed_naming_it(tmp_path):
     trials = tmp_path / "runs" / "dep" / "trials"
     trials.mkdir(parents=True)
     (trials / parent.trial_id).write_text("not a folder")
-    r = cli("run", "-e", "dep", "--num-cpus", "2", "--max-failures", "0", cwd=tmp_path, timeout=600)
+    r = cli("run", "-e", "dep", *shared_ray, "--max-failures", "0", cwd=tmp_path, timeout=600)
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     marker = SweepStore(str(tmp_path / "runs"), "dep").lineage(child.trial_id).read_marker("FAILED.json")
     assert marker["parent"] == parent.trial_id and parent.trial_id in marker["error"]

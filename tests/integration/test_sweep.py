@@ -71,12 +71,12 @@ def test_rerun_of_finished_sweep_does_nothing(reference):
     assert manifests(d / "runs") == before
 
 
-def test_extended_grid_runs_only_new_trials(reference, tmp_path):
+def test_extended_grid_runs_only_new_trials(reference, tmp_path, shared_ray):
     d, _ = reference
     shutil.copytree(d / "runs", tmp_path / "runs")
     (tmp_path / "experiments.yaml").write_text(TINY_YAML.replace("[0.1, 0.2]", "[0.1, 0.2, 0.3]"))
     before = manifests(tmp_path / "runs")
-    r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path)
+    r = cli("run", "-e", "tiny", *shared_ray, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "6 trials, 4 already done" in r.stdout
     after = manifests(tmp_path / "runs")
@@ -86,11 +86,11 @@ def test_extended_grid_runs_only_new_trials(reference, tmp_path):
     assert len(df) == 18 and not df.duplicated(["trial_id", "round"]).any()
 
 
-def test_gpu_pinning_with_fake_gpus(tmp_path):
+def test_gpu_pinning_with_fake_gpus(tmp_path, shared_ray):
     (tmp_path / "experiments.yaml").write_text(
         TINY_YAML.replace("resources: {gpu: 0, cpu: 1}", "resources: {gpu: 1, cpu: 0.5}\n  runtime: {fuse: 1}")
         .replace("epochs: 3", "epochs: 2"))
-    r = cli("run", "-e", "tiny", "--num-cpus", "2", "--num-gpus", "2", cwd=tmp_path)
+    r = cli("run", "-e", "tiny", *shared_ray, cwd=tmp_path)  # its 2 fake GPUs
     assert r.returncode == 0, r.stdout + r.stderr
     df = table(tmp_path / "runs")
     assert len(df) == 12
@@ -138,12 +138,12 @@ FUSED_YAML = TINY_YAML.replace("  resources: {gpu: 0, cpu: 1}\n",
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["solo", "fused"])
-def test_kill_and_resume_equals_uninterrupted(reference, tmp_path, fused):
+def test_kill_and_resume_equals_uninterrupted(reference, tmp_path, fused, shared_ray):
     """SIGKILL of the driver's process group, then SIGTERM, then the same
     command again: same rows, same accuracies, no round trained twice; for a
     fused sweep too (against an uninterrupted fused sweep)."""
     yaml_text = FUSED_YAML if fused else TINY_YAML
-    d = uninterrupted(tmp_path / "fused_ref", FUSED_YAML)[0] if fused else reference[0]
+    d = uninterrupted(tmp_path / "fused_ref", FUSED_YAML, ray=shared_ray)[0] if fused else reference[0]
     (tmp_path / "experiments.yaml").write_text(yaml_text)
     storage = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0"}
@@ -200,14 +200,14 @@ ALL = INDEPENDENT + ["same_layer_sparse", "small_dense"]
 
 
 @pytest.mark.ray
-def test_every_method_end_to_end_through_the_orchestrator(tmp_path):
+def test_every_method_end_to_end_through_the_orchestrator(tmp_path, shared_ray):
     yaml = (TINY_YAML.replace("fractions: [0.1, 0.2]", "fractions: [0.1]")
             .replace("augmentations: [none, basic]", "augmentations: [basic]")
             .replace("methods: [imp]", f"methods: [{', '.join(ALL)}]")
             .replace("epochs: 3", "epochs: 2").replace("rounds: 2", "rounds: 1")
             + "    analysis: {cka: true, probe: [digits]}\n")
     (tmp_path / "experiments.yaml").write_text(yaml)
-    r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path, timeout=600)
+    r = cli("run", "-e", "tiny", *shared_ray, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     df = table(tmp_path / "runs")
     assert sorted(df["method"].unique()) == sorted(ALL)
@@ -226,7 +226,7 @@ def test_every_method_end_to_end_through_the_orchestrator(tmp_path):
     cka = R.to_pandas(R.load_table(st, "cka"))
     probe = R.to_pandas(R.load_table(st, "probe"))
     assert set(cka["trial_id"]) == set(df["trial_id"]) == set(probe["trial_id"])
-    again = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path, timeout=600)
+    again = cli("run", "-e", "tiny", *shared_ray, cwd=tmp_path, timeout=600)
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 

@@ -76,7 +76,7 @@ def test_python_api_matches_the_cli(swept):
         api.load_results(str(d / "store"), "nope")
 
 
-def test_verify_names_corrupt_files_and_run_verify_redoes_from_the_first(swept, tmp_path):
+def test_verify_names_corrupt_files_and_run_verify_redoes_from_the_first(swept, tmp_path, shared_ray):
     d, _ = swept
     store = tmp_path / "store"
     shutil.copytree(d / "store", store)
@@ -105,7 +105,7 @@ def test_verify_names_corrupt_files_and_run_verify_redoes_from_the_first(swept, 
     assert {(c["trial_id"], c["round"], c["file"]) for c in out["corrupt"]} == \
         {(tid, 1, "weights.safetensors"), (tid, 2, "mask.safetensors")}
 
-    r = cli("run", *args, "--num-cpus", "2", "--verify", cwd=d, timeout=600)
+    r = cli("run", *args, *shared_ray, "--verify", cwd=d, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"{tid} round 1 is corrupt" in r.stdout + r.stderr
     assert cli("verify", *args, cwd=d).returncode == 0
@@ -119,12 +119,12 @@ def test_verify_names_corrupt_files_and_run_verify_redoes_from_the_first(swept, 
     assert got[METRICS].equals(ref[METRICS])
 
 
-def test_progress_panel_on_a_terminal(tmp_path):
+def test_progress_panel_on_a_terminal(tmp_path, shared_ray):
     import pexpect  # the test extra installs it
     (tmp_path / "experiments.yaml").write_text(YAML.replace("augmentations: [none, basic]", "augmentations: [none]"))
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0", **CPU_ENV, "COLUMNS": "160",
            "TERM": "xterm-256color"}
-    child = pexpect.spawn(sys.executable, ["-m", "orchestrator", "run", "-e", "tiny", "--num-cpus", "2"],
+    child = pexpect.spawn(sys.executable, ["-m", "orchestrator", "run", "-e", "tiny", *shared_ray],
                           cwd=str(tmp_path), env=env, encoding="utf-8", timeout=300, dimensions=(50, 160))
     child.expect(pexpect.EOF)
     child.close()
