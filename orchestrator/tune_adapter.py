@@ -277,7 +277,6 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
     trainable = tune.with_resources(unit_trainable,
                                     lambda cfg: {"cpu": cfg["trial"]["cpu"], "gpu": cfg["trial"]["gpu"]})
     interrupted, errors = False, []
-    old_term = signal.getsignal(signal.SIGTERM)
     # SIGTERM (scheduler preemption, `kill`) takes Ctrl-C's graceful path.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
@@ -299,7 +298,11 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        # The trials have stopped and every round they reported is committed; a
+        # SIGTERM from now on (a scheduler, `kill`, a test) must not turn the
+        # last seconds of teardown (results table, Ray shutdown) into exit 15
+        # from Ray's own handler.
+        signal.signal(signal.SIGTERM, _late_sigterm)
         state.close()
     timings["tune_s"] = round(time.monotonic() - t_tune, 3)
     collector.rebuild()
@@ -315,6 +318,10 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
     _log(f"sweep finished in {time.monotonic() - t0:.0f}s; rounds committed "
          f"{state.done_rounds}/{total_rounds}")
     return 0
+
+
+def _late_sigterm(*_) -> None:
+    _log("SIGTERM: the trials have stopped already; exiting once the results table is written")
 
 
 def _cause(err: BaseException) -> str:
