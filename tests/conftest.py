@@ -1,7 +1,7 @@
 """Fixtures every test folder shares (helpers to import live in tests/helpers.py)."""
 import pytest
 
-from tests.helpers import CPU_ENV, ROOT, TINY_YAML, uninterrupted
+from tests.helpers import RUN_ENV, TINY_YAML, uninterrupted
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def shared_ray():
     mp = pytest.MonkeyPatch()
     # The cluster's worker processes (the trials) import the project and run on
     # the CPU, as those of a Ray the driver starts itself do.
-    for k, v in {"PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0", **CPU_ENV}.items():
+    for k, v in RUN_ENV.items():
         mp.setenv(k, v)
     try:
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2, "include_dashboard": False})

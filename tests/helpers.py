@@ -13,6 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Trials of CLI runs train on the CPU even on a GPU host: the bit-exact checks
 # are CPU facts, and fake GPUs must not land on real ones (CUDA tests: -m cuda).
 CPU_ENV = {"LTH_DEVICE": "cpu"}
+# What a CLI run's processes (the driver, and the trials of the Ray it starts,
+# or of the tests' shared Ray) see on top of the caller's environment.
+RUN_ENV = {"PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0", **CPU_ENV}
 
 
 # A tiny experiment: real digits, a real (narrow) ResNet-18, seconds per lineage.
@@ -34,7 +37,7 @@ experiments:
 
 def cli(*args, cwd, timeout=300, env=None, **kw):
     """Run `lth-sweep ARGS` as its own process, as a user would (env: its environment, default ours)."""
-    env = {**(os.environ if env is None else env), "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0", **CPU_ENV}
+    env = {**(os.environ if env is None else env), **RUN_ENV}
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kw)
 
