@@ -46,12 +46,6 @@ CPU = torch.device("cpu")
 RTOL, ATOL, ATOL_MOMENTUM = 1e-4, 1e-5, 1e-4
 
 
-RTOL, ATOL, ATOL_MOMENTUM = 1e-4, 1e-5, 1e-4
-
-
-RTOL, ATOL, ATOL_MOMENTUM = 1e-4, 1e-5, 1e-4
-
-
 def member(seed=0, method="imp", aug="none", density=None, arch="resnet18", width=0.125, fraction=0.1,
            batch=40, epochs=3, lr=0.05, opts=None) -> Trainer:
     """A solo Trainer built the way a lineage builds one (digits)."""
