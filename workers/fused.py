@@ -38,7 +38,9 @@ of the summed per-member mean losses is, member by member, the solo gradient.
 Numerics. The data order, augmentation draws, masks and SGD arithmetic are
 the solo ones exactly. "grouped" kernels (and BatchNorm over K*C channels)
 reduce in another order than solo: results agree to float rounding (~1e-7
-relative per op in fp32), not bit for bit. "loop" runs the solo kernels and,
+relative per op in fp32), not bit for bit; an ill-conditioned network
+compounds that (a tiny MobileNetV2's one-step gradients: 5e-4 relative on
+one CPU, 3% on another; in float64 ~1e-17). "loop" runs the solo kernels and,
 on CPU, where the members' inputs have the layout of the fused batch, gives
 the solo bits (measured: ResNet-18 in every variant, VGG-16, t-vMF; not
 MobileNetV2, whose 1x1 maps make the gradients' layout ambiguous).

@@ -160,10 +160,10 @@ def test_every_fusable_method_and_arch(method, arch, conv, monkeypatch):
     # MobileNetV2's gradients are large (up to ~12 in the depthwise and stem
     # convs of these 2-4-channel blocks) and ill-conditioned: in float32 the
     # grouped kernels' gradients differ from the solo ones' by 5e-4 of that
-    # scale on one CPU and by 3% on another (oneDNN's summation order follows
-    # the CPU's vector width). That is rounding, not fusion: in float64 the
-    # grouped member equals its solo lineage to the last bits, which is what
-    # this case checks, on any CPU.
+    # scale on one CPU and by 3% on another (the kernels' summation order
+    # depends on the CPU). That is rounding, not fusion: in float64 the
+    # grouped member equals its solo lineage to ~1e-17, which is what this
+    # case checks, on any CPU.
     dtype = torch.float64 if (arch, conv) == ("mobilenetv2", "grouped") else torch.float32
     if dtype == torch.float64:  # the images too (normalize gives float32)
         normalize = D.normalize
