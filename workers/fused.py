@@ -41,8 +41,8 @@ reduce in another order than solo: results agree to float rounding (~1e-7
 relative per op in fp32), not bit for bit; an ill-conditioned network
 compounds that (a tiny MobileNetV2's one-step gradients: 5e-4 relative on
 one CPU, 3% on another; in float64 ~1e-17). "loop" runs the solo kernels and,
-on CPU, where the members' inputs have the layout of the fused batch, gives
-the solo bits (measured: ResNet-18 in every variant, VGG-16, t-vMF; not
+on CPU, where every batch is NCHW (workers.data.normalize), gives the solo
+bits (measured: ResNet-18 in every variant, VGG-16, t-vMF; not
 MobileNetV2, whose 1x1 maps make the gradients' layout ambiguous).
 """
 from __future__ import annotations
@@ -368,8 +368,7 @@ def conv_strategy(conv: str, device: torch.device, image_size: Optional[int] = N
     images the step is per-op overhead, and grouped runs 1.15-1.7x solo while
     loop (chunk + K convs + cat) runs 0.7-1.2x; on 32 px oneDNN's grouped
     conv is slower than the K solo convs (grouped 0.4-0.9x, loop 0.7-0.8x),
-    so loop there, which is also the solo kernels (the solo bits where the
-    members' layouts agree)."""
+    so loop there, which is also the solo kernels (the solo bits)."""
     if conv not in CONV_STRATEGIES:
         raise ValueError(f"unknown conv strategy {conv!r}; known: {list(CONV_STRATEGIES)}")
     if conv != "auto":
@@ -455,22 +454,6 @@ def can_fuse(trainers: Sequence[Trainer]) -> Optional[str]:
     return None
 
 
-def _solo_layout(t: Trainer) -> bool:
-    """Whether member t's solo network runs channels_last. On CPU the Trainer
-    does not convert anything, but a one-channel batch [B, 1, H, W] is both
-    "contiguous" and "channels_last", and which one its strides say depends
-    on how the batch was made (an index-select gives (HW, 1, W, 1), the crop
-    of `basic` gives (HW, HW, W, 1)); the first conv follows the strides and
-    every later layer its output. Probed on two augmented images, drawn with
-    a throwaway generator (the member's streams are not touched)."""
-    p = t.prep
-    if p.x_train.shape[0] == 0:
-        return False
-    g = torch.Generator(p.x_train.device).manual_seed(0)
-    x = t._inputs(p.augment(p.x_train[:2], g))
-    return x.dim() == 4 and x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last)
-
-
 def _mask_names(t: Trainer) -> list[str]:
     return [t.names[p] for p in t.masker.params]
 
@@ -493,12 +476,11 @@ class FusedTrainer:
     members' channel slices, the solo kernels), or "auto" (`conv_strategy`:
     grouped on CUDA and for small images on CPU, else loop). The attribute
     `channels_last` is the layout the fused batch runs in: the one the
-    members' solo networks run in (the majority's).
+    members' solo networks run in.
 
     Uses of the members: spec, prep, model, forward (must be the model),
     opt (one SGD param group), masker.params / masker.masks, names, sparse,
-    loss, lr_at, autocast, channels_last and _inputs (for the layout probe
-    and K=1).
+    loss, lr_at, autocast, channels_last and _inputs (for K=1).
     """
 
     def __init__(self, trainers: Sequence[Trainer], conv: str = "auto"):
@@ -511,13 +493,8 @@ class FusedTrainer:
         self.device = t0.prep.device
         self.autocast = t0.autocast
         # The layout solo runs in: channels_last where the trainer asks for it
-        # (CUDA), else whatever layout the member's input batches happen to
-        # have (see _solo_layout); members that disagree get the majority's.
-        if t0.channels_last:
-            self.channels_last = True
-        else:
-            votes = [_solo_layout(t) for t in self.trainers]
-            self.channels_last = 2 * sum(votes) > len(votes)
+        # (CUDA), else NCHW (workers.data.normalize); can_fuse checked they agree.
+        self.channels_last = t0.channels_last
         self.conv = conv_strategy(conv, self.device, t0.prep.info.image_size)
         self.model = fuse_models([t.model for t in self.trainers], self.conv)
         self.num_classes = t0.prep.info.num_classes

@@ -75,10 +75,10 @@ def test_fused_mask_step_equals_hook_masks():
 def test_batched_evaluation_equals_dataloader_evaluation():
     info, train, test = D.load_dataset("digits")
     model = small_model(seed=2, width=0.125)
-    # Train a few steps so predictions are not trivial.
+    # Train a few epochs so predictions are not trivial (4: 0.83 on the test split).
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     g = torch.Generator().manual_seed(0)
-    for _ in range(3):
+    for _ in range(4):
         perm = torch.randperm(len(train), generator=g)
         for b in range(0, len(train), 100):
             i = perm[b:b + 100]

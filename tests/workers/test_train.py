@@ -1,4 +1,4 @@
-"""The training and evaluation loop: BatchNorm recalibration and what it measures."""
+"""The training and evaluation loop: the layout it feeds the network, BatchNorm recalibration and what it measures."""
 import pytest
 import torch
 from safetensors.torch import load as st_load
@@ -56,3 +56,62 @@ def test_bn_recalibration_closes_the_eval_mode_gap_of_a_short_round(tmp_path):
         for name in a:
             if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
                 assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("aug", ["none", "basic"])
+def test_the_network_sees_plain_nchw_batches_on_cpu_however_they_were_cut(aug):
+    """A one-channel batch cut by an index-select has strides (HW, 1, W, 1),
+    which torch reads as channels_last, and the convs follow it. On CPU the
+    Trainer asks for NCHW, so every batch it feeds (training, augmented or
+    not, and evaluation) has NCHW strides."""
+    from workers import data as D
+    from workers.train import Trainer, prepare
+    spec = TrialSpec(DataSpec("digits", images_per_class=2, augmentation=aug), model=ModelSpec(width=0.0625))
+    p = prepare(spec, RunOptions(device="cpu"), torch.device("cpu"))
+    cut = p.x_train[torch.tensor([3, 1, 4])]
+    assert cut.shape[1] == 1 and cut.stride(1) == 1  # the ambiguous strides the loaders produce
+    t = Trainer(spec, p, trial_model(spec, p.info, RunOptions()), {})
+    seen = []
+    hook = t.model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].stride()))
+    t.train_epoch(0, 0)
+    t.accuracy(p.x_test, p.y_test)
+    hook.remove()
+    H = W = p.info.image_size
+    assert seen and all(s[1:] == (H * W, W, 1) for s in seen), seen
+    assert D.normalize(cut, p.info).stride() == (H * W, H * W, W, 1)
+
+
+# The lineage of the scale benchmark (digits, 1 image per class, ResNet-18 at
+# width 1/16, seed 1) whose one SGD step crashed its trial process in the
+# backward pass, or trained on gradients 30% off, while its batches ran
+# channels_last. In a subprocess: a corrupted heap takes its process with it.
+_GRADIENT_CHECK = """
+import torch
+from workers.methods import trial_model
+from workers.spec import DataSpec, ModelSpec, RunOptions, TrialSpec
+from workers.train import Trainer, prepare
+torch.set_num_threads(1)
+spec = TrialSpec(DataSpec("digits", images_per_class=1), model=ModelSpec(width=0.0625), seed=1)
+p = prepare(spec, RunOptions(device="cpu"), torch.device("cpu"))
+grads = {}
+for dtype in (torch.float32, torch.float64):
+    torch.manual_seed(1)
+    t = Trainer(spec, p, trial_model(spec, p.info, RunOptions()).to(dtype), {})
+    for _ in range(3):
+        t.model.zero_grad()
+        x = t._inputs(p.x_train).to(dtype)
+        torch.nn.functional.cross_entropy(t.model(x), p.y_train).backward()
+    grads[dtype] = {n: q.grad.double() for n, q in t.model.named_parameters()}
+print(max(float((a - grads[torch.float64][n]).abs().max() / grads[torch.float64][n].abs().max().clamp_min(1e-12))
+          for n, a in grads[torch.float32].items()))
+"""
+
+
+def test_a_tiny_resnet_step_on_one_channel_images_has_float64_gradients():
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+    r = subprocess.run([sys.executable, "-c", _GRADIENT_CHECK], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.split()[-1]) < 1e-3, r.stdout

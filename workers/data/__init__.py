@@ -135,11 +135,20 @@ def device_constant(key, device, make: Callable[[], torch.Tensor]) -> torch.Tens
 
 
 def normalize(x_uint8: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
-    """float32 (x/255 - mean)/std on x's device; works on [C,H,W] and [B,C,H,W]."""
+    """float32 (x/255 - mean)/std on x's device; works on [C,H,W] and [B,C,H,W].
+
+    Always in the plain (NCHW) layout. A one-channel batch made by an
+    index-select has strides (HW, 1, W, 1): "contiguous" and "channels_last"
+    at once, and the convs follow channels_last. On CPU that is a hazard,
+    not a speed-up: oneDNN 3.12's channels_last conv backward (AVX2, AMD
+    EPYC) returns gradients 30-130% off for 1x1 stride-2 convs of 2-4 input
+    channels (a ResNet shortcut at width 1/16) and corrupts the heap in other
+    small-channel shapes (tests/workers/test_train.py). The layout is the Trainer's to choose
+    (channels_last on CUDA), never an accident of how the batch was cut."""
     dev = x_uint8.device
     mean = device_constant(("mean", info.mean), dev, lambda: torch.tensor(info.mean).view(-1, 1, 1))
     std = device_constant(("std", info.std), dev, lambda: torch.tensor(info.std).view(-1, 1, 1))
-    return (x_uint8.float() / 255.0 - mean) / std
+    return (x_uint8.to(torch.float32, memory_format=torch.contiguous_format) / 255.0 - mean) / std
 
 
 # The registry entries and helpers import the names above, so they come last.
