@@ -15,6 +15,7 @@ import datetime as _dt
 import os
 import signal
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import asdict
@@ -227,10 +228,20 @@ def _quiet_ray_init(**kw) -> list[str]:
     hold, old = Hold(level=logging.WARNING), ray_log.propagate
     saved = ray_log.handlers[:]
     ray_log.handlers, ray_log.propagate = [hold], False
+    # ray.init replaces the SIGTERM handler with one that exits 15 on the spot;
+    # the caller's (the CLI's: stop as gracefully as Ctrl-C) stays in charge.
+    main = threading.current_thread() is threading.main_thread()
+    term = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(**kw)
+    except SystemExit as e:
+        if e.code == signal.SIGTERM and callable(term):
+            term(signal.SIGTERM, None)  # default_int_handler: KeyboardInterrupt, the graceful path
+        raise
     finally:
         ray_log.handlers, ray_log.propagate = saved, old
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
     return held
 
 

@@ -1,4 +1,4 @@
-"""The Ray Tune adapter: the embedded Ray."""
+"""The Ray Tune adapter: the embedded Ray, its searcher, its signals."""
 import pytest
 
 from workers.store import SweepStore
@@ -47,3 +47,35 @@ def test_units_searcher_releases_dependents_first_and_drops_those_of_failures(tm
     left = [s.suggest(f"u{i}") for i in range(n - 6)]
     assert all(isinstance(c, dict) for c in left) and s.suggest("end") == Searcher.FINISHED
     assert len({c["trial"]["trial_id"] for c in left}) == n - 6
+
+
+# A SIGTERM while ray.init runs: ray.init first installs a handler of its own
+# that exits 15 on the spot (no "re-run" message, exit 15 instead of 130). The
+# signal is sent from inside that handler's installation, so it lands in
+# ray.init itself, every time. In a process of its own: signals are global.
+_SIGTERM_IN_RAY_INIT = """
+import os, signal, sys
+import ray._private.utils as U
+from orchestrator import tune_adapter
+real = U.set_sigterm_handler
+def set_and_signal(handler):
+    real(handler)
+    os.kill(os.getpid(), signal.SIGTERM)
+U.set_sigterm_handler = set_and_signal
+signal.signal(signal.SIGTERM, signal.default_int_handler)  # what the CLI installs
+try:
+    tune_adapter._quiet_ray_init(address="local", num_cpus=1, include_dashboard=False)
+except KeyboardInterrupt:
+    print("graceful", signal.getsignal(signal.SIGTERM) is signal.default_int_handler)
+"""
+
+
+def test_a_sigterm_while_ray_starts_takes_the_graceful_path():
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, RUN_ENV
+    r = subprocess.run([sys.executable, "-c", _SIGTERM_IN_RAY_INIT], cwd=ROOT, env={**os.environ, **RUN_ENV},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ["graceful", "True"], (r.returncode, r.stdout, r.stderr[-2000:])
