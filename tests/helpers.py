@@ -35,11 +35,51 @@ experiments:
 """
 
 
-def cli(*args, cwd, timeout=300, env=None, **kw):
-    """Run `lth-sweep ARGS` as its own process, as a user would (env: its environment, default ours)."""
+# The verbs that only read storage and the yaml. Each of them run as a process
+# of its own pays an interpreter and a torch import (2-4 s) for well under a
+# second of work, so cli() runs them through the same `main` in this process.
+# What only a process shows (the console script, the imports a verb pulls in,
+# exit statuses of `python -m orchestrator`) is checked in
+# tests/orchestrator/test_cli.py with processes of their own.
+READ_ONLY_VERBS = {"plan", "status", "query", "report", "verify"}
+
+
+def cli(*args, cwd, timeout=300, env=None, process=False, **kw):
+    """Run `lth-sweep ARGS` in `cwd` as a user would (env: its environment,
+    default ours): as its own process, or (a read-only verb, unless `process`)
+    through orchestrator.cli.main here. Either way a CompletedProcess."""
     env = {**(os.environ if env is None else env), **RUN_ENV}
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout, **kw)
+    if process or kw or args[0] not in READ_ONLY_VERBS:
+        return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=timeout, **kw)
+    return _in_process(list(args), cwd, env)
+
+
+def _in_process(argv, cwd, env):
+    import contextlib
+    import signal
+    import traceback
+
+    from orchestrator.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_term = dict(os.environ), signal.getsignal(signal.SIGTERM)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(argv)
+            except SystemExit as e:  # argparse's --help
+                rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:  # what a process would print before dying with status 1
+                traceback.print_exc()
+                rc = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        signal.signal(signal.SIGTERM, saved_term)
+    return subprocess.CompletedProcess([sys.executable, "-m", "orchestrator", *argv], rc, out.getvalue(),
+                                       err.getvalue())
 
 
 def table(storage, sweep="tiny"):

@@ -37,7 +37,7 @@ def test_console_script_bad_fraction(tmp_path):
     """The same contract through a real process (the hook's spot check)."""
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(BASE.replace("[0.1]", "[2.0]"))
-    r = cli("plan", "-c", str(cfg), "-e", "x", cwd=tmp_path, timeout=120)
+    r = cli("plan", "-c", str(cfg), "-e", "x", cwd=tmp_path, timeout=120, process=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
