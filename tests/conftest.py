@@ -12,9 +12,9 @@ def tiny_yaml(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, shared_ray):
     """One uninterrupted sweep of TINY_YAML, shared by the tests that compare against it."""
-    return uninterrupted(tmp_path_factory.mktemp("ref"), TINY_YAML)
+    return uninterrupted(tmp_path_factory.mktemp("ref"), TINY_YAML, ray=shared_ray)
 
 
 @pytest.fixture(scope="session")

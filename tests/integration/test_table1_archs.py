@@ -29,7 +29,7 @@ def shipped() -> dict:
 def toy(doc: dict, name: str, init_dir: str) -> dict:
     """The entry on digits, one seed, one augmentation, 2 epochs x 2 rounds."""
     exp = copy.deepcopy(doc["experiments"][name])
-    exp.update(datasets=["digits"], fractions=[0.2], augmentations=exp["augmentations"][:1], seeds=[0])
+    exp.update(datasets=["digits"], fractions=[0.05], augmentations=exp["augmentations"][:1], seeds=[0])
     exp["train"] = {**exp.get("train", {}), "epochs": 2, "batch_size": 50}
     exp["imp"] = {"rounds": 2, "rewind_epoch": 1}
     exp["resources"] = {"gpu": 0, "cpu": 1}
