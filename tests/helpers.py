@@ -82,6 +82,13 @@ def _in_process(argv, cwd, env):
                                        err.getvalue())
 
 
+def python(code: str, cwd=ROOT, timeout=300):
+    """Run a Python snippet in a process of its own, with the project importable
+    (for what is global to a process: signals, imports, a crash)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env={**os.environ, **RUN_ENV},
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def table(storage, sweep="tiny"):
     return pd.read_parquet(os.path.join(storage, sweep, "results"))
 

@@ -15,13 +15,13 @@ import time
 import pandas as pd
 import pytest
 
-from tests.helpers import ROOT, TINY_YAML, cli, manifests, table
+from tests.helpers import RUN_ENV, TINY_YAML, cli, manifests, table
 from workers.store import SweepStore
 
 pytestmark = pytest.mark.ray
 
 
-ENV = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0"}
+ENV = {**os.environ, **RUN_ENV}
 
 
 CMD = [sys.executable, "-m", "orchestrator", "run", "-e", "tiny", "--num-cpus", "2"]

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from tests.helpers import ROOT, TINY_YAML, cli
+from tests.helpers import ROOT, RUN_ENV, TINY_YAML, cli
 from workers.store import SweepStore
 
 pytestmark = pytest.mark.ray
@@ -125,7 +125,7 @@ def test_worker_node_killed_mid_trial_restarts_elsewhere(cluster, tmp_path):
         GPU_YAML.replace("[0.1, 0.2]", "[0.1]").replace("epochs: 3", "epochs: 4")
         .replace("runtime: {fuse: 1}", "runtime: {fuse: 1, checkpoint_every: 1}"))
     storage = tmp_path / "runs"
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0"}
+    env = {**os.environ, **RUN_ENV}
     log = open(tmp_path / "driver.log", "w+")
     p = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-e", "tiny",
                           "--address", cluster.address], cwd=tmp_path, env=env,
@@ -186,7 +186,7 @@ def test_driver_waits_for_a_gpu_node_to_join(cluster, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "gpu=1" in r.stderr, r.stderr
     assert not (tmp_path / "runs" / "tiny" / "trials").exists()
 
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0"}
+    env = {**os.environ, **RUN_ENV}
     p = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-e", "tiny", "--address", cluster.address,
                           "--wait-for-nodes", "120"], cwd=tmp_path, env=env, start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -21,7 +21,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
-from tests.helpers import ROOT, TINY_YAML, cli, manifests, uninterrupted
+from tests.helpers import RUN_ENV, TINY_YAML, cli, manifests, uninterrupted
 
 pytestmark = pytest.mark.ray
 
@@ -156,7 +156,7 @@ def test_sweep_on_s3_killed_and_resumed_equals_local(s3_env, local_reference, tm
     storage = f"s3://{BUCKET}/sweeps"
     (tmp_path / "experiments.yaml").write_text(S3_YAML)
     # s3_env put the AWS_* variables into os.environ: the CLI processes inherit them.
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0"}
+    env = {**os.environ, **RUN_ENV}
     outputs = []
 
     def run_cli(*args, timeout=300):

@@ -15,7 +15,7 @@ import pytest
 from orchestrator import report as REP
 from orchestrator import results as R
 from orchestrator.report import write_report
-from tests.helpers import ROOT, TINY_YAML, assert_png, cli, manifests, table, uninterrupted
+from tests.helpers import RUN_ENV, TINY_YAML, assert_png, cli, manifests, table
 from workers.store import SweepStore
 
 pytestmark = pytest.mark.ray
@@ -146,7 +146,7 @@ def test_fused_sweep_killed_and_resumed_equals_the_solo_sweep(reference, tmp_pat
     round trained twice. (The solo sweep's kills: test_chaos.py.)"""
     (tmp_path / "experiments.yaml").write_text(FUSED_YAML)
     storage = tmp_path / "runs"
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AIR_NEW_OUTPUT": "0"}
+    env = {**os.environ, **RUN_ENV}
     seed = int(os.environ.get("LTH_KILL_SEED", random.randrange(10**6)))
     rng = random.Random(seed)
     print(f"kill seed {seed} (replay with LTH_KILL_SEED={seed})")

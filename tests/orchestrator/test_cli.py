@@ -1,13 +1,11 @@
 """The CLI's bad-input contract: one line on stderr, exit status 2, nothing started, nothing written."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from orchestrator import results as R
 from orchestrator.cli import main
-from tests.helpers import ROOT, TINY_YAML, cli
+from tests.helpers import TINY_YAML, cli, python
 from tests.orchestrator.helpers import commit
 
 BASE = "experiments:\n  x:\n    datasets: [digits]\n    fractions: [0.1]\n    augmentations: [none]\n"
@@ -73,8 +71,6 @@ def test_report_of_unknown_sweep_is_one_line(tmp_path, capsys):
 def test_the_cli_and_user_errors_do_not_import_ray(tmp_path):
     """Only `run` with work to do pays for Ray's import: the CLI module, `plan`, a bad
     yaml and the read-only verbs never load it."""
-    import subprocess
-    import sys
     (tmp_path / "bad.yaml").write_text("experiments:\n  x:\n    datasets: [mnist]\n    fractions: [0.1]\n")
     (tmp_path / "experiments.yaml").write_text(TINY_YAML)
     code = (
@@ -86,6 +82,5 @@ def test_the_cli_and_user_errors_do_not_import_ray(tmp_path):
         "    cli.main(argv)\n"
         "    assert 'ray' not in sys.modules, argv\n"
         "print('ok')\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": ROOT})
+    r = python(code, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-2000:]

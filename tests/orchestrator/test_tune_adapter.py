@@ -71,11 +71,6 @@ except KeyboardInterrupt:
 
 
 def test_a_sigterm_while_ray_starts_takes_the_graceful_path():
-    import os
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT, RUN_ENV
-    r = subprocess.run([sys.executable, "-c", _SIGTERM_IN_RAY_INIT], cwd=ROOT, env={**os.environ, **RUN_ENV},
-                       capture_output=True, text=True, timeout=120)
+    from tests.helpers import python
+    r = python(_SIGTERM_IN_RAY_INIT, timeout=120)
     assert r.returncode == 0 and r.stdout.split() == ["graceful", "True"], (r.returncode, r.stdout, r.stderr[-2000:])

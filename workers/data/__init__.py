@@ -143,8 +143,9 @@ def normalize(x_uint8: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     not a speed-up: oneDNN 3.12's channels_last conv backward (AVX2, AMD
     EPYC) returns gradients 30-130% off for 1x1 stride-2 convs of 2-4 input
     channels (a ResNet shortcut at width 1/16) and corrupts the heap in other
-    small-channel shapes (tests/workers/test_train.py). The layout is the Trainer's to choose
-    (channels_last on CUDA), never an accident of how the batch was cut."""
+    small-channel shapes (tests/workers/test_train.py). The layout is the
+    Trainer's to choose (channels_last on CUDA), never an accident of how
+    the batch was cut."""
     dev = x_uint8.device
     mean = device_constant(("mean", info.mean), dev, lambda: torch.tensor(info.mean).view(-1, 1, 1))
     std = device_constant(("std", info.std), dev, lambda: torch.tensor(info.std).view(-1, 1, 1))
