@@ -33,6 +33,12 @@ class SweepLock:
     refused; if it stays still for LEASE_S, the holder is dead (a SIGKILLed
     driver, a lost head node) and the newcomer takes over. Re-running after a
     crash therefore waits at most LEASE_S, and never races a live driver.
+
+    A newcomer in the holder's own process space (the same kernel boot and
+    pid namespace, as the lease records them) can ask the kernel instead: a
+    holder pid that is not running means a dead driver, taken over at once
+    (the usual re-run after a kill on the head node). A pid that runs, perhaps
+    reused by another process, only sends it back to watching the heartbeat.
     """
 
     LEASE = SweepStore.LEASE
@@ -80,7 +86,10 @@ class SweepLock:
         import threading
         import uuid
         lease = self._read_lease()
-        if lease and time.time() - float(lease.get("beat", 0)) < self.LEASE_S:
+        if lease and _holder_gone(lease):
+            log(f"the driver that held this sweep's lease (host {lease.get('host')}, pid {lease.get('pid')}) "
+                "is no longer running: taking over")
+        elif lease and time.time() - float(lease.get("beat", 0)) < self.LEASE_S:
             first = lease.get("beat")
             log(f"a driver lease exists (host {lease.get('host')}); checking whether it is alive "
                  f"(at most {self.LEASE_S:.0f}s)")
@@ -110,4 +119,39 @@ class SweepLock:
 
     def _beat(self) -> None:
         self.sweep.write_json(self.LEASE, {"token": self.token, "host": socket.gethostname(),
-                                           "pid": os.getpid(), "beat": time.time()})
+                                           "pid": os.getpid(), "space": process_space(),
+                                           "beat": time.time()})
+
+
+def process_space() -> str | None:
+    """Where a pid names one process: this kernel's boot and pid namespace
+    (None off Linux). Hostnames are not enough: containers on one host can
+    share a hostname and not see each other's processes."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+def _holder_gone(lease: dict) -> bool:
+    """The lease's holder shares our process space and its pid runs nothing
+    (or a zombie: killed, not yet reaped)."""
+    space, pid = process_space(), lease.get("pid")
+    if space is None or lease.get("space") != space or not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it runs, under another user
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True  # gone between the two looks
+
