@@ -119,7 +119,7 @@ def bench_orchestrator(epochs: int = 45) -> dict:
         slot_start = trial_process_start_s(run, df, slots)
         fixed = {"process_start_s": round(run["started"] - t_start, 1), "ray_import_s": run.get("import_s"),
                  "ray_start_s": run["ray_start_s"], "trial_process_start_s": round(slot_start, 1),
-                 "after_trials_s": round(t_end - run["finished"], 1)}
+                 "ray_stop_s": run.get("ray_stop_s"), "after_trials_s": round(t_end - run["finished"], 1)}
         return {"orchestrator_overhead_ratio": round((run["tune_s"] - slot_start) / ideal, 3),
                 "_orchestrator": {"sweep_wall_s": round(wall, 1), "fixed": fixed,
                                   "tune_ratio": round(run["tune_s"] / ideal, 3),

@@ -248,7 +248,7 @@ def _quiet_ray_init(**kw) -> list[str]:
 def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, num_gpus, max_concurrent,
              max_failures, done_rounds, total_rounds, wait_s=0.0, timings=None, plain=None,
              trackers=()) -> int:
-    """Run the units `todo` as Tune trials; fills `timings` (ray_start_s, tune_s);
+    """Run the units `todo` as Tune trials; fills `timings` (ray_start_s, tune_s, ray_stop_s);
     returns the exit status."""
     timings = {} if timings is None else timings
     t0 = time.monotonic()
@@ -316,6 +316,11 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
         signal.signal(signal.SIGTERM, _late_sigterm)
         state.close()
     timings["tune_s"] = round(time.monotonic() - t_tune, 3)
+    # Now rather than at exit: Ray's exit hook first sleeps 0.5 s for log
+    # lines this driver does not forward (log_to_driver=False).
+    t_stop = time.monotonic()
+    ray.shutdown()
+    timings["ray_stop_s"] = round(time.monotonic() - t_stop, 3)
     collector.rebuild()
     if state.interrupted or interrupted:
         _log("stopped; committed rounds are safe. Re-run the same command to resume.")

@@ -63,7 +63,7 @@ def assert_committed_unchanged(before, after):
     assert not changed, f"committed rounds trained again: {changed}"
 
 
-def test_driver_killed_at_random_moments(tmp_path, reference):
+def test_driver_killed_at_random_moments(tmp_path, reference, shared_ray):
     (tmp_path / "experiments.yaml").write_text(TINY_YAML)
     storage = tmp_path / "runs"
     seed = int(os.environ.get("LTH_KILL_SEED", random.randrange(10**6)))
@@ -92,7 +92,9 @@ def test_driver_killed_at_random_moments(tmp_path, reference):
         now = manifests(storage) if commits(storage) else {}
         assert_committed_unchanged(snapshot, now)
         snapshot = now
-    r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path)
+    # The last run finishes on another Ray (the tests' shared one): what a
+    # resume needs is in storage, not in the Ray that was killed.
+    r = cli("run", "-e", "tiny", *shared_ray, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert_committed_unchanged(snapshot, manifests(storage))
     assert_same_as_reference(storage, reference)

@@ -140,10 +140,11 @@ FUSED_YAML = TINY_YAML.replace("  resources: {gpu: 0, cpu: 1}\n",
                                "  resources: {gpu: 0, cpu: 1}\n  runtime: {fuse: 2, fuse_conv: loop}\n")
 
 
-def test_fused_sweep_killed_and_resumed_equals_the_solo_sweep(reference, tmp_path):
+def test_fused_sweep_killed_and_resumed_equals_the_solo_sweep(reference, shared_ray, tmp_path):
     """SIGKILL of the driver's process group, then SIGTERM, then the same
-    command again: same rows, the solo sweep's accuracies bit for bit, no
-    round trained twice. (The solo sweep's kills: test_chaos.py.)"""
+    command again (on another Ray: what resumes is in storage): same rows,
+    the solo sweep's accuracies bit for bit, no round trained twice. (The
+    solo sweep's kills: test_chaos.py.)"""
     (tmp_path / "experiments.yaml").write_text(FUSED_YAML)
     storage = tmp_path / "runs"
     env = {**os.environ, **RUN_ENV}
@@ -172,7 +173,7 @@ def test_fused_sweep_killed_and_resumed_equals_the_solo_sweep(reference, tmp_pat
         assert {k: now[k] for k in snapshot} == snapshot, "a committed round was trained again"
         snapshot = now
         time.sleep(1)
-    r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path)
+    r = cli("run", "-e", "tiny", *shared_ray, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     final = manifests(storage)
     assert {k: final[k] for k in snapshot} == snapshot
