@@ -245,3 +245,12 @@ def test_submit_entry_joins_the_cluster_unless_told_otherwise():
     assert _argv(["-e", "x"]) == ["run", "--address", "auto", "-e", "x"]
     assert _argv(["--address", "10.0.0.1:6379", "-e", "x"]) == ["run", "--address", "10.0.0.1:6379", "-e", "x"]
     assert _argv(["--address=ray://h:10001"]) == ["run", "--address=ray://h:10001"]
+
+
+def test_ci_runs_the_readmes_test_command():
+    """`.ci/run` is the README's second command, character for character."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    section = readme.split("Run the tests", 1)[1].split("`.ci/run`", 1)[0]
+    (command,) = [line.strip() for line in section.splitlines() if line.startswith("    ")]
+    ci = [line.strip() for line in open(os.path.join(ROOT, ".ci", "run")) if line.strip().startswith("python3")]
+    assert ci == [command]
