@@ -37,7 +37,10 @@ experiments:
 
 # The verbs that only read storage and the yaml. Each of them run as a process
 # of its own pays an interpreter and a torch import (2-4 s) for well under a
-# second of work, so cli() runs them through the same `main` in this process.
+# second of work, so cli() runs them through the same `main` in this process;
+# so does `run` on a Ray it joins (--address: the tests' shared one), whose
+# trials are processes of that Ray's anyway. A `run` that starts its own Ray
+# (or is to be killed) is a process, as a user's is.
 # What only a process shows (the console script, the imports a verb pulls in,
 # exit statuses of `python -m orchestrator`) is checked in
 # tests/orchestrator/test_cli.py with processes of their own.
@@ -46,10 +49,11 @@ READ_ONLY_VERBS = {"plan", "status", "query", "report", "verify"}
 
 def cli(*args, cwd, timeout=300, env=None, process=False, **kw):
     """Run `lth-sweep ARGS` in `cwd` as a user would (env: its environment,
-    default ours): as its own process, or (a read-only verb, unless `process`)
-    through orchestrator.cli.main here. Either way a CompletedProcess."""
+    default ours): as its own process, or (a read-only verb, or `run --address`;
+    unless `process`) through orchestrator.cli.main here. Either way a
+    CompletedProcess (in this process, `timeout` does not apply)."""
     env = {**(os.environ if env is None else env), **RUN_ENV}
-    if process or kw or args[0] not in READ_ONLY_VERBS:
+    if process or kw or not (args[0] in READ_ONLY_VERBS or (args[0] == "run" and "--address" in args)):
         return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout, **kw)
     return _in_process(list(args), cwd, env)
@@ -62,7 +66,8 @@ def _in_process(argv, cwd, env):
 
     from orchestrator.cli import main
     out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_term = dict(os.environ), signal.getsignal(signal.SIGTERM)
+    saved_env = dict(os.environ)
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     os.environ.clear()
     os.environ.update(env)
     try:
@@ -75,9 +80,13 @@ def _in_process(argv, cwd, env):
                 traceback.print_exc()
                 rc = 1
     finally:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():  # a run that died before its own shutdown
+            ray.shutdown()
         os.environ.clear()
         os.environ.update(saved_env)
-        signal.signal(signal.SIGTERM, saved_term)
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
     return subprocess.CompletedProcess([sys.executable, "-m", "orchestrator", *argv], rc, out.getvalue(),
                                        err.getvalue())
 
