@@ -104,7 +104,7 @@ class SweepLock:
                         f"another driver is already running this sweep (host {now_lease.get('host')}, "
                         f"pid {now_lease.get('pid')}; lease {self.sweep.fs.to_uri(self.sweep.path(self.LEASE))})"
                         "; wait for it or stop it first")
-        self.token = uuid.uuid4().hex
+        self.token, self.space = uuid.uuid4().hex, process_space()
         self._stop = threading.Event()
         self._beat()
 
@@ -119,7 +119,7 @@ class SweepLock:
 
     def _beat(self) -> None:
         self.sweep.write_json(self.LEASE, {"token": self.token, "host": socket.gethostname(),
-                                           "pid": os.getpid(), "space": process_space(),
+                                           "pid": os.getpid(), "space": self.space,
                                            "beat": time.time()})
 
 
@@ -135,13 +135,21 @@ def process_space() -> str | None:
         return None
 
 
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of `pid` ('Z': a zombie), None if no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def _holder_gone(lease: dict) -> bool:
     """The lease's holder shares our process space and its pid runs nothing
     (or a zombie: killed, not yet reaped)."""
     space, pid = process_space(), lease.get("pid")
-    if space is None or lease.get("space") != space or not isinstance(pid, int) or pid <= 0:
-        return False
-    if pid == os.getpid():
+    if space is None or lease.get("space") != space or not isinstance(pid, int) or pid <= 0 \
+            or pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)
@@ -149,9 +157,4 @@ def _holder_gone(lease: dict) -> bool:
         return True
     except OSError:  # EPERM: it runs, under another user
         return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True  # gone between the two looks
-
+    return process_state(pid) in (None, "Z")  # None: gone between the two looks

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from workers.lease import SweepBusy, SweepLock, process_space
+from workers.lease import SweepBusy, SweepLock, process_space, process_state
 from workers.store import SweepStore
 
 
@@ -80,7 +80,7 @@ def test_a_holder_in_our_process_space_is_asked_of_the_kernel(object_store, caps
         pid = child.pid
         if holder == "zombie":
             child.kill()
-            while open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            while process_state(pid) != "Z":
                 time.sleep(0.01)
     st = object_store()
     st.fs.write(st.path(SweepLock.LEASE), json.dumps({"token": "old", "pid": pid, "space": space,
