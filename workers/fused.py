@@ -59,8 +59,7 @@ from workers import pruning as P
 from workers.losses import TvMFHead, at_least_fp32, full_precision, tvmf_similarity
 from workers.models.variants import HarmonicConv2d
 from workers.models.vgg import MaxPoolIfLarge
-from workers.rng import seed_for
-from workers.train import Trainer
+from workers.train import Trainer, run_epoch
 
 __all__ = ["CONV_STRATEGIES", "FuseError", "FusedTrainer", "can_fuse", "conv_strategy", "fuse_models"]
 
@@ -429,8 +428,8 @@ def can_fuse(trainers: Sequence[Trainer]) -> Optional[str]:
             return f"member {i}: train spec differs ({b} vs {a})"
         if t.prep.device != t0.prep.device:
             return f"member {i}: device {t.prep.device} != {t0.prep.device}"
-        if (t.autocast, t.channels_last) != (t0.autocast, t0.channels_last):
-            return f"member {i}: autocast/channels_last differ"
+        if (t.autocast, t.channels_last, t.dtype) != (t0.autocast, t0.channels_last, t0.dtype):
+            return f"member {i}: autocast/channels_last/dtype differ"
         if t.prep.info.num_classes != t0.prep.info.num_classes:
             return f"member {i}: {t.prep.info.num_classes} classes != {t0.prep.info.num_classes}"
         g, g0 = t.opt.param_groups[0], t0.opt.param_groups[0]
@@ -595,67 +594,39 @@ class FusedTrainer:
             x = x.flatten(1, 2)
         else:
             x = torch.cat([D.normalize(xb.to(dev, non_blocking=True), i) for xb, i in zip(xbs, infos)], 1)
+        x = x.to(self.trainers[0].dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def lr_at(self, epoch: int) -> float:
-        lrs = {t.lr_at(epoch) for t in self.trainers}
-        if len(lrs) != 1:
-            raise FuseError(f"members' learning rates at epoch {epoch} differ: {sorted(lrs)}")
-        return lrs.pop()
-
-    def train_epoch(self, round_k: int, epoch: int, active: Optional[Sequence[int]] = None) -> list[dict]:
-        """`[t.train_epoch(round_k, epoch) for t in trainers]`, fused: each
-        member's own (seed, round, epoch) streams for its data order and
-        augmentation, its loss, masks, BatchNorm statistics and momentum.
-        Writes back to the `active` members (all by default) at the end; one
-        device sync. An inactive member's slot still trains (its result is
-        dropped): every step keeps the group's shapes, so an active member's
-        bits never depend on which others are active (the kernels see the same
-        shapes, and no slot's values reach another's)."""
-        ts, K = self.trainers, self.K
-        t0 = ts[0]
-        n, bs = t0.prep.x_train.shape[0], t0.spec.train.batch_size
-        lr = self.lr_at(epoch)
+    # --- the program run_epoch drives (workers/train.py) ------------------------
+    def begin(self, lr: float) -> None:
         for g in self.opt.param_groups:
             g["lr"] = lr
-        perms, aug_gens = [], []
-        for t in ts:
-            p = t.prep
-            seed = seed_for(t.spec.seed, round_k, epoch)
-            gen = torch.Generator().manual_seed(seed)
-            # As Trainer.train_epoch: augmentation draws where the images live.
-            on = p.x_train.device
-            aug_gens.append(gen if on.type == "cpu" else torch.Generator(on).manual_seed(seed))
-            perms.append(torch.randperm(n, generator=gen).to(p.x_train.device))
+        for t in self.trainers:  # as the solo loop leaves them
             for g in t.opt.param_groups:
                 g["lr"] = lr
             t.model.train()
-        # As the solo loop leaves it (for any later op that draws from the global RNG).
-        torch.manual_seed(seed)
         self.model.train()
-        dev = self.device
-        loss_sum = torch.zeros(K, device=dev)
-        correct = torch.zeros(K, device=dev, dtype=torch.long)
-        N = self.num_classes
-        for b in range(0, n, bs):
-            xbs, ybs = [], []
-            for t, perm, ag in zip(ts, perms, aug_gens):
-                p = t.prep
-                idx = perm[b:b + bs]
-                xbs.append(p.augment(p.x_train[idx], ag))
-                ybs.append(p.y_train[idx.to(p.y_train.device)].to(dev, non_blocking=True))
-            B = ybs[0].shape[0]
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = self.model(self._inputs(xbs)).view(B, K, N)
-                losses = torch.stack([t.loss(out[:, i].contiguous(), ybs[i], t.prep.info.num_classes)
-                                      for i, t in enumerate(ts)])
-            self.opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            self.opt.step()
-            if self.sparse:
-                self._apply_masks()
-            loss_sum += losses.detach() * B
-            correct += (out.argmax(2) == torch.stack(ybs, 1)).sum(0)
+
+    def forward(self, xbs: list[torch.Tensor]) -> torch.Tensor:
+        return self.model(self._inputs(xbs))
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Member i's loss depends on member i's parameters only: the gradient
+        of the summed losses is, member by member, the solo gradient."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.sparse:
+            self._apply_masks()
+
+    def end(self, active: list[int]) -> None:
         self.sync_back(active)
-        return [{"loss": ls / n, "acc": c / n, "images": n}
-                for ls, c in zip(loss_sum.tolist(), correct.tolist())]
+
+    def train_epoch(self, round_k: int, epoch: int, active: Optional[Sequence[int]] = None) -> list:
+        """`[t.train_epoch(round_k, epoch) for t in trainers]`, fused, through the
+        one epoch loop (workers/train.py `run_epoch`): a member that fails has
+        its exception in its entry. Writes back to the `active` members (all by
+        default) at the end. An inactive member's slot still trains (its result
+        is dropped): every step keeps the group's shapes, so an active member's
+        bits never depend on which others are active."""
+        return run_epoch(self, round_k, epoch, None if active is None else list(active))

@@ -1,27 +1,38 @@
-"""Several same-shape lineages advanced in lockstep, fused into one program.
+"""Lineages advanced in lockstep, a round at a time; a lone lineage is a group of one.
 
     results = run_group([(spec, store), ...], opts, context, on_round)
 
-Each member is an ordinary lineage (workers/lineage.py): its own storage,
-owner token, method, data, seeds and masks; each of its rounds is committed
-under its own trial id with the same files and metrics as a solo round, plus
-`fused_with` (the trial ids it was trained with). Only the epochs are shared:
-workers/fused.py trains the members' `Trainer`s as one program.
+Every lineage trains here: `run_lineage` (workers/lineage.py) is a group of
+one. Each member is an ordinary lineage: its own storage, owner token,
+method, data, seeds and masks; each of its rounds is committed under its own
+trial id by `RoundRun.commit` (workers/round.py), the one commit path, with
+the numerics it ran with and, when fused, `fused_with` (the trial ids it was
+trained with) and `fuse_check` (workers/fusecheck.py). Only the epochs are
+shared: every epoch runs through workers/train.py's one loop, as `Solo` for
+a member alone or as a FusedTrainer (workers/fused.py) for two or more,
+after the fusion self-check passed on this device.
 
-Determinism. The group trains all of its members' slots in every fused epoch,
-even a member that is not training that epoch (it finished the round before a
-kill, or resumed from a later checkpoint): its slot computes and its result
-is dropped. So every fused step of a group has the same shapes, and a member's
-bits never depend on which of the others were active, which makes a resumed
-fused sweep equal an uninterrupted one bit for bit on CPU. A change of the
-group itself (another `runtime.fuse`, a member that fails) may change bits,
-never correctness.
+Determinism. A fused program always has the group's width K: a member that
+is not training this round (it finished, failed, or committed the round
+before a kill) leaves its slot to a pad (a copy of a member that trains, fed
+that member's batches, never read back), and a member resumed from a later
+epoch trains its slot from the earliest one without keeping the result until
+it reaches its own. So every fused step of a group has the same shapes, and a
+member's bits never depend on which of the others are training, which makes
+a resumed fused sweep equal an uninterrupted one bit for bit on CPU. The pads
+cost compute, never preparation: a finished member is not rebuilt. A change
+of the group itself (another `runtime.fuse`, another cluster size, a split
+after running out of memory) may change bits, never correctness.
 
-Failure. A member whose own part fails (its data, its start, its commit) is
-dropped from the group with a FAILED marker naming the cause; the others go
-on and keep everything they committed. `run_group` raises at the end if any
-member failed, so the scheduler retries the group: committed rounds are
-skipped, the failed member tries again.
+Failure. A member whose own part fails (its data, its start, its
+augmentation, its loss, a non-finite loss, its commit) leaves the group
+with a FAILED marker naming the cause; the others go on and keep everything
+they committed. `run_group` raises at the end if any member failed, so the
+scheduler retries the group: committed rounds are skipped, finished members
+are not trained again, the failed member tries again. A group of one raises
+its member's own exception. Out of memory while a fused program is built,
+checked or trained splits it in halves, down to each member alone, and the
+round goes on from the members' last completed epoch.
 """
 from __future__ import annotations
 
@@ -30,12 +41,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from workers.fused import FusedTrainer, can_fuse
-from workers.lineage import LineageContext
+import torch
+
+from workers.fusecheck import Fusion
+from workers.context import LineageContext
 from workers.methods import get_method
 from workers.round import RoundRun, copy_round
 from workers.spec import RunOptions, TrialSpec
-from workers.store import LineageStore
+from workers.store import LineageStore, TakenOver
+from workers.train import is_oom
 
 log = logging.getLogger("lth_sweep.group")
 
@@ -51,6 +65,7 @@ class Member:
     ctx: Optional[LineageContext] = None
     error: Optional[BaseException] = None
     metrics: list = field(default_factory=list)
+    marks_failure: bool = True  # a FAILED marker when it fails (a lone lineage's is the scheduler's)
 
     @property
     def trial_id(self) -> str:
@@ -61,30 +76,32 @@ class Member:
         return self.ctx.done
 
     @property
-    def finished(self) -> bool:
-        return self.error is not None or self.ctx.done >= self.spec.num_rounds
+    def training(self) -> bool:
+        return self.error is None and self.ctx is not None and self.ctx.done < self.spec.num_rounds
 
 
 def run_group(members: list[tuple[TrialSpec, LineageStore]], opts: Optional[RunOptions] = None,
               context: Optional[dict] = None, on_round: Optional[Callable[[dict], None]] = None,
               on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     """Run (or finish) the lineages of `members` together; returns {trial_id: [metrics of
-    every committed round]} of the members that finished."""
-    group = [Member(spec, store) for spec, store in members]
+    every committed round]}. `on_round(metrics)` after each newly committed round,
+    `on_epoch({trial_id, round, epoch, epochs})` now and then within a round."""
+    opts = opts or RunOptions()
+    group = [Member(spec, store, marks_failure=len(members) > 1) for spec, store in members]
     for m in group:
-        # Prepared even when finished: a member that is ahead still fills its slot.
-        _guard(m, lambda m=m: setattr(m, "ctx", LineageContext.open(m.spec, m.store, opts, context,
-                                                                    prepare_finished=True)))
-    live = [m for m in group if m.error is None]
-    for m in live:
-        m.ctx.on_epoch = on_epoch
-    while any(not m.finished for m in live):
-        k = min(m.next_round for m in live if not m.finished)
-        _round(k, live, on_round)
-    for m in live:
+        _guard(m, lambda m=m: setattr(m, "ctx", LineageContext.open(m.spec, m.store, opts, context)))
+        if m.ctx is not None:
+            m.ctx.on_epoch = on_epoch
+    fusion = Fusion(opts, group[0].store.sweep if group else None)
+    while any(m.training for m in group):
+        k = min(m.next_round for m in group if m.training)
+        _round(k, [m for m in group if m.training and m.next_round == k], len(group), fusion, on_round)
+    failed = [m for m in group if m.error is not None]
+    if len(group) == 1 and failed:
+        raise failed[0].error
+    for m in group:
         if m.error is None:
             m.metrics = m.ctx.finish()
-    failed = [m for m in group if m.error is not None]
     if failed:
         raise GroupFailed(f"{len(failed)} of {len(group)} fused lineages failed: " + "; ".join(
             f"{m.trial_id}: {type(m.error).__name__}: {m.error}" for m in failed))
@@ -92,52 +109,49 @@ def run_group(members: list[tuple[TrialSpec, LineageStore]], opts: Optional[RunO
 
 
 def _guard(m: Member, fn):
-    """Run fn for member m; a failure of its own drops it from the group."""
+    """Run fn for member m; a failure of its own drops it from the group. A
+    lineage another attempt has taken over (TakenOver) stops this attempt."""
     try:
         return fn()
-    except Exception as e:  # the member's own problem (data, storage, its method)
-        m.error = e
-        log.error("trial %s leaves its fused group: %s: %s", m.trial_id, type(e).__name__, e)
-        try:
-            m.store.write_marker("FAILED.json", {"time": time.time(), "error": f"{type(e).__name__}: {e}",
-                                                 "fused_group": True})
-        except OSError:
-            pass
+    except TakenOver:
+        raise
+    except Exception as e:  # the member's own problem (data, storage, its method, its loss)
+        _fail(m, e)
         return None
 
 
-def _round(k: int, live: list[Member], on_round) -> None:
-    """Round k of every live member whose next round it is; the others (ahead
-    after a kill) join as slots that train without committing."""
-    slots: list[tuple[Member, RoundRun, bool]] = []  # (member, its run, commits this round)
-    for m in live:
-        if m.error is not None:
-            continue
-        due = not m.finished and m.next_round == k
-        start = _guard(m, lambda m=m: m.ctx.method.start_round(k if due else _shadow_round(m), m.ctx))
+def _fail(m: Member, e: BaseException) -> None:
+    m.error = e
+    if not m.marks_failure:
+        return
+    log.error("trial %s leaves its fused group: %s: %s", m.trial_id, type(e).__name__, e)
+    try:
+        m.store.write_marker("FAILED.json", {"time": time.time(), "error": f"{type(e).__name__}: {e}",
+                                             "fused_group": True})
+    except OSError:
+        pass
+
+
+def _round(k: int, due: list[Member], width: int, fusion: Fusion, on_round) -> None:
+    """Round k of the members `due` for it: start it their method's way, then
+    copy it (a round taken over from another lineage) or train and commit it."""
+    slots: list[tuple[Member, RoundRun]] = []
+    for m in due:
+        start = _guard(m, lambda m=m: m.ctx.method.start_round(k, m.ctx))
         if start is None:
             continue
-        if start.copy_from is not None:  # not trained: taken over from another lineage
-            if due:
-                _report(m, _guard(m, lambda m=m, s=start: copy_round(m.ctx, k, s)), on_round)
+        if start.copy_from is not None:
+            _report(m, _guard(m, lambda m=m, s=start: copy_round(m.ctx, k, s)), on_round)
             continue
-        run = _guard(m, lambda m=m, s=start: RoundRun(m.ctx, k if due else _shadow_round(m), s))
+        run = _guard(m, lambda m=m, s=start: RoundRun(m.ctx, k, s))
         if run is not None:
-            slots.append((m, run, due))
-    if not any(due for _, _, due in slots):
+            slots.append((m, run))
+    if not slots:
         return
-    fused = _train(k, slots)
-    trained = sorted(m.trial_id for m, _, _ in slots) if fused else None
-    for m, run, due in slots:
-        if due and m.error is None:
-            extra = {"fused_with": [t for t in trained if t != m.trial_id]} if trained else None
-            _report(m, _guard(m, lambda run=run, e=extra: run.commit(e)), on_round)
-
-
-def _shadow_round(m: Member) -> int:
-    """The round a member that is ahead trains as a slot: its last committed one
-    (a round it has every file for; nothing of it is committed again)."""
-    return max(0, min(m.next_round, m.spec.num_rounds) - 1)
+    extra = _train(k, slots, width, fusion)
+    for m, run in slots:
+        if m.error is None:
+            _report(m, _guard(m, lambda run=run, e=extra[m.trial_id]: run.commit(e)), on_round)
 
 
 def _report(m: Member, metrics: Optional[dict], on_round) -> None:
@@ -148,35 +162,87 @@ def _report(m: Member, metrics: Optional[dict], on_round) -> None:
         on_round(metrics)
 
 
-def _train(k: int, slots: list[tuple[Member, RoundRun, bool]]) -> bool:
-    """The epochs of round k for every slot: fused when they can be, each alone
-    when they cannot. A slot trains from the first epoch any slot is at;
-    until it reaches its own (resumed) epoch it only fills its place."""
-    runs = [run for _, run, _ in slots]
-    trainers = [run.trainer for run in runs]
-    reason = can_fuse(trainers) if len(runs) > 1 else "one member"
-    fused = FusedTrainer(trainers, conv=slots[0][0].ctx.opts.fuse_conv) if reason is None else None
-    if fused is None and len(runs) > 1:
-        log.warning("round %d of %s trains unfused: %s", k, ", ".join(m.trial_id for m, _, _ in slots), reason)
-    epochs = slots[0][0].spec.train.epochs
+def _train(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fusion) -> dict[str, dict]:
+    """The epochs of round k for every slot, fused in a program of `width` slots
+    when that passes its self-check, else each alone. Returns what each
+    member's round records about how it trained."""
+    slots = [(m, run) for m, run in slots if m.error is None]
+    if not slots:
+        return {}
+    program = info = None
+    try:
+        program, info = fusion.program([run.trainer for _, run in slots], width)
+        if program is not None:
+            _epochs(k, slots, program)
+    except TakenOver:
+        raise
+    except Exception as e:  # the fused program's, not a member's (those are caught per member)
+        return _refused(k, slots, width, fusion, e)
+    if program is None:
+        _epochs(k, slots, None)
+    names = sorted(m.trial_id for m, _ in slots)
+    out = {}
+    for m, run in slots:
+        numerics = {**run.trainer.numerics(), "fused": width if program else 1,
+                    "conv": program.conv if program else "solo"}
+        out[m.trial_id] = {"numerics": numerics, **info}
+        if program is not None:
+            out[m.trial_id]["fused_with"] = [t for t in names if t != m.trial_id]
+    return out
+
+
+def _refused(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fusion,
+             e: Exception) -> dict[str, dict]:
+    """A fused program that could not be built, checked or trained: out of
+    memory splits it in halves (down to each member alone); anything else
+    trains its members alone. The round goes on from each member's last
+    completed epoch (the members' own state is written back per epoch)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    who = ", ".join(m.trial_id for m, _ in slots)
+    if not is_oom(e) or width <= 2:
+        log.warning("round %d: %s with %d lineages fused (%s); each of them trains alone", k,
+                    "out of memory" if is_oom(e) else f"the fused program failed ({type(e).__name__}: {e})",
+                    width, who)
+        return _train(k, slots, 1, fusion)
+    half = (width + 1) // 2
+    log.warning("round %d: out of memory with %d lineages fused on one device (%s); splitting into groups "
+                "of %d", k, width, who, half)
+    out: dict[str, dict] = {}
+    for part in (slots[:half], slots[half:]):
+        out.update(_train(k, part, min(half, len(part)), fusion))
+    return out
+
+
+def _epochs(k: int, slots: list[tuple[Member, RoundRun]], program) -> None:
+    """Train every slot's remaining epochs of round k. A slot trains from the
+    first epoch any slot is at; until it reaches its own (resumed) epoch it
+    only fills its place."""
+    runs = [run for _, run in slots]
     joined: set[int] = set()
-    for epoch in range(min(run.epoch for run in runs), epochs):
-        active = [i for i, (m, run, due) in enumerate(slots) if due and m.error is None and run.epoch == epoch]
+    for epoch in range(min(run.epoch for run in runs), slots[0][0].spec.train.epochs):
+        active = [i for i, (m, run) in enumerate(slots) if m.error is None and run.epoch == epoch]
         if not active:
             continue
-        if fused is None:
-            results = {i: runs[i].trainer.train_epoch(k, epoch) for i in active}
+        if program is None:
+            results = {i: _alone(slots[i][0], runs[i], k, epoch) for i in active}
         else:
             fresh = [i for i in active if i not in joined]
             if fresh:  # a slot that waited for its own epoch starts from its own state
-                fused.reload(fresh)
+                program.reload(fresh)
                 joined.update(fresh)
-            rows = fused.train_epoch(k, epoch, active)
+            rows = program.train_epoch(k, epoch, active)
             results = {i: rows[i] for i in active}
         for i, ep in results.items():
             m = slots[i][0]
-            _guard(m, lambda i=i, ep=ep: runs[i].after_epoch(epoch, ep))
-    return fused is not None
+            if isinstance(ep, BaseException):
+                _fail(m, ep)
+            elif ep is not None:
+                _guard(m, lambda i=i, ep=ep: runs[i].after_epoch(epoch, ep))
+
+
+def _alone(m: Member, run: RoundRun, k: int, epoch: int) -> Optional[dict]:
+    return _guard(m, lambda: run.trainer.train_epoch(k, epoch))
 
 
 def fuse_key(spec: TrialSpec) -> Optional[tuple]:

@@ -1,7 +1,9 @@
 """One IMP lineage: start -> train -> evaluate -> commit, per round.
 
 `run_lineage(spec, store)` is a plain function (no Ray): the orchestrator's
-Tune trainable is a thin adapter around it, and tests call it directly.
+Tune trainable is a thin adapter around it, and tests call it directly. It
+is a group of one (workers/group.py): a lone lineage and a fused member run
+the same round loop, the same epoch loop and the same commit.
 
 Resume is free because every phase first looks at storage: committed rounds
 are skipped (after verifying the files the next round reads), a round in
@@ -11,23 +13,12 @@ it trains and commits is the same for all of them.
 """
 from __future__ import annotations
 
-import logging
-import socket
 from typing import Callable, Optional
 
-import torch
-from safetensors.torch import load as st_load
-
-from workers import data as D
-from workers import pruning as P
-from workers.methods import ParentMissing, get_method, parent_spec
-from workers.rng import PRUNE, seed_for
-from workers.round import run_round
-from workers.spec import RunOptions, TrialSpec, legacy_validation
-from workers.store import CorruptRound, LineageStore
-from workers.train import pick_device, prepare
-
-log = logging.getLogger("lth_sweep.lineage")
+from workers.context import LineageContext  # noqa: F401  (what methods and tests read)
+from workers.group import run_group
+from workers.spec import RunOptions, TrialSpec
+from workers.store import LineageStore
 
 
 def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions] = None,
@@ -39,139 +30,7 @@ def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions]
     `context` carries where it runs (`node`, `gpu_ids`) for the result rows;
     `on_round(metrics)` is called after each newly committed round, and
     `on_epoch({trial_id, round, epoch, epochs})` now and then within a round
-    (for progress displays). Returns the metrics of every committed round, in order.
+    (for progress displays). Returns the metrics of every committed round, in
+    order; raises what the lineage failed with.
     """
-    ctx = LineageContext.open(spec, store, opts, context)
-    ctx.on_epoch = on_epoch
-    for k in range(ctx.done, spec.num_rounds):
-        metrics = run_round(ctx, k)
-        if on_round is not None:
-            on_round(metrics)
-    return ctx.finish()
-
-
-class LineageContext:
-    """What every round of one lineage shares: its spec and store, the data on
-    the device, the network, and the verified files of committed rounds."""
-
-    def __init__(self, spec: TrialSpec, store: LineageStore, opts: RunOptions, context: dict):
-        self.spec, self.store, self.opts, self.context = spec, store, opts, context
-        self.method = get_method(spec.prune.method)
-        self.info = D.dataset_info(spec.data.dataset)
-        self.parent: Optional[LineageStore] = None
-        self.done, self.token, self.prep, self.model, self.names = 0, None, None, None, []
-        self._verified: dict = {}
-        self._rewind: Optional[dict] = None
-        self.on_epoch: Optional[Callable[[dict], None]] = None  # progress within a round
-
-    @classmethod
-    def open(cls, spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions] = None,
-             context: Optional[dict] = None, prepare_finished: bool = False) -> "LineageContext":
-        """Verify what is committed, claim the lineage and prepare its next
-        round's data and network (a finished lineage only if `prepare_finished`)."""
-        context = dict(context or {})
-        context.setdefault("node", socket.gethostname())
-        context.setdefault("gpu_ids", [])
-        ctx = cls(spec, store, opts or RunOptions(), context)
-        legacy = _legacy_rule(spec, store)
-        store.write_spec(spec.to_dict())
-        if ctx.method.parent:
-            ctx.parent = _finished_parent(spec, store)
-        ctx.done, ctx._verified = _verified_prefix(store)
-        store.clear_partials_before(ctx.done)
-        if ctx.done == spec.num_rounds and not prepare_finished:
-            return ctx
-        ctx.token = store.claim(context)
-        ctx.device = pick_device(ctx.opts, context)
-        ctx.prep = prepare(spec, ctx.opts, ctx.device, legacy)
-        ctx.model = ctx.method.model(spec, ctx.info, ctx.opts).to(ctx.device)
-        ctx.names = P.prunable_names(ctx.model, spec.prune.prunable)
-        return ctx
-
-    def finish(self) -> list[dict]:
-        if self.token is not None:
-            self.store.clear_marker("HEARTBEAT.json")
-        return [self.store.read_manifest(k)["metrics"] for k in range(self.spec.num_rounds)]
-
-    # --- what methods read (workers/methods/base.py) ------------------------
-    def previous(self, k: int) -> tuple[dict, dict]:
-        """Committed round k's trained weights and masks, verified; masks on the
-        device in model order (it fixes the prune's tie-breaking and the order
-        of the per-layer table)."""
-        files = self._verified.pop(k, None) or self.store.load_round(k, ["weights.safetensors",
-                                                                        "mask.safetensors"])
-        masks = P.unpack_masks(st_load(files["mask.safetensors"]))
-        return st_load(files["weights.safetensors"]), {n: masks[n].to(self.device) for n in self.names}
-
-    def rewind_state(self) -> dict:
-        """Round 0's committed rewind state, read (and verified) once."""
-        if self._rewind is None:
-            files = self._verified.pop("rewind", None) or self.store.load_round(0, ["rewind.safetensors"])
-            self._rewind = st_load(files["rewind.safetensors"])
-        return self._rewind
-
-    def parent_masks(self, k: int) -> dict:
-        packed = self.parent.load_round(k, ["mask.safetensors"])["mask.safetensors"]
-        masks = P.unpack_masks(st_load(packed))
-        return {n: masks[n].to(self.device) for n in self.names}
-
-    def generator(self, k: int) -> torch.Generator:
-        """The seeded CPU generator of round k's random mask draws."""
-        return torch.Generator().manual_seed(seed_for(self.spec.seed, k, PRUNE))
-
-
-def _legacy_rule(spec: TrialSpec, store: LineageStore) -> Optional[dict]:
-    """A lineage begun before selection moved to query time keeps its old
-    validation images (10% of each class), so all its rounds are measured
-    alike. One trained on a dataset whose labels mirroring breaks (digits,
-    CLaMM) with an augmentation that mirrored it then is redone from round 0."""
-    legacy = legacy_validation(store.read_spec())
-    if legacy is None:
-        return None
-    if spec.data.augmentation != "none" and "horizontal" not in D.dataset_info(spec.data.dataset).flips:
-        if store.committed_prefix():
-            log.warning("trial %s was trained with a %s augmentation that mirrored %s images, which "
-                        "changes their labels: redoing the lineage from round 0", store.trial_id,
-                        spec.data.augmentation, spec.data.dataset)
-            store.invalidate_from(0)
-        store.clear_partials_before(spec.num_rounds)
-        store.write_spec(spec.to_dict(), replace=True)
-        return None
-    return legacy
-
-
-def _finished_parent(spec: TrialSpec, store: LineageStore) -> LineageStore:
-    pspec = parent_spec(spec)
-    parent = store.sweep.lineage(pspec.trial_id)
-    have = parent.committed_prefix()
-    if have < spec.num_rounds:
-        raise ParentMissing(
-            f"{spec.prune.method} trial {store.trial_id} is built from the {pspec.prune.method} lineage "
-            f"{pspec.trial_id} of the same grid point, which has {have}/{spec.num_rounds} rounds committed in "
-            f"this sweep; add {pspec.prune.method} to the experiment's methods (the driver runs it first)")
-    return parent
-
-
-def _verified_prefix(store: LineageStore) -> tuple[int, dict]:
-    """Committed rounds to trust: the contiguous prefix whose files we will
-    read again (round 0's rewind state, the newest round's weights and mask)
-    verify against their manifests. A corrupt round is redone from the round
-    before it, never silently from round 0. Returns the prefix length and the
-    files it read ({"rewind": ..., k - 1: ...}), so they are not read twice."""
-    while True:
-        k = store.committed_prefix()
-        if k == 0:
-            return 0, {}
-        try:
-            rewind = store.load_round(0, ["rewind.safetensors"])
-        except CorruptRound as e:
-            log.warning("%s: redoing the lineage from round 0", e)
-            store.invalidate_from(0)
-            continue
-        try:
-            last = store.load_round(k - 1, ["weights.safetensors", "mask.safetensors"])
-        except CorruptRound as e:
-            log.warning("%s: redoing it from round %d", e, k - 2)
-            store.invalidate_from(k - 1)
-            continue
-        return k, {"rewind": rewind, k - 1: last}
+    return run_group([(spec, store)], opts, context, on_round, on_epoch)[store.trial_id]

@@ -3,11 +3,11 @@
     run = RoundRun(ctx, k, start)            # resumes from the round's mid-round checkpoint
     for epoch in range(run.epoch, epochs):
         run.after_epoch(epoch, run.trainer.train_epoch(k, epoch))
-    metrics = run.commit()                    # evaluate, write the files, manifest last
+    metrics = run.commit(extra)               # evaluate, write the files, manifest last
 
-`train_round` is that loop for a lone lineage; workers/fused.py advances the
-RoundRuns of several lineages together and calls the same `after_epoch` and
-`commit`, so a fused member writes exactly what a solo one does.
+workers/group.py is that loop, for one lineage or several fused: every round
+of every lineage is committed by `RoundRun.commit` (or, taken over from
+another lineage, by `copy_round`).
 """
 from __future__ import annotations
 
@@ -136,14 +136,6 @@ class RoundRun:
         return metrics
 
 
-def train_round(ctx, k: int, start: RoundStart) -> dict:
-    """Train round k of a lone lineage and commit it."""
-    run = RoundRun(ctx, k, start)
-    for epoch in range(run.epoch, ctx.spec.train.epochs):
-        run.after_epoch(epoch, run.trainer.train_epoch(k, epoch))
-    return run.commit()
-
-
 def copy_round(ctx, k: int, start: RoundStart) -> dict:
     """Commit round k of another lineage (`start.copy_from`) as this one's:
     its verified files, nothing retrained, so resume and the tables treat it as ours."""
@@ -156,9 +148,3 @@ def copy_round(ctx, k: int, start: RoundStart) -> dict:
     ctx.store.check_owner(ctx.token)
     ctx.store.commit_round(k, files, metrics, ctx.spec.to_dict())
     return metrics
-
-
-def run_round(ctx, k: int) -> dict:
-    """Start round k the trial's method's way, then train or copy it, and commit."""
-    start = ctx.method.start_round(k, ctx)
-    return copy_round(ctx, k, start) if start.copy_from is not None else train_round(ctx, k, start)

@@ -222,6 +222,9 @@ class RunOptions:
     # groups K) or loop (each member's own conv: the solo kernels and, on CPU, bits).
     fuse_conv: str = spec_field("auto", rule=Rule(str, choices="workers.fused:CONV_STRATEGIES"),
                                 yaml=("runtime", "fuse_conv"))
+    # Train in float64 (not a yaml option: the equivalence tests, where fused and
+    # solo must agree to 1e-12, and reference runs; ~10x slower).
+    float64: bool = False
     # Where init weights live (model.init imagenet: the torchvision file or its
     # folder, default the torch hub cache; simclr: the state dict file).
     init_path: Optional[str] = spec_field(None, rule=Rule(str), yaml=("runtime", "init_path"))

@@ -6,7 +6,15 @@
     trainer.evaluate(("train", "val", "test"), keep=True)
 
 No storage and no Ray here: workers/round.py drives a Trainer through a round
-(resume, checkpoints, commit), workers/fused.py drives several at once.
+(resume, checkpoints, commit), workers/group.py drives several at once.
+
+One epoch loop (`run_epoch`) trains every lineage, alone or fused: it owns
+each member's epoch stream (`EpochStream`: the seeded data order and
+augmentation draws), the learning rate, the losses, the result rows and the
+failures of one member; a *program* owns the arithmetic of a step. A lone
+Trainer is the program `Solo` (its own module and optimizer); K fused
+members are workers/fused.py's `FusedTrainer`. Nothing about how a lineage
+trains exists twice.
 
 Every epoch reseeds from (seed, round, epoch) (workers/rng.py), so resuming at
 an epoch boundary computes the same bits as never stopping (on CPU).
@@ -87,14 +95,18 @@ def prepare(spec: TrialSpec, opts: RunOptions, device: torch.device,
         val_per_class=D.held_out_per_class(train.y[va_idx], info.num_classes))
 
 
-def _inputs(xb: torch.Tensor, info: D.DatasetInfo, device: torch.device, channels_last: bool) -> torch.Tensor:
+def _inputs(xb: torch.Tensor, info: D.DatasetInfo, device: torch.device, channels_last: bool,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
     x = D.normalize(xb.to(device, non_blocking=True), info)
+    if dtype != x.dtype:  # a float64 network (RunOptions.float64): the same images, exactly widened
+        x = x.to(dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 @torch.no_grad()
 def accuracy(forward, x: torch.Tensor, y: torch.Tensor, info: D.DatasetInfo, device: torch.device,
-             autocast: bool = False, channels_last: bool = False) -> Optional[float]:
+             autocast: bool = False, channels_last: bool = False,
+             dtype: torch.dtype = torch.float32) -> Optional[float]:
     """Top-1 accuracy in large batches with one device sync at the end (the
     caller puts the model in eval mode); None for an empty split."""
     if x.shape[0] == 0:
@@ -102,7 +114,7 @@ def accuracy(forward, x: torch.Tensor, y: torch.Tensor, info: D.DatasetInfo, dev
     correct = torch.zeros((), device=device, dtype=torch.long)
     for b in range(0, x.shape[0], EVAL_BATCH):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = forward(_inputs(x[b:b + EVAL_BATCH], info, device, channels_last))
+            out = forward(_inputs(x[b:b + EVAL_BATCH], info, device, channels_last, dtype))
         correct += (out.argmax(1) == y[b:b + EVAL_BATCH].to(device)).sum()
     return int(correct) / max(1, x.shape[0])
 
@@ -114,7 +126,8 @@ def _batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Bat
 
 @torch.no_grad()
 def recalibrate_bn(model: torch.nn.Module, forward, x: torch.Tensor, info: D.DatasetInfo,
-                   device: torch.device, autocast: bool = False, channels_last: bool = False) -> None:
+                   device: torch.device, autocast: bool = False, channels_last: bool = False,
+                   dtype: torch.dtype = torch.float32) -> None:
     """Replace BatchNorm's running statistics with those of `x` (the training
     subset, unaugmented): reset, then a no-grad train-mode pass with a
     cumulative average (momentum None). The running averages of a short round
@@ -131,7 +144,7 @@ def recalibrate_bn(model: torch.nn.Module, forward, x: torch.Tensor, info: D.Dat
     try:
         for b in range(0, x.shape[0], EVAL_BATCH):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                forward(_inputs(x[b:b + EVAL_BATCH], info, device, channels_last))
+                forward(_inputs(x[b:b + EVAL_BATCH], info, device, channels_last, dtype))
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
@@ -152,6 +165,8 @@ class Trainer:
         cuda = prep.device.type == "cuda"
         self.autocast = cuda and t.bf16
         self.channels_last = cuda and t.channels_last
+        # float64 only where asked (RunOptions.float64: equivalence checks); else the model's own.
+        self.dtype = next(model.parameters()).dtype
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
@@ -169,50 +184,25 @@ class Trainer:
         return 0.5 * t.lr * (1 + math.cos(math.pi * epoch / t.epochs))
 
     def _inputs(self, xb: torch.Tensor) -> torch.Tensor:
-        return _inputs(xb, self.prep.info, self.prep.device, self.channels_last)
+        return _inputs(xb, self.prep.info, self.prep.device, self.channels_last, self.dtype)
 
     def train_epoch(self, round_k: int, epoch: int) -> dict:
-        """One epoch; returns {loss, acc, images} (one device sync at the end)."""
-        p, model, t = self.prep, self.model, self.spec.train
-        seed = seed_for(self.spec.seed, round_k, epoch)
-        gen = torch.Generator().manual_seed(seed)
-        # Augmentation draws on the device the images live on (a large dataset
-        # stays on the host: max_device_images), not necessarily the model's.
-        on = p.x_train.device
-        aug_gen = gen if on.type == "cpu" else torch.Generator(on).manual_seed(seed)
-        torch.manual_seed(seed)  # for any op that draws from the global RNG
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(epoch)
-        model.train()
-        n = p.x_train.shape[0]
-        perm = torch.randperm(n, generator=gen).to(p.x_train.device)
-        loss_sum = torch.zeros((), device=p.device)
-        correct = torch.zeros((), device=p.device, dtype=torch.long)
-        for b in range(0, n, t.batch_size):
-            idx = perm[b:b + t.batch_size]
-            xb = p.augment(p.x_train[idx], aug_gen)
-            yb = p.y_train[idx.to(p.y_train.device)]
-            with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = self.forward(self._inputs(xb))
-                loss = self.loss(out, yb, p.info.num_classes)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            if self.sparse:
-                self.masker.apply()
-            loss_sum += loss.detach() * idx.numel()
-            correct += (out.argmax(1) == yb).sum()
-        return {"loss": float(loss_sum) / n, "acc": int(correct) / n, "images": n}
+        """One epoch alone; returns {loss, acc, images} (one device sync at the
+        end). Raises what failed (its data, its loss, a non-finite loss)."""
+        row = run_epoch(Solo(self), round_k, epoch)[0]
+        if isinstance(row, BaseException):
+            raise row
+        return row
 
     @torch.no_grad()
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> Optional[float]:
         self.model.eval()
         return accuracy(self.forward, x, y, self.prep.info, self.prep.device, self.autocast,
-                        self.channels_last)
+                        self.channels_last, self.dtype)
 
     def recalibrate_bn(self) -> None:
         recalibrate_bn(self.model, self.forward, self.prep.x_train, self.prep.info, self.prep.device,
-                       self.autocast, self.channels_last)
+                       self.autocast, self.channels_last, self.dtype)
 
     @torch.no_grad()
     def evaluate(self, splits: tuple[str, ...], keep: bool) -> dict[str, Optional[float]]:
@@ -246,6 +236,147 @@ class Trainer:
             if name in bufs:
                 self.opt.state[p]["momentum_buffer"] = bufs[name].to(p.device, p.dtype).clone(
                     memory_format=torch.preserve_format)
+
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """{name: 0/1 mask} of the prunable weights (the masker's own tensors)."""
+        return {self.names[p]: m for p, m in zip(self.masker.params, self.masker.masks)}
+
+    def numerics(self) -> dict:
+        """What arithmetic this member trains with (recorded in every round)."""
+        return {"device": self.prep.device.type, "dtype": str(self.dtype).replace("torch.", ""),
+                "autocast": "bfloat16" if self.autocast else None, "channels_last": self.channels_last}
+
+
+# --- the one epoch loop --------------------------------------------------------------
+
+class NonFiniteLoss(FloatingPointError):
+    """A member's training loss became NaN or infinite (a diverged run)."""
+
+
+class EpochStream:
+    """One member's epoch: its data order and augmentation draws, from its own
+    (seed, round, epoch) seed. The only place a lineage's training data is cut."""
+
+    def __init__(self, trainer: Trainer, round_k: int, epoch: int):
+        p = trainer.prep
+        self.prep, self.batch_size = p, trainer.spec.train.batch_size
+        self.seed = seed_for(trainer.spec.seed, round_k, epoch)
+        gen = torch.Generator().manual_seed(self.seed)
+        # Augmentation draws on the device the images live on (a large dataset
+        # stays on the host: max_device_images), not necessarily the model's.
+        on = p.x_train.device
+        self.aug_gen = gen if on.type == "cpu" else torch.Generator(on).manual_seed(self.seed)
+        self.perm = torch.randperm(p.x_train.shape[0], generator=gen).to(on)
+
+    def batch(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The augmented uint8 images and labels of the batch starting at `b`."""
+        p = self.prep
+        idx = self.perm[b:b + self.batch_size]
+        return p.augment(p.x_train[idx], self.aug_gen), p.y_train[idx.to(p.y_train.device)]
+
+
+class Solo:
+    """The program of one lineage alone: its own module and optimizer.
+
+    A program (this, or workers/fused.py's FusedTrainer for K members) is what
+    `run_epoch` drives: `trainers`, `device`, `autocast`, `begin(lr)`,
+    `forward(xbs) -> [B, K*N]`, `step(loss)` (backward, SGD, masks) and
+    `end(active)` (hand the trained state to the members)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainers = [trainer]
+        self.device, self.autocast = trainer.prep.device, trainer.autocast
+
+    def begin(self, lr: float) -> None:
+        t = self.trainers[0]
+        for g in t.opt.param_groups:
+            g["lr"] = lr
+        t.model.train()
+
+    def forward(self, xbs: list[torch.Tensor]) -> torch.Tensor:
+        t = self.trainers[0]
+        return t.forward(t._inputs(xbs[0]))
+
+    def step(self, loss: torch.Tensor) -> None:
+        t = self.trainers[0]
+        t.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t.opt.step()
+        if t.sparse:
+            t.masker.apply()
+
+    def end(self, active: list[int]) -> None:
+        """The member's own module is what trained: nothing to hand back."""
+
+
+def run_epoch(program, round_k: int, epoch: int, active: Optional[list[int]] = None) -> list:
+    """One epoch of every member of `program`, each with its own epoch stream,
+    loss, masks and statistics. Returns one entry per member: {loss, acc,
+    images}, or the exception that member failed with (its augmentation, its
+    loss, a non-finite loss); a failed member's slot is fed another member's
+    batch for the rest of the epoch and its state is never handed back, so
+    the others train on, their bits unchanged (no slot's values reach
+    another's). The state goes back to the `active` members (default all)."""
+    ts = program.trainers
+    K, t0 = len(ts), ts[0]
+    n, N = t0.prep.x_train.shape[0], t0.prep.info.num_classes
+    lrs = {t.lr_at(epoch) for t in ts}
+    if len(lrs) != 1:
+        raise ValueError(f"members' learning rates at epoch {epoch} differ: {sorted(lrs)}")
+    streams = [EpochStream(t, round_k, epoch) for t in ts]
+    torch.manual_seed(streams[-1].seed)  # for any op that draws from the global RNG
+    program.begin(lrs.pop())
+    dev = program.device
+    errors: list[Optional[BaseException]] = [None] * K
+    loss_sum = torch.zeros(K, device=dev)
+    correct = torch.zeros(K, device=dev, dtype=torch.long)
+    for b in range(0, n, t0.spec.train.batch_size):
+        batches = [_own(errors, i, lambda s=s: s.batch(b)) for i, s in enumerate(streams)]
+        ok = [i for i in range(K) if errors[i] is None]
+        if not ok:
+            break
+        batches = [bt if errors[i] is None else batches[ok[0]] for i, bt in enumerate(batches)]
+        ybs = [y.to(dev, non_blocking=True) for _, y in batches]
+        B = ybs[0].shape[0]
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=program.autocast):
+            out = program.forward([x for x, _ in batches]).view(B, K, N)
+            losses = [_own(errors, i, lambda i=i, t=t: t.loss(out[:, i].contiguous(), ybs[i], N))
+                      for i, t in enumerate(ts)]
+            # A failed slot still gets a loss (zero): the step keeps its shapes.
+            losses = [l if l is not None else out[:, i].float().sum() * 0.0 for i, l in enumerate(losses)]
+        loss = losses[0] if K == 1 else torch.stack(losses)
+        program.step(loss if K == 1 else loss.sum())
+        loss_sum += loss.detach() * B
+        correct += (out.argmax(2) == torch.stack(ybs, 1)).sum(0)
+    sums, hits = loss_sum.tolist(), correct.tolist()
+    for i, ls in enumerate(sums):
+        if errors[i] is None and not math.isfinite(ls):
+            errors[i] = NonFiniteLoss(f"trial {ts[i].spec.trial_id}: training loss is {ls} in round {round_k}, "
+                                      f"epoch {epoch} (diverged: lower train.lr?)")
+    program.end([i for i in (range(K) if active is None else active) if errors[i] is None])
+    return [errors[i] if errors[i] is not None else {"loss": sums[i] / n, "acc": hits[i] / n, "images": n}
+            for i in range(K)]
+
+
+def _own(errors: list, i: int, fn):
+    """fn() for member i, unless it failed already; its own failure is recorded, not raised."""
+    if errors[i] is not None:
+        return None
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 -- the member's own (augmentation, loss); OOM is the group's
+        if is_oom(e):
+            raise
+        errors[i] = e
+        return None
+
+
+def is_oom(e: BaseException) -> bool:
+    """Out of device (or host) memory: a group's problem, solved by training fewer members at once."""
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(e, oom) or (isinstance(e, RuntimeError) and (
+        "out of memory" in str(e) or "can't allocate memory" in str(e)))
 
 
 def save_tensors(tensors: dict[str, torch.Tensor]) -> bytes:

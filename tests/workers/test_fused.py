@@ -244,7 +244,7 @@ def test_multi_epoch_then_magnitude_prune_gives_the_solo_masks():
         assert P.density(ma) == P.density(mb)
     # The global RNG is left as the last solo epoch leaves it.
     assert torch.initial_seed() == seed_for(solo[-1].spec.seed, 1, 2)
-    assert ft.lr_at(2) == solo[0].lr_at(2)
+    assert ft.opt.param_groups[0]["lr"] == solo[0].opt.param_groups[0]["lr"] == solo[0].lr_at(2)
 
 
 def test_resumed_member_fuses_from_its_checkpoint():

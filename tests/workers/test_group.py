@@ -15,6 +15,7 @@ from workers.store import SweepStore
 
 CPU = RunOptions(device="cpu")
 TIMINGS = {"wall_s", "images_per_s", "started_at", "finished_at", "checkpoint_uri", "node", "history"}
+HOW = {"numerics", "fuse_check", "fused_with"}  # how a round trained (with whom), not what it computed
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +39,7 @@ def members(tmp_path, specs, sweep="g"):
 
 
 def stable(metrics):
-    return [{k: v for k, v in m.items() if k not in TIMINGS} for m in metrics]
+    return [{k: v for k, v in m.items() if k not in TIMINGS | HOW} for m in metrics]
 
 
 def masks(lin, k):
@@ -64,6 +65,9 @@ def test_a_loop_fused_group_computes_the_solo_lineages_bit_for_bit(tmp_path):
     for s, lin in members(tmp_path, specs):
         others = sorted(t.trial_id for t in specs if t is not s)
         assert [m.pop("fused_with") for m in group[s.trial_id]] == [others] * 4
+        assert [(m["numerics"]["fused"], m["numerics"]["conv"]) for m in group[s.trial_id]] == [(3, "loop")] * 4
+        assert [(m["numerics"]["fused"], m["numerics"]["conv"]) for m in solo[s.trial_id]] == [(1, "solo")] * 4
+        assert all(m["fuse_check"]["passed"] for m in group[s.trial_id])
         assert stable(group[s.trial_id]) == stable(solo[s.trial_id])
         for k in range(4):
             assert mismatch(masks(SweepStore(str(tmp_path), "solo").lineage(s.trial_id), k), masks(lin, k)) == 0

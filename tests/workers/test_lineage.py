@@ -186,8 +186,10 @@ def test_corrupt_round_is_redone_from_previous(tmp_path, monkeypatch, caplog, ta
     open(path, "wb").write(raw[: len(raw) - 7])  # truncated
     monkeypatch.setattr(TR.Trainer, "train_epoch", orig)
     rounds_trained = []
-    real_run_round = L.run_round
-    monkeypatch.setattr(L, "run_round", lambda ctx, k: (rounds_trained.append(k), real_run_round(ctx, k))[1])
+    from workers.round import RoundRun
+    real_start = RoundRun.__init__
+    monkeypatch.setattr(RoundRun, "__init__", lambda self, ctx, k, start: (rounds_trained.append(k),
+                                                                           real_start(self, ctx, k, start))[1])
     with caplog.at_level("WARNING"):
         out = L.run_lineage(spec, lin)
     assert rounds_trained == [1, 2]  # round 1 redone from round 0, not the lineage from scratch

@@ -7,7 +7,7 @@ from workers import data as D
 from workers import lineage as L
 from workers import pruning as P
 from workers.losses import TvMFHead
-from workers.methods import METHODS, get_method, trial_model
+from workers.methods import METHODS, ParentMissing, get_method, trial_model
 from workers.models.variants import HarmonicConv2d
 from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
 from workers.store import SweepStore
@@ -94,7 +94,7 @@ def parent_and_child(tmp_path, method, rounds=2):
 
 def test_parent_dependent_trial_needs_its_finished_parent(tmp_path):
     st, parent, child = parent_and_child(tmp_path, "same_layer_sparse")
-    with pytest.raises(L.ParentMissing, match="add imp"):
+    with pytest.raises(ParentMissing, match="add imp"):
         L.run_lineage(child, st.lineage(child.trial_id))
 
 
