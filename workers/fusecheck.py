@@ -13,13 +13,25 @@ runs, in the arithmetic the trials train with:
 
     for each member i, on one batch of its own (the first `batch_size`
     training images, unaugmented: no random stream is touched):
-      g_solo  = the member's solo step   (its own module, the trial's dtype/autocast)
-      g_fused = the fused step's slot i  (the same, through the fused program)
-      g_ref   = the member's solo step in float64
-    for every gradient, BatchNorm running statistic and the logits:
-      e_solo  = ||g_solo  - g_ref|| / ||g_ref||      (relative L2)
-      e_fused = ||g_fused - g_ref|| / ||g_ref||
-    pass  iff  e_fused <= RATIO * e_solo + FLOOR_ULPS * u   for every tensor
+      solo  = the member's solo step   (its own module, the trial's dtype/autocast)
+      fused = the fused step's slot i  (the same, through the fused program)
+      ref   = the member's solo step in float64
+    for every tensor t of a kind c (gradients, BatchNorm running means,
+    running variances, logits):
+      e_fused(t) = ||fused_t - ref_t|| / (S_c sqrt(numel_t))
+      e_solo(t)  = ||solo_t  - ref_t|| / (S_c sqrt(numel_t))
+      E_solo(c)  = the solo step's pooled error over kind c, in the same units
+    pass  iff  e_fused(t) <= RATIO * max(e_solo(t), E_solo(c)) + FLOOR_ULPS * u   for every t
+
+S_c is the RMS of the float64 values of kind c over the whole network, so
+errors are measured against the size of what is being summed, not against
+a tensor's own size: a tensor that is zero by cancellation (a BatchNorm
+bias whose shift the next BatchNorm removes, a running mean of standardised
+inputs) has solo and fused errors that are pure rounding noise, and its own
+norm would blow both up to meaningless ratios (1e9 measured in MobileNetV2).
+Pooling the solo error over a kind keeps one lucky draw (a scalar such as
+t-vMF's learned scale, whose solo rounding happens to be 1e-7) from failing
+a fused error that is no larger than the network's usual one.
 
 u is the unit roundoff of the arithmetic (2^-24 in float32, 2^-8 under bf16
 autocast). The rule says: fusion may not add more error than the solo step
@@ -56,7 +68,8 @@ log = logging.getLogger("lth_sweep.fusecheck")
 
 RATIO = 4.0
 FLOOR_ULPS = 16
-RULE = f"per tensor: fused error <= {RATIO:g} x solo error + {FLOOR_ULPS} ulp (relative L2 vs the float64 step)"
+RULE = (f"per tensor: fused error <= {RATIO:g} x max(its solo error, the pooled solo error of its kind) "
+        f"+ {FLOOR_ULPS} ulp, errors vs the float64 step in units of the kind's RMS")
 CHECKS_DIR = "fuse_checks"
 
 # In this process: the same group shape on the same device is checked once.
@@ -135,10 +148,33 @@ def _after_one_step(program, batches) -> list[dict[str, torch.Tensor]]:
     return found
 
 
-def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
-    den = float(torch.linalg.vector_norm(ref))
-    num = float(torch.linalg.vector_norm(a - ref))
-    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+def _kind(name: str) -> str:
+    return name.split(":")[0] if ":" in name else name.rsplit(".", 1)[-1]
+
+
+def compare(fused: dict, solo: dict, ref: dict, u: float) -> dict:
+    """One member's errors under the rule (module docstring): the pooled
+    fused and solo errors, and the tensor closest to failing (margin > 1 fails)."""
+    kinds: dict[str, list[str]] = {}
+    for name in ref:
+        kinds.setdefault(_kind(name), []).append(name)
+    worst = {"margin": -1.0}
+    pooled_f = pooled_s = 0.0
+    for names in kinds.values():
+        numel = max(1, sum(ref[n].numel() for n in names))
+        scale = max((sum(float(ref[n].square().sum()) for n in names) / numel) ** 0.5, 1e-300)
+        a_f = {n: float(torch.linalg.vector_norm(fused[n] - ref[n])) for n in names}
+        a_s = {n: float(torch.linalg.vector_norm(solo[n] - ref[n])) for n in names}
+        E_s = (sum(v * v for v in a_s.values()) / numel) ** 0.5 / scale
+        E_f = (sum(v * v for v in a_f.values()) / numel) ** 0.5 / scale
+        pooled_f, pooled_s = max(pooled_f, E_f), max(pooled_s, E_s)
+        for n in names:
+            unit = scale * ref[n].numel() ** 0.5
+            e_f, e_s = a_f[n] / unit, a_s[n] / unit
+            margin = e_f / (RATIO * max(e_s, E_s) + FLOOR_ULPS * u)
+            if margin > worst["margin"]:
+                worst = {"margin": margin, "tensor": n, "fused": e_f, "solo": e_s, "solo_pooled": E_s}
+    return {"fused": pooled_f, "solo": pooled_s, "worst": worst}
 
 
 def self_check(trainers: Sequence[Trainer], strategy: str) -> dict:
@@ -151,20 +187,18 @@ def self_check(trainers: Sequence[Trainer], strategy: str) -> dict:
         batches = [(t.prep.x_train[:bs], t.prep.y_train[:bs]) for t in trainers]
         fused = _after_one_step(FusedTrainer([_clone(t) for t in trainers], conv=strategy), batches)
         worst = {"margin": -1.0}
-        e_fused_max = e_solo_max = 0.0
+        e_fused = e_solo = 0.0
         for i, t in enumerate(trainers):
             solo = _after_one_step(Solo(_clone(t)), [batches[i]])[0]
             ref = _after_one_step(Solo(_clone(t, torch.float64)), [batches[i]])[0]
-            for name, r in ref.items():
-                e_s, e_f = _rel(solo[name], r), _rel(fused[i][name], r)
-                e_fused_max, e_solo_max = max(e_fused_max, e_f), max(e_solo_max, e_s)
-                margin = e_f / (RATIO * e_s + FLOOR_ULPS * u)
-                if margin > worst["margin"]:
-                    worst = {"margin": margin, "member": i, "tensor": name, "fused": e_f, "solo": e_s}
+            c = compare(fused[i], solo, ref, u)
+            e_fused, e_solo = max(e_fused, c["fused"]), max(e_solo, c["solo"])
+            if c["worst"]["margin"] > worst["margin"]:
+                worst = {**c["worst"], "member": i}
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    return {"passed": worst["margin"] <= 1.0, "strategy": strategy, "fused_error": e_fused_max,
-            "solo_error": e_solo_max, "worst": worst, "rule": RULE, "seconds": round(time.perf_counter() - t0, 3)}
+    return {"passed": worst["margin"] <= 1.0, "strategy": strategy, "fused_error": e_fused,
+            "solo_error": e_solo, "worst": worst, "rule": RULE, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 class Fusion:

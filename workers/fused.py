@@ -117,10 +117,39 @@ def _weight_and_bias(fused: nn.Module, members: Sequence[nn.Module]) -> None:
         fused.bias = bias
 
 
+def _layout(x: torch.Tensor):
+    return torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def _slices(x: torch.Tensor, K: int) -> list[torch.Tensor]:
+    """The members' channel slices of x, each a dense tensor in x's own layout:
+    a kernel picks its algorithm (and so its rounding) by its operands'
+    strides, and the solo kernel saw a dense tensor."""
+    fmt = _layout(x)
+    return [xi.contiguous(memory_format=fmt) for xi in x.chunk(K, 1)]
+
+
+class _CatDenseGrad(torch.autograd.Function):
+    """torch.cat on dim 1 whose backward hands each member a dense gradient
+    (plain cat hands out strided views of one big gradient, and the CPU
+    BatchNorm backward then reduces in another order than solo's)."""
+
+    @staticmethod
+    def forward(ctx, *xs):
+        ctx.sizes = [x.shape[1] for x in xs]
+        return torch.cat(xs, 1)
+
+    @staticmethod
+    def backward(ctx, g):
+        fmt = _layout(g)
+        return tuple(gi.contiguous(memory_format=fmt) for gi in g.split(ctx.sizes, 1))
+
+
 def _cat(outs: list[torch.Tensor]) -> torch.Tensor:
     """The members' outputs side by side on dim 1 (one member: as it is, so
     its layout stays the solo one)."""
-    return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+    return outs[0] if len(outs) == 1 else _CatDenseGrad.apply(*outs)
 
 
 class FusedConv2d(nn.Module):
@@ -143,7 +172,7 @@ class FusedConv2d(nn.Module):
                             self.groups * K)
         bs = [None] * K if self.bias is None else self.bias.unbind(0)
         return _cat([F.conv2d(xi, w, b, self.stride, self.padding, self.dilation, self.groups)
-                     for xi, w, b in zip(x.chunk(K, 1), self.weight.unbind(0), bs)])
+                     for xi, w, b in zip(_slices(x, K), self.weight.unbind(0), bs)])
 
     def extra_repr(self) -> str:
         return (f"K={self.K}, {self.in_channels}, {self.out_channels}, stride={self.stride}, "
@@ -153,11 +182,16 @@ class FusedConv2d(nn.Module):
 class FusedBatchNorm2d(nn.Module):
     """K members' BatchNorm2d as one over K*C channels: per-member batch and
     running statistics (the buffers are [K, C]; the kernel updates their
-    [K*C] views in place, exactly as each solo BatchNorm updates its own)."""
+    [K*C] views in place, exactly as each solo BatchNorm updates its own).
+    "loop": each member's own batch_norm call on its channel slice, the solo
+    kernel: the CPU kernel's vector loop depends on the channel count, so a
+    call over K*C channels (MobileNetV2's 2-4 channel blocks: 6-12) rounds
+    the tail differently from K calls over C."""
 
-    def __init__(self, members: Sequence[nn.BatchNorm2d]):
+    def __init__(self, members: Sequence[nn.BatchNorm2d], strategy: str = "grouped"):
         super().__init__()
         m = members[0]
+        self.strategy = strategy
         self.K, self.num_features = len(members), m.num_features
         self.eps, self.momentum = m.eps, m.momentum
         self.affine, self.track_running_stats = m.affine, m.track_running_stats
@@ -182,7 +216,11 @@ class FusedBatchNorm2d(nn.Module):
         rv = None if self.running_var is None else self.running_var.view(-1)
         w = None if self.weight is None else self.weight.view(-1)
         b = None if self.bias is None else self.bias.view(-1)
-        return F.batch_norm(x, rm, rv, w, b, use_batch, self.momentum, self.eps)
+        if self.strategy != "loop" or self.K == 1:
+            return F.batch_norm(x, rm, rv, w, b, use_batch, self.momentum, self.eps)
+        parts = [None if t is None else t.chunk(self.K) for t in (rm, rv, w, b)]
+        return _cat([F.batch_norm(xi, *(None if p is None else p[i] for p in parts), use_batch, self.momentum,
+                                  self.eps) for i, xi in enumerate(_slices(x, self.K))])
 
 
 class FusedLinear(nn.Module):
@@ -201,7 +239,7 @@ class FusedLinear(nn.Module):
         if self.strategy == "loop":
             bs = [None] * self.K if self.bias is None else self.bias.unbind(0)
             return _cat([F.linear(xi, w, b) for xi, w, b in
-                         zip(x.reshape(B, -1).chunk(self.K, 1), self.weight.unbind(0), bs)])
+                         zip(_slices(x.reshape(B, -1), self.K), self.weight.unbind(0), bs)])
         xk = x.reshape(B, self.K, self.in_features).transpose(0, 1)  # [K, B, F]
         wt = self.weight.transpose(1, 2)  # [K, F, N]
         out = torch.bmm(xk, wt) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), xk, wt)
@@ -234,12 +272,19 @@ class FusedTvMFHead(nn.Module):
                   else (1.0 + F.softplus(self.scale_raw)).unbind(0))
             return _cat([s * tvmf_similarity(F.linear(F.normalize(xi, dim=1), F.normalize(at_least_fp32(w), dim=1))
                                              .clamp(-1.0, 1.0), self.kappa)
-                         for xi, w, s in zip(x.reshape(B, -1).chunk(self.K, 1), self.weight.unbind(0), ss)])
+                         for xi, w, s in zip(_slices(x.reshape(B, -1), self.K), self.weight.unbind(0), ss)])
         xk = F.normalize(x.reshape(B, self.K, self.in_features), dim=2).transpose(0, 1)  # [K, B, F]
         wk = F.normalize(at_least_fp32(self.weight), dim=2)  # [K, N, F]
         cos = torch.bmm(xk, wk.transpose(1, 2)).clamp(-1.0, 1.0)  # [K, B, N]
-        s = self.fixed_scale if self.scale_raw is None else (1.0 + F.softplus(self.scale_raw)).unsqueeze(2)
-        out = s * tvmf_similarity(cos, self.kappa)
+        sim = tvmf_similarity(cos, self.kappa)
+        if self.scale_raw is None:
+            out = self.fixed_scale * sim
+        else:
+            # Each member's scale times its own [B, N] similarities, as solo: the
+            # scale's gradient is then the solo reduction over B*N terms. One
+            # broadcast multiply over [K, B, N] reduces it in another order, whose
+            # rounding was 3-8x solo's (the fusion self-check's rule is 4x).
+            out = torch.stack([(1.0 + F.softplus(r)) * m for r, m in zip(self.scale_raw, sim.unbind(0))])
         return out.transpose(0, 1).reshape(B, self.K * self.out_features)
 
 
@@ -262,7 +307,7 @@ class FusedHarmonicConv2d(nn.Module):
             c = self.in_channels
             w = self.basis.to(x.dtype).repeat(c, 1, 1, 1)
             y = _cat([F.conv2d(xi, w, None, self.stride, self.padding, groups=c)
-                      for xi in x.chunk(self.K, 1)])
+                      for xi in _slices(x, self.K)])
             return self.mix(y)
         n = self.K * self.in_channels
         w = self.basis.to(x.dtype).repeat(n, 1, 1, 1)
@@ -338,7 +383,7 @@ def _fuse(mods: Sequence[nn.Module], strategy: str) -> nn.Module:
     if t is nn.Conv2d:
         return FusedConv2d(mods, strategy)
     if t is nn.BatchNorm2d:
-        return FusedBatchNorm2d(mods)
+        return FusedBatchNorm2d(mods, strategy)
     if t is nn.Linear:
         return FusedLinear(mods, strategy)
     if t is TvMFHead:

@@ -260,8 +260,8 @@ class EpochStream:
 
     def __init__(self, trainer: Trainer, round_k: int, epoch: int):
         p = trainer.prep
-        self.prep, self.batch_size = p, trainer.spec.train.batch_size
-        self.seed = seed_for(trainer.spec.seed, round_k, epoch)
+        self.prep, self.batch_size, self.trial_id = p, trainer.spec.train.batch_size, trainer.spec.trial_id
+        self.round, self.seed = round_k, seed_for(trainer.spec.seed, round_k, epoch)
         gen = torch.Generator().manual_seed(self.seed)
         # Augmentation draws on the device the images live on (a large dataset
         # stays on the host: max_device_images), not necessarily the model's.

@@ -73,38 +73,23 @@ def test_a_loop_fused_group_computes_the_solo_lineages_bit_for_bit(tmp_path):
             assert mismatch(masks(SweepStore(str(tmp_path), "solo").lineage(s.trial_id), k), masks(lin, k)) == 0
 
 
-def _perturbed_model(monkeypatch):
-    """Every network built one float step (1 ulp) away from its initialisation."""
-    real = method_base.Method.model
-
-    def model(self, *a, **k):
-        m = real(self, *a, **k)
-        with torch.no_grad():
-            for p in m.parameters():
-                p.copy_(torch.nextafter(p, torch.full_like(p, float("inf"))))
-        return m
-    monkeypatch.setattr(method_base.Method, "model", model)
-
-
-def test_grouped_fusion_strays_from_solo_no_more_than_a_rounding_error_does(tmp_path, monkeypatch):
-    """Grouped convolutions add in another order: a few ulps per step, which these
-    tiny networks amplify over epochs. The yardstick is solo training itself: the
-    same lineages started 1 ulp away. Fused masks after 3 rounds differ from solo
-    by no more than that (2x, or half a percent, whichever is larger)."""
+def test_a_grouped_fused_lineage_in_float64_gives_the_solo_masks(tmp_path):
+    """Three rounds of three lineages on the grouped kernels, in float64 (where
+    another summation order costs ~1e-16, not float32's chaos in these tiny
+    networks): every round's mask equals the solo lineage's, entry for entry,
+    and so does every accuracy."""
     specs = [spec(seed, aug) for seed, aug in enumerate(["none", "basic", "contrast"])]
-    run_group(members(tmp_path, specs), RunOptions(device="cpu", fuse_conv="grouped"))
+    f64 = dict(device="cpu", float64=True)
+    group = run_group(members(tmp_path, specs), RunOptions(fuse_conv="grouped", **f64))
     for s, lin in members(tmp_path, specs, "solo"):
-        run_lineage(s, lin, CPU)
-    with monkeypatch.context() as m:
-        _perturbed_model(m)
-        for s, lin in members(tmp_path, specs, "ulp"):
-            run_lineage(s, lin, CPU)
-    store = {name: SweepStore(str(tmp_path), name) for name in ("g", "solo", "ulp")}
-    fused = max(mismatch(masks(store["solo"].lineage(s.trial_id), 3), masks(store["g"].lineage(s.trial_id), 3))
-                for s in specs)
-    ulp = max(mismatch(masks(store["solo"].lineage(s.trial_id), 3), masks(store["ulp"].lineage(s.trial_id), 3))
-              for s in specs)
-    assert fused <= max(2 * ulp, 0.005), (fused, ulp)
+        solo = run_lineage(s, lin, RunOptions(**f64))
+        assert [m["numerics"]["conv"] for m in group[s.trial_id]] == ["grouped"] * 4
+        assert {m["numerics"]["dtype"] for m in group[s.trial_id] + solo} == {"float64"}
+        assert stable(group[s.trial_id]) == stable(solo)
+    for s in specs:
+        for k in range(4):
+            assert mismatch(masks(SweepStore(str(tmp_path), "solo").lineage(s.trial_id), k),
+                            masks(SweepStore(str(tmp_path), "g").lineage(s.trial_id), k)) == 0, (s.trial_id, k)
 
 
 class Killed(BaseException):
@@ -171,3 +156,101 @@ def test_a_member_that_fails_leaves_the_others_and_their_rounds_intact(tmp_path,
     again = {(s.trial_id, k): m["manifest_sha256"] for s, lin in members(tmp_path, specs)
              for k, m in lin.manifests().items()}
     assert {k: again[k] for k in digests} == digests
+
+
+def _inject(monkeypatch, fault: str, victim: str, round_k: int = 1, epoch: int = 2) -> None:
+    """Make one member fail inside a fused epoch: its augmentation raises, its
+    loss raises, or its loss is NaN (from `epoch` of `round_k` on)."""
+    from workers import train as TR
+    if fault == "its augmentation raises":
+        real = TR.EpochStream.batch
+
+        def batch(self, b):
+            if (self.trial_id, self.round) == (victim, round_k) and b > 0:
+                raise RuntimeError("augmentation blew up")
+            return real(self, b)
+        monkeypatch.setattr(TR.EpochStream, "batch", batch)
+        return
+    real_init = TR.Trainer.__init__
+
+    def init(self, spec, *a, **k):
+        real_init(self, spec, *a, **k)
+        if spec.trial_id == victim and self.model is not None:
+            loss = self.loss
+            if fault == "its loss raises":
+                self.loss = lambda out, y, n: (_ for _ in ()).throw(ValueError("loss blew up"))
+            else:
+                self.loss = lambda out, y, n: loss(out, y, n) * float("nan")
+    # Only the victim's round `round_k`: its RoundRun builds the Trainer.
+    real_run = RoundRun.__init__
+
+    def run_init(self, ctx, k, start):
+        if k == round_k:
+            monkeypatch.setattr(TR.Trainer, "__init__", init)
+        try:
+            real_run(self, ctx, k, start)
+        finally:
+            monkeypatch.setattr(TR.Trainer, "__init__", real_init)
+    monkeypatch.setattr(RoundRun, "__init__", run_init)
+
+
+@pytest.mark.parametrize("fault", ["its augmentation raises", "its loss raises", "its loss is NaN"])
+def test_a_member_failing_inside_a_fused_epoch_is_its_own_failure(tmp_path, monkeypatch, fault):
+    """The failing member leaves with its FAILED marker; the others finish with
+    the very bits of a group where nothing failed (its slot keeps the fused
+    program's shapes), and a retry trains only the failed member."""
+    specs = [spec(seed, aug, rounds=2) for seed, aug in enumerate(["none", "basic", "contrast"])]
+    ref = run_group(members(tmp_path, specs, "ref"), CPU)
+    bad = specs[1].trial_id
+    _inject(monkeypatch, fault, bad)
+    with pytest.raises(GroupFailed, match=f"1 of 3 .*{bad}"):
+        run_group(members(tmp_path, specs), CPU)
+    monkeypatch.undo()
+    lins = dict((s.trial_id, lin) for s, lin in members(tmp_path, specs))
+    assert {t: lin.committed_prefix() for t, lin in lins.items()} == {
+        specs[0].trial_id: 3, bad: 1, specs[2].trial_id: 3}
+    cause = {"its augmentation raises": "augmentation blew up", "its loss raises": "loss blew up",
+             "its loss is NaN": "NonFiniteLoss"}[fault]
+    assert cause in lins[bad].read_marker("FAILED.json")["error"]
+    for s in (specs[0], specs[2]):
+        assert stable(lins[s.trial_id].read_manifest(k)["metrics"] for k in range(3)) == stable(ref[s.trial_id])
+    trained = []
+    real = RoundRun.__init__
+    monkeypatch.setattr(RoundRun, "__init__", lambda self, ctx, k, start: (
+        trained.append(ctx.store.trial_id), real(self, ctx, k, start))[1])
+    got = run_group(members(tmp_path, specs), CPU)
+    assert set(trained) == {bad} and all(len(v) == 3 for v in got.values())
+    assert stable(got[bad]) == stable(ref[bad])  # the retry computes what it would have
+
+
+@pytest.mark.parametrize("where", ["in an epoch", "while the fused program is built"])
+def test_out_of_memory_splits_the_group_down_to_what_fits(tmp_path, monkeypatch, caplog, where):
+    """Three fused lineages that do not fit (no program of more than two fits):
+    the round goes on in a group of two and one alone, from the last epoch
+    each had finished; nobody fails."""
+    from workers.fused import FusedTrainer
+    specs = [spec(seed, rounds=1) for seed in range(3)]
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    if where == "in an epoch":
+        real = FusedTrainer.step
+
+        def step(self, loss):
+            if self.K > 2:
+                raise oom("CUDA out of memory. Tried to allocate 2.00 GiB")
+            real(self, loss)
+        monkeypatch.setattr(FusedTrainer, "step", step)
+    else:
+        real = FusedTrainer.__init__
+
+        def init(self, trainers, conv="auto"):
+            if len(trainers) > 2:
+                raise oom("CUDA out of memory. Tried to allocate 2.00 GiB")
+            real(self, trainers, conv)
+        monkeypatch.setattr(FusedTrainer, "__init__", init)
+    with caplog.at_level("WARNING"):
+        got = run_group(members(tmp_path, specs), CPU)
+    assert "out of memory with 3 lineages fused" in caplog.text and "splitting into groups of 2" in caplog.text
+    widths = sorted(m["numerics"]["fused"] for v in got.values() for m in v)
+    assert widths == [1, 1, 2, 2, 2, 2]
+    for s, lin in members(tmp_path, specs):
+        assert lin.committed_prefix() == 2 and lin.read_marker("FAILED.json") is None
