@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("plan", "expand the grid; start nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--num-gpus", type=float,
+                   help="plan the fused groups for a cluster of N GPUs (default: this machine's)")
 
     p = verb("run", "run or resume a sweep (the same command does both)")
     p.add_argument("--address", help="Ray cluster address ('auto' inside a cluster); default: start a local Ray")
@@ -175,9 +177,19 @@ def cmd_plan(args) -> int:
     check_name("sweep", args.name or args.experiment)
     trials = _trials(args)
     cost = cost_estimate(trials)
+    import torch
+    from orchestrator.grid import units
+    gpus = args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()
+    if gpus < 0:
+        raise UsageError("lth-sweep plan: --num-gpus must be >= 0")
+    groups = [u for u in units(trials, gpus) if len(u.trials) > 1]
+    group_of = {t.trial_id: u.unit_id for u in groups for t in u.trials}
     if args.json:
         print(json.dumps({"experiment": args.experiment, "count": len(trials),
-                          "trials": [t.row() for t in trials], "cost": cost}))
+                          "trials": [{**t.row(), "fused_group": group_of.get(t.trial_id)} for t in trials],
+                          "groups": [{"group": u.unit_id, "trials": [t.trial_id for t in u.trials],
+                                      "resources": u.resources} for u in groups],
+                          "gpus": gpus, "cost": cost}))
         return 0
     from orchestrator.results import format_frame
     import pandas as pd
@@ -185,6 +197,11 @@ def cmd_plan(args) -> int:
              "cpu": t.resources["cpu"], "gpu": t.resources["gpu"], "rounds": t.spec.num_rounds,
              "epochs": t.spec.train.epochs} for t in trials]
     print(format_frame(pd.DataFrame(rows), "table"))
+    for u in groups:
+        print(f"fused group {u.unit_id}: {len(u.trials)} lineages on one device ({', '.join(t.trial_id for t in u.trials)})")
+    if groups:
+        print(f"({len(group_of)} lineages fused in {len(groups)} groups, planned for {gpus:g} GPUs; "
+              "--num-gpus plans for another cluster)")
     speeds = ", ".join(f"{k} {v:,.0f}" for k, v in cost["images_per_s"].items())
     print(f"\n{len(trials)} trials, {cost['rounds']} rounds; asks cpu={cost['cpus']:g} gpu={cost['gpus']:g} "
           f"in total; ~{cost['train_images']:.3g} training images (+{cost['eval_images']:.2g} evaluated)")

@@ -57,32 +57,42 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
     per round (None: unless stdout is a terminal); `trackers`: orchestrator/trackers.py;
     `verify`: scrub every committed file first (orchestrator/verify.py)."""
     sweep = SweepStore(storage, sweep_name)
-    # Grouped from every trial of the experiment, finished or not: the same
-    # experiment always fuses the same lineages together (workers/group.py).
-    plan = units(trials)
+    timings: dict = {}
     if address is None:
         cpus = num_cpus if num_cpus is not None else os.cpu_count() or 1
         gpus = num_gpus if num_gpus is not None else torch.cuda.device_count()
+        # Grouped from every trial of the experiment, finished or not, and the
+        # GPUs: the same command on the same cluster size fuses the same lineages.
+        plan = units(trials, gpus)
         check_resources(plan, [{"CPU": cpus, "GPU": gpus}], "the local Ray")
         preflight.check([(t.spec, t.options) for t in trials])
 
     with SweepLock(sweep):
-        group_of = {t.trial_id: u.unit_id for u in plan if len(u.trials) > 1 for t in u.trials}
-        sweep.write_json(sweep.PLAN, {
-            "sweep": sweep_name, "experiment": experiment,
-            "trials": {t.trial_id: {"rounds": t.spec.num_rounds, **t.row(), "fused_group": group_of.get(t.trial_id)}
-                       for t in trials}})
         if verify:
             from orchestrator.verify import redo_corrupt
             redo_corrupt(sweep)
-        collector = Collector(sweep)
-        collector.rebuild()
         unfinished, done_rounds = set(), 0
         for t in trials:
             k = sweep.lineage(t.trial_id).committed_prefix()
             done_rounds += min(k, t.spec.num_rounds)
             if k < t.spec.num_rounds or pending(t.spec, sweep.lineage(t.trial_id), t.options):
                 unfinished.add(t.trial_id)
+        if address is not None and unfinished:
+            # A cluster's GPUs are known once connected; connect only when there is work.
+            from orchestrator.tune_adapter import connect
+            t0 = time.time()
+            gpus = connect(address)
+            timings["ray_start_s"] = round(time.time() - t0, 3)
+            plan = units(trials, gpus)
+        elif address is not None:
+            plan = units(trials)
+        group_of = {t.trial_id: u.unit_id for u in plan if len(u.trials) > 1 for t in u.trials}
+        sweep.write_json(sweep.PLAN, {
+            "sweep": sweep_name, "experiment": experiment,
+            "trials": {t.trial_id: {"rounds": t.spec.num_rounds, **t.row(), "fused_group": group_of.get(t.trial_id)}
+                       for t in trials}})
+        collector = Collector(sweep)
+        collector.rebuild()
         todo = [u for u in plan if any(t.trial_id in unfinished for t in u.trials)]
         total_rounds = sum(t.spec.num_rounds for t in trials)
         log(f"sweep {sweep_name!r} ({experiment}) at {sweep.fs.to_uri(sweep.dir)}: {len(trials)} trials, "
@@ -96,7 +106,7 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
             from orchestrator.trackers import Lineages
             lineages = Lineages(list(trackers), sweep, {t.trial_id: t.spec.to_dict() for t in trials})
             lineages.setup()
-        started, timings = time.time(), {}
+        started = time.time()
         from orchestrator.tune_adapter import tune_run  # Ray is imported only when there is work for it
         timings["import_s"] = round(time.time() - started, 3)
         rc = tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus,
@@ -104,5 +114,5 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
                       trackers=lineages)
         # What this run cost and where the time went (bench/orchestrator.py reads it).
         sweep.write_json(sweep.RUN, {"started": started, "finished": time.time(), "rc": rc,
-                                     "trials": len(todo), **timings})
+                                     "trials": len(todo), **timings, "fuse_checks": sweep.fuse_checks()})
         return rc

@@ -124,11 +124,20 @@ def fuse_size(trial: Trial) -> int:
     return 8 if trial.resources["gpu"] > 0 else 1
 
 
-def units(trials: list[Trial]) -> list[Unit]:
+def units(trials: list[Trial], gpus: float = 0) -> list[Unit]:
     """The trials as Tune trials: same-shape lineages (workers/group.py
     `fuse_key`, same options and resources) in groups of at most `fuse_size`,
-    members in trial-id order, so the same experiment always makes the same
-    groups; every other trial alone. In plan order of each unit's first trial."""
+    members in trial-id order; every other trial alone. In plan order of each
+    unit's first trial.
+
+    A fused group is one program on one device, so a cluster of `gpus` GPUs
+    keeps every GPU busy only with at least as many groups: lineages that ask
+    for a GPU are spread over min(lineages, GPUs) groups (sizes differing by
+    at most one) before any group is filled to `fuse_size`. The groups depend
+    on the experiment and the GPU count alone, so the same command on the
+    same cluster size always makes the same groups; a resume on another size
+    regroups the lineages still training (committed rounds stay as they are;
+    each round records whom it was trained with, `fused_with`)."""
     buckets: dict = {}
     for t in trials:
         key = fuse_key(t.spec) if fuse_size(t) > 1 else None
@@ -139,10 +148,25 @@ def units(trials: list[Trial]) -> list[Unit]:
     out = []
     for members in buckets.values():
         members = sorted(members, key=lambda t: t.trial_id)
-        k = fuse_size(members[0])
-        out += [Unit(tuple(members[i:i + k])) for i in range(0, len(members), k)]
+        out += [Unit(tuple(g)) for g in _split(members, fuse_size(members[0]),
+                                               int(gpus) if members[0].resources["gpu"] > 0 else 0)]
     order = {t.trial_id: i for i, t in enumerate(trials)}
     return sorted(out, key=lambda u: min(order[t.trial_id] for t in u.trials))
+
+
+def _split(members: list, k: int, devices: int) -> list[list]:
+    """`members` in groups of at most k, at least min(len, devices) groups."""
+    n = len(members)
+    if devices <= -(-n // k):  # enough groups already: chunks of k, as always
+        return [members[i:i + k] for i in range(0, n, k)]
+    groups = min(n, devices)
+    size, extra = divmod(n, groups)
+    out, i = [], 0
+    for g in range(groups):
+        step = size + (1 if g < extra else 0)
+        out.append(members[i:i + step])
+        i += step
+    return out
 
 
 def cost_estimate(trials: list[Trial]) -> dict:

@@ -76,7 +76,16 @@ def sweep_status(sweep_store: SweepStore, now: Optional[float] = None,
         if mean is not None:
             eta = remaining * mean / max(1, counts["running"])
     return {"sweep": sweep_store.sweep, "trials": counts,
-            "rounds": {"committed": committed, "total": total}, "eta_s": eta}
+            "rounds": {"committed": committed, "total": total}, "eta_s": eta,
+            "fusion": [_check_row(c) for c in sweep_store.fuse_checks()]}
+
+
+def _check_row(c: dict) -> dict:
+    """A fusion self-check (workers/fusecheck.py) as status shows it."""
+    key = c.get("key", {})
+    return {"arch": key.get("arch"), "strategy": c.get("strategy"), "K": key.get("K"),
+            "device": key.get("device"), "arithmetic": key.get("autocast") or key.get("dtype"),
+            "passed": c.get("passed"), "fused_error": c.get("fused_error"), "solo_error": c.get("solo_error")}
 
 
 def format_status(d: dict, width: int = 30) -> str:
@@ -89,4 +98,6 @@ def format_status(d: dict, width: int = 30) -> str:
         f"  done {t['done']}  running {t['running']}  pending {t['pending']}  failed {t['failed']}",
         f"  rounds [{bar}] {r['committed']}/{r['total']} ({100 * frac:.1f}%)",
         f"  eta {eta}",
-    ])
+    ] + [f"  fusion self-check {'passed' if f['passed'] else 'FAILED'}: {f['arch']} {f['strategy']} K={f['K']} "
+         f"on {f['device']} {f['arithmetic']} (fused error {f['fused_error']:.2g}, solo {f['solo_error']:.2g})"
+         for f in d.get("fusion", [])])

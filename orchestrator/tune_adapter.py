@@ -245,6 +245,12 @@ def _quiet_ray_init(**kw) -> list[str]:
     return held
 
 
+def connect(address: str) -> float:
+    """Join the cluster at `address` (quietly); returns its GPU count now."""
+    _quiet_ray_init(address=address, log_to_driver=False, logging_level="WARNING")
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
 def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, num_gpus, max_concurrent,
              max_failures, done_rounds, total_rounds, wait_s=0.0, timings=None, plain=None,
              trackers=()) -> int:
@@ -253,7 +259,8 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
     timings = {} if timings is None else timings
     t0 = time.monotonic()
     if address:
-        notices = _quiet_ray_init(address=address, log_to_driver=False, logging_level="WARNING")
+        notices = [] if ray.is_initialized() else _quiet_ray_init(address=address, log_to_driver=False,
+                                                                  logging_level="WARNING")
         wait_for_nodes(todo, f"the cluster at {address}", wait_s)
     else:
         # The dashboard is not needed and would listen on a port; if someone
@@ -262,7 +269,7 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
         # happens to run on this machine (plain ray.init() would join it).
         notices = _quiet_ray_init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                                   dashboard_host="127.0.0.1", log_to_driver=False, logging_level="WARNING")
-    timings["ray_start_s"] = round(time.monotonic() - t0, 3)
+    timings["ray_start_s"] = round(timings.get("ray_start_s", 0) + time.monotonic() - t0, 3)
     res = ray.cluster_resources()
     _log(f"Ray up in {timings['ray_start_s']:.1f}s: {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
          + (f" ({len(notices)} notice(s) from Ray held back: {notices[0][:80]}...)" if notices else ""))
@@ -322,7 +329,12 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
     ray.shutdown()
     timings["ray_stop_s"] = round(time.monotonic() - t_stop, 3)
     collector.rebuild()
-    if state.interrupted or interrupted:
+    # Tune answers a SIGINT (and so our SIGTERM) inside fit() with its own
+    # handler: it stops the trials and returns as if done. Storage says whether
+    # it was: a lineage short of its rounds with no trial error was stopped.
+    stopped = not errors and not searcher.dropped and any(
+        sweep.lineage(t.trial_id).committed_prefix() < t.spec.num_rounds for u in todo for t in u.trials)
+    if state.interrupted or interrupted or stopped:
         _log("stopped; committed rounds are safe. Re-run the same command to resume.")
         return 130
     if errors or searcher.dropped:

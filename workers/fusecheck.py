@@ -47,8 +47,8 @@ round records the outcome (metrics key `fuse_check`) and its numerics.
 
 Checks are cached per (architecture, shapes, K, strategy, device, dtype,
 autocast, torch version): in this process and, for the sweep, as one JSON
-file per key under `<sweep>/fuse_checks/`, which the run record and
-`lth-sweep status` list.
+file per key under `<sweep>/fuse_checks/` (workers/store.py), which the
+run record and `lth-sweep status` list.
 """
 from __future__ import annotations
 
@@ -70,7 +70,6 @@ RATIO = 4.0
 FLOOR_ULPS = 16
 RULE = (f"per tensor: fused error <= {RATIO:g} x max(its solo error, the pooled solo error of its kind) "
         f"+ {FLOOR_ULPS} ulp, errors vs the float64 step in units of the kind's RMS")
-CHECKS_DIR = "fuse_checks"
 
 # In this process: the same group shape on the same device is checked once.
 _CACHE: dict[str, dict] = {}
@@ -259,7 +258,7 @@ class Fusion:
         if self.sweep is None:
             return None
         try:
-            return self.sweep.read_json(f"{CHECKS_DIR}/{digest}.json")
+            return self.sweep.read_json(self.sweep.fuse_check_name(digest))
         except (OSError, ValueError):
             return None
 
@@ -267,24 +266,9 @@ class Fusion:
         if self.sweep is None:
             return
         try:
-            self.sweep.write_json(f"{CHECKS_DIR}/{digest}.json", outcome)
+            self.sweep.write_json(self.sweep.fuse_check_name(digest), outcome)
         except OSError as e:  # the cache is an optimisation; the outcome is in every round anyway
             log.warning("fusion self-check not cached (%s)", e)
-
-
-def read_checks(sweep) -> list[dict]:
-    """Every fusion self-check outcome a sweep has recorded (for the run record and `status`)."""
-    out = []
-    try:
-        names = sweep.fs.listdir(sweep.path(CHECKS_DIR))
-    except (FileNotFoundError, OSError):
-        return out
-    for name in sorted(names):
-        if name.endswith(".json"):
-            doc = sweep.read_json(f"{CHECKS_DIR}/{name}")
-            if isinstance(doc, dict):
-                out.append(doc)
-    return out
 
 
 def pad_like(t: Trainer) -> Trainer:

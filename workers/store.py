@@ -264,6 +264,21 @@ class SweepStore:
     def write_json(self, name: str, obj) -> None:
         self.fs.write(self.path(name), _dumps(obj))
 
+    # The fusion self-checks' outcomes (workers/fusecheck.py), one file per key.
+    FUSE_CHECKS = "fuse_checks"
+
+    def fuse_check_name(self, digest: str) -> str:
+        return f"{self.FUSE_CHECKS}/{check_name('fuse check', digest)}.json"
+
+    def fuse_checks(self) -> list[dict]:
+        """Every fusion self-check outcome this sweep has recorded."""
+        try:
+            names = sorted(self.fs.listdir(self.path(self.FUSE_CHECKS)))
+        except (FileNotFoundError, NotADirectoryError, OSError):
+            return []
+        docs = [self.read_json(f"{self.FUSE_CHECKS}/{n}") for n in names if n.endswith(".json")]
+        return [d for d in docs if isinstance(d, dict)]
+
     def read_json(self, name: str):
         try:
             return json.loads(self.fs.read(self.path(name)))

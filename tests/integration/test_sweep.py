@@ -15,7 +15,7 @@ import pytest
 from orchestrator import report as REP
 from orchestrator import results as R
 from orchestrator.report import write_report
-from tests.helpers import RUN_ENV, TINY_YAML, assert_png, cli, manifests, table
+from tests.helpers import RUN_ENV, TINY_YAML, assert_png, cli, manifests, table, uninterrupted
 from workers.store import SweepStore
 
 pytestmark = pytest.mark.ray
@@ -86,32 +86,51 @@ def test_extended_grid_runs_only_new_trials(reference, tmp_path, shared_ray):
     assert len(df) == 18 and not df.duplicated(["trial_id", "round"]).any()
 
 
-def test_gpu_pinning_with_fake_gpus(tmp_path, shared_ray):
-    (tmp_path / "experiments.yaml").write_text(
-        TINY_YAML.replace("resources: {gpu: 0, cpu: 1}", "resources: {gpu: 1, cpu: 0.5}\n  runtime: {fuse: 1}")
-        .replace("epochs: 3", "epochs: 2"))
+@pytest.mark.parametrize("fused", [False, True], ids=["one lineage per trial", "fused groups"])
+def test_gpu_pinning_with_fake_gpus(tmp_path, shared_ray, fused):
+    """Tune trials of gpu: 1 on a Ray with 2 (fake) GPUs: each on one GPU id for
+    its whole life, never more than 2 at once, and with fusion (runtime.fuse
+    defaults to 8 for a GPU) the 4 same-shape lineages make 2 groups, one per
+    GPU, not one group that leaves a GPU idle."""
+    yaml = TINY_YAML.replace("epochs: 3", "epochs: 2")
+    if fused:  # 4 lineages of one shape: one data size, two augmentations, two seeds
+        yaml = yaml.replace("fractions: [0.1, 0.2]", "fractions: [0.1]\n    seeds: [0, 1]")
+        yaml = yaml.replace("resources: {gpu: 0, cpu: 1}", "resources: {gpu: 1, cpu: 0.5}")
+    else:
+        yaml = yaml.replace("resources: {gpu: 0, cpu: 1}", "resources: {gpu: 1, cpu: 0.5}\n  runtime: {fuse: 1}")
+    (tmp_path / "experiments.yaml").write_text(yaml)
     r = cli("run", "-e", "tiny", *shared_ray, cwd=tmp_path)  # its 2 fake GPUs
     assert r.returncode == 0, r.stdout + r.stderr
     df = table(tmp_path / "runs")
     assert len(df) == 12
+    if fused:
+        assert "4 lineages fused in 2 groups" in r.stdout + r.stderr
+        assert df["fused_with"].notna().all() and df["fused_with"].str.count(",").eq(0).all()  # pairs
+        units = df.groupby(df.apply(lambda row: ",".join(sorted([row.trial_id, row.fused_with])), axis=1))
+    else:
+        assert df["fused_with"].isna().all()
+        units = df.groupby("trial_id")
     spans = []
-    for tid, g in df.groupby("trial_id"):
+    for _, g in units:
         ids = set(g["gpu_ids"])
-        assert len(ids) == 1, ids  # one GPU for the whole lineage
+        assert len(ids) == 1, ids  # one GPU for the whole lineage (or group)
         (gid,) = ids
         assert gid in {"0", "1"}, gid  # exactly one id, never more
         spans.append((g["started_at"].min(), g["finished_at"].max(), gid))
+    assert len(spans) == (2 if fused else 4)
+    if fused:
+        assert {gid for *_, gid in spans} == {"0", "1"}  # both GPUs trained
     events = sorted([(t0, 1) for t0, _, _ in spans] + [(t1, -1) for _, t1, _ in spans],
                     key=lambda e: (e[0], e[1]))
     running = peak = 0
     for _, step in events:
         running += step
         peak = max(peak, running)
-    assert peak <= 2  # never more than 2 trials at once
+    assert peak <= 2  # never more than 2 units at once
     for a in spans:
         for b in spans:
             if a is not b and a[0] < b[1] and b[0] < a[1]:
-                assert a[2] != b[2]  # trials running at the same time hold different GPUs
+                assert a[2] != b[2]  # units running at the same time hold different GPUs
 
 
 def test_infeasible_resources_fail_before_anything(tmp_path):
@@ -133,18 +152,27 @@ def _wait_for_commits(storage, n, proc, timeout=240):
 
 
 # The tiny sweep with its lineages fused in pairs (none + basic of each data
-# size), on the solo kernels: a fused lineage then computes its solo bits
-# (tests/workers/test_group.py), so the solo reference is the fused one too.
-# (Resume with the grouped kernels: test_group.py's killed groups.)
+# size), on the grouped kernels (the default for 8 px images on CPU): a
+# fused member's bits then depend on its group's shapes, which a resume must
+# keep (workers/group.py: pads), so the reference is an uninterrupted fused sweep.
 FUSED_YAML = TINY_YAML.replace("  resources: {gpu: 0, cpu: 1}\n",
-                               "  resources: {gpu: 0, cpu: 1}\n  runtime: {fuse: 2, fuse_conv: loop}\n")
+                               "  resources: {gpu: 0, cpu: 1}\n  runtime: {fuse: 2, fuse_conv: grouped}\n")
 
 
-def test_fused_sweep_killed_and_resumed_equals_the_solo_sweep(reference, shared_ray, tmp_path):
-    """SIGKILL of the driver's process group, then SIGTERM, then the same
-    command again (on another Ray: what resumes is in storage): same rows,
-    the solo sweep's accuracies bit for bit, no round trained twice. (The
-    solo sweep's kills: test_chaos.py.)"""
+def _files(storage, name):
+    """{(trial, round): sha256 of that round's `name`} from the manifests."""
+    st = SweepStore(str(storage), "tiny")
+    return {(t, k): m["files"][name] for t in st.trial_ids() for k, m in st.lineage(t).manifests().items()}
+
+
+def test_fused_sweep_killed_and_resumed_equals_the_uninterrupted_fused_sweep(shared_ray, tmp_path):
+    """SIGKILL of the driver's process group (delivered: checked by its exit
+    status), then SIGTERM (exit 130 while rounds remain), then the same
+    command again (on another Ray: what resumes is in storage): every
+    member's weights and masks equal an uninterrupted fused sweep's bit for
+    bit, so do the rows, and no round is trained twice. (The solo sweep's
+    kills: test_chaos.py.)"""
+    ref_dir, _ = uninterrupted(tmp_path / "ref", FUSED_YAML, ray=shared_ray)
     (tmp_path / "experiments.yaml").write_text(FUSED_YAML)
     storage = tmp_path / "runs"
     env = {**os.environ, **RUN_ENV}
@@ -159,16 +187,19 @@ def test_fused_sweep_killed_and_resumed_equals_the_solo_sweep(reference, shared_
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         # Signal this run after it has committed something itself, not while
         # the interpreter is still starting (commits of the last run count no more).
-        if _wait_for_commits(storage, max(after, base + 1), p):
+        reached = _wait_for_commits(storage, max(after, base + 1), p)
+        if reached:
             time.sleep(rng.random() * 0.5)
             if sig == signal.SIGKILL:
                 os.killpg(p.pid, signal.SIGKILL)
             else:
                 p.send_signal(signal.SIGTERM)
         out = p.communicate(timeout=120)[0]
-        if sig == signal.SIGTERM and p.returncode not in (0,):
-            assert p.returncode == 130 and "Re-run the same command" in out, out
-            assert "Traceback" not in out
+        if sig == signal.SIGKILL:
+            assert reached and p.returncode == -signal.SIGKILL, (p.returncode, out)
+        elif reached and len(manifests(storage)) < 12:
+            assert p.returncode == 130 and "Re-run the same command" in out, (p.returncode, out)
+        assert "Traceback" not in out
         now = manifests(storage)
         assert {k: now[k] for k in snapshot} == snapshot, "a committed round was trained again"
         snapshot = now
@@ -177,12 +208,15 @@ def test_fused_sweep_killed_and_resumed_equals_the_solo_sweep(reference, shared_
     assert r.returncode == 0, r.stdout + r.stderr
     final = manifests(storage)
     assert {k: final[k] for k in snapshot} == snapshot
+    for name in ("weights.safetensors", "mask.safetensors"):
+        got, want = _files(storage, name), _files(ref_dir / "runs", name)
+        assert len(got) == 12 and got == want, name  # every member, every round: bit for bit
     got = table(storage).sort_values(["trial_id", "round"]).reset_index(drop=True)
-    ref = table(reference[0] / "runs").sort_values(["trial_id", "round"]).reset_index(drop=True)
+    ref = table(ref_dir / "runs").sort_values(["trial_id", "round"]).reset_index(drop=True)
     assert not got.duplicated(["trial_id", "round"]).any()
     assert got[["trial_id", "round"]].equals(ref[["trial_id", "round"]])
-    assert got[METRICS].equals(ref[METRICS])  # bit for bit on CPU
-    assert got["fused_with"].notna().all() and ref["fused_with"].isna().all()
+    assert got[METRICS].equals(ref[METRICS])
+    assert got["fused_with"].notna().all() and ref["fused_with"].notna().all()
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path):

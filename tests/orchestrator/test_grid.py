@@ -62,3 +62,26 @@ def test_every_shipped_experiment_plans_with_the_product_of_its_axes(capsys):
         sizes = len(exp.get("fractions", [])) + len(exp.get("images_per_class", []))
         want = sizes * math.prod(len(exp[a]) for a in axes if a in exp and a != "fractions")
         assert json.loads(out)["count"] == want, name
+
+
+def test_fused_groups_spread_over_the_gpus_first(tmp_path, capsys):
+    """Same-shape lineages that ask for a GPU: every GPU gets a group before
+    any group grows to runtime.fuse; groups are the same for the same GPU
+    count, and `plan` shows them."""
+    p = tmp_path / "e.yaml"
+    p.write_text(BASE.replace("[none]", "[none, basic, contrast, auto]") + "    resources: {gpu: 1, cpu: 1}\n")
+
+    def groups(*extra):
+        rc, out, _ = run_main(capsys, ["plan", "-c", str(p), "-e", "x", "--json", *extra])
+        assert rc == 0
+        return [g["trials"] for g in json.loads(out)["groups"]]
+    assert sorted(map(len, groups("--num-gpus", "2"))) == [2, 2]   # both GPUs busy, not one group of 4
+    assert sorted(map(len, groups("--num-gpus", "3"))) == [2]      # 2 + 1 + 1: a lone lineage is no group
+    assert sorted(map(len, groups("--num-gpus", "1"))) == [4]      # fuse: 8 per GPU program
+    assert groups("--num-gpus", "0") == groups("--num-gpus", "1")
+    assert groups("--num-gpus", "2") == groups("--num-gpus", "2")
+    assert groups("--num-gpus", "8") == []                         # one lineage per GPU
+    trials = sorted(t for g in groups("--num-gpus", "2") for t in g)
+    assert len(set(trials)) == 4
+    rc, out, _ = run_main(capsys, ["plan", "-c", str(p), "-e", "x", "--num-gpus", "2"])
+    assert rc == 0 and out.count("fused group fused-") == 2 and "planned for 2 GPUs" in out
