@@ -8,7 +8,9 @@ Two cases, each for every K in `ks`: K IMP members (different seeds and
 random 20%-pruned masks, `basic` augmentation, SGD + momentum) trained for
 `epochs` epochs, fused (`workers.fused.FusedTrainer`, construction and the
 per-epoch write-back included) against the same K trained solo one after
-another (`Trainer.train_epoch`). Data is synthetic uint8 (speed does not
+another (`Trainer.train_epoch`) and, on CUDA for the "cifar" case, against
+K packed processes sharing the GPU (bench/packed.py: what Ray runs for
+`gpu: 1/K`, the fair baseline). Data is synthetic uint8 (speed does not
 depend on pixel values):
 
 - "quickstart": resnet18 width 0.25 on 8x8 single-channel (digits-shaped)
@@ -36,7 +38,7 @@ from workers import pruning as P
 from workers.fused import FusedTrainer, conv_strategy
 from workers.methods import trial_model
 from workers.train import Prepared, Trainer
-from workers.spec import DataSpec, ModelSpec, RunOptions, TrainSpec, TrialSpec
+from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
 
 CASES = {
     # name: (dataset whose shape/normalisation is used, images, batch)
@@ -50,8 +52,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_members(case: str, k: int, width: float, device: torch.device, epochs: int) -> list[Trainer]:
-    """K solo Trainers of `case` on synthetic data, ready to train round 1."""
+def make_members(case: str, k: int, width: float, device: torch.device, epochs: int, arch: str = "resnet18",
+                 method: str = "imp", bf16: bool = True) -> list[Trainer]:
+    """K solo Trainers of `case` on synthetic data, ready to train round 1
+    (`bf16`: autocast on CUDA, as trials train by default)."""
     dataset, n, batch = CASES[case]
     info = D.dataset_info(dataset)
     g = torch.Generator().manual_seed(12345)
@@ -64,8 +68,9 @@ def make_members(case: str, k: int, width: float, device: torch.device, epochs: 
     for seed in range(k):
         spec = TrialSpec(DataSpec(dataset, images_per_class=max(1, n // info.num_classes),
                                   augmentation="basic"),
-                         model=ModelSpec("resnet18", width=width),
-                         train=TrainSpec(epochs=epochs, batch_size=batch, lr=0.05), seed=seed)
+                         model=ModelSpec(arch, width=width),
+                         train=TrainSpec(epochs=epochs, batch_size=batch, lr=0.05, bf16=bf16),
+                         prune=PruneSpec(method=method), seed=seed)
         prep = Prepared(info=info, x_train=x.to(device), y_train=y.to(device), x_val=empty_x.to(device),
                         y_val=empty_y.to(device), x_test=empty_x.to(device), y_test=empty_y.to(device),
                         augment=D.make_augment("basic", info), device=device)
@@ -114,9 +119,17 @@ def bench_case(case: str, k: int, width: float, device: torch.device, epochs: in
         fused.append(_time_fused(members, epochs, 1, conv))
     images = k * n * epochs
     ips_f, ips_s = images / min(fused), images / min(solo)
-    return {"case": case, "K": k, "width": width, "device": str(device), "images": n, "batch": batch,
-            "epochs": epochs, "conv": conv_strategy(conv, device, D.dataset_info(dataset).image_size),
-            "fused_images_per_s": ips_f, "solo_images_per_s": ips_s, "speedup": ips_f / ips_s}
+    row = {"case": case, "K": k, "width": width, "device": str(device), "images": n, "batch": batch,
+           "epochs": epochs, "conv": conv_strategy(conv, device, D.dataset_info(dataset).image_size),
+           "fused_images_per_s": ips_f, "solo_images_per_s": ips_s, "speedup": ips_f / ips_s}
+    if device.type == "cuda" and case == "cifar":
+        # The fair baseline on a GPU: K lineages as K packed processes sharing
+        # it (what Ray runs for gpu: 1/K), not K lineages one after another.
+        from .packed import bench_packed
+        packed = bench_packed(str(device), trials=k, width=width, epochs=epochs,
+                              case=case)["_packed"]["packed_images_per_s"]
+        row.update(packed_images_per_s=packed, speedup_vs_packed=ips_f / packed)
+    return row
 
 
 def bench_fused(ks: Sequence[int] = (4, 8), width: float = 0.25, dataset_shape: str = "cifar",
@@ -143,7 +156,8 @@ def bench_fused(ks: Sequence[int] = (4, 8), width: float = 0.25, dataset_shape: 
             w = 0.125
         details[case] = {str(k): bench_case(case, k, w, dev, epochs, repeats, conv) for k in ks}
     head = details[dataset_shape][str(ks[-1])]
-    return {"fused_speedup": head["speedup"], "fused_k": ks[-1], "_fused": details}
+    return {"fused_speedup": head["speedup"], "fused_k": ks[-1],
+            "fused_speedup_vs_packed": head.get("speedup_vs_packed"), "_fused": details}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

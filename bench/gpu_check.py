@@ -3,12 +3,18 @@ written as one JSON file (bench/gpu_check.sh is the entry point).
 
     cuda_tests   `pytest -m cuda`: bf16 lineages (images on the GPU and on the host),
                  a fused group, the t-vMF head's precision, packed processes
-    lineage      a short bf16 + channels_last lineage on CIFAR-shaped data, timed
-    bench        the engine's ratios, packed_gpu_speedup (4 processes) and
-                 fused_speedup at K = 4, 8, 16, on this device
+    fuse_checks  the fusion self-check (workers/fusecheck.py) of every shipped
+                 architecture and variant, grouped and loop, in bf16 autocast and
+                 in fp32, with its measured errors
+    lineage      a short bf16 + channels_last lineage on CIFAR-shaped data, every
+                 round training at least one epoch, timed
+    bench        the engine's ratios and fused K = 4, 8, 16 against K solo lineages
+                 one after another and K packed processes on the same GPU
 
-`--smoke` runs the same steps at toy sizes (CI runs it on the CPU: the CUDA
-tests are then listed as skipped, and every figure is a CPU one, labelled so).
+It fails (exit 1) when any part errs, when the CUDA tests fail or none were
+collected, and when a round of the lineage trained no epoch. `--smoke` runs
+the same steps at toy sizes (CI runs it on the CPU: the CUDA tests are then
+listed as skipped, and every figure is a CPU one, labelled so).
 """
 from __future__ import annotations
 
@@ -25,27 +31,67 @@ import torch
 from .common import device_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTS = ("cuda_tests", "fuse_checks", "lineage", "bench")
+# Every shipped architecture and method variant that fuses (as tests/workers/test_fused.py EVERY).
+EVERY = [("imp", "resnet18"), ("imp", "resnet50"), ("imp", "vgg16"), ("imp", "mobilenetv2"),
+         ("full_conv", "resnet18"), ("harmonic", "resnet18"), ("tvmf_loss", "resnet18"),
+         ("cosine_loss", "resnet18")]
 
 
-def cuda_tests(smoke: bool) -> dict:
+class CheckFailed(Exception):
+    """A part ran and showed something wrong."""
+
+
+def cuda_tests(a) -> dict:
     t0 = time.perf_counter()
     # Smoke (CI, no CUDA): only the CUDA tests' own file, which is all it can
     # show; collecting the whole suite to skip the same tests costs ~5 s more.
-    where = os.path.join(ROOT, "tests", "workers", "test_cuda.py") if smoke else os.path.join(ROOT, "tests")
+    where = a.tests or (os.path.join(ROOT, "tests", "workers", "test_cuda.py") if a.smoke
+                        else os.path.join(ROOT, "tests"))
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "-rs",
                         where], cwd=ROOT, capture_output=True, text=True, timeout=420)
     tail = [line for line in r.stdout.splitlines() if line.strip()][-12:]
-    return {"rc": r.returncode, "seconds": round(time.perf_counter() - t0, 1), "summary": tail}
+    out = {"rc": r.returncode, "seconds": round(time.perf_counter() - t0, 1), "summary": tail}
+    if r.returncode == 5:
+        raise CheckFailed(f"pytest collected no CUDA tests under {where}")
+    if r.returncode != 0:
+        raise CheckFailed(f"the CUDA tests failed (pytest exit {r.returncode}): {tail[-1] if tail else ''}")
+    return out
 
 
-def lineage(smoke: bool) -> dict:
+def fuse_checks(a) -> dict:
+    """The self-check a fused group runs before training, for every
+    architecture, both strategies and both arithmetics the trials use."""
+    from workers.fusecheck import RULE, self_check
+    from .fused import make_members
+    cuda = torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    case, k, width = ("quickstart", 2, 0.125) if a.smoke else ("cifar", 4, 1.0 if cuda else 0.25)
+    rows = []
+    for method, arch in EVERY:
+        for bf16 in ((True, False) if cuda else (False,)):
+            members = make_members(case, k, width, dev, 3, arch=arch, method=method, bf16=bf16)
+            for strategy in ("grouped", "loop"):
+                o = self_check(members, strategy)
+                rows.append({"arch": arch, "method": method, "strategy": strategy, "K": k, "width": width,
+                             "arithmetic": "bf16 autocast" if members[0].autocast else str(members[0].dtype),
+                             "passed": o["passed"], "fused_error": o["fused_error"],
+                             "solo_error": o["solo_error"], "worst": o["worst"], "seconds": o["seconds"]})
+            del members
+            if cuda:
+                torch.cuda.empty_cache()
+    return {"device": str(dev), "rule": RULE, "checks": rows, "passed": sum(r["passed"] for r in rows), "total": len(rows)}
+
+
+def lineage(a) -> dict:
     from workers import data as D
     from workers.data.cifar import write_folder
     from workers.lineage import run_lineage
     from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
     from workers.store import SweepStore
     cuda = torch.cuda.is_available()
-    per_class, epochs, width = (60, 1, 0.125) if smoke else (500, 10, 1.0)
+    per_class, epochs, width = (60, 2, 0.125) if a.smoke else (500, 10, 1.0)
+    epochs = a.lineage_epochs or epochs
     g = torch.Generator().manual_seed(0)
     train = D.Split(torch.randint(0, 256, (10 * per_class, 3, 32, 32), generator=g, dtype=torch.uint8),
                     torch.arange(10 * per_class) % 10)
@@ -59,14 +105,20 @@ def lineage(smoke: bool) -> dict:
         rows = run_lineage(spec, SweepStore(os.path.join(d, "runs"), "g").lineage(spec.trial_id),
                            RunOptions(data_root=os.path.join(d, "data")))
         seconds = time.perf_counter() - t0
-    return {"seconds": round(seconds, 1), "bf16": cuda and spec.train.bf16, "channels_last": cuda,
-            "rounds": [{k: r[k] for k in ("round", "density", "test_acc", "images_per_s", "device")} for r in rows]}
+    out = {"seconds": round(seconds, 1), "bf16": cuda and spec.train.bf16, "channels_last": cuda,
+           "rounds": [{k: r[k] for k in ("round", "epochs", "density", "test_acc", "images_per_s", "device")}
+                      for r in rows]}
+    idle = [r["round"] for r in rows if r["epochs"] < 1]
+    if idle:
+        raise CheckFailed(f"round(s) {idle} trained no epoch (epochs {epochs} <= rewind_epoch "
+                          f"{spec.prune.rewind_epoch}): the lineage checked nothing of training there")
+    return out
 
 
-def bench(smoke: bool) -> dict:
+def bench(a) -> dict:
     from . import steps
     out = {}
-    for name, fn in steps(smoke, full=False):
+    for name, fn in steps(a.smoke, full=False):
         if name in ("engine", "fused", "packed"):
             out.update(fn())
     return out
@@ -76,21 +128,27 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench/gpu_check.sh", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_check.json"))
     ap.add_argument("--smoke", action="store_true", help="toy sizes: checks the script runs")
+    ap.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
+    ap.add_argument("--tests", help="where the CUDA tests are (default: the project's tests)")
+    ap.add_argument("--lineage-epochs", type=int, help="epochs of the lineage's rounds (rewind after 1)")
     a = ap.parse_args(argv)
     res = {"device": device_name(), "cuda": torch.cuda.is_available(), "torch": torch.__version__,
-           "smoke": a.smoke}
-    for name, fn in (("cuda_tests", cuda_tests), ("lineage", lineage), ("bench", bench)):
+           "smoke": a.smoke, "failed": []}
+    for name in a.only or PARTS:
         t0 = time.perf_counter()
         try:
-            res[name] = fn(a.smoke)
+            res[name] = globals()[name](a)
         except Exception as e:  # one failing part must not cost the others' figures
             res[name] = {"error": f"{type(e).__name__}: {e}"}
-        print(f"gpu_check: {name} done in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+            res["failed"].append(name)
+        print(f"gpu_check: {name} {'FAILED' if name in res['failed'] else 'done'} in "
+              f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         with open(a.out, "w") as f:  # written after every part: a timeout keeps what finished
             json.dump(res, f, indent=1, default=str)
     print(a.out)
-    return 0 if all("error" not in res[n] for n in ("lineage", "bench")) and res["cuda_tests"].get("rc") in (0, 5) \
-        else 1
+    for name in res["failed"]:
+        print(f"gpu_check: {name}: {res[name]['error']}", file=sys.stderr)
+    return 1 if res["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ with a 1/4 memory cap (as Ray runs packed trials), vs one trial alone. CUDA only
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import torch
 
@@ -12,13 +13,20 @@ from .common import sync
 from .engine import setup
 
 
-def _packed_worker(device: str, share: float, width: float, epochs: int, barrier, results) -> None:
-    """One packed trial: a 1% round's epochs on `device`, its GPU memory capped at `share`."""
+def _packed_worker(device: str, share: float, width: float, epochs: int, barrier, results,
+                   case: Optional[str] = None) -> None:
+    """One packed trial: a 1% round's epochs on `device`, its GPU memory capped
+    at `share` (`case`: bench/fused.py's member of that case, the same work
+    as a fused member; else the engine benchmark's round)."""
     dev = torch.device(device)
     if dev.type == "cuda" and share < 1:
         torch.cuda.set_per_process_memory_fraction(share)  # what the driver does for packed trials
-    spec, prep, model, masks = setup(500, width, dev)
-    trainer = T.Trainer(spec, prep, model, masks)
+    if case is not None:
+        from .fused import make_members
+        trainer = make_members(case, 1, width, dev, epochs + 1)[0]
+    else:
+        spec, prep, model, masks = setup(500, width, dev)
+        trainer = T.Trainer(spec, prep, model, masks)
     trainer.train_epoch(1, 0)  # warm-up outside the timed part (CUDA context, kernels)
     sync(dev)
     barrier.wait()
@@ -29,7 +37,8 @@ def _packed_worker(device: str, share: float, width: float, epochs: int, barrier
     results.put((time.perf_counter() - t0, 500 * epochs))
 
 
-def bench_packed(device: str = "cuda", trials: int = 4, width: float = 1.0, epochs: int = 20) -> dict:
+def bench_packed(device: str = "cuda", trials: int = 4, width: float = 1.0, epochs: int = 20,
+                 case: Optional[str] = None) -> dict:
     """Images/s of `trials` small trials sharing one device, each in its own
     process (as Ray runs packed trials), over one such trial alone."""
     import multiprocessing as mp
@@ -37,7 +46,7 @@ def bench_packed(device: str = "cuda", trials: int = 4, width: float = 1.0, epoc
 
     def throughput(n: int) -> float:
         barrier, results = ctx.Barrier(n), ctx.Queue()
-        procs = [ctx.Process(target=_packed_worker, args=(device, 1.0 / n, width, epochs, barrier, results))
+        procs = [ctx.Process(target=_packed_worker, args=(device, 1.0 / n, width, epochs, barrier, results, case))
                  for _ in range(n)]
         for p in procs:
             p.start()

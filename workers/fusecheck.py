@@ -207,6 +207,7 @@ class Fusion:
     def __init__(self, opts, sweep=None):
         self.opts, self.sweep = opts, sweep
         self.refused: set[str] = set()  # can_fuse reasons already said
+        self.said: set[str] = set()     # failed checks already said
 
     def program(self, trainers: list[Trainer], width: int) -> tuple[Optional[FusedTrainer], dict]:
         """`trainers` (this round's members) fused with pads up to `width`, or
@@ -231,6 +232,10 @@ class Fusion:
                 if len(tried) > 1:
                     outcome = {**outcome, "fell_back_from": tried[:-1]}
                 return FusedTrainer(members, conv=strategy), {"fuse_check": outcome}
+            said = outcome.get("digest") or json.dumps(outcome.get("key"), sort_keys=True)
+            if said in self.said:
+                continue
+            self.said.add(said)  # once per group shape, not every round
             w = outcome["worst"]
             nxt = fallbacks(first)[len(tried)] if len(tried) < len(fallbacks(first)) else "each member alone"
             log.warning("fusion self-check failed: %s %s K=%d on %s %s: %s error %.2e vs solo %.2e (member %d, "
@@ -246,7 +251,7 @@ class Fusion:
             return _CACHE[digest]
         outcome = self._read(digest)
         if outcome is None:
-            outcome = {**self_check(members, strategy), "key": key}
+            outcome = {**self_check(members, strategy), "key": key, "digest": digest}
             self._write(digest, outcome)
             log.info("fusion self-check %s: %s %s K=%d on %s: fused error %.2e, solo %.2e",
                      "passed" if outcome["passed"] else "FAILED", key["arch"], strategy, key["K"], key["device"],

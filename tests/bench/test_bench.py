@@ -36,23 +36,42 @@ def test_packed_benchmark_runs_its_processes():
     assert res["packed_gpu_speedup"] > 0 and res["_packed"]["trials"] == 2
 
 
-def test_the_gpu_check_runs_end_to_end(tmp_path):
-    """bench/gpu_check.sh at toy sizes: on a machine without CUDA its CUDA tests
-    are listed as skipped and its figures are CPU ones; it writes its JSON."""
+def _gpu_check(tmp_path, *args):
     import os
     import subprocess
     import sys
     from tests.helpers import ROOT
     out = tmp_path / "gpu_check.json"
-    r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), "--smoke", "--out", str(out)],
+    r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), "--smoke", "--out", str(out), *args],
                        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    return r, json.loads(out.read_text())
+
+
+def test_the_gpu_check_runs_end_to_end(tmp_path):
+    """bench/gpu_check.sh at toy sizes: on a machine without CUDA its CUDA tests
+    are listed as skipped and its figures are CPU ones; it writes its JSON."""
+    r, res = _gpu_check(tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    res = json.loads(out.read_text())
-    assert res["smoke"] and res["cuda"] == torch.cuda.is_available()
+    assert res["smoke"] and res["cuda"] == torch.cuda.is_available() and res["failed"] == []
     assert [r["round"] for r in res["lineage"]["rounds"]] == [0, 1, 2]
+    assert all(r["epochs"] >= 1 for r in res["lineage"]["rounds"])
     assert {"train_loop_ratio", "fused_speedup"} <= set(res["bench"])
+    checks = res["fuse_checks"]["checks"]
+    assert {(c["method"], c["arch"]) for c in checks} == {(m, a) for m, a in __import__("bench.gpu_check").gpu_check.EVERY}
+    assert all(c["fused_error"] >= 0 and c["solo_error"] >= 0 and "tensor" in c["worst"] for c in checks)
+    assert all(c["passed"] for c in checks if c["strategy"] == "loop")  # the solo kernels: solo's own error
     if not res["cuda"]:
         assert res["cuda_tests"]["rc"] == 0 and any("skipped" in line for line in res["cuda_tests"]["summary"])
+
+
+def test_the_gpu_check_fails_when_it_checked_nothing(tmp_path):
+    """No CUDA test collected, or a lineage round that trained no epoch, is a
+    failure of the check, not a pass."""
+    (tmp_path / "empty").mkdir()
+    r, res = _gpu_check(tmp_path, "--only", "cuda_tests", "--tests", str(tmp_path / "empty"))
+    assert r.returncode == 1 and res["failed"] == ["cuda_tests"] and "no CUDA tests" in res["cuda_tests"]["error"]
+    r, res = _gpu_check(tmp_path, "--only", "lineage", "--lineage-epochs", "1")
+    assert r.returncode == 1 and res["failed"] == ["lineage"] and "trained no epoch" in res["lineage"]["error"]
 
 
 def test_calibrate_writes_the_table_that_plan_then_costs_with(tmp_path):
