@@ -82,6 +82,11 @@ class ModelSpec:
     width: float = spec_field(1.0, rule=_POSITIVE, yaml=("model", "width"), column=True)
     init: str = spec_field("random", rule=Rule(str, choices="workers.models.inits:INITS"), yaml=("model", "init"),
                            column=True)
+    # How random weights start (workers/models/variants.py INIT_SCHEMES): torchvision
+    # (the default: every lineage before this field keeps its id), pytorch, or
+    # paper (the released code's, per architecture). Pretrained inits load over it.
+    init_scheme: str = spec_field("torchvision", rule=Rule(str, choices="workers.models.variants:INIT_SCHEMES"),
+                                  axis="init_schemes", column=True)
 
 
 @dataclass(frozen=True)

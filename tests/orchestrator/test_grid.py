@@ -55,13 +55,21 @@ def test_grid_count_is_product_and_ids_stable(tmp_path):
 def test_every_shipped_experiment_plans_with_the_product_of_its_axes(capsys):
     import math
     cfg = load_config("experiments.yaml")
-    axes = ["datasets", "imbalances", "fractions", "augmentations", "methods", "archs", "seeds"]
+    axes = ["datasets", "imbalances", "fractions", "augmentations", "methods", "archs", "seeds", "init_schemes"]
     for name, exp in cfg["experiments"].items():
         rc, out, err = run_main(capsys, ["plan", "-e", name, "--json"])
         assert rc == 0, (name, err)
         sizes = len(exp.get("fractions", [])) + len(exp.get("images_per_class", []))
         want = sizes * math.prod(len(exp[a]) for a in axes if a in exp and a != "fractions")
         assert json.loads(out)["count"] == want, name
+        # Every paper study starts from the paper's init, and plan says so.
+        schemes = {t["init_scheme"] for t in json.loads(out)["trials"]}
+        if name == "init_study":
+            assert schemes == {"paper", "torchvision"}
+        elif name in ("quickstart", "digits_study"):  # as their README results were run
+            assert schemes == {"torchvision"}, name
+        else:
+            assert schemes == {"paper"}, name
 
 
 def test_fused_groups_spread_over_the_gpus_first(tmp_path, capsys):

@@ -16,7 +16,7 @@ import torch
 from workers.losses import make_head
 
 from .registry import ARCHS, Arch, register
-from .variants import VARIANTS, check_variant
+from .variants import VARIANTS, apply_init_scheme, check_variant
 from . import mobilenetv2, resnet, resnet50, vgg  # noqa: E402,F401  (each registers its Arch)
 from .inits import load_init  # noqa: E402
 
@@ -47,6 +47,7 @@ def make_model(spec, info, *, variant: str = "standard", head: str = "linear", w
     model = build_model(spec.model.arch, num_classes=info.num_classes, in_channels=info.channels,
                         image_size=info.image_size, width=spec.model.width if width is None else width,
                         variant=variant)
+    apply_init_scheme(model, spec.model.init_scheme, spec.model.arch)
     if head != "linear":
         model.fc = make_head(head, model.fc.in_features, info.num_classes)
     if with_init and spec.model.init != "random":

@@ -125,10 +125,28 @@ class HarmonicConv2d(nn.Module):
                 f"stride={self.stride}, padding={self.padding}")
 
 
+# How a network's weights start (ModelSpec.init_scheme, the yaml axis `init_schemes`):
+#   torchvision  Kaiming-normal fan_out convs (std sqrt(2 / (C_out k^2))), BatchNorm
+#                at identity, Linear at PyTorch's default: the default, as every
+#                lineage before the scheme was named (their trial ids are unchanged);
+#   pytorch      every module at PyTorch's own reset: convs and Linear
+#                kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)), std
+#                1/sqrt(3 fan_in) (~2.4x smaller than torchvision's for a 3x3x64
+#                layer), biases U(+-1/sqrt(fan_in)), BatchNorm at identity;
+#   paper        what the paper's released code gives each architecture: `pytorch`
+#                for ResNet and MobileNetV2 (it applies no init of its own), and
+#                for VGG its own: Kaiming-normal fan_out convs, Linear N(0, 0.01)
+#                with zero bias, BatchNorm at identity.
+INIT_SCHEMES = ("torchvision", "pytorch", "paper")
+# Architectures the paper's code initialises its own way (the rest keep PyTorch's).
+PAPER_OWN_INIT = {"vgg16": "vgg"}
+
+
 def init_weights(model: nn.Module) -> None:
-    """torchvision's init, shared by every architecture: Kaiming (fan_out) convs,
-    BN at identity; nn.Linear keeps its own default reset. Harmonic mixes then
-    get their own init back."""
+    """torchvision's init (the `torchvision` scheme), applied by every
+    architecture as it is built: Kaiming (fan_out) convs, BN at identity;
+    nn.Linear keeps its own default reset. Harmonic mixes then get their own
+    init back."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -136,6 +154,26 @@ def init_weights(model: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     reset_harmonic(model)
+
+
+def apply_init_scheme(model: nn.Module, scheme: str, arch: str) -> None:
+    """Re-initialise a freshly built network (built with `init_weights`) under
+    `scheme` (see INIT_SCHEMES); the caller seeds torch first."""
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown init scheme {scheme!r}; known: {list(INIT_SCHEMES)}")
+    if scheme == "torchvision":
+        return
+    own = PAPER_OWN_INIT.get(arch) if scheme == "paper" else None
+    for m in model.modules():
+        if own == "vgg" and isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif own == "vgg" and isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+            m.reset_parameters()  # PyTorch's own (a harmonic block's 1x1 mix is a Conv2d: its too)
 
 
 def reset_harmonic(model: nn.Module) -> None:

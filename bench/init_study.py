@@ -1,0 +1,90 @@
+"""What the weight initialisation does to the paper's question: `init_study`
+of ./experiments.yaml (the same digits lineages under the paper's init and
+torchvision's), as paired differences between the schemes.
+
+    python -m bench.init_study            # run the sweep (resumes), then print the table
+    python -m bench.init_study --no-run   # only the table, from a finished sweep
+
+For each training size and seed, the lineage under one scheme is paired with
+the same grid point under the other (same data subset, augmentation draws
+and data order: only the initial weights differ). Per pair: the dense
+network's test accuracy (round 0), the winning ticket's (held-out
+selection, `--select val`, the project's default), and the gain (ticket -
+dense). The table gives the mean over seeds of `paper - torchvision` for
+each, with its 95% t interval over the seeds, and each scheme's own means.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import pandas as pd
+from scipy import stats
+
+from orchestrator.api import load_results, winning_tickets
+
+SCHEMES = ("paper", "torchvision")
+
+
+def paired(df: pd.DataFrame, select: str = "val") -> pd.DataFrame:
+    """One row per (size, seed, scheme): dense, ticket and gain test accuracies."""
+    dense = df[df["round"] == 0].set_index("trial_id")["test_acc"]
+    w = winning_tickets(df, select).set_index("trial_id")
+    rows = []
+    for tid, t in w.iterrows():
+        rows.append({"images_per_class": int(t["images_per_class"]), "seed": int(t["seed"]),
+                     "scheme": t["init_scheme"], "dense": dense[tid], "ticket": t["test_acc"],
+                     "density": t["density"], "gain": t["test_acc"] - dense[tid]})
+    return pd.DataFrame(rows)
+
+
+def _mean_ci(x) -> tuple[float, float, float]:
+    x = pd.Series(x, dtype=float)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / len(x) ** 0.5)
+    return m, m - half, m + half
+
+
+def table(p: pd.DataFrame) -> str:
+    lines = ["| images / class | seeds | dense: paper / torchvision | ticket: paper / torchvision | "
+             "gain: paper / torchvision | paper - torchvision: dense | ticket | gain |",
+             "|---|---|---|---|---|---|---|---|"]
+    for size, g in p.groupby("images_per_class"):
+        wide = g.pivot(index="seed", columns="scheme", values=["dense", "ticket", "gain"]).dropna()
+        cells = []
+        for what in ("dense", "ticket", "gain"):
+            cells.append(f"{wide[what]['paper'].mean():.3f} / {wide[what]['torchvision'].mean():.3f}")
+        for what in ("dense", "ticket", "gain"):
+            m, lo, hi = _mean_ci(wide[what]["paper"] - wide[what]["torchvision"])
+            cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        lines.append(f"| {size} | {len(wide)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.init_study", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--storage", default="runs")
+    ap.add_argument("--no-run", action="store_true", help="only print the table of a finished sweep")
+    ap.add_argument("--select", default="val", choices=["val", "test"])
+    a = ap.parse_args(argv)
+    if not a.no_run:
+        t0 = time.time()
+        r = subprocess.run([sys.executable, "-m", "orchestrator", "run", "-e", "init_study", "--storage", a.storage,
+                            "--plain"], stdout=subprocess.DEVNULL)
+        if r.returncode != 0:
+            return r.returncode
+        print(f"init_study ran in {time.time() - t0:.0f} s (wall, Ray start-up included) on {os.cpu_count()} cores")
+    p = paired(load_results(a.storage, "init_study"), a.select)
+    print(f"Paired differences between init schemes, test accuracy, winning ticket selected on `{a.select}`; "
+          f"mean over seeds [95% t interval]:\n")
+    print(table(p))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
