@@ -86,7 +86,7 @@ def _images(trial) -> tuple[int, int]:
     per_class = n / info.num_classes
     size = round(d.fraction * n) if d.fraction is not None else min(n, d.images_per_class * info.num_classes)
     held_out = min(spec.eval.val_per_class, max(0.0, per_class - size / info.num_classes)) * info.num_classes
-    epochs = t.epochs + p.rounds * (t.epochs - p.rewind_epoch)
+    epochs = t.epochs + p.rounds * (t.epochs if p.retrain == "paper_code" else t.epochs - p.rewind_epoch)
     return int(size * epochs), int((held_out + info.test_size) * spec.num_rounds)
 
 

@@ -220,7 +220,7 @@ def _epochs(k: int, slots: list[tuple[Member, RoundRun]], program) -> None:
     only fills its place."""
     runs = [run for _, run in slots]
     joined: set[int] = set()
-    for epoch in range(min(run.epoch for run in runs), slots[0][0].spec.train.epochs):
+    for epoch in range(min(run.epoch for run in runs), max(run.end for run in runs)):
         active = [i for i, (m, run) in enumerate(slots) if m.error is None and run.epoch == epoch]
         if not active:
             continue
@@ -256,4 +256,4 @@ def fuse_key(spec: TrialSpec) -> Optional[tuple]:
         return None
     d, p = spec.data, spec.prune
     return (d.dataset, d.imbalance, d.fraction, d.images_per_class, spec.model.arch, spec.model.width,
-            method.variant, method.head, spec.train, p.rounds, p.rewind_epoch, p.prunable)
+            method.variant, method.head, spec.train, p.rounds, p.rewind_epoch, p.prunable, p.retrain)

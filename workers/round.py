@@ -41,6 +41,7 @@ class RoundRun:
         self.trainer = Trainer(ctx.spec, ctx.prep, start.model, start.masks, ctx.opts)
         self.rewind = start.rewind
         self.epoch = start.first_epoch  # the next epoch to train
+        self.end = round_end(ctx.spec, start.first_epoch)  # the epoch the round ends before
         self.history: list[dict] = []
         self.wall_prev, self.started_at = 0.0, now()
         partial = ctx.store.load_partial(k)
@@ -61,27 +62,27 @@ class RoundRun:
     def after_epoch(self, epoch: int, ep: dict) -> None:
         """Book-keeping after `epoch` trained (ep: Trainer.train_epoch's result):
         history, mid-round evaluation, the rewind state, checkpoint, heartbeat."""
-        ctx, t, opts = self.ctx, self.ctx.spec.train, self.ctx.opts
+        ctx, opts = self.ctx, self.ctx.opts
         self.images += ep["images"]
         row = {"epoch": epoch + 1, "train_loss": ep["loss"], "train_acc_running": ep["acc"],
                "lr": self.trainer.lr_at(epoch)}
-        if opts.eval_every and (epoch + 1) % opts.eval_every == 0 and epoch + 1 < t.epochs:
+        if opts.eval_every and (epoch + 1) % opts.eval_every == 0 and epoch + 1 < self.end:
             row.update(self.trainer.evaluate(("val", "test"), keep=False))
         self.history.append(row)
         self.epoch = epoch + 1
         if self.k == 0 and self.epoch == ctx.spec.prune.rewind_epoch:
             self.rewind = model_state(self.start.model)
         now_s = time.monotonic()
-        if self.epoch < t.epochs and (
+        if self.epoch < self.end and (
                 (opts.checkpoint_every and self.epoch % opts.checkpoint_every == 0)
                 or (opts.checkpoint_interval_s and now_s - self.last_ckpt >= opts.checkpoint_interval_s)):
             self.checkpoint()
             self.last_ckpt = now_s
         if ctx.on_epoch is not None and now_s - self.last_progress >= PROGRESS_S:
-            ctx.on_epoch({"trial_id": ctx.store.trial_id, "round": self.k, "epoch": self.epoch, "epochs": t.epochs})
+            ctx.on_epoch({"trial_id": ctx.store.trial_id, "round": self.k, "epoch": self.epoch, "epochs": self.end})
             self.last_progress = now_s
         if now_s - self.last_beat >= HEARTBEAT_S:
-            ctx.store.heartbeat({"round": self.k, "epoch": self.epoch, "epochs": t.epochs, **ctx.context})
+            ctx.store.heartbeat({"round": self.k, "epoch": self.epoch, "epochs": self.end, **ctx.context})
             self.last_beat = now_s
 
     def checkpoint(self) -> None:
@@ -108,7 +109,7 @@ class RoundRun:
             "density": P.density(start.masks),
             **accs,
             "val_per_class": ctx.prep.val_per_class,
-            "epochs": ctx.spec.train.epochs - start.first_epoch,
+            "epochs": self.end - start.first_epoch,
             "wall_s": wall_s,
             "images_per_s": self.images / train_s if train_s > 0 else None,
             "node": ctx.context["node"],
@@ -134,6 +135,15 @@ class RoundRun:
                  metrics["density"], "-" if accs["val_acc"] is None else f"{accs['val_acc']:.4f}",
                  accs["test_acc"], wall_s)
         return metrics
+
+
+def round_end(spec, first_epoch: int) -> int:
+    """The epoch a round that starts at `first_epoch` ends before: the final
+    epoch, or with `imp.retrain: paper_code` (the released code) `epochs`
+    epochs later, the schedule's index running on past its period."""
+    if spec.prune.retrain == "paper_code":
+        return first_epoch + spec.train.epochs
+    return spec.train.epochs
 
 
 def copy_round(ctx, k: int, start: RoundStart) -> dict:

@@ -103,6 +103,9 @@ class TrainSpec:
     channels_last: bool = spec_field(True, rule=Rule(bool), yaml=("train", "channels_last"))
 
 
+RETRAIN = ("rest", "paper_code")
+
+
 @dataclass(frozen=True)
 class PruneSpec:
     method: str = spec_field("imp", rule=Rule(str, choices="workers.methods:METHODS"), axis="methods",
@@ -112,6 +115,11 @@ class PruneSpec:
     rewind_epoch: int = spec_field(2, rule=Rule(int, lo=0), yaml=("imp", "rewind_epoch"))
     prunable: str = spec_field("conv", rule=Rule(str, choices="workers.pruning:PRUNABLE_SETS"),
                                yaml=("imp", "prunable"))
+    # What a round after a rewind trains (README, differences from the released code):
+    # "rest": from `rewind_epoch` to the final epoch, so every round ends where
+    # round 0 did (the cosine reaches 0); "paper_code": the paper's released code,
+    # all `epochs` again from the rewind, the cosine run on past its period.
+    retrain: str = spec_field("rest", rule=Rule(str, choices="workers.spec:RETRAIN"), yaml=("imp", "retrain"))
 
 
 # Images per class held out of the training split (outside the subset) to

@@ -181,6 +181,8 @@ class Trainer:
         t = self.spec.train
         if t.schedule == "constant":
             return t.lr
+        # Past `epochs` (imp.retrain: paper_code) this runs on past its period,
+        # as torch's CosineAnnealingLR does: back up from 0.
         return 0.5 * t.lr * (1 + math.cos(math.pi * epoch / t.epochs))
 
     def _inputs(self, xb: torch.Tensor) -> torch.Tensor:

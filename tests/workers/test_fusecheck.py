@@ -18,6 +18,16 @@ from .test_fused import member
 from .test_group import one_thread  # noqa: F401  (autouse: bits that do not depend on the core count)
 
 
+@pytest.fixture(autouse=True)
+def fresh_checks():
+    """The process-wide cache of check outcomes holds what a mutated fusion
+    did here: it must not reach other tests' groups of the same shape."""
+    from workers import fusecheck
+    fusecheck._CACHE.clear()
+    yield
+    fusecheck._CACHE.clear()
+
+
 def spec(seed, arch="resnet18", rounds=1):
     return TrialSpec(DataSpec("digits", fraction=0.1, augmentation="basic"), model=ModelSpec(arch=arch, width=0.125),
                      train=TrainSpec(epochs=2, batch_size=40, lr=0.05),

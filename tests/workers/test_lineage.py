@@ -1,5 +1,7 @@
 """The IMP lineage engine: faithfulness, determinism, resume, corruption, legacy lineages."""
 
+import math
+
 import pytest
 import torch
 from safetensors.torch import load as st_load
@@ -300,3 +302,35 @@ def test_compiled_lineage_matches_eager(tmp_path):
     assert set(we) == set(wc) and not any(k.startswith("_orig_mod") for k in wc)
     for k in we:
         torch.testing.assert_close(wc[k], we[k], rtol=1e-3, atol=1e-4)
+
+
+def test_the_released_codes_retraining_is_there_labelled(tmp_path, monkeypatch):
+    """imp.retrain: paper_code trains every round after the rewind for all
+    `epochs` again, its cosine run on past its period (as the paper's released
+    code does); the default trains from the rewind epoch to the final one.
+    A kill in an epoch past `epochs` resumes to the uninterrupted bits."""
+    import dataclasses
+    base = tiny(epochs=3, rounds=1, rewind=1)
+    spec = dataclasses.replace(base, prune=dataclasses.replace(base.prune, retrain="paper_code"))
+    assert spec.trial_id != base.trial_id and "retrain" not in base.canonical().get("prune", {})
+    ms = L.run_lineage(base, lineage(tmp_path, base, "rest"))
+    assert [m["epochs"] for m in ms] == [3, 2] and [h["epoch"] for h in ms[1]["history"]] == [2, 3]
+    opts = RunOptions(checkpoint_every=1)
+    ref = L.run_lineage(spec, lineage(tmp_path, spec, "ref"), opts)
+    assert [m["epochs"] for m in ref] == [3, 3]
+    lrs = [h["lr"] for h in ref[1]["history"]]
+    assert [h["epoch"] for h in ref[1]["history"]] == [2, 3, 4]
+    assert lrs == pytest.approx([0.5 * 0.05 * (1 + math.cos(math.pi * e / 3)) for e in (1, 2, 3)]) and lrs[-1] == 0
+    orig = TR.Trainer.train_epoch
+
+    def dying(self, round_k, epoch):
+        if (round_k, epoch) == (1, 3):  # the epoch past the schedule's period
+            raise Boom()
+        return orig(self, round_k, epoch)
+    lin = lineage(tmp_path, spec, "killed")
+    monkeypatch.setattr(TR.Trainer, "train_epoch", dying)
+    with pytest.raises(Boom):
+        L.run_lineage(spec, lin, opts)
+    assert lin.load_partial(1)[0] == 3
+    monkeypatch.setattr(TR.Trainer, "train_epoch", orig)
+    assert stable(L.run_lineage(spec, lin, opts)) == stable(ref)
