@@ -131,13 +131,14 @@ def units(trials: list[Trial], gpus: float = 0) -> list[Unit]:
     unit's first trial.
 
     A fused group is one program on one device, so a cluster of `gpus` GPUs
-    keeps every GPU busy only with at least as many groups: lineages that ask
-    for a GPU are spread over min(lineages, GPUs) groups (sizes differing by
-    at most one) before any group is filled to `fuse_size`. The groups depend
-    on the experiment and the GPU count alone, so the same command on the
-    same cluster size always makes the same groups; a resume on another size
-    regroups the lineages still training (committed rounds stay as they are;
-    each round records whom it was trained with, `fused_with`)."""
+    is kept busy only by at least as many units: while the experiment's
+    GPU units are fewer than its GPUs, the bucket whose groups are largest
+    is split once more (sizes within a bucket differ by at most one), so
+    every GPU gets work before any group grows. The groups depend on the
+    experiment and the GPU count alone: the same command on the same
+    cluster size always makes the same groups; a resume on another size
+    regroups the lineages still training (committed rounds stay as they
+    are; each round records whom it was trained with, `fused_with`)."""
     buckets: dict = {}
     for t in trials:
         key = fuse_key(t.spec) if fuse_size(t) > 1 else None
@@ -145,21 +146,31 @@ def units(trials: list[Trial], gpus: float = 0) -> list[Unit]:
             buckets[("solo", t.trial_id)] = [t]
         else:
             buckets.setdefault((key, fuse_size(t), t.options, tuple(sorted(t.resources.items()))), []).append(t)
+    members = [sorted(m, key=lambda t: t.trial_id) for m in buckets.values()]
+    limit = [fuse_size(m[0]) if len(m) > 1 else 1 for m in members]
+    count = [-(-len(m) // k) for m, k in zip(members, limit)]
+    on_gpu = [i for i, m in enumerate(members) if m[0].resources["gpu"] > 0]
+    busy = sum(count[i] for i in on_gpu)
+    while busy < int(gpus):
+        grow = [i for i in on_gpu if count[i] < len(members[i])]
+        if not grow:
+            break
+        i = max(grow, key=lambda i: (-(-len(members[i]) // count[i]), -i))  # the largest groups, first bucket
+        count[i] += 1
+        busy += 1
     out = []
-    for members in buckets.values():
-        members = sorted(members, key=lambda t: t.trial_id)
-        out += [Unit(tuple(g)) for g in _split(members, fuse_size(members[0]),
-                                               int(gpus) if members[0].resources["gpu"] > 0 else 0)]
+    for m, k, g in zip(members, limit, count):
+        out += [Unit(tuple(x)) for x in _split(m, k, g)]
     order = {t.trial_id: i for i, t in enumerate(trials)}
     return sorted(out, key=lambda u: min(order[t.trial_id] for t in u.trials))
 
 
-def _split(members: list, k: int, devices: int) -> list[list]:
-    """`members` in groups of at most k, at least min(len, devices) groups."""
+def _split(members: list, k: int, groups: int) -> list[list]:
+    """`members` in chunks of k when that makes `groups` groups (as always),
+    else in `groups` groups whose sizes differ by at most one."""
     n = len(members)
-    if devices <= -(-n // k):  # enough groups already: chunks of k, as always
+    if groups == -(-n // k):
         return [members[i:i + k] for i in range(0, n, k)]
-    groups = min(n, devices)
     size, extra = divmod(n, groups)
     out, i = [], 0
     for g in range(groups):

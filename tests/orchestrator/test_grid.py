@@ -93,3 +93,22 @@ def test_fused_groups_spread_over_the_gpus_first(tmp_path, capsys):
     assert len(set(trials)) == 4
     rc, out, _ = run_main(capsys, ["plan", "-c", str(p), "-e", "x", "--num-gpus", "2"])
     assert rc == 0 and out.count("fused group fused-") == 2 and "planned for 2 GPUs" in out
+
+
+def test_gpus_are_kept_busy_across_buckets_before_groups_are_split(tmp_path, capsys):
+    """Two shapes (two data sizes) of 4 lineages each on 2 GPUs: two groups of
+    4 already keep both busy, so nothing is split; on 4 GPUs each shape
+    splits in two; a CPU experiment ignores GPUs."""
+    p = tmp_path / "e.yaml"
+    p.write_text(BASE.replace("[none]", "[none, basic, contrast, auto]").replace("[0.1]", "[0.1, 0.2]")
+                 + "    resources: {gpu: 1, cpu: 1}\n")
+
+    def sizes(gpus, path=p):
+        rc, out, _ = run_main(capsys, ["plan", "-c", str(path), "-e", "x", "--json", "--num-gpus", str(gpus)])
+        assert rc == 0
+        return sorted(len(g["trials"]) for g in json.loads(out)["groups"])
+    assert sizes(2) == [4, 4] and sizes(4) == [2, 2, 2, 2] and sizes(3) == [2, 2, 4]
+    cpu = tmp_path / "cpu.yaml"
+    cpu.write_text(p.read_text().replace("resources: {gpu: 1, cpu: 1}", "resources: {gpu: 0, cpu: 1}\n"
+                                         "    runtime: {fuse: 3}"))
+    assert sizes(8, cpu) == [3, 3] == sizes(0, cpu)  # chunks of runtime.fuse: 3 + 1 per shape
