@@ -8,12 +8,14 @@ family of figures, each importing the engine's public functions:
 
     engine.py        train_loop_ratio, epoch_overhead_frac, eval_train_ratio, checkpoint_frac
     orchestrator.py  plan_10k_s, query_1m_s, orchestrator_overhead_ratio (--full)
-    reference.py     reference_speedup
+    reference.py     reference_speedup (against recipe.py: the paper's recipe, reimplemented plainly)
     augment.py       batched vs torchvision augmentation (detail only)
     packed.py        packed_gpu_speedup (CUDA only)
     fused.py         fused_speedup, fused_k
     scale.py         --scale N ...: the driver's cost per trial at N trials (not in the default run)
     calibrate.py     --calibrate: the throughput table `plan` costs with (writes it; no keys)
+    gpu_check.py     bench/gpu_check.sh: the CUDA tests, fusion self-checks and figures in one JSON
+    init_study.py    `python -m bench.init_study`: the README's init table (not a bench key)
 
 Keys are null where this machine cannot measure them (no GPU, no --full).
 """

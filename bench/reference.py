@@ -1,6 +1,6 @@
 """reference_speedup: the engine against the recipe of the paper's released code.
 
-The reference (workers/reference.py) is a PIL DataLoader, a test-set evaluation
+The reference (bench/recipe.py) is a PIL DataLoader, a test-set evaluation
 and a checkpoint every epoch, and `torch.nn.utils.prune` hook masks; the engine
 runs the same lineage end to end (run_lineage, default options).
 """
@@ -15,7 +15,7 @@ import torch
 from workers import data as D
 from workers.data.cifar import write_folder
 from workers.lineage import run_lineage
-from workers.reference import run_reference
+from .recipe import run_reference
 from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
 from workers.store import SweepStore
 
@@ -48,7 +48,7 @@ def bench_reference(width: float, epochs: int = 6, rounds: int = 2, per_class: i
         ref_s = time.perf_counter() - t0
     return {"reference_speedup": round(ref_s / engine_s, 3),
             "_reference": {"engine_s": round(engine_s, 1), "reference_s": round(ref_s, 1),
-                           "lineage": f"{per_class} images per class ({10 * per_class} images), {rounds + 1} rounds, "
+                           "lineage": f"{per_class} images per class ({10 * per_class} images), {spec.num_rounds} rounds, "
                                       f"{epochs} epochs, rewind 1, width {width}, batch 100; {n_test} test images",
                            "densities": [round(r["density"], 4) for r in rows],
                            "reference_densities": [round(r["density"], 4) for r in ref]}}

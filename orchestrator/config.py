@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from orchestrator.formatting import number
+
 from workers import data as D
 from workers.evaluations import EVALUATIONS
 from workers.methods import METHODS
@@ -36,7 +38,7 @@ def _int(lo=None):
         if isinstance(v, bool) or not isinstance(v, int):
             return f"{v!r} is not an integer"
         if lo is not None and v < lo:
-            return f"{v!r} must be >= {_fmt(lo)}"
+            return f"{v!r} must be >= {number(lo)}"
     return check
 
 
@@ -48,8 +50,8 @@ def _num(lo=None, hi=None, lo_open=False, hi_open=False):
                 hi is not None and (v > hi or (hi_open and v == hi)):
             lb = "(" if lo_open else "["
             rb = ")" if hi_open else "]"
-            return f"{v!r} is outside {lb}{'-inf' if lo is None else _fmt(lo)}, " \
-                   f"{'inf' if hi is None else _fmt(hi)}{rb}"
+            return f"{v!r} is outside {lb}{'-inf' if lo is None else number(lo)}, " \
+                   f"{'inf' if hi is None else number(hi)}{rb}"
     return check
 
 
@@ -79,10 +81,6 @@ def _names(one):
             if msg:
                 return msg
     return check
-
-
-def _fmt(x):
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def _registry(ref: str):
@@ -116,11 +114,11 @@ def _by_fraction(v):
         if bad:
             return f"key {bad}"
         if not isinstance(r, dict) or not r or set(r) - {"gpu", "cpu"}:
-            return f"{_fmt(f)}: {r!r} is not a mapping with keys gpu and/or cpu"
+            return f"{number(f)}: {r!r} is not a mapping with keys gpu and/or cpu"
         for k, x in r.items():
             bad = (_num(0) if k == "gpu" else _num(0, lo_open=True))(x)
             if bad:
-                return f"{_fmt(f)}.{k}: {bad}"
+                return f"{number(f)}.{k}: {bad}"
 
 
 # --- the schema, from the spec's fields ------------------------------------------
@@ -308,7 +306,7 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
     unused = set(body["resources"].get("by_fraction", {})) - set(body.get("fractions", []))
     if unused:
         err(f"{path}.resources.by_fraction",
-            f"{_fmt(min(unused))} is not one of the experiment's fractions")
+            f"{number(min(unused))} is not one of the experiment's fractions")
 
 
 # Axes that set a dataset's own parameter (DataSpec.params: imbalances -> imbalance).

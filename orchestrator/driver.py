@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from orchestrator.formatting import number
 from orchestrator.grid import Trial, Unit, units
 from orchestrator.results import Collector
 from workers import preflight
@@ -39,13 +40,9 @@ def check_resources(todo: list[Unit], nodes: list[dict], where: str) -> None:
             best_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
             best_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
             raise DriverError(
-                f"trial {t.unit_id} asks for cpu={n(need_cpu)} gpu={n(need_gpu)} but the largest node "
-                f"of {where} has cpu={n(best_cpu)} gpu={n(best_gpu)}; change `resources:` in the "
+                f"trial {t.unit_id} asks for cpu={number(need_cpu)} gpu={number(need_gpu)} but the largest node "
+                f"of {where} has cpu={number(best_cpu)} gpu={number(best_gpu)}; change `resources:` in the "
                 f"experiment or pass --num-cpus/--num-gpus")
-
-
-def n(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage: str,

@@ -186,4 +186,4 @@ def cost_estimate(trials: list[Trial]) -> dict:
     est = estimate(trials)
     return {"trials": len(trials), "rounds": sum(t.spec.num_rounds for t in trials),
             "gpus": sum(t.resources["gpu"] for t in trials), "cpus": sum(t.resources["cpu"] for t in trials),
-            **est, "gpu_hours_estimate": est["device_hours"]}
+            **est}

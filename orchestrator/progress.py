@@ -15,20 +15,11 @@ import sys
 import time
 from typing import Optional
 
+from orchestrator.formatting import duration
+
 
 def _stamp() -> str:
     return _dt.datetime.now().strftime("%H:%M:%S")
-
-
-def duration(s: Optional[float]) -> str:
-    if s is None:
-        return "unknown"
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class View:

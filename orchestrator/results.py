@@ -18,7 +18,6 @@ import dataclasses
 import datetime as _dt
 import io
 import json
-import math
 import threading
 from collections import defaultdict
 from typing import Iterable, Optional, Union
@@ -29,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from orchestrator.formatting import plain
 from workers.evaluations import EVALUATIONS, current
 from workers.spec import TrialSpec, cell_key, legacy_validation, spec_fields
 from workers.store import SweepStore
@@ -443,23 +443,12 @@ def run_sql(sweep_store: SweepStore, sql: str) -> pd.DataFrame:
 
 # --- output ------------------------------------------------------------------
 
-def _plain(v):
-    """A JSON/text-friendly Python value: NaN/NA/NaT -> None, timestamps -> ISO."""
-    if v is None or v is pd.NA or v is pd.NaT:
-        return None
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if isinstance(v, (pd.Timestamp, _dt.datetime, _dt.date)):
-        return v.isoformat()
-    if hasattr(v, "item"):  # numpy scalars
-        return _plain(v.item())
-    return v
 
 
 def format_frame(df: pd.DataFrame, fmt: str = "table") -> str:
     if fmt == "json":
         cols = list(df.columns)
-        rows = [{c: _plain(v) for c, v in zip(cols, row)} for row in df.itertuples(index=False)]
+        rows = [{c: plain(v) for c, v in zip(cols, row)} for row in df.itertuples(index=False)]
         return json.dumps(rows, default=str, allow_nan=False)
     if fmt == "csv":
         buf = io.StringIO()
@@ -467,7 +456,7 @@ def format_frame(df: pd.DataFrame, fmt: str = "table") -> str:
         return buf.getvalue()
     if fmt == "markdown":
         def cell(v):
-            p = _plain(v)
+            p = plain(v)
             return "" if p is None else f"{p:.4f}" if isinstance(p, float) else str(p).replace("|", "\\|")
         head = "| " + " | ".join(map(str, df.columns)) + " |"
         rule = "|" + "|".join("---" for _ in df.columns) + "|"
@@ -480,7 +469,7 @@ def format_frame(df: pd.DataFrame, fmt: str = "table") -> str:
     for row in df.itertuples(index=False):
         out = []
         for v in row:
-            p = _plain(v)
+            p = plain(v)
             out.append("" if p is None else f"{p:.4f}" if isinstance(p, float) else str(p))
         cells.append(out)
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]

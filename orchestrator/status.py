@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from orchestrator.progress import duration
+from orchestrator.formatting import duration
 from orchestrator.results import ResultsError, load_table
+from workers.spec import num_rounds
 from workers.store import SweepStore
 
 # A trial counts as running if it showed life this recently (heartbeats come
@@ -30,7 +31,7 @@ def _planned(sweep_store: SweepStore, listing: dict[str, dict]) -> dict[str, int
         if not entry["spec"]:
             continue
         try:
-            planned[tid] = int(sweep_store.lineage(tid).read_spec()["prune"]["rounds"]) + 1
+            planned[tid] = num_rounds(sweep_store.lineage(tid).read_spec())
         except (ValueError, KeyError, TypeError):
             continue  # a trial whose spec cannot be read is not part of any plan we know
     return planned

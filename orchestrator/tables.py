@@ -21,6 +21,7 @@ from typing import Optional
 
 import pandas as pd
 
+from orchestrator.formatting import plain
 from orchestrator.results import Frame, duck
 from workers import selection as S
 from workers.spec import SHOWN, cell_fields, spec_fields
@@ -47,7 +48,7 @@ def with_cells(frame: Frame) -> Frame:
     d = frame.copy()
     if "cell" not in d:
         def cell(row):
-            c = {part: {k: _plain(row.get(k)) for k in keys if k in row and _plain(row.get(k)) is not None}
+            c = {part: {k: plain(row.get(k)) for k in keys if k in row and plain(row.get(k)) is not None}
                  for part, keys in _CELL_PARTS.items()}
             return cell_key({k: v for k, v in c.items() if v})[0]
         d["cell"] = [cell(r) for r in d.to_dict("records")]
@@ -57,12 +58,6 @@ def with_cells(frame: Frame) -> Frame:
         if col not in d:
             d[col] = pd.array([None] * len(d), dtype="Int64")
     return d
-
-
-def _plain(v):
-    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return v.item() if hasattr(v, "item") else v
 
 
 def cell_without(cells: pd.Series, drop: tuple[str, ...]) -> pd.Series:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from workers.spec import num_rounds
+
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 # The round's numbers a tracker plots.
 METRICS = ("density", "val_acc", "test_acc", "train_acc", "wall_s", "images_per_s")
@@ -128,7 +130,7 @@ class Lineages:
         row.update(training_iteration=step, round=int(result["round"]))
         for name, cb in self.callbacks:
             cb.log_trial_result(step, self.open[tid][name], row)
-        if step == int(self.specs[tid]["prune"]["rounds"]) + 1:
+        if step == num_rounds(self.specs[tid]):
             self.end(tid)
 
     def end(self, tid: str, failed: bool = False) -> None:

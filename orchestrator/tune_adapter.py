@@ -27,7 +27,8 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
-from orchestrator.driver import DriverError, check_resources, n as _n  # noqa: E402
+from orchestrator.driver import DriverError, check_resources  # noqa: E402
+from orchestrator.formatting import number  # noqa: E402
 from orchestrator.progress import View  # noqa: E402
 from orchestrator.trackers import METRICS as TRACKED_METRICS  # noqa: E402
 from orchestrator.results import Collector  # noqa: E402
@@ -37,7 +38,7 @@ from workers.lease import log as _log  # noqa: E402
 from workers.group import run_group  # noqa: E402
 from workers.lineage import run_lineage  # noqa: E402
 from workers.methods import get_method, parent_spec  # noqa: E402
-from workers.spec import RunOptions, TrialSpec  # noqa: E402
+from workers.spec import RunOptions, TrialSpec, num_rounds  # noqa: E402
 from workers.store import SweepStore  # noqa: E402
 
 
@@ -120,7 +121,7 @@ def wait_for_nodes(trials: list[Unit], where: str, wait_s: float) -> None:
                 request_resources(bundles=[{"CPU": big["cpu"], "GPU": big["gpu"]}])
             except Exception:
                 pass
-            _log(f"no node of {where} fits cpu={_n(big['cpu'])} gpu={_n(big['gpu'])} yet; waiting up to "
+            _log(f"no node of {where} fits cpu={number(big['cpu'])} gpu={number(big['gpu'])} yet; waiting up to "
                  f"{wait_s:.0f}s for one to join (--wait-for-nodes)")
         time.sleep(2.0)
 
@@ -193,9 +194,8 @@ class Units(Searcher):
         cause = (marker or {}).get("error", "see its FAILED.json")
         for tid in self.configs[i]["members"]:
             try:
-                self.sweep.lineage(tid).write_marker("FAILED.json", {
-                    "time": time.time(), "error": f"not started: built from lineage {pid}, which failed ({cause})",
-                    "parent": pid})
+                self.sweep.lineage(tid).mark_failed(f"not started: built from lineage {pid}, which failed ({cause})",
+                                                    parent=pid)
             except OSError:
                 pass
         _log(f"{self.configs[i]['trial_id']} FAILED: built from lineage {pid}, which failed ({cause})")
@@ -425,9 +425,8 @@ class Progress(tune.Callback):
             lin = self.sweep.lineage(tid)
             try:
                 # A fused group's member that failed on its own has its own marker already.
-                if lin.committed_prefix() < spec["prune"]["rounds"] + 1 and lin.read_marker("FAILED.json") is None:
-                    lin.write_marker("FAILED.json", {"time": time.time(), "error": cause, "error_file": err,
-                                                     "tune_trial": str(trial)})
+                if lin.committed_prefix() < num_rounds(spec) and lin.read_marker(lin.FAILED) is None:
+                    lin.mark_failed(cause, error_file=err, tune_trial=str(trial))
             except OSError:
                 pass  # storage itself is failing; the line below still tells the user
         for tid in unit["members"]:

@@ -37,7 +37,6 @@ round goes on from the members' last completed epoch.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -126,8 +125,7 @@ def _fail(m: Member, e: BaseException) -> None:
         return
     log.error("trial %s leaves its fused group: %s: %s", m.trial_id, type(e).__name__, e)
     try:
-        m.store.write_marker("FAILED.json", {"time": time.time(), "error": f"{type(e).__name__}: {e}",
-                                             "fused_group": True})
+        m.store.mark_failed(f"{type(e).__name__}: {e}", fused_group=True)
     except OSError:
         pass
 
@@ -151,7 +149,7 @@ def _round(k: int, due: list[Member], width: int, fusion: Fusion, on_round) -> N
     extra = _train(k, slots, width, fusion)
     for m, run in slots:
         if m.error is None:
-            _report(m, _guard(m, lambda run=run, e=extra[m.trial_id]: run.commit(e)), on_round)
+            _report(m, _guard(m, lambda run=run, e=extra.get(m.trial_id): run.commit(e)), on_round)
 
 
 def _report(m: Member, metrics: Optional[dict], on_round) -> None:

@@ -206,7 +206,7 @@ class TrialSpec:
     @property
     def num_rounds(self) -> int:
         """Committed rounds of a finished lineage: round 0 (dense) + `rounds`."""
-        return self.prune.rounds + 1
+        return num_rounds(self.to_dict())
 
 
 @dataclass(frozen=True)
@@ -248,6 +248,12 @@ class RunOptions:
     probe: tuple = spec_field((), rule=Rule(str, choices="workers.data:DATASETS", many=True),
                               yaml=("analysis", "probe"))
     cka: bool = spec_field(False, rule=Rule(bool), yaml=("analysis", "cka"))
+
+
+def num_rounds(spec: dict) -> int:
+    """Committed rounds of a finished lineage, from a spec as stored (a dict):
+    round 0 (dense) + `prune.rounds`. The one place this rule is written."""
+    return int(spec["prune"]["rounds"]) + 1
 
 
 LEGACY_SELECTION = "selection"

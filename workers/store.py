@@ -217,10 +217,6 @@ class SweepStore:
         return self.table_dir("results")
 
     @property
-    def layers_dir(self) -> str:
-        return self.table_dir("layers")
-
-    @property
     def tune_dir(self) -> str:
         """Ray Tune's own experiment state (not a record of what is done)."""
         return self.path("_tune")
@@ -369,6 +365,13 @@ class LineageStore:
 
     def write_marker(self, name: str, info: dict) -> None:
         self.fs.write(f"{self.dir}/{name}", _dumps(info))
+
+    FAILED = "FAILED.json"
+
+    def mark_failed(self, error: str, **context) -> None:
+        """The lineage's FAILED marker (what `status` counts as failed): the one-line
+        cause and where it came from; a new attempt clears it."""
+        self.write_marker(self.FAILED, {"time": time.time(), "error": error, **context})
 
     def clear_marker(self, name: str) -> None:
         self.fs.delete_file(f"{self.dir}/{name}")

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -69,9 +69,6 @@ class InitReport:
     new: list[str] = field(default_factory=list)      # model keys left at their random init
     folded: list[str] = field(default_factory=list)   # file keys folded into a copied BN
     ignored: list[str] = field(default_factory=list)  # file keys with no place in the model
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     def summary(self) -> str:
         if self.init == "random":

@@ -1,14 +1,14 @@
-"""The engine's fast paths equal the reference recipe (workers/reference.py) that they replace."""
+"""The engine's fast paths equal the reference recipe (bench/recipe.py) that they replace."""
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from bench import recipe as R
 from workers import data as D
 from workers import lineage as L
 from workers import pruning as P
-from workers import reference as R
 from workers import train as TR
 from workers.models import build_model
 from workers.spec import DataSpec, ModelSpec, PruneSpec, TrainSpec, TrialSpec
