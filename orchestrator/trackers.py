@@ -89,7 +89,7 @@ def _callbacks(names: list[str], sweep) -> list:
 
 
 class Lineages:
-    """Feeds Tune's tracker callbacks one run per lineage (driven by the Progress callback)."""
+    """Feeds Tune's tracker callbacks one run per lineage (driven by the ResultsCallback)."""
 
     def __init__(self, names: list[str], sweep, specs: dict[str, dict]):
         self.sweep, self.specs = sweep, specs

@@ -4,8 +4,8 @@
 
 One Tune trial per unit (orchestrator/grid.py `units`): a lineage, or a group of
 same-shape lineages fused into one program (workers/group.py). The trainable is
-thin: Tune's config -> frozen specs -> run_lineage / run_group (then each
-lineage's evaluations). The searcher (`Units`) releases a unit as soon as the
+thin: Tune's config -> frozen specs -> run_group (a lineage is a group of one; then each
+lineage's evaluations). The searcher (`UnitSearcher`) releases a unit as soon as the
 lineages it is built from have finished. The callback keeps the results table
 current and prints one line per committed round.
 """
@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import asdict
 
 # Tune's own progress tables would interleave with ours; one line per
-# committed round is printed by Progress instead.
+# committed round is printed by ResultsCallback instead.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -36,7 +36,6 @@ from orchestrator.grid import Unit  # noqa: E402
 from workers.evaluations import run_evaluations  # noqa: E402
 from workers.lease import log as _log  # noqa: E402
 from workers.group import run_group  # noqa: E402
-from workers.lineage import run_lineage  # noqa: E402
 from workers.methods import get_method, parent_spec  # noqa: E402
 from workers.spec import RunOptions, TrialSpec, num_rounds  # noqa: E402
 from workers.store import SweepStore  # noqa: E402
@@ -44,7 +43,7 @@ from workers.store import SweepStore  # noqa: E402
 
 # --- what runs inside a Tune trial -----------------------------------------
 
-# The keys of a committed round's metrics sent through Tune: what Progress shows
+# The keys of a committed round's metrics sent through Tune: what ResultsCallback shows
 # and what the trackers plot.
 REPORTED = ("round", "gpu_ids", *TRACKED_METRICS)
 
@@ -52,19 +51,19 @@ REPORTED = ("round", "gpu_ids", *TRACKED_METRICS)
 def unit_trainable(config: dict) -> None:
     """Tune function trainable: config -> frozen specs -> pure lineage runner
     (one lineage, or a fused group of them), then each lineage's evaluations."""
-    config = config["trial"]
-    sweep = SweepStore(config["storage"], config["sweep"])
-    members = [(TrialSpec.from_dict(m), sweep.lineage(tid)) for tid, m in config["members"].items()]
-    gpu = config.get("gpu", 0)
+    unit = config["unit"]
+    sweep = SweepStore(unit["storage"], unit["sweep"])
+    members = [(TrialSpec.from_dict(m), sweep.lineage(tid)) for tid, m in unit["members"].items()]
+    gpu = unit.get("gpu", 0)
     if 0 < gpu < 1:
         # Packed trials: cap this process's share of the GPU so neighbours
         # on the same device cannot starve it (or be starved).
         import torch
         if torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(gpu)
-    ctx = {"node": node_label(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    where = {"node": node_label(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
     for _, store in members:
-        store.clear_marker("FAILED.json")
+        store.clear_marker(store.FAILED)
 
     def report(metrics: dict) -> None:
         # Only what the driver shows and the trackers plot: Tune keeps every
@@ -79,11 +78,9 @@ def unit_trainable(config: dict) -> None:
         tune.report({"lth_trial_id": info["trial_id"], "progress": True, **{k: info[k] for k in
                                                                               ("round", "epoch", "epochs")}})
 
-    opts = RunOptions(**config["options"])
-    if len(members) == 1:
-        run_lineage(*members[0], opts, ctx, on_round=report, on_epoch=progress)
-    else:
-        run_group(members, opts, ctx, on_round=report, on_epoch=progress)
+    opts = RunOptions(**unit["options"])
+    # One lineage is a group of one (workers/group.py): it raises its own error.
+    run_group(members, opts, where, on_round=report, on_epoch=progress)
     for spec, store in members:
         if run_evaluations(spec, store, opts):
             tune.report({"lth_trial_id": spec.trial_id, "evaluations": True})
@@ -126,7 +123,7 @@ def wait_for_nodes(trials: list[Unit], where: str, wait_s: float) -> None:
         time.sleep(2.0)
 
 
-class Units(Searcher):
+class UnitSearcher(Searcher):
     """Hands Tune the sweep's units (a lineage, or a fused group), each as soon
     as the lineages it is built from (Method.parent) have finished: one Tune
     run, no barrier between phases, no polling of storage. A unit whose parent
@@ -153,7 +150,7 @@ class Units(Searcher):
             return Searcher.FINISHED if not self.waiting else None
         i = queue.popleft()
         self.started[trial_id] = i
-        return {"trial": self.configs[i]}
+        return {"unit": self.configs[i]}
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: a new run derives what is left from storage."""
@@ -176,7 +173,7 @@ class Units(Searcher):
             if not parents:
                 del self.waiting[c]
                 self.released.append(c)
-                _log(f"{self.configs[c]['trial_id']} starts: what it is built from has finished")
+                _log(f"{self.configs[c]['unit_id']} starts: what it is built from has finished")
 
     def _drop_dependents(self, failed: int) -> None:
         stack = [failed]
@@ -189,7 +186,7 @@ class Units(Searcher):
                     stack.append(c)
 
     def _mark_dependent_failed(self, i: int, parent: int) -> None:
-        pid = self.configs[parent]["trial_id"]
+        pid = self.configs[parent]["unit_id"]
         marker = self.sweep.lineage(pid).read_marker("FAILED.json") if pid in self.configs[parent]["members"] else None
         cause = (marker or {}).get("error", "see its FAILED.json")
         for tid in self.configs[i]["members"]:
@@ -198,7 +195,7 @@ class Units(Searcher):
                                                     parent=pid)
             except OSError:
                 pass
-        _log(f"{self.configs[i]['trial_id']} FAILED: built from lineage {pid}, which failed ({cause})")
+        _log(f"{self.configs[i]['unit_id']} FAILED: built from lineage {pid}, which failed ({cause})")
 
 
 def _dependencies(todo: list[Unit]) -> dict[int, set[int]]:
@@ -275,11 +272,11 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
          + (f" ({len(notices)} notice(s) from Ray held back: {notices[0][:80]}...)" if notices else ""))
     t_tune = time.monotonic()
 
-    state = Progress(sweep, collector, done_rounds, total_rounds, plain=plain, trackers=trackers)
+    state = ResultsCallback(sweep, collector, done_rounds, total_rounds, plain=plain, trackers=trackers)
     base = {"storage": sweep.fs.uri, "sweep": sweep.sweep}
-    configs = [{**base, "trial_id": u.unit_id, "members": {t.trial_id: t.spec.to_dict() for t in u.trials},
+    configs = [{**base, "unit_id": u.unit_id, "members": {t.trial_id: t.spec.to_dict() for t in u.trials},
                 "options": asdict(u.trials[0].options), **u.resources} for u in todo]
-    searcher = Units(sweep, configs, _dependencies(todo))
+    searcher = UnitSearcher(sweep, configs, _dependencies(todo))
     # Tune keeps one trial pending for a custom searcher unless told otherwise, and
     # then starts one trial per scheduling step: too slow to fill a cluster. As
     # many pending as its own generator allows (200), or as there are units.
@@ -293,7 +290,7 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
     import logging
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     trainable = tune.with_resources(unit_trainable,
-                                    lambda cfg: {"cpu": cfg["trial"]["cpu"], "gpu": cfg["trial"]["gpu"]})
+                                    lambda cfg: {"cpu": cfg["unit"]["cpu"], "gpu": cfg["unit"]["gpu"]})
     interrupted, errors = False, []
     # SIGTERM (scheduler preemption, `kill`) takes Ctrl-C's graceful path.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
@@ -305,8 +302,8 @@ def tune_run(sweep, collector, todo: list[Unit], experiment, address, num_cpus, 
             tune_config=tune.TuneConfig(
                 search_alg=searcher, num_samples=-1,
                 max_concurrent_trials=max_concurrent, reuse_actors=True,
-                trial_name_creator=lambda tr: tr.config["trial"]["trial_id"],
-                trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"]),
+                trial_name_creator=lambda tr: tr.config["unit"]["unit_id"],
+                trial_dirname_creator=lambda tr: tr.config["unit"]["unit_id"]),
             run_config=tune.RunConfig(
                 name=f"run-{stamp}", storage_path=sweep.tune_dir, storage_filesystem=sweep.fs.fs,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -368,7 +365,7 @@ def _last_line(path) -> str:
         return "unknown error"
 
 
-class Progress(tune.Callback):
+class ResultsCallback(tune.Callback):
     """Driver-side: keeps the results table current, shows progress (orchestrator/progress.py)
     and feeds the experiment trackers (orchestrator/trackers.py)."""
 
@@ -418,7 +415,7 @@ class Progress(tune.Callback):
                 _log(f"warning: tracker failed for {tid} ({type(e).__name__}: {e})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        unit = trial.config["trial"]
+        unit = trial.config["unit"]
         err = getattr(trial, "error_file", None)
         cause = _last_line(err)
         for tid, spec in unit["members"].items():
@@ -431,11 +428,11 @@ class Progress(tune.Callback):
                 pass  # storage itself is failing; the line below still tells the user
         for tid in unit["members"]:
             self.view.failed(tid, cause)
-        _log(f"{unit['trial_id']} FAILED after retries: {cause} (details: {err})")
+        _log(f"{unit['unit_id']} FAILED after retries: {cause} (details: {err})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._update(*trial.config["trial"]["members"])
-        for tid in trial.config["trial"]["members"]:
+        self._update(*trial.config["unit"]["members"])
+        for tid in trial.config["unit"]["members"]:
             self.view.finished(tid)
 
     def _update(self, *tids: str) -> None:
