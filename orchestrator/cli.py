@@ -109,6 +109,18 @@ def main(argv=None) -> int:
     # SIGTERM (preemption, `kill`) stops as gracefully as Ctrl-C, from the
     # first instant: the driver swaps in Tune's path while trials run.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    rc = _main(argv)
+    if argv is None:
+        # This process's own command is done and its exit status decided: a
+        # signal now has nothing to stop. Ignored, because while the
+        # interpreter shuts down Python resets its handlers to the default,
+        # and a SIGTERM in that window would exit 15 (-15) instead of `rc`.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return rc
+
+
+def _main(argv) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.cmd is None:

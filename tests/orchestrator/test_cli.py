@@ -84,3 +84,24 @@ def test_the_cli_and_user_errors_do_not_import_ray(tmp_path):
         "print('ok')\n")
     r = python(code, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_a_finished_command_outlives_a_late_signal(tmp_path):
+    """Once a command's exit status is decided, a SIGTERM or Ctrl-C has nothing
+    to stop: the process ignores both for its last moments (the interpreter's
+    shutdown would otherwise reset the handlers and exit 15 on a SIGTERM that
+    lands there, after every round was committed). In-process calls (argv
+    given) leave the caller's handlers alone."""
+    (tmp_path / "experiments.yaml").write_text(TINY_YAML)
+    code = (
+        "import os, signal, sys\n"
+        "import orchestrator.cli as cli\n"
+        "cli.main(['plan', '-e', 'tiny', '--json'])\n"
+        "assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN\n"
+        "sys.argv = ['lth-sweep', 'plan', '-e', 'tiny', '--json']\n"
+        "rc = cli.main()\n"
+        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "sys.exit(rc)\n")
+    r = python(code, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
