@@ -32,10 +32,6 @@ from .common import device_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("cuda_tests", "fuse_checks", "lineage", "bench")
-# Every shipped architecture and method variant that fuses (as tests/workers/test_fused.py EVERY).
-EVERY = [("imp", "resnet18"), ("imp", "resnet50"), ("imp", "vgg16"), ("imp", "mobilenetv2"),
-         ("full_conv", "resnet18"), ("harmonic", "resnet18"), ("tvmf_loss", "resnet18"),
-         ("cosine_loss", "resnet18")]
 
 
 class CheckFailed(Exception):
@@ -68,7 +64,8 @@ def fuse_checks(a) -> dict:
     dev = torch.device("cuda" if cuda else "cpu")
     case, k, width = ("quickstart", 2, 0.125) if a.smoke else ("cifar", 4, 1.0 if cuda else 0.25)
     rows = []
-    for method, arch in EVERY:
+    from workers.fusecheck import FUSABLE
+    for method, arch in FUSABLE:
         for bf16 in ((True, False) if cuda else (False,)):
             members = make_members(case, k, width, dev, 3, arch=arch, method=method, bf16=bf16)
             for strategy in ("grouped", "loop"):

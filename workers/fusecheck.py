@@ -66,6 +66,12 @@ from workers.train import Solo, Trainer
 
 log = logging.getLogger("lth_sweep.fusecheck")
 
+# Every shipped (method, architecture) whose lineages fuse (a method built from
+# another lineage never does): what the equivalence tests and gpu_check cover.
+FUSABLE = [("imp", "resnet18"), ("imp", "resnet50"), ("imp", "vgg16"), ("imp", "mobilenetv2"),
+           ("full_conv", "resnet18"), ("harmonic", "resnet18"), ("tvmf_loss", "resnet18"),
+           ("cosine_loss", "resnet18")]
+
 RATIO = 4.0
 FLOOR_ULPS = 16
 RULE = (f"per tensor: fused error <= {RATIO:g} x max(its solo error, the pooled solo error of its kind) "
@@ -232,10 +238,9 @@ class Fusion:
                 if len(tried) > 1:
                     outcome = {**outcome, "fell_back_from": tried[:-1]}
                 return FusedTrainer(members, conv=strategy), {"fuse_check": outcome}
-            said = outcome.get("digest") or json.dumps(outcome.get("key"), sort_keys=True)
-            if said in self.said:
+            if outcome["digest"] in self.said:
                 continue
-            self.said.add(said)  # once per group shape, not every round
+            self.said.add(outcome["digest"])  # once per group shape, not every round
             w = outcome["worst"]
             nxt = fallbacks(first)[len(tried)] if len(tried) < len(fallbacks(first)) else "each member alone"
             log.warning("fusion self-check failed: %s %s K=%d on %s %s: %s error %.2e vs solo %.2e (member %d, "

@@ -57,7 +57,7 @@ def test_the_gpu_check_runs_end_to_end(tmp_path):
     assert all(r["epochs"] >= 1 for r in res["lineage"]["rounds"])
     assert {"train_loop_ratio", "fused_speedup"} <= set(res["bench"])
     checks = res["fuse_checks"]["checks"]
-    assert {(c["method"], c["arch"]) for c in checks} == {(m, a) for m, a in __import__("bench.gpu_check").gpu_check.EVERY}
+    assert {(c["method"], c["arch"]) for c in checks} == set(__import__("workers.fusecheck").fusecheck.FUSABLE)
     assert all(c["fused_error"] >= 0 and c["solo_error"] >= 0 and "tensor" in c["worst"] for c in checks)
     assert all(c["passed"] for c in checks if c["strategy"] == "loop")  # the solo kernels: solo's own error
     if not res["cuda"]:

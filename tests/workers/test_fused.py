@@ -139,11 +139,7 @@ def test_one_epoch_mixed_members_equal_solo():
         assert abs(a.accuracy(p.x_test, p.y_test) - b.accuracy(p.x_test, p.y_test)) <= 2 / len(p.y_test)
 
 
-# Every shipped architecture and method variant that fuses (a method built
-# from another lineage never fuses: workers/group.py fuse_key).
-EVERY = [("imp", "resnet18"), ("imp", "resnet50"), ("imp", "vgg16"), ("imp", "mobilenetv2"),
-         ("full_conv", "resnet18"), ("harmonic", "resnet18"), ("tvmf_loss", "resnet18"),
-         ("cosine_loss", "resnet18")]
+from workers.fusecheck import FUSABLE as EVERY  # noqa: E402  (every shipped arch and variant that fuses)
 
 
 def fused_step_equals_solo(method, arch, conv, dtype, rtol):
