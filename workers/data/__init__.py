@@ -48,6 +48,9 @@ class DatasetInfo:
     train_size: int = 0
     test_size: int = 0
     train_size_of: Optional[Callable[..., int]] = None
+    # What the report groups datasets by: "many_class" (Table 2: ImageNet-scale
+    # label sets), "long_tail" (Table 3: one row per imbalance ratio).
+    traits: tuple[str, ...] = ()
 
 
 @dataclass

@@ -79,7 +79,7 @@ CIFAR10_FMT = CifarFormat(
 )
 CIFAR100_FMT = CifarFormat(
     info=DatasetInfo(
-        name="cifar100", num_classes=100, channels=3, image_size=32, train_size=50000, test_size=10000,
+        name="cifar100", traits=("many_class",), num_classes=100, channels=3, image_size=32, train_size=50000, test_size=10000,
         mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), autoaugment_policy="cifar10",
     ),
     tv_name="CIFAR100", label_key="fine_labels", meta_key="fine_label_names",

@@ -34,7 +34,7 @@ def _train_size(imbalance: float = DEFAULT_IMBALANCE) -> int:
 # Normalisation: CIFAR-100's published training-set statistics (the long-tailed subset
 # shifts them by well under 0.01, and every factor then shares one set of constants).
 INFO = DatasetInfo(
-    name="cifar100_lt", num_classes=100, channels=3, image_size=32,
+    name="cifar100_lt", traits=("long_tail",), num_classes=100, channels=3, image_size=32,
     mean=CIFAR100_FMT.info.mean, std=CIFAR100_FMT.info.std, autoaugment_policy="cifar10",
     params=("imbalance",), test_size=10000,
     train_size_of=_train_size,

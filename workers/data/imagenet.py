@@ -29,7 +29,7 @@ from . import DataError, DatasetInfo, Split, register
 from .folders import cached_split, sorted_images, sorted_subfolders
 
 INFO = DatasetInfo(
-    name="imagenet", num_classes=1000, channels=3, image_size=224, train_size=1281167, test_size=50000,
+    name="imagenet", traits=("many_class",), num_classes=1000, channels=3, image_size=224, train_size=1281167, test_size=50000,
     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), autoaugment_policy="imagenet",
 )
 FOLDER = "imagenet"
