@@ -45,8 +45,9 @@ def setup(n_train: int, width: float, device, n_eval: int = 0):
     return spec, prep, model, masks
 
 
-def _bare_epoch(model, opt, x, y, bs, info, device, autocast, channels_last):
+def _bare_epoch(model, opt, prep, bs, device, autocast, channels_last):
     """The baseline: the plainest correct loop over the same tensors."""
+    x, y, info = prep.x_train, prep.y_train, prep.info
     model.train()
     perm = torch.randperm(x.shape[0], device=x.device)
     for b in range(0, x.shape[0], bs):
@@ -80,8 +81,7 @@ def bench_engine(width: float, repeats: int = 3, sizes: tuple = (2000, 500, 1000
             sync(device)
 
         def bare():
-            _bare_epoch(bm, bopt, prep.x_train, prep.y_train, 100, prep.info, device,
-                        trainer.autocast, trainer.channels_last)
+            _bare_epoch(bm, bopt, prep, 100, device, trainer.autocast, trainer.channels_last)
 
         engine(), bare()  # warm-up (allocator, kernels, momentum buffers)
         # Interleave so background load hits both sides alike.

@@ -132,18 +132,16 @@ def bench_case(case: str, k: int, width: float, device: torch.device, epochs: in
     return row
 
 
-def bench_fused(ks: Sequence[int] = (4, 8), width: float = 0.25, dataset_shape: str = "cifar",
-                epochs: Optional[int] = None, device: Optional[str] = None, smoke: bool = False,
-                repeats: Optional[int] = None, conv: str = "auto", cuda_width: float = 1.0) -> dict:
+def bench_fused(ks: Sequence[int] = (4, 8), width: Optional[float] = None, epochs: Optional[int] = None,
+                device: Optional[str] = None, smoke: bool = False, repeats: Optional[int] = None,
+                conv: str = "auto") -> dict:
     """Images/s of K fused members vs the same K solo, per case and K (see the
-    module docstring). `dataset_shape` is the case whose largest-K speedup is
-    the headline `fused_speedup` ("cifar" or "quickstart"); `width` is the
-    cifar case's width on CPU, `cuda_width` on CUDA (each row says which it
-    ran); `conv` the FusedTrainer's conv strategy; `smoke` runs toy sizes
-    (K=2, width 0.125, one epoch, one repeat) in seconds."""
+    module docstring). The headline `fused_speedup` is the cifar case's at the
+    largest K; `width` is that case's width (default 0.25 on CPU, 1.0 on CUDA;
+    each row says which it ran); `conv` the FusedTrainer's conv strategy;
+    `smoke` runs toy sizes (K=2, width 0.125, one epoch, one repeat) in seconds."""
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dataset_shape not in CASES:
-        raise ValueError(f"unknown dataset_shape {dataset_shape!r}; known: {sorted(CASES)}")
+    width = width if width is not None else (1.0 if dev.type == "cuda" else 0.25)
     ks = tuple(sorted(ks))
     if smoke:
         ks, epochs, repeats = tuple(min(k, 2) for k in ks[-1:]), 1, 1
@@ -151,11 +149,11 @@ def bench_fused(ks: Sequence[int] = (4, 8), width: float = 0.25, dataset_shape: 
     repeats = repeats or (2 if dev.type == "cpu" else 3)
     details: dict = {}
     for case in CASES:
-        w = 0.25 if case == "quickstart" else (cuda_width if dev.type == "cuda" else width)
+        w = 0.25 if case == "quickstart" else width
         if smoke:
             w = 0.125
         details[case] = {str(k): bench_case(case, k, w, dev, epochs, repeats, conv) for k in ks}
-    head = details[dataset_shape][str(ks[-1])]
+    head = details["cifar"][str(ks[-1])]
     return {"fused_speedup": head["speedup"], "fused_k": ks[-1],
             "fused_speedup_vs_packed": head.get("speedup_vs_packed"), "_fused": details}
 
@@ -163,7 +161,7 @@ def bench_fused(ks: Sequence[int] = (4, 8), width: float = 0.25, dataset_shape: 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fused", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ks", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--width", type=float, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--device", default=None)

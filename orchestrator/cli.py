@@ -133,7 +133,7 @@ def _main(argv) -> int:
         return 130
     except Exception as e:  # user errors: one line, exit 2
         from orchestrator.config import ConfigError
-        from orchestrator.driver import DriverError
+        from orchestrator.resources import DriverError
         from orchestrator.results import ResultsError
         from workers.data import DataError
         from orchestrator.trackers import TrackerError
@@ -231,6 +231,7 @@ def _minutes(hours: float) -> str:
 
 def cmd_run(args) -> int:
     from orchestrator.driver import run_sweep
+    from orchestrator.request import SweepRequest
     from workers.store import check_name
     name = check_name("sweep", args.name or args.experiment)
     if args.max_concurrent is not None and args.max_concurrent < 1:
@@ -245,11 +246,12 @@ def cmd_run(args) -> int:
     trials = expand(exp)
     trackers = names_of(args.tracker, exp.get("trackers"))
     check(trackers)
-    rc = run_sweep(trials=trials, experiment=args.experiment, sweep_name=name, storage=args.storage,
-                   address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                   max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-                   wait_s=max(0.0, args.wait_for_nodes), plain=True if args.plain else None,
-                   trackers=trackers, verify=args.verify)
+    rc = run_sweep(SweepRequest(
+        trials=trials, experiment=args.experiment, sweep_name=name, storage=args.storage,
+        address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        wait_s=max(0.0, args.wait_for_nodes), plain=True if args.plain else None,
+        trackers=tuple(trackers), verify=args.verify))
     sweep = _sweep(args, must_exist=True)
     from orchestrator.results import format_frame, load_results
     from orchestrator.tables import compare, notes, protocol_line

@@ -3,7 +3,7 @@
 Tune schedules, pins GPUs (CUDA_VISIBLE_DEVICES per trial) and retries
 failed trials; it is *not* the record of what is done. Storage manifests
 are: every `run` reads them, skips finished lineages, and starts a fresh
-Tune experiment for the rest (orchestrator/tune_adapter.py), whose trainables
+Tune experiment for the rest (orchestrator/tune/), whose trainables
 continue each lineage from its last committed round. A driver killed at any
 moment therefore costs at most the rounds in flight (or less, with mid-round
 checkpoints), and re-running the same command is the whole resume procedure.
@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional
-
 import torch
 
-from orchestrator.formatting import number
-from orchestrator.grid import Trial, Unit, units
+from orchestrator.grid import units
+from orchestrator.request import SweepRequest
+from orchestrator.resources import check_resources
 from orchestrator.results import Collector
 from workers import preflight
 from workers.evaluations import pending
@@ -27,37 +26,14 @@ from workers.lease import SweepLock, log
 from workers.store import SweepStore
 
 
-class DriverError(Exception):
-    """A user-facing problem detected before any trial starts."""
-
-
-def check_resources(todo: list[Unit], nodes: list[dict], where: str) -> None:
-    """A Tune trial (a lineage or a fused group) that no node can ever hold is
-    an error now, not a sweep that stays pending forever."""
-    for t in todo:
-        need_cpu, need_gpu = t.resources["cpu"], t.resources["gpu"]
-        if not any(n.get("CPU", 0) >= need_cpu and n.get("GPU", 0) >= need_gpu for n in nodes):
-            best_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
-            best_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
-            raise DriverError(
-                f"trial {t.unit_id} asks for cpu={number(need_cpu)} gpu={number(need_gpu)} but the largest node "
-                f"of {where} has cpu={number(best_cpu)} gpu={number(best_gpu)}; change `resources:` in the "
-                f"experiment or pass --num-cpus/--num-gpus")
-
-
-def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage: str,
-              address: Optional[str] = None, num_cpus: Optional[float] = None,
-              num_gpus: Optional[float] = None, max_concurrent: Optional[int] = None,
-              max_failures: int = 2, wait_s: float = 0.0, plain: Optional[bool] = None,
-              trackers: tuple = (), verify: bool = False) -> int:
-    """Run (or resume) a sweep. Returns the process exit status. `plain`: one line
-    per round (None: unless stdout is a terminal); `trackers`: orchestrator/trackers.py;
-    `verify`: scrub every committed file first (orchestrator/verify.py)."""
-    sweep = SweepStore(storage, sweep_name)
+def run_sweep(request: SweepRequest) -> int:
+    """Run (or resume) a sweep. Returns the process exit status."""
+    trials, sweep_name, address = request.trials, request.sweep_name, request.address
+    sweep = SweepStore(request.storage, sweep_name)
     timings: dict = {}
     if address is None:
-        cpus = num_cpus if num_cpus is not None else os.cpu_count() or 1
-        gpus = num_gpus if num_gpus is not None else torch.cuda.device_count()
+        cpus = request.num_cpus if request.num_cpus is not None else os.cpu_count() or 1
+        gpus = request.num_gpus if request.num_gpus is not None else torch.cuda.device_count()
         # Grouped from every trial of the experiment, finished or not, and the
         # GPUs: the same command on the same cluster size fuses the same lineages.
         plan = units(trials, gpus)
@@ -65,7 +41,7 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
         preflight.check([(t.spec, t.options) for t in trials])
 
     with SweepLock(sweep):
-        if verify:
+        if request.verify:
             from orchestrator.verify import redo_corrupt
             redo_corrupt(sweep)
         unfinished, done_rounds = set(), 0
@@ -76,7 +52,7 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
                 unfinished.add(t.trial_id)
         if address is not None and unfinished:
             # A cluster's GPUs are known once connected; connect only when there is work.
-            from orchestrator.tune_adapter import connect
+            from orchestrator.tune.ray_start import connect
             t0 = time.time()
             gpus = connect(address)
             timings["ray_start_s"] = round(time.time() - t0, 3)
@@ -85,30 +61,29 @@ def run_sweep(*, trials: list[Trial], experiment: str, sweep_name: str, storage:
             plan = units(trials)
         group_of = {t.trial_id: u.unit_id for u in plan if len(u.trials) > 1 for t in u.trials}
         sweep.write_json(sweep.PLAN, {
-            "sweep": sweep_name, "experiment": experiment,
+            "sweep": sweep_name, "experiment": request.experiment,
             "trials": {t.trial_id: {"rounds": t.spec.num_rounds, **t.row(), "fused_group": group_of.get(t.trial_id)}
                        for t in trials}})
         collector = Collector(sweep)
         collector.rebuild()
         todo = [u for u in plan if any(t.trial_id in unfinished for t in u.trials)]
         total_rounds = sum(t.spec.num_rounds for t in trials)
-        log(f"sweep {sweep_name!r} ({experiment}) at {sweep.fs.to_uri(sweep.dir)}: {len(trials)} trials, "
+        log(f"sweep {sweep_name!r} ({request.experiment}) at {sweep.fs.to_uri(sweep.dir)}: {len(trials)} trials, "
             f"{len(trials) - len(unfinished)} already done; rounds committed {done_rounds}/{total_rounds}"
             + (f"; {len(group_of)} lineages fused in {len(set(group_of.values()))} groups" if group_of else ""))
         if not todo:
             log("nothing to do")
             return 0
         lineages = None
-        if trackers:
+        if request.trackers:
             from orchestrator.trackers import Lineages
-            lineages = Lineages(list(trackers), sweep, {t.trial_id: t.spec.to_dict() for t in trials})
+            lineages = Lineages(list(request.trackers), sweep, {t.trial_id: t.spec.to_dict() for t in trials})
             lineages.setup()
         started = time.time()
-        from orchestrator.tune_adapter import tune_run  # Ray is imported only when there is work for it
+        from orchestrator.tune import run as tune_run  # Ray is imported only when there is work for it
         timings["import_s"] = round(time.time() - started, 3)
-        rc = tune_run(sweep, collector, todo, experiment, address, num_cpus, num_gpus,
-                      max_concurrent, max_failures, done_rounds, total_rounds, wait_s, timings, plain=plain,
-                      trackers=lineages)
+        rc = tune_run.run(request, sweep, todo, (done_rounds, total_rounds), timings, trackers=lineages,
+                          collector=collector)
         # What this run cost and where the time went (bench/orchestrator.py reads it).
         sweep.write_json(sweep.RUN, {"started": started, "finished": time.time(), "rc": rc,
                                      "trials": len(todo), **timings, "fuse_checks": sweep.fuse_checks()})

@@ -6,7 +6,7 @@ and latest accuracies, and failures. Anywhere else (a log file, CI, `--plain`):
 one line per committed round, as before. Every other line of the driver
 (start, warnings, the end) is printed either way, above the panel.
 
-No Ray here: the Tune callback (orchestrator/tune_adapter.py) feeds it.
+No Ray here: the Tune callback (orchestrator/tune/callback.py) feeds it.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _stamp() -> str:
     return _dt.datetime.now().strftime("%H:%M:%S")
 
 
-class View:
+class ProgressPanel:
     """Progress of one run: committed rounds, running lineages, failures."""
 
     def __init__(self, done_rounds: int, total_rounds: int, plain: Optional[bool] = None):
@@ -35,7 +35,7 @@ class View:
         self._live = None
 
     # --- lifecycle ------------------------------------------------------------------
-    def __enter__(self) -> "View":
+    def __enter__(self) -> "ProgressPanel":
         if not self.plain:
             from rich.live import Live
             # Lines printed while the panel is up (the driver's log) land above it.

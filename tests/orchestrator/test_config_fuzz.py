@@ -75,9 +75,9 @@ def test_cli_arguments_never_crash(tmp_path_factory, monkeypatch, capsys, argv):
     from tests.helpers import TINY_YAML
     (d / "experiments.yaml").write_text(TINY_YAML)
     monkeypatch.chdir(d)
-    import orchestrator.tune_adapter as adapter
+    import orchestrator.tune.run as tune_run
     started = []
-    monkeypatch.setattr(adapter, "tune_run", lambda *a, **k: started.append(a) or 0)  # never start Ray here
+    monkeypatch.setattr(tune_run, "run", lambda *a, **k: started.append(a) or 0)  # never start Ray here
     try:
         rc = main(argv)
     except SystemExit as e:  # --help

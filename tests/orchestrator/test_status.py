@@ -27,7 +27,7 @@ def test_status_counts(store):
     store.lineage(beat).heartbeat({"round": 1})
     R.Collector(store).rebuild()
 
-    # Without sweep.json: the trials found, rounds from spec.json (prune.rounds + 1).
+    # Without sweep.json: the trials found, rounds from spec.json (spec.num_rounds).
     d = sweep_status(store, now=now)
     assert d["trials"] == {"total": 5, "done": 1, "running": 2, "pending": 1, "failed": 1}
     assert d["rounds"] == {"committed": 7, "total": 19}

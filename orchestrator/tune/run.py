@@ -1,0 +1,148 @@
+"""One Tune run over the units the driver hands over: the Tuner, its
+searcher and callback, signals, and what the run's exit status is.
+
+    rc = run(request, sweep, todo, rounds=(done, total), timings=timings, trackers=lineages)
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict
+from typing import Optional
+
+# Tune's own progress tables would interleave with ours; one line per
+# committed round is printed by ResultsCallback instead.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from orchestrator.grid import Unit  # noqa: E402
+from orchestrator.request import SweepRequest  # noqa: E402
+from orchestrator.tune.callback import ResultsCallback  # noqa: E402
+from orchestrator.tune.ray_start import quiet_ray_init, wait_for_nodes  # noqa: E402
+from orchestrator.tune.searcher import UnitSearcher, dependencies  # noqa: E402
+from orchestrator.tune.trial import unit_trainable  # noqa: E402
+from workers.lease import log  # noqa: E402
+from workers.store import SweepStore  # noqa: E402
+
+
+def unit_configs(sweep: SweepStore, todo: list[Unit]) -> list[dict]:
+    """Each unit as the plain data a trial receives (orchestrator/tune/trainable.py)."""
+    base = {"storage": sweep.fs.uri, "sweep": sweep.sweep}
+    return [{**base, "unit_id": u.unit_id, "members": {t.trial_id: t.spec.to_dict() for t in u.trials},
+             "options": asdict(u.trials[0].options), **u.resources} for u in todo]
+
+
+def start_ray(request: SweepRequest, todo: list[Unit]) -> list[str]:
+    """Join the cluster (waiting for nodes that fit) or start a local Ray; returns Ray's held-back notices."""
+    if request.address:
+        notices = [] if ray.is_initialized() else quiet_ray_init(address=request.address, log_to_driver=False,
+                                                                 logging_level="WARNING")
+        wait_for_nodes(todo, f"the cluster at {request.address}", request.wait_s)
+        return notices
+    # address="local": always a fresh Ray of our own, never a cluster that
+    # happens to run on this machine (plain ray.init() would join it). The
+    # dashboard is not needed and would listen on a port; if someone turns
+    # it on it must stay on loopback.
+    return quiet_ray_init(address="local", num_cpus=request.num_cpus, num_gpus=request.num_gpus,
+                          include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+                          logging_level="WARNING")
+
+
+def run(request: SweepRequest, sweep: SweepStore, todo: list[Unit], rounds: tuple[int, int],
+        timings: Optional[dict] = None, trackers=None, collector=None) -> int:
+    """Run the units `todo` as Tune trials; `rounds`: (committed, total) over the
+    sweep; fills `timings` (ray_start_s, tune_s, ray_stop_s); returns the exit status."""
+    timings = {} if timings is None else timings
+    done_rounds, total_rounds = rounds
+    t0 = time.monotonic()
+    notices = start_ray(request, todo)
+    timings["ray_start_s"] = round(timings.get("ray_start_s", 0) + time.monotonic() - t0, 3)
+    res = ray.cluster_resources()
+    log(f"Ray up in {timings['ray_start_s']:.1f}s: {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
+        + (f" ({len(notices)} notice(s) from Ray held back: {notices[0][:80]}...)" if notices else ""))
+    t_tune = time.monotonic()
+
+    callback = ResultsCallback(sweep, collector, done_rounds, total_rounds, plain=request.plain, trackers=trackers)
+    configs = unit_configs(sweep, todo)
+    searcher = UnitSearcher(sweep, configs, dependencies(todo))
+    interrupted, errors = False, []
+    # SIGTERM (scheduler preemption, `kill`) takes Ctrl-C's graceful path.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        callback.panel.__enter__()
+        grid = _tuner(request, sweep, searcher, callback).fit()
+        errors += [r for r in grid if r.error is not None]
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        # The trials have stopped and every round they reported is committed; a
+        # SIGTERM from now on (a scheduler, `kill`, a test) must not turn the
+        # last seconds of teardown (results table, Ray shutdown) into exit 15
+        # from Ray's own handler.
+        signal.signal(signal.SIGTERM, _late_sigterm)
+        callback.close()
+    timings["tune_s"] = round(time.monotonic() - t_tune, 3)
+    # Now rather than at exit: Ray's exit hook first sleeps 0.5 s for log
+    # lines this driver does not forward (log_to_driver=False).
+    t_stop = time.monotonic()
+    ray.shutdown()
+    timings["ray_stop_s"] = round(time.monotonic() - t_stop, 3)
+    callback.collector.rebuild()
+    # Tune answers a SIGINT (and so our SIGTERM) inside fit() with its own
+    # handler: it stops the trials and returns as if done. Storage says whether
+    # it was: a lineage short of its rounds with no trial error was stopped.
+    stopped = not errors and not searcher.dropped and any(
+        sweep.lineage(t.trial_id).committed_prefix() < t.spec.num_rounds for u in todo for t in u.trials)
+    if callback.interrupted or interrupted or stopped:
+        log("stopped; committed rounds are safe. Re-run the same command to resume.")
+        return 130
+    if errors or searcher.dropped:
+        causes = sorted({_cause(r.error) for r in errors})
+        log(f"{len(errors)} trial(s) failed after {request.max_failures} retries, {len(searcher.dropped)} not "
+            f"started because what they are built from failed ({'; '.join(causes)[:400]}); see "
+            f"trials/<id>/FAILED.json under {sweep.fs.to_uri(sweep.dir)}. Re-running retries them.")
+        return 1
+    log(f"sweep finished in {time.monotonic() - t0:.0f}s; rounds committed {callback.done_rounds}/{total_rounds}")
+    return 0
+
+
+def _tuner(request: SweepRequest, sweep: SweepStore, searcher: UnitSearcher, callback: ResultsCallback) -> tune.Tuner:
+    # Tune keeps one trial pending for a custom searcher unless told otherwise, and
+    # then starts one trial per scheduling step: too slow to fill a cluster. As
+    # many pending as its own generator allows (200), or as there are units.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, min(200, len(searcher.configs)))))
+    # Tune's own per-trial JSON/CSV/TensorBoard files are a second copy of what the
+    # lineage store commits (4 objects and a rewrite per result per trial, on the
+    # driver's critical path); trackers the user asks for are explicit (--tracker).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # ...so Tune's ResultGrid finds no metrics files at the end and says so per
+    # trial; the rows are ours (orchestrator/results), the warning is noise.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    trainable = tune.with_resources(unit_trainable,
+                                    lambda cfg: {"cpu": cfg["unit"]["cpu"], "gpu": cfg["unit"]["gpu"]})
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=-1,
+            max_concurrent_trials=request.max_concurrent, reuse_actors=True,
+            trial_name_creator=lambda tr: tr.config["unit"]["unit_id"],
+            trial_dirname_creator=lambda tr: tr.config["unit"]["unit_id"]),
+        run_config=tune.RunConfig(
+            name=f"run-{stamp}", storage_path=sweep.tune_dir, storage_filesystem=sweep.fs.fs,
+            failure_config=tune.FailureConfig(max_failures=request.max_failures),
+            callbacks=[callback], verbose=0))
+
+
+def _late_sigterm(*_) -> None:
+    log("SIGTERM: the trials have stopped already; exiting once the results table is written")
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost message of a trial's error (Tune wraps the worker's)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(err).__name__
