@@ -46,6 +46,15 @@ def _cpu_unless_cuda(request, monkeypatch):
         monkeypatch.setenv("LTH_DEVICE", "cpu")
 
 
+def pytest_configure(config):
+    # One intra-op thread, as Ray gives each 1-CPU trial process: on a 2-core
+    # CI machine that also runs Ray's own processes, torch's default (a thread
+    # per core) oversubscribes the cores and a tiny epoch takes 100x longer;
+    # and in-process lineages then compute with the threading the trials use.
+    import torch
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
     if torch.cuda.is_available():

@@ -27,8 +27,9 @@ class LineageContext:
     """What every round of one lineage shares: its spec and store, the data on
     the device, the network, and the verified files of committed rounds."""
 
-    def __init__(self, spec: TrialSpec, store: LineageStore, opts: RunOptions, context: dict):
-        self.spec, self.store, self.opts, self.context = spec, store, opts, context
+    def __init__(self, spec: TrialSpec, store: LineageStore, opts: RunOptions, where: dict):
+        # where: the node and GPU ids this lineage runs on, as its rounds record them.
+        self.spec, self.store, self.opts, self.where = spec, store, opts, where
         self.method = get_method(spec.prune.method)
         self.info = D.dataset_info(spec.data.dataset)
         self.parent: Optional[LineageStore] = None
@@ -39,13 +40,13 @@ class LineageContext:
 
     @classmethod
     def open(cls, spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions] = None,
-             context: Optional[dict] = None) -> "LineageContext":
+             where: Optional[dict] = None) -> "LineageContext":
         """Verify what is committed, claim the lineage and prepare its next
         round's data and network (a finished lineage is only verified)."""
-        context = dict(context or {})
-        context.setdefault("node", socket.gethostname())
-        context.setdefault("gpu_ids", [])
-        ctx = cls(spec, store, opts or RunOptions(), context)
+        where = dict(where or {})
+        where.setdefault("node", socket.gethostname())
+        where.setdefault("gpu_ids", [])
+        ctx = cls(spec, store, opts or RunOptions(), where)
         legacy = _legacy_rule(spec, store)
         store.write_spec(spec.to_dict())
         if ctx.method.parent:
@@ -54,8 +55,8 @@ class LineageContext:
         store.clear_partials_before(ctx.done)
         if ctx.done == spec.num_rounds:
             return ctx
-        ctx.token = store.claim(context)
-        ctx.device = pick_device(ctx.opts, context)
+        ctx.token = store.claim(where)
+        ctx.device = pick_device(ctx.opts, where)
         ctx.prep = prepare(spec, ctx.opts, ctx.device, legacy)
         # float64 only for equivalence checks (RunOptions.float64): the same
         # initial values, exactly widened.

@@ -1,6 +1,6 @@
 """Lineages advanced in lockstep, a round at a time; a lone lineage is a group of one.
 
-    results = run_group([(spec, store), ...], opts, context, on_round)
+    results = run_group([(spec, store), ...], opts, where, on_round)
 
 Every lineage trains here: `run_lineage` (workers/lineage.py) is a group of
 one. Each member is an ordinary lineage: its own storage, owner token,
@@ -80,7 +80,7 @@ class Member:
 
 
 def run_group(members: list[tuple[TrialSpec, LineageStore]], opts: Optional[RunOptions] = None,
-              context: Optional[dict] = None, on_round: Optional[Callable[[dict], None]] = None,
+              where: Optional[dict] = None, on_round: Optional[Callable[[dict], None]] = None,
               on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     """Run (or finish) the lineages of `members` together; returns {trial_id: [metrics of
     every committed round]}. `on_round(metrics)` after each newly committed round,
@@ -88,7 +88,7 @@ def run_group(members: list[tuple[TrialSpec, LineageStore]], opts: Optional[RunO
     opts = opts or RunOptions()
     group = [Member(spec, store, marks_failure=len(members) > 1) for spec, store in members]
     for m in group:
-        _guard(m, lambda m=m: setattr(m, "ctx", LineageContext.open(m.spec, m.store, opts, context)))
+        _guard(m, lambda m=m: setattr(m, "ctx", LineageContext.open(m.spec, m.store, opts, where)))
         if m.ctx is not None:
             m.ctx.on_epoch = on_epoch
     fusion = Fusion(opts, group[0].store.sweep if group else None)

@@ -22,15 +22,15 @@ from workers.store import LineageStore
 
 
 def run_lineage(spec: TrialSpec, store: LineageStore, opts: Optional[RunOptions] = None,
-                context: Optional[dict] = None,
+                where: Optional[dict] = None,
                 on_round: Optional[Callable[[dict], None]] = None,
                 on_epoch: Optional[Callable[[dict], None]] = None) -> list[dict]:
     """Run (or finish) the IMP lineage of `spec`, committing each round to `store`.
 
-    `context` carries where it runs (`node`, `gpu_ids`) for the result rows;
+    `where` says where it runs (`node`, `gpu_ids`) for the result rows;
     `on_round(metrics)` is called after each newly committed round, and
     `on_epoch({trial_id, round, epoch, epochs})` now and then within a round
     (for progress displays). Returns the metrics of every committed round, in
     order; raises what the lineage failed with.
     """
-    return run_group([(spec, store)], opts, context, on_round, on_epoch)[store.trial_id]
+    return run_group([(spec, store)], opts, where, on_round, on_epoch)[store.trial_id]

@@ -82,7 +82,7 @@ class RoundRun:
             ctx.on_epoch({"trial_id": ctx.store.trial_id, "round": self.k, "epoch": self.epoch, "epochs": self.end})
             self.last_progress = now_s
         if now_s - self.last_beat >= HEARTBEAT_S:
-            ctx.store.heartbeat({"round": self.k, "epoch": self.epoch, "epochs": self.end, **ctx.context})
+            ctx.store.heartbeat({"round": self.k, "epoch": self.epoch, "epochs": self.end, **ctx.where})
             self.last_beat = now_s
 
     def checkpoint(self) -> None:
@@ -112,8 +112,8 @@ class RoundRun:
             "epochs": self.end - start.first_epoch,
             "wall_s": wall_s,
             "images_per_s": self.images / train_s if train_s > 0 else None,
-            "node": ctx.context["node"],
-            "gpu_ids": ",".join(str(g) for g in ctx.context["gpu_ids"]),
+            "node": ctx.where["node"],
+            "gpu_ids": ",".join(str(g) for g in ctx.where["gpu_ids"]),
             "device": str(ctx.prep.device),
             "started_at": self.started_at,
             "finished_at": now(),

@@ -43,7 +43,7 @@ log = logging.getLogger("lth_sweep.train")
 EVAL_BATCH = 1000
 SCHEDULES = ("cosine", "constant")  # the learning rate over a round's epochs (Trainer.lr_at)
 
-def pick_device(opts: RunOptions, context: dict) -> torch.device:
+def pick_device(opts: RunOptions, where: dict) -> torch.device:
     """RunOptions.device, else $LTH_DEVICE (tests pin the CPU with it: bit-exact
     checks are CPU facts), else CUDA when present, else the CPU."""
     if opts.device:
@@ -52,10 +52,10 @@ def pick_device(opts: RunOptions, context: dict) -> torch.device:
         return torch.device(os.environ["LTH_DEVICE"])
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if context.get("gpu_ids"):
+    if where.get("gpu_ids"):
         # Fake-GPU test clusters (and misconfigured nodes) land here.
         log.warning("trial was given GPU ids %s but CUDA is not available: training on CPU",
-                    context["gpu_ids"])
+                    where["gpu_ids"])
     return torch.device("cpu")
 
 

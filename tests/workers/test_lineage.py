@@ -221,7 +221,7 @@ def test_fake_gpu_falls_back_to_cpu(tmp_path, caplog, monkeypatch):
     monkeypatch.delenv("LTH_DEVICE")  # the device choice itself is under test
     spec = tiny(rounds=0, epochs=1, rewind=0)
     with caplog.at_level("WARNING"):
-        ms = L.run_lineage(spec, lineage(tmp_path, spec), context={"gpu_ids": ["1"], "node": "n"})
+        ms = L.run_lineage(spec, lineage(tmp_path, spec), where={"gpu_ids": ["1"], "node": "n"})
     if not torch.cuda.is_available():
         assert "CUDA is not available" in caplog.text
         assert ms[0]["device"] == "cpu" and ms[0]["gpu_ids"] == "1"
