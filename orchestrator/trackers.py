@@ -20,29 +20,60 @@ The packages are an optional extra: pip install -e '.[trackers]'.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
+from workers.registry import Registry
 from workers.spec import num_rounds
 
-TRACKERS = ("tensorboard", "mlflow", "wandb")
 # The round's numbers a tracker plots.
 METRICS = ("density", "val_acc", "test_acc", "train_acc", "wall_s", "images_per_s")
-_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 class TrackerError(Exception):
     """A tracker that cannot be used here (a one-line, user-facing message)."""
 
 
+@dataclass(frozen=True)
+class Tracker:
+    package: str  # the optional package it needs (checked before anything starts)
+    # (folder of the sweep's tracker files, sweep) -> Ray Tune logger callback. Ray is
+    # imported inside: `lth-sweep plan` and the yaml checks list trackers without it.
+    callback: Callable[[str, object], object]
+
+
+TRACKERS: Registry[Tracker] = Registry("tracker", error=TrackerError)
+
+
+def _tensorboard(base: str, sweep):
+    from ray.tune.logger import TBXLoggerCallback
+    return TBXLoggerCallback()
+
+
+def _mlflow(base: str, sweep):
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    os.makedirs(base, exist_ok=True)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.join(base, 'mlflow.db')}"
+    return MLflowLoggerCallback(tracking_uri=uri, experiment_name=sweep.sweep)
+
+
+def _wandb(base: str, sweep):
+    from ray.air.integrations.wandb import WandbLoggerCallback
+    return WandbLoggerCallback(project=sweep.sweep, log_config=True, mode=os.environ.get("WANDB_MODE", "online"))
+
+
+TRACKERS.register("tensorboard", Tracker("tensorboardX", _tensorboard))
+TRACKERS.register("mlflow", Tracker("mlflow", _mlflow))
+TRACKERS.register("wandb", Tracker("wandb", _wandb))
+
+
 def check(names: list[str]) -> None:
     """Refuse unknown trackers and missing packages before anything starts."""
     import importlib.util
     for name in names:
-        if name not in TRACKERS:
-            raise TrackerError(f"unknown tracker {name!r}; known: {', '.join(TRACKERS)}")
-        if importlib.util.find_spec(_PACKAGES[name]) is None:
-            raise TrackerError(f"tracker {name} needs the {_PACKAGES[name]} package: "
-                               "pip install -e '.[trackers]'")
+        package = TRACKERS.get(name).package
+        if importlib.util.find_spec(package) is None:
+            raise TrackerError(f"tracker {name} needs the {package} package: pip install -e '.[trackers]'")
 
 
 def folder(sweep) -> str:
@@ -71,21 +102,7 @@ class _Lineage:
 
 def _callbacks(names: list[str], sweep) -> list:
     base = folder(sweep)
-    out = []
-    for name in names:
-        if name == "tensorboard":
-            from ray.tune.logger import TBXLoggerCallback
-            out.append((name, TBXLoggerCallback()))
-        elif name == "mlflow":
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
-            os.makedirs(base, exist_ok=True)
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.join(base, 'mlflow.db')}"
-            out.append((name, MLflowLoggerCallback(tracking_uri=uri, experiment_name=sweep.sweep)))
-        elif name == "wandb":
-            from ray.air.integrations.wandb import WandbLoggerCallback
-            out.append((name, WandbLoggerCallback(project=sweep.sweep, log_config=True,
-                                                  mode=os.environ.get("WANDB_MODE", "online"))))
-    return out
+    return [(name, TRACKERS.get(name).callback(base, sweep)) for name in names]
 
 
 class Lineages:

@@ -15,7 +15,7 @@ claiming one yaml value), not an override.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Callable, Generic, Iterator, Optional, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 _MISSING = object()
@@ -78,7 +78,3 @@ class Registry(Mapping, Generic[T]):
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self._entries)})"
 
-
-def optional(registry: Registry, name: Optional[str]):
-    """`registry.get(name)`, or None for None."""
-    return None if name is None else registry.get(name)

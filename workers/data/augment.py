@@ -25,12 +25,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import DataError, DatasetInfo
+from workers.registry import Registry
+
+from .base import DataError, DatasetInfo
 from . import ops as ops_
 
-AUGMENTATIONS = ("none", "basic", "contrast", "auto", "rand")
-
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# name -> (info -> the augmentation's steps, applied in order); registered below, after the steps.
+AUGMENTATIONS: Registry[Callable[[DatasetInfo], tuple[Augment, ...]]] = Registry("augmentation", error=DataError)
 
 
 def padding_for(size: int) -> int:
@@ -261,34 +263,37 @@ def _checked(pipeline: Augment, info: DatasetInfo) -> Augment:
     return augment
 
 
-def _check_name(name: str) -> None:
-    if name not in AUGMENTATIONS:
-        raise DataError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
+def _basic(info: DatasetInfo) -> Augment:
+    pad, flip = padding_for(info.image_size), "horizontal" in info.flips
+
+    def basic(x, g):
+        return random_crop_flip(x, g, pad, flip)
+
+    return basic
+
+
+def _erase(info: DatasetInfo) -> Augment:
+    cut = cutout_for(info.image_size)
+
+    def erase(x, g):
+        return cutout(x, g, cut)
+
+    return erase
+
+
+AUGMENTATIONS.register("none", lambda info: ())
+AUGMENTATIONS.register("basic", lambda info: (_basic(info),))
+AUGMENTATIONS.register("contrast", lambda info: (_basic(info), color_jitter, random_grayscale))
+AUGMENTATIONS.register("auto", lambda info: (
+    _basic(info), AutoAugmentBatched(info.autoaugment_policy, info.image_size, info.image_size), _erase(info)))
+AUGMENTATIONS.register("rand", lambda info: (
+    _basic(info), RandAugmentBatched(4, info.image_size, info.image_size), _erase(info)))
 
 
 def make_augment(name: str, info: DatasetInfo) -> Augment:
     """An augmentation: (uint8 [B,C,H,W], generator on its device) -> uint8 batch,
     same shape/device. Batched on the device: no per-sample Python, no host sync."""
-    _check_name(name)
-    S = info.image_size
-    pad, cut = padding_for(S), cutout_for(S)
-
-    flip = "horizontal" in info.flips
-
-    def basic(x, g):
-        return random_crop_flip(x, g, pad, flip)
-
-    def erase(x, g):
-        return cutout(x, g, cut)
-
-    steps: dict[str, Callable[[], tuple[Augment, ...]]] = {
-        "none": lambda: (),
-        "basic": lambda: (basic,),
-        "contrast": lambda: (basic, color_jitter, random_grayscale),
-        "auto": lambda: (basic, AutoAugmentBatched(info.autoaugment_policy, S, S), erase),
-        "rand": lambda: (basic, RandAugmentBatched(4, S, S), erase),
-    }
-    return _checked(chain(*steps[name]()), info)
+    return _checked(chain(*AUGMENTATIONS.get(name)(info)), info)
 
 
 # --- the reference path ------------------------------------------------------------
@@ -315,7 +320,7 @@ def per_sample(transform: Callable[[torch.Tensor], torch.Tensor]) -> Augment:
 
 def reference_transform(name: str, info: DatasetInfo):
     """torchvision.transforms.v2 pipeline of `name` for one uint8 image [C,H,W]."""
-    _check_name(name)
+    AUGMENTATIONS.get(name)  # an unknown name gets the registry's error, not a KeyError below
     from torchvision.transforms import v2
     S = info.image_size
     basic = [v2.RandomCrop(S, padding=padding_for(S))]

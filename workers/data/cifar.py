@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from . import DataError, DatasetInfo, Split, register
+from .base import DataError, DatasetInfo, Split, register
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from . import DataError, DatasetInfo, Split, load_dataset, register
+from .base import DataError, DatasetInfo, Split, load_dataset, register
 from .cifar import CIFAR100_FMT
 
 IMBALANCE_FACTORS = (0.1, 0.05, 0.02, 0.01)  # the paper's grid

@@ -32,7 +32,7 @@ import csv
 import io
 import os
 
-from . import DataError, DatasetInfo, Split, register
+from .base import DataError, DatasetInfo, Split, register
 from .folders import cached_split, is_image_file
 
 INFO = DatasetInfo(

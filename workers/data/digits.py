@@ -10,7 +10,7 @@ import os
 import numpy as np
 import torch
 
-from . import DataError, DatasetInfo, Split, register
+from .base import DataError, DatasetInfo, Split, register
 
 # mean/std of the train split below, on the 0..1 scale (tests recompute and compare).
 INFO = DatasetInfo(

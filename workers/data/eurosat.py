@@ -27,7 +27,7 @@ import os
 import numpy as np
 import torch
 
-from . import DataError, DatasetInfo, Split, register
+from .base import DataError, DatasetInfo, Split, register
 from .folders import cached_split, fetch, obtain, sorted_images, sorted_subfolders
 
 INFO = DatasetInfo(

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from . import DataError, Split
+from .base import DataError, Split
 
 log = logging.getLogger(__name__)
 

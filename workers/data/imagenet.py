@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-from . import DataError, DatasetInfo, Split, register
+from .base import DataError, DatasetInfo, Split, register
 from .folders import cached_split, sorted_images, sorted_subfolders
 
 INFO = DatasetInfo(

@@ -25,7 +25,7 @@ import csv
 import io
 import os
 
-from . import DataError, DatasetInfo, Split, register
+from .base import DataError, DatasetInfo, Split, register
 from .folders import cached_split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import device_constant
+from .base import device_constant
 
 
 def _col(v: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
-from . import DataError, Split
+from .base import DataError, Split
 from .folders import fetch, obtain
 
 CIFAR10C_CORRUPTIONS = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import DataError
+from .base import DataError
 
 
 def stratified_split(y: torch.Tensor, *, fraction: float | None, images_per_class: int | None,

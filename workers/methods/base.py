@@ -22,6 +22,7 @@ import torch
 
 from workers import pruning as P
 from workers.models import make_model, model_state
+from workers.registry import Registry
 from workers.rng import MODEL_INIT, seed_for
 
 
@@ -105,12 +106,12 @@ def parent_spec(spec):
     return dataclasses.replace(spec, prune=dataclasses.replace(spec.prune, method=parent))
 
 
-METHODS: dict[str, Method] = {}
+# ValueError: what callers caught before the registry (an unknown name is a bad argument).
+METHODS: Registry[Method] = Registry("method", error=ValueError)
 
 
 def register(method: Method) -> Method:
-    METHODS[method.name] = method
-    return method
+    return METHODS.register(method.name, method)
 
 
 def trial_model(spec, info, opts=None, **kw) -> torch.nn.Module:
@@ -119,6 +120,4 @@ def trial_model(spec, info, opts=None, **kw) -> torch.nn.Module:
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return METHODS.get(name)

@@ -16,22 +16,26 @@ import torch
 from workers.losses import make_head
 
 from .registry import ARCHS, Arch, register
-from .variants import VARIANTS, apply_init_scheme, check_variant
-from . import mobilenetv2, resnet, resnet50, vgg  # noqa: E402,F401  (each registers its Arch)
-from .inits import load_init  # noqa: E402
+from .variants import INIT_SCHEMES, VARIANTS, apply_init_scheme, check_variant
+from .inits import load_init
+
+# Each module registers its Arch.
+from . import mobilenetv2  # noqa: F401
+from . import resnet  # noqa: F401
+from . import resnet50  # noqa: F401
+from . import vgg  # noqa: F401
 
 log = logging.getLogger("lth_sweep.models")
 
 
 def build_model(arch: str, *, num_classes: int, in_channels: int, image_size: int,
                 width: float = 1.0, variant: str = "standard") -> torch.nn.Module:
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; known: {sorted(ARCHS)}")
+    entry = ARCHS.get(arch)
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
-    check_variant(variant, ARCHS[arch].variants)
-    return ARCHS[arch].build(num_classes=num_classes, in_channels=in_channels,
-                             image_size=image_size, width=width, variant=variant)
+    check_variant(variant, entry.variants)
+    return entry.build(num_classes=num_classes, in_channels=in_channels,
+                       image_size=image_size, width=width, variant=variant)
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -57,4 +61,4 @@ def make_model(spec, info, *, variant: str = "standard", head: str = "linear", w
     return model
 
 
-__all__ = ["ARCHS", "Arch", "VARIANTS", "build_model", "make_model", "model_state", "register"]
+__all__ = ["ARCHS", "Arch", "INIT_SCHEMES", "VARIANTS", "build_model", "make_model", "model_state", "register"]

@@ -112,9 +112,7 @@ def load_init(model: nn.Module, init: str, *, arch: str, path: str | None = None
         if path is not None:
             raise ValueError(f"init 'random' takes no path (got {path!r})")
         return InitReport("random")
-    if arch not in ARCHS:
-        raise ValueError(f"no pretrained init for arch {arch!r}; known: {sorted(ARCHS)}")
-    stem = model.get_submodule(ARCHS[arch].stem_key.rsplit(".", 1)[0])
+    stem = model.get_submodule(ARCHS.get(arch).stem_key.rsplit(".", 1)[0])
     if in_channels is not None and getattr(stem, "in_channels", in_channels) != in_channels:
         raise InitError(f"in_channels={in_channels} but the model's stem takes "
                         f"{stem.in_channels} channels")

@@ -13,6 +13,8 @@ from typing import Callable
 
 from torch import nn
 
+from workers.registry import Registry
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -36,9 +38,9 @@ class Arch:
         return key
 
 
-ARCHS: dict[str, Arch] = {}
+# ValueError: what callers caught before the registry (an unknown name is a bad argument).
+ARCHS: Registry[Arch] = Registry("arch", error=ValueError)
 
 
 def register(arch: Arch) -> Arch:
-    ARCHS[arch.name] = arch
-    return arch
+    return ARCHS.register(arch.name, arch)

@@ -98,5 +98,5 @@ def resnet18(*, num_classes: int, in_channels: int, image_size: int,
 
 # Names as torchvision's but stem.0/stem.1 for conv1/bn1 and `shortcut` for `downsample`.
 RESNET_RENAMES = ((r"^stem\.0\.", "conv1."), (r"^stem\.1\.", "bn1."), (r"\.shortcut\.", ".downsample."))
-ARCH = register(Arch("resnet18", resnet18, VARIANTS, stem_key="stem.0.weight",
+ARCH = register(Arch("resnet18", resnet18, tuple(VARIANTS), stem_key="stem.0.weight",
                      imagenet_file="resnet18-f37072fd.pth", renames=RESNET_RENAMES))

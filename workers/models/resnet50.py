@@ -44,5 +44,5 @@ def resnet50(*, num_classes: int, in_channels: int, image_size: int,
                   image_size=image_size, width=width, block=Bottleneck, variant=variant)
 
 
-ARCH = register(Arch("resnet50", resnet50, VARIANTS, stem_key="stem.0.weight",
+ARCH = register(Arch("resnet50", resnet50, tuple(VARIANTS), stem_key="stem.0.weight",
                      imagenet_file="resnet50-0676ba61.pth", renames=RESNET_RENAMES))  # IMAGENET1K_V1

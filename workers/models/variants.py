@@ -22,17 +22,25 @@ is a registered buffer, so it is in the state dict but not in
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-VARIANTS = ("standard", "full_conv", "harmonic")
+from workers.registry import Registry
+
+# name -> what it changes (the module docstring has the details); the builders below
+# (conv_padding, conv_kxk) dispatch on the name. ValueError: what callers caught before.
+VARIANTS: Registry[str] = Registry("variant", error=ValueError)
+VARIANTS.register("standard", "the usual 'same' padding, (k - 1) // 2")
+VARIANTS.register("full_conv", "full convolution, padding k - 1, shortcuts padded to match")
+VARIANTS.register("harmonic", "3x3 convs as a fixed DCT-II filter bank and a learned 1x1 mix")
 
 
-def check_variant(variant: str, supported: tuple[str, ...] = VARIANTS) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {list(VARIANTS)}")
+def check_variant(variant: str, supported: Collection[str] = VARIANTS) -> None:
+    VARIANTS.get(variant)
     if variant not in supported:
         raise ValueError(f"variant {variant!r} is not available for this arch; "
                          f"supported: {list(supported)}")
@@ -137,7 +145,9 @@ class HarmonicConv2d(nn.Module):
 #                for ResNet and MobileNetV2 (it applies no init of its own), and
 #                for VGG its own: Kaiming-normal fan_out convs, Linear N(0, 0.01)
 #                with zero bias, BatchNorm at identity.
-INIT_SCHEMES = ("torchvision", "pytorch", "paper")
+#
+# name -> f(model, arch): re-initialises a network built with `init_weights` in place.
+INIT_SCHEMES: Registry[Callable[[nn.Module, str], None]] = Registry("init scheme", error=ValueError)
 # Architectures the paper's code initialises its own way (the rest keep PyTorch's).
 PAPER_OWN_INIT = {"vgg16": "vgg"}
 
@@ -156,14 +166,8 @@ def init_weights(model: nn.Module) -> None:
     reset_harmonic(model)
 
 
-def apply_init_scheme(model: nn.Module, scheme: str, arch: str) -> None:
-    """Re-initialise a freshly built network (built with `init_weights`) under
-    `scheme` (see INIT_SCHEMES); the caller seeds torch first."""
-    if scheme not in INIT_SCHEMES:
-        raise ValueError(f"unknown init scheme {scheme!r}; known: {list(INIT_SCHEMES)}")
-    if scheme == "torchvision":
-        return
-    own = PAPER_OWN_INIT.get(arch) if scheme == "paper" else None
+def _reinit(model: nn.Module, own: Optional[str] = None) -> None:
+    """PyTorch's own reset of every module, except where the paper's code has its own (`own`)."""
     for m in model.modules():
         if own == "vgg" and isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -174,6 +178,17 @@ def apply_init_scheme(model: nn.Module, scheme: str, arch: str) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
             m.reset_parameters()  # PyTorch's own (a harmonic block's 1x1 mix is a Conv2d: its too)
+
+
+INIT_SCHEMES.register("torchvision", lambda model, arch: None)  # what the architectures build
+INIT_SCHEMES.register("pytorch", lambda model, arch: _reinit(model))
+INIT_SCHEMES.register("paper", lambda model, arch: _reinit(model, PAPER_OWN_INIT.get(arch)))
+
+
+def apply_init_scheme(model: nn.Module, scheme: str, arch: str) -> None:
+    """Re-initialise a freshly built network (built with `init_weights`) under
+    `scheme` (see INIT_SCHEMES); the caller seeds torch first."""
+    INIT_SCHEMES.get(scheme)(model, arch)
 
 
 def reset_harmonic(model: nn.Module) -> None:

@@ -66,5 +66,5 @@ def vgg16(*, num_classes: int, in_channels: int, image_size: int,
 
 # features.* as torchvision's vgg16_bn (its classifier.* is not used); its conv
 # biases are folded into the following BN (inits.py).
-ARCH = register(Arch("vgg16", vgg16, VARIANTS, stem_key="features.0.weight",
+ARCH = register(Arch("vgg16", vgg16, tuple(VARIANTS), stem_key="features.0.weight",
                      imagenet_file="vgg16_bn-6c64b313.pth", fold_conv_bias=True))
