@@ -82,7 +82,7 @@ def run_bench(args) -> int:
                 log=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))}))
         if args.scale:
             if min(args.scale) < 1:
-                from orchestrator.cli import UsageError
+                from orchestrator.errors import UsageError
                 raise UsageError("lth-sweep bench: --scale takes trial counts >= 1")
             from .scale import bench_scale
             todo.append(("scale", lambda: bench_scale(args.scale)))

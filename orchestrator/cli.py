@@ -1,4 +1,5 @@
-"""`lth-sweep`: plan, run, status, query, bench. Thin: parse, call, print.
+"""`lth-sweep`: plan, run, status, query, report, verify, bench. The arguments
+and the exit statuses; what each verb does is in orchestrator/verbs.py.
 
 Every user error ends as one line on stderr and exit status 2, before
 anything is started or written.
@@ -6,15 +7,12 @@ anything is started or written.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
+from orchestrator import verbs
+from orchestrator.errors import UsageError
+
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,8 +123,7 @@ def _main(argv) -> int:
         args = build_parser().parse_args(argv)
         if args.cmd is None:
             raise UsageError(f"lth-sweep: choose a command: {', '.join(VERBS)} (see --help)")
-        return {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "query": cmd_query,
-                "report": cmd_report, "verify": cmd_verify, "bench": cmd_bench}[args.cmd](args) or 0
+        return getattr(verbs, f"cmd_{args.cmd}")(args) or 0
     except KeyboardInterrupt:
         print("lth-sweep: stopped; committed rounds are safe. Re-run the same command to resume.",
               file=sys.stderr)
@@ -151,200 +148,3 @@ def _main(argv) -> int:
                   file=sys.stderr)
             return EXIT_USAGE
         raise
-
-
-# --- commands -------------------------------------------------------------------
-
-DEFAULT_CONFIG = "experiments.yaml"
-
-
-def _experiment(args) -> dict:
-    """The validated experiment `-e` of `-c` (default ./experiments.yaml)."""
-    from orchestrator.config import load_config
-    path = args.config or DEFAULT_CONFIG
-    cfg = load_config(path)
-    if args.experiment not in cfg["experiments"]:
-        raise UsageError(f"lth-sweep: error: {path}: no experiment {args.experiment!r}; "
-                         f"known: {', '.join(cfg['experiments'])}")
-    return cfg["experiments"][args.experiment]
-
-
-def _trials(args):
-    from orchestrator.grid import expand
-    return expand(_experiment(args))
-
-
-def _sweep(args, must_exist: bool):
-    from workers.store import SweepStore
-    sweep = SweepStore(args.storage, args.name or args.experiment)
-    if must_exist and not sweep.exists():
-        raise UsageError(f"lth-sweep: error: no sweep {sweep.sweep!r} under {args.storage} "
-                         "(pick one with -e/--name and --storage)")
-    return sweep
-
-
-def cmd_plan(args) -> int:
-    from orchestrator.grid import cost_estimate
-    from workers.store import check_name
-    check_name("sweep", args.name or args.experiment)
-    trials = _trials(args)
-    cost = cost_estimate(trials)
-    import torch
-    from orchestrator.grid import units
-    gpus = args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()
-    if gpus < 0:
-        raise UsageError("lth-sweep plan: --num-gpus must be >= 0")
-    groups = [u for u in units(trials, gpus) if len(u.trials) > 1]
-    group_of = {t.trial_id: u.unit_id for u in groups for t in u.trials}
-    if args.json:
-        print(json.dumps({"experiment": args.experiment, "count": len(trials),
-                          "trials": [{**t.row(), "fused_group": group_of.get(t.trial_id)} for t in trials],
-                          "groups": [{"group": u.unit_id, "trials": [t.trial_id for t in u.trials],
-                                      "resources": u.resources} for u in groups],
-                          "gpus": gpus, "cost": cost}))
-        return 0
-    from orchestrator.results import format_frame
-    import pandas as pd
-    rows = [{**{k: v for k, v in t.row().items() if k != "resources"},
-             "cpu": t.resources["cpu"], "gpu": t.resources["gpu"], "rounds": t.spec.num_rounds,
-             "epochs": t.spec.train.epochs} for t in trials]
-    print(format_frame(pd.DataFrame(rows), "table"))
-    for u in groups:
-        print(f"fused group {u.unit_id}: {len(u.trials)} lineages on one device ({', '.join(t.trial_id for t in u.trials)})")
-    if groups:
-        print(f"({len(group_of)} lineages fused in {len(groups)} groups, planned for {gpus:g} GPUs; "
-              "--num-gpus plans for another cluster)")
-    speeds = ", ".join(f"{k} {v:,.0f}" for k, v in cost["images_per_s"].items())
-    print(f"\n{len(trials)} trials, {cost['rounds']} rounds; asks cpu={cost['cpus']:g} gpu={cost['gpus']:g} "
-          f"in total; ~{cost['train_images']:.3g} training images (+{cost['eval_images']:.2g} evaluated)")
-    hours = cost["device_hours"]
-    spent = f"~{hours:.3g} device-hours" if hours >= 0.1 else _minutes(hours)
-    print(f"estimate: {spent} on {cost['device']}, at training images/s: {speeds}"
-          + ("" if cost["source"] == "calibrated" else "; `lth-sweep bench --calibrate` measures this machine"))
-    return 0
-
-
-def _minutes(hours: float) -> str:
-    m = max(1, round(hours * 60))
-    return f"~{m} device-minute{'s' if m > 1 else ''}"
-
-
-def cmd_run(args) -> int:
-    from orchestrator.driver import run_sweep
-    from orchestrator.request import SweepRequest
-    from workers.store import check_name
-    name = check_name("sweep", args.name or args.experiment)
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise UsageError("lth-sweep run: --max-concurrent must be >= 1")
-    for flag in ("num_cpus", "num_gpus"):
-        v = getattr(args, flag)
-        if v is not None and v < 0:
-            raise UsageError(f"lth-sweep run: --{flag.replace('_', '-')} must be >= 0")
-    from orchestrator.grid import expand
-    from orchestrator.trackers import check, names_of
-    exp = _experiment(args)
-    trials = expand(exp)
-    trackers = names_of(args.tracker, exp.get("trackers"))
-    check(trackers)
-    rc = run_sweep(SweepRequest(
-        trials=trials, experiment=args.experiment, sweep_name=name, storage=args.storage,
-        address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        wait_s=max(0.0, args.wait_for_nodes), plain=True if args.plain else None,
-        trackers=tuple(trackers), verify=args.verify))
-    sweep = _sweep(args, must_exist=True)
-    from orchestrator.results import format_frame, load_results
-    from orchestrator.tables import compare, notes, protocol_line
-    df = load_results(sweep)
-    if len(df):
-        table = compare(df, "val")
-        print(f"\nDense (round 0) vs winning ticket, test accuracy. {protocol_line('val', df)}")
-        print(format_frame(_shown(table), "table"))
-        for line in notes(table, "val"):
-            print(f"note: {line}")
-        flags = f"-e {args.experiment}" + (f" --name {args.name}" if args.name else "") + \
-                (f" --storage {args.storage}" if args.storage != "./runs" else "")
-        print(f"\nresults: {sweep.fs.to_uri(sweep.results_dir)}  (lth-sweep query {flags} --compare; "
-              f"lth-sweep report {flags})")
-    return rc
-
-
-def cmd_status(args) -> int:
-    """From storage; the trials of the yaml's experiment too (those storage has
-    never seen count as pending), where the yaml is at hand: `-c`, or
-    ./experiments.yaml when it names the experiment."""
-    from orchestrator.status import format_status, sweep_status
-    planned = None
-    if args.config or os.path.exists(DEFAULT_CONFIG):
-        try:
-            planned = {t.trial_id: t.spec.num_rounds for t in _trials(args)}
-        except UsageError:
-            if args.config:
-                raise  # asked for that yaml: it must name the experiment
-    sweep = _sweep(args, must_exist=planned is None)
-    st = sweep_status(sweep, planned=planned)
-    print(json.dumps(st) if args.json else format_status(st))
-    return 0
-
-
-def cmd_verify(args) -> int:
-    from orchestrator.verify import format_verify, verify_sweep
-    sweep = _sweep(args, must_exist=True)
-    out = verify_sweep(sweep)
-    print(json.dumps(out) if args.json else format_verify(out))
-    return 1 if out["corrupt"] else 0
-
-
-def _shown(table):
-    """A compare() table for the terminal: the cell id is for programs."""
-    return table.drop(columns=["cell_id"])
-
-
-def cmd_query(args) -> int:
-    from orchestrator.results import format_frame, load_results, results_dataset, run_sql
-    from orchestrator.tables import compare, notes, protocol_line, protocols, winning_tickets
-    sweep = _sweep(args, must_exist=True)
-    remarks: list[str] = []
-    if args.sql:
-        df = run_sql(sweep, args.sql)
-    elif args.winning_tickets or args.compare or args.protocols:
-        rows = results_dataset(sweep)  # duckdb scans the files; no pandas copy
-        if args.winning_tickets:
-            df = winning_tickets(rows, args.select)
-        elif args.compare:
-            df = compare(rows, args.select)
-            remarks = notes(df, args.select)
-        else:
-            df = protocols(rows)
-        if args.protocols:
-            header = ("Gain selected on held-out images (val) and on the test split (test), from the same "
-                      "lineages; selection_bias = gain_test - gain_val. " + protocol_line(None, rows))
-        else:
-            header = protocol_line(args.select, rows)
-        # Machine-readable output stays clean: the protocol goes to stderr there.
-        if args.format == "table":
-            print(header)
-            df = _shown(df) if "cell_id" in df else df
-        else:
-            print(header, file=sys.stderr)
-    else:
-        df = load_results(sweep)
-    print(format_frame(df, args.format))
-    for line in remarks:
-        print(f"note: {line}", file=sys.stderr if args.format != "table" else sys.stdout)
-    return 0
-
-
-def cmd_report(args) -> int:
-    from orchestrator.report import write_report
-    if args.sweep:
-        args.name = args.sweep
-    sweep = _sweep(args, must_exist=True)
-    paths = write_report(sweep, args.out or f"report-{sweep.sweep}", select=args.select)
-    print("\n".join(paths))
-    return 0
-
-
-def cmd_bench(args) -> int:
-    from bench import run_bench
-    return run_bench(args)
