@@ -16,7 +16,8 @@ from workers import data as D
 from workers import pruning as P
 from workers.methods import ParentMissing, get_method, parent_spec
 from workers.rng import PRUNE, seed_for
-from workers.spec import RunOptions, TrialSpec, legacy_validation
+from workers.migrate import validation_rule
+from workers.spec import RunOptions, TrialSpec
 from workers.store import CorruptRound, LineageStore
 from workers.train import pick_device, prepare
 
@@ -47,7 +48,7 @@ class LineageContext:
         where.setdefault("node", socket.gethostname())
         where.setdefault("gpu_ids", [])
         ctx = cls(spec, store, opts or RunOptions(), where)
-        legacy = _legacy_rule(spec, store)
+        old_rule = validation_rule(spec, store)  # an old sweep's lineage keeps its validation images
         store.write_spec(spec.to_dict())
         if ctx.method.parent:
             ctx.parent = _finished_parent(spec, store)
@@ -57,7 +58,7 @@ class LineageContext:
             return ctx
         ctx.token = store.claim(where)
         ctx.device = pick_device(ctx.opts, where)
-        ctx.prep = prepare(spec, ctx.opts, ctx.device, legacy)
+        ctx.prep = prepare(spec, ctx.opts, ctx.device, old_rule)
         # float64 only for equivalence checks (RunOptions.float64): the same
         # initial values, exactly widened.
         ctx.model = ctx.method.model(spec, ctx.info, ctx.opts).to(
@@ -95,26 +96,6 @@ class LineageContext:
     def generator(self, k: int) -> torch.Generator:
         """The seeded CPU generator of round k's random mask draws."""
         return torch.Generator().manual_seed(seed_for(self.spec.seed, k, PRUNE))
-
-
-def _legacy_rule(spec: TrialSpec, store: LineageStore) -> Optional[dict]:
-    """A lineage begun before selection moved to query time keeps its old
-    validation images (10% of each class), so all its rounds are measured
-    alike. One trained on a dataset whose labels mirroring breaks (digits,
-    CLaMM) with an augmentation that mirrored it then is redone from round 0."""
-    legacy = legacy_validation(store.read_spec())
-    if legacy is None:
-        return None
-    if spec.data.augmentation != "none" and "horizontal" not in D.dataset_info(spec.data.dataset).flips:
-        if store.committed_prefix():
-            log.warning("trial %s was trained with a %s augmentation that mirrored %s images, which "
-                        "changes their labels: redoing the lineage from round 0", store.trial_id,
-                        spec.data.augmentation, spec.data.dataset)
-            store.invalidate_from(0)
-        store.clear_partials_before(spec.num_rounds)
-        store.write_spec(spec.to_dict(), replace=True)
-        return None
-    return legacy
 
 
 def _finished_parent(spec: TrialSpec, store: LineageStore) -> LineageStore:

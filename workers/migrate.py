@@ -1,0 +1,80 @@
+"""Sweeps written by older versions, read as today's: the one module that
+knows their forms. Everything else reads a stored spec or round through
+these functions and never branches on a sweep's age itself.
+
+Forms handled:
+- a spec written before selection moved to query time carries a
+  `selection: {selection, val_fraction}` section. Its lineage keeps the
+  validation images it started with (round(val_fraction * N_c) per class,
+  or the test split itself when it selected on test), so every round of it
+  is measured alike; its rows say so (`old_round_row`).
+- such a lineage trained on a dataset whose labels a mirror changes (digits,
+  CLaMM) with an augmentation that mirrored it then is redone from round 0.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # the spec module reads specs through upgrade_spec: no import at run time
+    from workers.spec import TrialSpec
+    from workers.store import LineageStore
+
+log = logging.getLogger("lth_sweep.migrate")
+
+OLD_SELECTION = "selection"
+# What those trials used when they did not say.
+_OLD_DEFAULT = {"selection": "val", "val_fraction": 0.1}
+
+
+def upgrade_spec(stored: dict) -> dict:
+    """A stored spec as today's TrialSpec.from_dict reads it (the old
+    selection section is not part of a spec any more, nor of its id)."""
+    return {k: v for k, v in stored.items() if k != OLD_SELECTION}
+
+
+def old_validation(stored: Optional[dict]) -> Optional[dict]:
+    """The validation rule of a trial written before selection became a
+    query-time choice ({"selection": "val"|"test", "val_fraction"}), else None."""
+    if not isinstance(stored, dict) or not isinstance(stored.get(OLD_SELECTION), dict):
+        return None
+    sel = stored[OLD_SELECTION]
+    return {"selection": sel.get("selection", "val"), "val_fraction": float(sel.get("val_fraction", 0.1))}
+
+
+def validation_rule(spec: "TrialSpec", store: "LineageStore") -> Optional[dict]:
+    """The old validation rule the lineage in `store` must keep (None: today's
+    per-class budget). Redoes from round 0, and forgets the rule of, a lineage
+    whose old augmentation mirrored a dataset that mirroring relabels."""
+    from workers.data import dataset_info
+    old = old_validation(store.read_spec())
+    if old is None:
+        return None
+    if spec.data.augmentation != "none" and "horizontal" not in dataset_info(spec.data.dataset).flips:
+        if store.committed_prefix():
+            log.warning("trial %s was trained with a %s augmentation that mirrored %s images, which "
+                        "changes their labels: redoing the lineage from round 0", store.trial_id,
+                        spec.data.augmentation, spec.data.dataset)
+            store.invalidate_from(0)
+        store.clear_partials_before(spec.num_rounds)
+        store.write_spec(spec.to_dict(), replace=True)
+        return None
+    return old
+
+
+def old_round_row(stored: dict, row: dict, cell: Optional[dict]) -> tuple[dict, Optional[dict]]:
+    """(row, cell) of a round of an old-selection trial; other trials pass unchanged.
+
+    - A test-selected trial measured `val_acc` on the test split: that is no
+      held-out accuracy, so val_acc and its budget (val_per_class) are null.
+    - The trial keeps its id; unless it used the then default (held-out 10% per
+      class) its old protocol stays part of its cell, so it never poses as a
+      seed of a trial that measured differently."""
+    old = old_validation(stored)
+    if old is None:
+        return row, cell
+    if old["selection"] == "test":
+        row = {**row, "val_acc": None, "val_per_class": None}
+    if cell is not None and old != _OLD_DEFAULT:
+        cell = {**cell, "legacy_selection": old}
+    return row, cell
