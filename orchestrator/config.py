@@ -131,6 +131,8 @@ for _f in _FIELDS:
     if _f.metadata.get("yaml"):
         _section, _key = _f.metadata["yaml"]
         SECTIONS.setdefault(_section, {})[_key] = checker(_f.metadata["rule"])
+# analysis.<key>: each registered evaluation declares its key and what it accepts (workers/evaluations/base.py).
+SECTIONS["analysis"] = {e.option: checker(e.rule) for e in EVALUATIONS.values()}
 SCALARS: dict[str, Any] = {f.metadata["scalar"]: checker(f.metadata["rule"]) for f in _FIELDS
                            if f.metadata.get("scalar")}
 SCALARS["description"] = lambda v: None if isinstance(v, str) else f"{v!r} is not a string"

@@ -1,8 +1,11 @@
 """How numbers, durations and table values are written for people and for JSON:
-one home for each rule (the CLI's errors, status, the progress panel, tables)."""
+one home for each rule (the CLI's errors, status, the progress panel, `query`'s
+formats, the report's cells)."""
 from __future__ import annotations
 
 import datetime as _dt
+import io
+import json
 import math
 from typing import Optional
 
@@ -37,3 +40,80 @@ def plain(v):
     if hasattr(v, "item"):  # numpy scalars
         return plain(v.item())
     return v
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one line (a user-facing error quotes pyarrow's or duckdb's)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# --- measured values in tables: a missing one is shown as such, never as zero ---
+
+MISSING = "–"
+
+
+def _missing(v) -> bool:
+    import pandas as pd
+    return v is None or (not isinstance(v, str) and bool(pd.isna(v)))
+
+
+def fixed(v) -> str:
+    """An accuracy, density or gain to 4 decimals."""
+    return MISSING if _missing(v) else f"{v:.4f}"
+
+
+def pm(mean, std) -> str:
+    """mean ± std; no std (one seed) is left out rather than shown as ± 0."""
+    if _missing(mean):
+        return MISSING
+    return f"{mean:.4f}" if _missing(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def interval(lo, hi) -> str:
+    return MISSING if _missing(lo) or _missing(hi) else f"[{lo:+.4f}, {hi:+.4f}]"
+
+
+def value_text(v) -> str:
+    """A spec value (an augmentation, a width, an imbalance) as the yaml spells it."""
+    return MISSING if _missing(v) else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# --- whole frames: `query`'s output formats and the report's Markdown ------------
+
+FRAME_FORMATS = ("table", "csv", "json", "markdown")
+
+
+def _cell(v) -> str:
+    p = plain(v)
+    return "" if p is None else f"{p:.4f}" if isinstance(p, float) else str(p)
+
+
+def format_frame(df, fmt: str = "table") -> str:
+    """A DataFrame as an aligned text table, CSV, a JSON list of row objects or Markdown."""
+    import pandas as pd
+    if fmt == "json":
+        cols = list(df.columns)
+        rows = [{c: plain(v) for c, v in zip(cols, row)} for row in df.itertuples(index=False)]
+        return json.dumps(rows, default=str, allow_nan=False)
+    if fmt == "csv":
+        buf = io.StringIO()
+        df.to_csv(buf, index=False)
+        return buf.getvalue()
+    if fmt == "markdown":
+        head = "| " + " | ".join(map(str, df.columns)) + " |"
+        rule = "|" + "|".join("---" for _ in df.columns) + "|"
+        body = ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |"
+                for row in df.itertuples(index=False)]
+        return "\n".join([head, rule] + body)
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}: use {', '.join(FRAME_FORMATS)}")
+    cols = [str(c) for c in df.columns]
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    cells = [[_cell(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+
+    def line(vals):
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(vals, widths, numeric)).rstrip()
+    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])

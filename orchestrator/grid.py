@@ -72,6 +72,8 @@ def expand(exp: dict) -> list[Trial]:
             options[f.name] = tuple(value) if isinstance(value, list) else value
         elif m.get("scalar") and exp.get(m["scalar"]) is not None:
             options[f.name] = exp[m["scalar"]]
+        elif m.get("section") and exp.get(m["section"]):
+            options[f.name] = exp[m["section"]]  # a whole yaml section (analysis: one key per evaluation)
     opts = RunOptions(**options)
     base = {"cpu": float(exp["resources"].get("cpu", 1)), "gpu": float(exp["resources"].get("gpu", 0))}
     by_fraction = exp["resources"].get("by_fraction", {})

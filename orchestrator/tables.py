@@ -22,7 +22,7 @@ from typing import Optional
 import pandas as pd
 
 from orchestrator.formatting import plain
-from orchestrator.results import Frame, duck
+from orchestrator.results import Frame, sql_over_frames
 from workers import selection as S
 from workers.spec import SHOWN, cell_fields, spec_fields
 
@@ -81,7 +81,7 @@ def winning_tickets(frame: Frame, select: str = S.DEFAULT_SELECTION) -> pd.DataF
     """One row per trial: its winning ticket under `select` (a trial with no
     round carrying the selection metric has none)."""
     S.check(select)
-    out = duck(f"SELECT * FROM ({S.winners_sql(select)}) ORDER BY trial_id", results=frame)
+    out = sql_over_frames(f"SELECT * FROM ({S.winners_sql(select)}) ORDER BY trial_id", results=frame)
     out.insert(out.columns.get_loc("round"), "selection", select)
     return out
 
@@ -141,7 +141,7 @@ def compare(frame: Frame, select: str = S.DEFAULT_SELECTION) -> pd.DataFrame:
     """One row per grid cell: dense (round 0) and winning-ticket test accuracy
     over the cell's finished lineages, and the paired gain with its 95% interval."""
     S.check(select)
-    c = duck(_per_cell_sql(select), results=with_cells(frame))
+    c = sql_over_frames(_per_cell_sql(select), results=with_cells(frame))
     extras = cell_columns(c["cell"]) if len(c) else pd.DataFrame(index=c.index)
     ci = [t_interval(m, sd, n) for m, sd, n in zip(c["gain"], c["gain_sd"], c["n_seeds"])]
     out = pd.concat([c[FIXED], extras], axis=1)
@@ -186,7 +186,7 @@ def protocol_line(select: Optional[str], frame: Frame) -> str:
     frame = with_cells(frame)
     if isinstance(frame, pd.DataFrame) and "bn_recalibrate" not in frame:
         frame = frame.assign(bn_recalibrate=False)
-    d = duck("SELECT DISTINCT val_per_class, bn_recalibrate FROM results", results=frame)
+    d = sql_over_frames("SELECT DISTINCT val_per_class, bn_recalibrate FROM results", results=frame)
     held = sorted({int(v) for v in d["val_per_class"].dropna()})
     if not held:
         budget = "no held-out validation images"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -172,6 +173,8 @@ class TrialSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialSpec":
+        from workers.migrate import upgrade_spec  # a spec as stored, in any version's form
+        d = upgrade_spec(d)
         kinds = {f.name: f.type for f in fields(cls)}
         parts: dict[str, Any] = {}
         for name, sub in (("data", DataSpec), ("model", ModelSpec), ("train", TrainSpec),
@@ -180,10 +183,7 @@ class TrialSpec:
                 parts[name] = sub(**d[name])
         if "seed" in d:
             parts["seed"] = int(d["seed"])
-        # Specs written before selection moved to query time carry a
-        # `selection` section (see legacy_validation); it is not part of the
-        # new spec.
-        unknown = set(d) - set(kinds) - {LEGACY_SELECTION}
+        unknown = set(d) - set(kinds)
         if unknown:
             raise ValueError(f"unknown trial spec keys: {sorted(unknown)}")
         return cls(**parts)
@@ -241,33 +241,36 @@ class RunOptions:
     # Where init weights live (model.init imagenet: the torchvision file or its
     # folder, default the torch hub cache; simclr: the state dict file).
     init_path: Optional[str] = spec_field(None, rule=Rule(str), yaml=("runtime", "init_path"))
-    # Evaluations after the lineage (workers/evaluations/): robustness suites,
-    # linear-probe target datasets, CKA dense vs winning ticket.
-    robustness: tuple = spec_field((), rule=Rule(str, choices="workers.evaluations.robustness:SUITES", many=True),
-                                   yaml=("analysis", "robustness"))
-    probe: tuple = spec_field((), rule=Rule(str, choices="workers.data:DATASETS", many=True),
-                              yaml=("analysis", "probe"))
-    cka: bool = spec_field(False, rule=Rule(bool), yaml=("analysis", "cka"))
+    # Evaluations after the lineage: the yaml's `analysis:` mapping as sorted
+    # (key, value) pairs, e.g. (("cka", True), ("probe", ("cifar100",))). Each
+    # registered evaluation (workers/evaluations/) declares its key, what it
+    # accepts and its default, so a new one needs no field here; the keys are
+    # checked against that registry where it is loaded (orchestrator/config.py,
+    # workers.evaluations.wanted): importing it here would be an import cycle.
+    # Pairs rather than a dict keep the options hashable and round-trip through
+    # dataclasses.asdict -> RunOptions(**d) as they are.
+    analysis: tuple = field(default=(), metadata={"section": "analysis"})
+
+    def __post_init__(self):
+        object.__setattr__(self, "analysis", _analysis_pairs(self.analysis))
+
+    def analysis_value(self, key: str, default: Any = None) -> Any:
+        """The `analysis.<key>` value these options were given (lists as tuples), else `default`."""
+        return dict(self.analysis).get(key, default)
+
+
+def _analysis_pairs(given) -> tuple:
+    """A mapping or (key, value) pairs (after a JSON round trip: lists) ->
+    sorted (key, value) pairs whose list values are tuples."""
+    pairs = given.items() if isinstance(given, Mapping) else given
+    return tuple(sorted(((str(k), tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in pairs),
+                        key=lambda kv: kv[0]))
 
 
 def num_rounds(spec: dict) -> int:
     """Committed rounds of a finished lineage, from a spec as stored (a dict):
     round 0 (dense) + `prune.rounds`. The one place this rule is written."""
     return int(spec["prune"]["rounds"]) + 1
-
-
-LEGACY_SELECTION = "selection"
-
-
-def legacy_validation(spec_dict: Optional[dict]) -> Optional[dict]:
-    """The validation rule of a trial written before selection became a query-time
-    choice, else None. Those specs carry `selection: {selection, val_fraction}`:
-    "val" held out round(val_fraction * N_c) images of each class, "test" measured
-    `val_acc` on the test split itself (so it is not a held-out accuracy)."""
-    if not isinstance(spec_dict, dict) or not isinstance(spec_dict.get(LEGACY_SELECTION), dict):
-        return None
-    sel = spec_dict[LEGACY_SELECTION]
-    return {"selection": sel.get("selection", "val"), "val_fraction": float(sel.get("val_fraction", 0.1))}
 
 
 def cell_key(cell: dict) -> tuple[str, str]:

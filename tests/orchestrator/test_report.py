@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from orchestrator import report as REP
-from orchestrator import results as R
 from orchestrator.cli import main
 from orchestrator.report import accuracy_vs_density, write_report
+from orchestrator.report.evaluation_views import figure_letters, robustness_views
+from orchestrator.results import Collector, load_layers, load_results
 from tests.helpers import assert_png
 from workers.store import SweepStore
 
@@ -32,7 +33,7 @@ def test_report_tables(tmp_path, capsys):
         commit(st, tid, 0, 0.5, 0.50 + seed / 10, seed=seed, rounds=1)
         commit(st, tid, 1, 0.7, 0.60 + seed / 10, seed=seed, rounds=1)  # the winning ticket
     commit(st, "ac00000000000000", 0, 0.4, 0.4, fraction=0.2)  # a partial lineage: round 0 only
-    R.Collector(st).rebuild()
+    Collector(st).rebuild()
     rc = main(["report", "s", "--storage", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
     assert rc == 0
     md = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
@@ -41,7 +42,7 @@ def test_report_tables(tmp_path, capsys):
     # seed-averaged dense 0.55 vs ticket 0.65: gain 0.1
     assert "| 0.5500 |" in md and "| 0.6500 |" in md and "| 0.1000 |" in md
     assert "<table" in html and "0.6500" in html
-    df = accuracy_vs_density(R.load_results(st))
+    df = accuracy_vs_density(load_results(st))
     assert list(df["round"]) == [0, 1]
     col = [c for c in df.columns if "0.2" in c][0]
     assert df[col].isna().tolist() == [False, True]  # missing stays missing, never zero
@@ -91,7 +92,7 @@ def paper(tmp_path_factory):
         for k, (val, test) in enumerate(rounds):
             commit(st, tid, k, val, test, fraction, seed, aug, method, layer_entries(k) if method == "imp" else (),
                    rounds=2)  # every lineage has 3 rounds; c is still at round 0
-    R.Collector(st).rebuild()
+    Collector(st).rebuild()
     os.makedirs(st.path("probe"))
     pd.DataFrame({"trial_id": ["a000000000000000"] * 3 + ["a100000000000000"] * 2 + ["b000000000000000"],
                   "round": [0, 1, 2, 0, 1, 0], "target": "cifar10",
@@ -102,7 +103,7 @@ def paper(tmp_path_factory):
                   "layer": ["conv1.weight", "layer1.0.conv1.weight"] * 2,
                   "cka": [0.9, 0.5, 0.7, 0.3]}).to_parquet(st.path("cka", "part-0.parquet"))
     paths = write_report(st, str(root / "rep"))
-    return st, R.load_results(st), paths, (root / "rep" / "report.md").read_text(encoding="utf-8"), \
+    return st, load_results(st), paths, (root / "rep" / "report.md").read_text(encoding="utf-8"), \
         (root / "rep" / "report.html").read_text(encoding="utf-8")
 
 
@@ -161,7 +162,7 @@ def test_figure_data(paper):
     assert bars.to_dict() == pytest.approx({("none", "dense"): 52.0, ("none", "winning ticket"): 66.0,
                                             ("none", "random_prune"): 57.0, ("basic", "dense"): 49.0,
                                             ("basic", "winning ticket"): 69.0})  # no random_prune bar for basic
-    lines = REP.layer_density_lines(df, R.load_layers(paper[0])).set_index(["series", "layer"])["density"]
+    lines = REP.layer_density_lines(df, load_layers(paper[0])).set_index(["series", "layer"])["density"]
     # sparsest rounds: 2 in every finished lineage: conv1 0.9**2, layer1 0.7**2
     assert lines.to_dict() == pytest.approx({
         ("train 10% (overall 64%)", "conv1"): 81.0, ("train 10% (overall 64%)", "layer1.0.conv1"): 49.0,
@@ -258,3 +259,46 @@ def test_cells_differing_only_in_width_get_their_own_rows():
     assert c["width"].tolist() == ["0.25", "0.5"] and (c["seeds"] == 2).all()
     curves = REP.density_curves(frame(rows))
     assert curves["panel"].nunique() == 2
+
+
+def test_report_order_and_titles_with_the_evaluations_views_in_place(paper):
+    _, _, _, md, _ = paper
+    titles = [s.split("\n", 1)[0] for s in md.split("\n## ")[1:]]
+    assert titles == [
+        "Figure 1: test accuracy against density",
+        "Figure 2: dense vs winning ticket against training-data size",
+        "Figure 2b: paired gain of the winning ticket, with 95% intervals",
+        "Figure 3a: robustness on CIFAR-10-C", "Figure 3b: robustness on CIFAR-10.2",
+        "Figure 4: capacity and connectivity controls",
+        "Figure 5: layer-wise density of the sparsest ticket",
+        "Figure 6: CKA heatmaps",
+        "Dense vs winning ticket per grid cell, paired over seeds",
+        "Both selection protocols side by side",
+        "Table 1: methods x datasets, dense + aug* vs winning ticket + aug*",
+        "Table 2: many-class subsets",
+        "Table 3: long-tail (cifar100_lt)",
+        "Table 4: linear probe, dense vs winning ticket",
+        "Test accuracy against round/density (mean over seeds)",
+        "Winning ticket of every trial"]
+
+
+def test_every_robustness_column_gets_its_own_figure_letter():
+    assert figure_letters(3) == ["a", "b", "c"] and figure_letters(28)[-2:] == ["aa", "ab"]
+    df = frame([dict(trial_id="r0", dataset="cifar10", round=k, density=0.8 ** k, val_acc=0.5 + k / 10,
+                     test_acc=0.5 + k / 10) for k in (0, 1)])
+    # A registry with three suites: their columns as the trial summary would carry them.
+    trials = REP.trial_summary(df).assign(**{f"{role}_{c}": 0.5 for role in ("dense", "ticket")
+                                             for c in ("acc_x", "acc_y", "acc_z")})
+    report = REP.ReportInputs(sweep=None, results=df, select="val", trials=trials)
+    views = robustness_views(report, {"acc_x": "X", "acc_y": "Y", "acc_z": "Z"})
+    assert [title for title, _ in views] == ["Figure 3a: robustness on X", "Figure 3b: robustness on Y",
+                                             "Figure 3c: robustness on Z"]
+    assert views[2][1]().filename == "fig3_robustness_acc_z.png"  # the third suite is drawn, not dropped
+
+
+def test_trait_tables_take_their_datasets_from_the_registry():
+    assert REP.datasets_with("many_class") == ["cifar100", "imagenet"]
+    assert REP.datasets_with("long_tail") == ["cifar100_lt"]
+    df = frame([dict(trial_id="m0", dataset="imagenet", round=0, density=1.0, val_acc=0.25, test_acc=0.24)])
+    many = REP.table_many_class(REP.trial_summary(df))
+    assert many.frame["dataset"].tolist() == ["imagenet"] and "cifar100, imagenet" in many.caption

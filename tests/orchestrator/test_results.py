@@ -11,7 +11,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import results as R
+from orchestrator import results
+from orchestrator.formatting import format_frame
 from tests.orchestrator.helpers import commit, shard_files, spec_dict
 
 
@@ -19,9 +20,9 @@ def test_rows_one_per_round_and_columns(store):
     for k in range(3):
         commit(store, "ab00000000000001", k)
     commit(store, "cd00000000000002", 0, spec=spec_dict(fraction=None, ipc=10))
-    R.Collector(store).rebuild()
-    df = R.load_results(store)
-    assert list(df.columns) == R.RESULTS_SCHEMA.names
+    results.Collector(store).rebuild()
+    df = results.load_results(store)
+    assert list(df.columns) == results.RESULTS_SCHEMA.names
     assert len(df) == 4 and not df.duplicated(["trial_id", "round"]).any()
     row = df[(df.trial_id == "ab00000000000001") & (df["round"] == 2)].iloc[0]
     assert row.density == pytest.approx(0.64) and row.dataset == "cifar10" and row.seed == 0
@@ -30,7 +31,7 @@ def test_rows_one_per_round_and_columns(store):
     assert pd.isna(ipc.fraction) and ipc.images_per_class == 10
     assert str(df.images_per_class.dtype) == "Int64"  # not float64 because of the nulls
     assert shard_files(store) == ["part-ab.parquet", "part-cd.parquet"]
-    layers = R.load_layers(store)
+    layers = results.load_layers(store)
     assert len(layers) == 8 and set(layers.columns) >= {"trial_id", "round", "layer", "density", "numel"}
 
 
@@ -38,38 +39,38 @@ def test_update_and_rebuild_are_idempotent_and_see_new_rounds(store):
     tid = "ab00000000000001"
     commit(store, tid, 0)
     commit(store, "ab00000000000002", 0)
-    c = R.Collector(store)
+    c = results.Collector(store)
     c.update([tid])
     c.update([tid])
-    assert len(R.load_results(store)) == 1  # the other trial is not known to the table yet
+    assert len(results.load_results(store)) == 1  # the other trial is not known to the table yet
     c.rebuild()
     c.rebuild()
     c.update([tid, tid])
-    df = R.load_results(store)
+    df = results.load_results(store)
     assert len(df) == 2 and not df.duplicated(["trial_id", "round"]).any()
     commit(store, tid, 1)
     c.update([tid])
-    df = R.load_results(store)
+    df = results.load_results(store)
     assert sorted(df[df.trial_id == tid]["round"]) == [0, 1] and len(df) == 3
-    assert len(R.load_layers(store)) == 6
+    assert len(results.load_layers(store)) == 6
 
 
 def test_rebuild_removes_shards_without_rows(store):
     commit(store, "ab00000000000001", 0)
-    c = R.Collector(store)
+    c = results.Collector(store)
     c.rebuild()
     stray = store.path("results", "part-ff.parquet")
     os.replace(store.path("results", "part-ab.parquet"), stray)
     c.rebuild()
-    assert shard_files(store) == ["part-ab.parquet"] and len(R.load_results(store)) == 1
+    assert shard_files(store) == ["part-ab.parquet"] and len(results.load_results(store)) == 1
 
 
 def test_readers_read_the_folder_and_survive_a_killed_write(store, monkeypatch):
-    import workers.store as S
+    import workers.store as store_module
 
     tid = "ab00000000000001"
     commit(store, tid, 0)
-    c = R.Collector(store)
+    c = results.Collector(store)
     c.update([tid])
     commit(store, tid, 1)
 
@@ -80,8 +81,8 @@ def test_readers_read_the_folder_and_survive_a_killed_write(store, monkeypatch):
 
     def killed_replace(src, dst):
         raise Killed()
-    monkeypatch.setattr(S.os, "replace", killed_replace)
-    monkeypatch.setattr(S.os, "unlink", lambda p: None)
+    monkeypatch.setattr(store_module.os, "replace", killed_replace)
+    monkeypatch.setattr(store_module.os, "unlink", lambda p: None)
     with pytest.raises(Killed):
         c.update([tid])
     monkeypatch.undo()
@@ -89,7 +90,7 @@ def test_readers_read_the_folder_and_survive_a_killed_write(store, monkeypatch):
 
     assert len(pd.read_parquet(store.results_dir)) == 1  # the old shard, untouched
     assert pads.dataset(store.results_dir).to_table().num_rows == 1
-    assert len(R.load_results(store)) == 1
+    assert len(results.load_results(store)) == 1
     c.update([tid])
     assert len(pd.read_parquet(store.results_dir)) == 2
     c.rebuild()  # also sweeps the leftover away
@@ -98,21 +99,21 @@ def test_readers_read_the_folder_and_survive_a_killed_write(store, monkeypatch):
 
 def test_newer_schema_version_is_refused(store):
     commit(store, "ab00000000000001", 0)
-    R.Collector(store).rebuild()
+    results.Collector(store).rebuild()
     path = store.path("results", "part-ab.parquet")
     table = pq.read_table(path)
     meta = {**table.schema.metadata, b"lth_sweep.schema_version": b"99"}
     pq.write_table(table.replace_schema_metadata(meta), path)
-    with pytest.raises(R.ResultsError, match="version 99"):
-        R.load_results(store)
-    with pytest.raises(R.ResultsError):  # nor rewritten (downgraded) by an update
-        R.Collector(store).update(["ab00000000000001"])
+    with pytest.raises(results.ResultsError, match="version 99"):
+        results.load_results(store)
+    with pytest.raises(results.ResultsError):  # nor rewritten (downgraded) by an update
+        results.Collector(store).update(["ab00000000000001"])
 
 
 @pytest.mark.parametrize("content", ["foreign", "corrupt", "empty"])
 def test_foreign_or_corrupt_file_is_named(store, content):
     commit(store, "ab00000000000001", 0)
-    R.Collector(store).rebuild()
+    results.Collector(store).rebuild()
     path = store.path("results", "zz.parquet")
     if content == "foreign":
         pq.write_table(pa.table({"x": [1]}), path)
@@ -120,18 +121,18 @@ def test_foreign_or_corrupt_file_is_named(store, content):
         open(path, "wb").close()
     else:
         open(path, "wb").write(b"PAR1 not really")
-    with pytest.raises(R.ResultsError, match=r"results/zz\.parquet") as e:
-        R.load_results(store)
+    with pytest.raises(results.ResultsError, match=r"results/zz\.parquet") as e:
+        results.load_results(store)
     assert "\n" not in str(e.value)
 
 
 def test_a_corrupt_shard_is_rebuilt_by_update(store):
     commit(store, "ab00000000000001", 0)
     commit(store, "ab00000000000002", 0)
-    R.Collector(store).rebuild()
+    results.Collector(store).rebuild()
     open(store.path("results", "part-ab.parquet"), "wb").write(b"torn")
-    R.Collector(store).update(["ab00000000000001"])
-    assert len(R.load_results(store)) == 2
+    results.Collector(store).update(["ab00000000000001"])
+    assert len(results.load_results(store)) == 2
 
 
 def test_concurrent_updates_sharing_a_shard_lose_no_rows(store):
@@ -139,13 +140,13 @@ def test_concurrent_updates_sharing_a_shard_lose_no_rows(store):
     for t in tids:
         commit(store, t, 0)
         commit(store, t, 1)
-    c = R.Collector(store)
+    c = results.Collector(store)
     threads = [threading.Thread(target=c.update, args=([t],)) for t in tids]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    df = R.load_results(store)
+    df = results.load_results(store)
     assert len(df) == 24 and set(df.trial_id) == set(tids)
     assert list(zip(df.trial_id, df["round"])) == sorted(zip(df.trial_id, df["round"]))
 
@@ -153,32 +154,32 @@ def test_concurrent_updates_sharing_a_shard_lose_no_rows(store):
 def test_run_sql_both_views_and_errors(store):
     for k in range(2):
         commit(store, "ab00000000000001", k)
-    R.Collector(store).rebuild()
-    out = R.run_sql(store, "SELECT count(*) AS n, max(density) AS d FROM results")
+    results.Collector(store).rebuild()
+    out = results.run_sql(store, "SELECT count(*) AS n, max(density) AS d FROM results")
     assert out.n[0] == 2 and out.d[0] == 1.0
-    out = R.run_sql(store, "SELECT r.round, sum(l.numel) AS numel FROM results r "
+    out = results.run_sql(store, "SELECT r.round, sum(l.numel) AS numel FROM results r "
                            "JOIN layers l USING (trial_id, round) GROUP BY r.round ORDER BY 1")
     assert list(out.numel) == [1728 + 36864] * 2
-    with pytest.raises(R.ResultsError, match="nope") as e:
-        R.run_sql(store, "SELECT nope FROM results")
+    with pytest.raises(results.ResultsError, match="nope") as e:
+        results.run_sql(store, "SELECT nope FROM results")
     assert "\n" not in str(e.value)
-    with pytest.raises(R.ResultsError):
-        R.run_sql(store, "SELEC 1")
+    with pytest.raises(results.ResultsError):
+        results.run_sql(store, "SELEC 1")
 
 
 def test_empty_table_and_formats(store):
-    df = R.load_results(store)
-    assert list(df.columns) == R.RESULTS_SCHEMA.names and len(df) == 0
-    assert json.loads(R.format_frame(df, "json")) == []
+    df = results.load_results(store)
+    assert list(df.columns) == results.RESULTS_SCHEMA.names and len(df) == 0
+    assert json.loads(format_frame(df, "json")) == []
     commit(store, "ab00000000000001", 0, images_per_s=None)
-    R.Collector(store).rebuild()
-    rows = json.loads(R.format_frame(R.load_results(store), "json"))
+    results.Collector(store).rebuild()
+    rows = json.loads(format_frame(results.load_results(store), "json"))
     assert isinstance(rows, list) and isinstance(rows[0], dict)
     assert rows[0]["images_per_s"] is None and rows[0]["images_per_class"] is None
     assert rows[0]["started_at"].startswith("2024-05-01T10:00:00")
     assert rows[0]["seed"] == 0 and isinstance(rows[0]["epochs"], int)
     small = pd.DataFrame({"name": ["a", "bb"], "x": [0.123456, float("nan")]})
-    text = R.format_frame(small, "table").splitlines()
+    text = format_frame(small, "table").splitlines()
     assert "0.1235" in text[2] and len({len(l) for l in text[:3]}) == 1
-    assert R.format_frame(small, "csv").splitlines()[0] == "name,x"
-    assert json.loads(R.format_frame(small, "json"))[1] == {"name": "bb", "x": None}
+    assert format_frame(small, "csv").splitlines()[0] == "name,x"
+    assert json.loads(format_frame(small, "json"))[1] == {"name": "bb", "x": None}

@@ -38,7 +38,8 @@ def evaluated(tmp_path_factory):
     write_suites(str(root))
     spec = TrialSpec(DataSpec("cifar10", fraction=0.5), model=ModelSpec(width=0.0625),
                      train=TrainSpec(epochs=2, batch_size=50, lr=0.05), prune=PruneSpec(rounds=2, rewind_epoch=1))
-    opts = RunOptions(data_root=str(root), robustness=("cifar10c", "cifar10_2"), probe=("cifar10",), cka=True)
+    opts = RunOptions(data_root=str(root),
+                      analysis={"robustness": ["cifar10c", "cifar10_2"], "probe": ["cifar10"], "cka": True})
     st = SweepStore(str(tmp_path_factory.mktemp("runs")), "s")
     lin = st.lineage(spec.trial_id)
     metrics = L.run_lineage(spec, lin, opts)
@@ -117,7 +118,7 @@ def test_an_evaluation_missing_a_protocols_winner_is_redone(evaluated):
     """Files written when only the val winner was evaluated lack what --select test needs."""
     spec, opts, st, lin, metrics, names = evaluated
     doc = lin.read_analysis("probe_cifar10")
-    needed = E.of_file("probe_cifar10").rounds(metrics)
+    needed = E.evaluation_of_file("probe_cifar10").rounds(metrics)
     dropped = [k for k in needed if k != 0][:1]
     if not dropped:
         pytest.skip("the dense round wins under every protocol here")
@@ -127,3 +128,30 @@ def test_an_evaluation_missing_a_protocols_winner_is_redone(evaluated):
     assert E.pending(spec, lin, opts)
     assert E.run_evaluations(spec, lin, opts) == ["probe_cifar10"]
     assert not E.pending(spec, lin, opts)
+
+
+def test_analysis_options_are_the_yaml_mapping_checked_by_the_registry():
+    """RunOptions holds `analysis:` as the yaml gives it; each evaluation declares its key,
+    rule and default, so a new one needs no RunOptions field."""
+    import dataclasses
+    import json
+
+    from orchestrator.config import ConfigError, validate
+    from orchestrator.grid import expand
+
+    opts = RunOptions(analysis={"probe": ["cifar10"], "cka": True})
+    assert RunOptions(**dataclasses.asdict(opts)) == opts and hash(opts) == hash(RunOptions(**dataclasses.asdict(opts)))
+    assert RunOptions(**json.loads(json.dumps(dataclasses.asdict(opts)))) == opts  # lists after a JSON round trip
+    assert E.wanted(opts) == ["probe_cifar10", "cka"]
+    assert E.EVALUATIONS["robustness"].value(opts) == () and E.EVALUATIONS["cka"].value(RunOptions()) is False
+    with pytest.raises(ValueError, match="unknown analysis key 'ckaa'"):
+        E.wanted(RunOptions(analysis={"ckaa": True}))
+    exp = {"datasets": ["cifar10"], "fractions": [0.1], "analysis": {"robustness": ["cifar10c"], "cka": True}}
+    trial, = expand(validate({"experiments": {"e": exp}})["experiments"]["e"])
+    assert trial.options.analysis == (("cka", True), ("robustness", ("cifar10c",)))
+    for bad, message in (({"cka": "yes"}, "analysis.cka: 'yes' is not true/false"),
+                         ({"robustness": ["cifar10z"]}, "analysis.robustness: 'cifar10z' is not one of"),
+                         ({"ckaa": True}, "analysis.ckaa: unknown key; allowed: cka, probe, robustness")):
+        with pytest.raises(ConfigError, match=message) as e:
+            validate({"experiments": {"e": {**exp, "analysis": bad}}})
+        assert "\n" not in str(e.value)

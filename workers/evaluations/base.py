@@ -7,35 +7,50 @@ round it read. A file whose digests no longer match (a round was redone), or
 that misses a round it now needs, is stale and is computed again; a current
 one is skipped, so resume is free here too.
 
-Each evaluation owns, in its own file: which files the trial's options ask
-for, which rounds it covers, how it computes them, its table's columns, what
-it checks before a sweep starts (its data), and which experiments it fits.
+Each evaluation is one file that owns everything about it: the yaml key that
+asks for it (`analysis.<option>`) with what that key accepts and its default,
+which files the options ask for, which rounds it covers, how it computes them,
+its table (name, columns, row order), the results columns it fills per round,
+what it checks before a sweep starts (its data), which experiments it fits, and
+its views in `lth-sweep report`. The results table (orchestrator/results/) and
+the report (orchestrator/report/) loop over the registry, so adding one is its
+file plus its import line in __init__.py.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from safetensors.torch import load as st_load
 
 from workers.methods import trial_model
+from workers.registry import Registry
 from workers.selection import winning_rounds
-from workers.spec import RunOptions, TrialSpec
+from workers.spec import RunOptions, Rule, TrialSpec
 from workers.store import LineageStore
 
 
 class Evaluation:
     name: str = ""
-    option: str = ""                     # the RunOptions field (yaml analysis.<key>) that asks for it
-    table: str = ""                      # the Parquet table its rows go to (results.py)
+    option: str = ""                     # its yaml key: `analysis.<option>`
+    rule: Rule = Rule(bool)              # what that key accepts (orchestrator/config.py checks it)
+    default: Any = False                 # its value when the yaml leaves the key out
+    table: str = ""                      # the Parquet table its rows go to (orchestrator/results/)
     columns: dict[str, str] = {}         # that table's columns beyond sweep/trial_id: name -> arrow type
+    sort_keys: tuple[str, ...] = ("trial_id",)  # the table's row order within a shard (a stable sort)
     round_columns: tuple[str, ...] = ()  # results columns it fills per round (round_means)
     labels: dict[str, str] = {}          # those columns' names in tables and figures
+    # The report view (orchestrator/report/views.py, its keys) after which its own views appear.
+    report_after: str = "table3"
+
+    def value(self, opts: RunOptions) -> Any:
+        """What `opts` asks of this evaluation (its `analysis.<option>`, else its default)."""
+        return opts.analysis_value(self.option, self.default)
 
     def files(self, opts: RunOptions) -> list[str]:
         """The analysis files `opts` asks this evaluation for: one per listed
         target (robustness_cifar10c, probe_cifar100), or one when it is on (cka)."""
-        value = getattr(opts, self.option)
+        value = self.value(opts)
         if isinstance(value, bool):
             return [self.name] if value else []
         return [f"{self.name}_{v}" for v in value]
@@ -62,6 +77,25 @@ class Evaluation:
 
     def check_experiment(self, datasets: list[str], opts_value, err) -> None:
         """Refuse an experiment this evaluation cannot evaluate (err(message))."""
+
+    def views(self, report) -> list[tuple[str, Callable[[], Any]]]:
+        """(title, builder) of each figure or table of `lth-sweep report`, given the
+        report's inputs (orchestrator/report/items.py `ReportInputs`: the results,
+        the trial summary, `report.table(name)`). A builder returns a `Plot` or a
+        `Table` and raises `Skip` when its data is not there; it runs lazily, so
+        one missing table skips that view only."""
+        return []
+
+
+# name -> the evaluation; each file registers its own (register below).
+EVALUATIONS: Registry[Evaluation] = Registry("evaluation")
+
+
+def register(evaluation: Evaluation) -> Evaluation:
+    # Its analysis files are named <name>_<target>: a name with "_" would be read as another's.
+    if not evaluation.name or "_" in evaluation.name:
+        raise ValueError(f"evaluation name {evaluation.name!r}: use a non-empty name without '_'")
+    return EVALUATIONS.register(evaluation.name, evaluation)
 
 
 def model_at(spec: TrialSpec, store: LineageStore, k: int, info, device: torch.device) -> torch.nn.Module:

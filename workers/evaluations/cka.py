@@ -1,29 +1,31 @@
 """`analysis: {cka: true}`: linear CKA between the dense network and each
-winning ticket, layer by layer, on the first 1,000 test images."""
+winning ticket, layer by layer, on the first 1,000 test images; the report
+draws them as Figure 6's heatmaps."""
 from __future__ import annotations
 
-from workers import data as D
+from workers import data
 from workers.analysis import cka_between
 from workers.selection import winning_rounds
 
-from .base import Evaluation, dense_and_winners, model_at
+from .base import Evaluation, dense_and_winners, model_at, register
 
 IMAGES = 1000
 
 
 class CKA(Evaluation):
     name, table = "cka", "cka"
-    option = "cka"
+    option = "cka"  # rule and default: Evaluation's, true/false
     columns = {"trial_a": "string", "round_a": "int64", "trial_b": "string", "round_b": "int64",
                "layer": "string", "cka": "double"}
-
+    sort_keys = ("trial_id", "round_b")
+    report_after = "fig5"
 
     def rounds(self, metrics):
         return dense_and_winners(metrics)
 
     def compute(self, file, spec, store, metrics, opts, device):
-        info = D.dataset_info(spec.data.dataset)
-        _, _, test = D.load_dataset(spec.data.dataset, opts.data_root, **spec.data.params())
+        info = data.dataset_info(spec.data.dataset)
+        _, _, test = data.load_dataset(spec.data.dataset, opts.data_root, **spec.data.params())
         x = test.x[:IMAGES]
         dense = model_at(spec, store, 0, info, device)
         rows = []
@@ -38,5 +40,9 @@ class CKA(Evaluation):
                  "round_b": r.get("round_b"), "layer": r.get("layer"), "cka": r.get("cka")}
                 for r in doc.get("rows", [])]
 
+    def views(self, report):
+        from orchestrator.report.evaluation_views import cka_views
+        return cka_views(report)
 
-EVALUATION = CKA()
+
+EVALUATION = register(CKA())

@@ -1,28 +1,31 @@
 """`analysis: {probe: [cifar100, ...]}`: linear-probe transfer. Freeze the dense
 network and each winning ticket, fit a linear classifier on the target
 dataset's training split (workers/analysis.py `linear_probe`), record its
-test accuracy."""
+test accuracy; the report's Table 4 compares them."""
 from __future__ import annotations
 
-from workers import data as D
+from workers import data
 from workers.analysis import linear_probe
+from workers.spec import Rule
 
-from .base import Evaluation, dense_and_winners, model_at
+from .base import Evaluation, dense_and_winners, model_at, register
 
 
 class Probe(Evaluation):
     name, table = "probe", "probe"
     option = "probe"
+    rule, default = Rule(str, choices="workers.data:DATASETS", many=True), ()
     columns = {"round": "int64", "target": "string", "accuracy": "double"}
-
+    sort_keys = ("trial_id", "round")
+    report_after = "table3"
 
     def rounds(self, metrics):
         return dense_and_winners(metrics)
 
     def compute(self, file, spec, store, metrics, opts, device):
         target = file.partition("_")[2]
-        info = D.dataset_info(spec.data.dataset)
-        t_info, train, test = D.load_dataset(target, opts.data_root)
+        info = data.dataset_info(spec.data.dataset)
+        t_info, train, test = data.load_dataset(target, opts.data_root)
         rows = []
         for k in self.rounds(metrics):
             model = model_at(spec, store, k, info, device)
@@ -32,15 +35,19 @@ class Probe(Evaluation):
         return rows
 
     def preflight(self, trials):
-        for name, root in sorted({(p, o.data_root) for _, o in trials for p in o.probe}, key=str):
-            D.load_dataset(name, root)
+        for name, root in sorted({(p, o.data_root) for _, o in trials for p in self.value(o)}, key=str):
+            data.load_dataset(name, root)
 
     def check_experiment(self, datasets, value, err):
         for target in value or []:
             for ds in datasets:
-                if D.dataset_info(target).channels != D.dataset_info(ds).channels:
-                    err(f"{target} has {D.dataset_info(target).channels} channel(s), "
-                        f"{ds} models take {D.dataset_info(ds).channels}")
+                if data.dataset_info(target).channels != data.dataset_info(ds).channels:
+                    err(f"{target} has {data.dataset_info(target).channels} channel(s), "
+                        f"{ds} models take {data.dataset_info(ds).channels}")
+
+    def views(self, report):
+        from orchestrator.report.evaluation_views import probe_views
+        return probe_views(report)
 
 
-EVALUATION = Probe()
+EVALUATION = register(Probe())

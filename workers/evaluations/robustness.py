@@ -6,18 +6,19 @@ and distribution shift of CIFAR-10 models.
 
 for the rounds nearest densities 1.0, 0.41, 0.13, 0.044 and the winning
 tickets. Each round's mean over a suite becomes the `acc_<suite>` column of
-its results row.
+its results row; the report draws one Figure 3 panel set per suite.
 """
 from __future__ import annotations
 
 import math
 
-from workers import data as D
-from workers.data import robustness as RB
+from workers import data
+from workers.data import robustness as suites
 from workers.selection import winning_rounds
+from workers.spec import Rule
 from workers.train import accuracy
 
-from .base import Evaluation, model_at
+from .base import Evaluation, model_at, register
 
 # suite -> what tables and figures call it
 SUITES = {"cifar10c": "CIFAR-10-C", "cifar10_2": "CIFAR-10.2"}
@@ -39,25 +40,27 @@ def column(suite: str) -> str:
 class Robustness(Evaluation):
     name, table = "robustness", "robustness"
     option = "robustness"
+    rule, default = Rule(str, choices="workers.evaluations.robustness:SUITES", many=True), ()
     columns = {"round": "int64", "suite": "string", "corruption": "string", "severity": "int64",
                "accuracy": "double"}
+    sort_keys = ("trial_id", "round")
     round_columns = tuple(column(s) for s in SUITES)
     labels = {column(s): label for s, label in SUITES.items()}
-
+    report_after = "fig2b"
 
     def rounds(self, metrics):
         return robust_rounds(metrics)
 
     def compute(self, file, spec, store, metrics, opts, device):
         suite = file.partition("_")[2]
-        root = opts.data_root or D.default_root()
-        info = D.dataset_info(spec.data.dataset)
+        root = opts.data_root or data.default_root()
+        info = data.dataset_info(spec.data.dataset)
         if suite == "cifar10c":
             # Lazy: each (corruption, severity) block is read when looked up (30 MB each, 2.9 GB in all).
-            splits = RB.load_cifar10c(root)
+            splits = suites.load_cifar10c(root)
             cases = sorted(splits.keys())
         else:
-            test = RB.load_cifar102(root)
+            test = suites.load_cifar102(root)
             splits, cases = {("none", 0): test}, [("none", 0)]
         rows = []
         for k in self.rounds(metrics):
@@ -76,16 +79,20 @@ class Robustness(Evaluation):
         return {key: sum(v) / len(v) for key, v in acc.items()}
 
     def preflight(self, trials):
-        roots = {suite: {o.data_root or D.default_root() for _, o in trials if suite in o.robustness}
+        roots = {suite: {o.data_root or data.default_root() for _, o in trials if suite in self.value(o)}
                  for suite in SUITES}
         for root in sorted(roots["cifar10c"]):
-            RB.load_cifar10c(root)
+            suites.load_cifar10c(root)
         for root in sorted(roots["cifar10_2"]):
-            RB.load_cifar102(root)
+            suites.load_cifar102(root)
 
     def check_experiment(self, datasets, value, err):
         if value and set(datasets) - set(DATASETS):
             err("CIFAR-10-C and CIFAR-10.2 evaluate CIFAR-10 models: datasets must be [cifar10]")
 
+    def views(self, report):
+        from orchestrator.report.evaluation_views import robustness_views
+        return robustness_views(report, self.labels)
 
-EVALUATION = Robustness()
+
+EVALUATION = register(Robustness())

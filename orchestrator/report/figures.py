@@ -1,10 +1,11 @@
 """The report's figures: tidy frames in, PNG bytes out.
 
-Each function draws a frame that report.py has already reduced to one row per
-point (accuracies and densities in percent, a `panel` column naming the
-subplot, a `series` column naming the line or bar). The selections (dense,
-winning ticket, aug*) live in report.py, so what is drawn is what the tables
-say. A panel or a series appears in the order of its first row.
+Each function draws a frame that derive.py (or an evaluation's view) has
+already reduced to one row per point (accuracies and densities in percent, a
+`panel` column naming the subplot, a `series` column naming the line or bar).
+The selections (dense, winning ticket, aug*) live in derive.py, so what is
+drawn is what the tables say. A panel or a series appears in the order of its
+first row.
 """
 from __future__ import annotations
 

@@ -1,0 +1,136 @@
+"""Rows from committed manifests: one results row per round, one layers row per
+(round, layer), and each evaluation's rows from its current analysis files.
+
+Committed manifests are the only truth; every row here can be derived again.
+What older sweeps wrote differently is read through workers/migrate.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from typing import Optional
+
+from workers.evaluations import EVALUATIONS, current, evaluation_of_file
+from workers.registry import UnknownName
+from workers.migrate import old_round_row
+from workers.spec import TrialSpec, cell_key
+from workers.store import SweepStore
+
+from .schema import ROUND_COLUMNS, SCHEMA_VERSION, spec_columns
+
+
+def _ts(value) -> Optional[_dt.datetime]:
+    """The manifests hold ISO strings; a naive one is UTC (that is what lineage writes)."""
+    if value is None or value == "":
+        return None
+    try:
+        t = _dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
+
+
+def _num(value, kind=float):
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+_CASTS = {str: lambda v: None if v is None else str(v), float: _num, int: lambda v: _num(v, int),
+          bool: lambda v: None if v is None else bool(v)}
+
+
+def _spec_values(spec: dict, metrics: dict) -> dict:
+    """The spec's results columns, from a stored full spec (defaults where an
+    older spec lacks a field). A round's metrics may override one: a method
+    that builds its own network per round records its `width`."""
+    out = {}
+    for part, f in spec_columns():
+        given = spec.get(part) or {} if part else spec
+        default = None if f.default is dataclasses.MISSING else f.default
+        value = metrics[f.name] if f.name in metrics else given.get(f.name, default)
+        out[f.name] = _CASTS[f.metadata["rule"].kind](value)
+    return out
+
+
+def _cell_of(spec: dict) -> tuple[Optional[dict], Optional[int]]:
+    """(grid cell, rounds of a finished lineage) of a stored full spec."""
+    try:
+        ts = TrialSpec.from_dict(spec)
+    except (TypeError, ValueError, KeyError):
+        return None, None
+    return ts.cell(), ts.num_rounds
+
+
+def _evaluation_rows(sweep_store: SweepStore, trial_id: str) -> tuple[dict[str, list[dict]], dict]:
+    """Rows of the trial's current evaluation files (stale ones are left out),
+    and what they add to its results rows: {(round, column): value}."""
+    lin = sweep_store.lineage(trial_id)
+    out: dict[str, list[dict]] = {e.table: [] for e in EVALUATIONS.values()}
+    means: dict = {}
+    base = {"sweep": sweep_store.sweep, "trial_id": trial_id, "schema_version": SCHEMA_VERSION}
+    for name in lin.analyses():
+        try:
+            ev = evaluation_of_file(name)
+        except UnknownName:
+            continue  # written by an evaluation this lth-sweep does not have
+        doc = current(lin, name)
+        if doc is None:
+            continue
+        rows = ev.rows(trial_id, doc)
+        out[ev.table] += [{**base, **r} for r in rows]
+        means.update(ev.round_means(rows))
+    return out, means
+
+
+def _round_row(spec: dict, m: dict) -> dict:
+    """A round's own measurements, from its manifest's metrics."""
+    fused = m.get("fused_with")
+    return {
+        **_spec_values(spec, m),
+        "density": _num(m.get("density")),
+        "val_acc": _num(m.get("val_acc")),
+        "test_acc": _num(m.get("test_acc")),
+        "train_acc": _num(m.get("train_acc")),
+        "epochs": _num(m.get("epochs"), int),
+        "wall_s": _num(m.get("wall_s")),
+        "images_per_s": _num(m.get("images_per_s")),
+        "node": m.get("node"),
+        "gpu_ids": None if m.get("gpu_ids") is None else str(m["gpu_ids"]),
+        "device": m.get("device"),
+        "started_at": _ts(m.get("started_at")),
+        "finished_at": _ts(m.get("finished_at")),
+        "checkpoint_uri": m.get("checkpoint_uri"),
+        "val_per_class": _num(m.get("val_per_class"), int),
+        "fused_with": ",".join(fused) if isinstance(fused, list) else fused,
+    }
+
+
+def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dict]]:
+    """Rows of every table for one trial: results and layers (one per intact
+    committed round) and its evaluations; rounds carry their mean per suite."""
+    results, layers = [], []
+    extra, means = _evaluation_rows(sweep_store, trial_id)
+    for k, man in sorted(sweep_store.lineage(trial_id).manifests().items()):
+        m, spec = man.get("metrics") or {}, man.get("spec") or {}
+        base = {"sweep": sweep_store.sweep, "trial_id": trial_id, "round": k,
+                "schema_version": SCHEMA_VERSION}
+        cell, rounds = _cell_of(spec)
+        row, cell = old_round_row(spec, _round_row(spec, m), cell)
+        key = None if cell is None else cell_key(cell)
+        results.append({
+            **base,
+            **row,
+            **{col: means.get((k, col)) for col in ROUND_COLUMNS},
+            "cell_id": None if key is None else key[1],
+            "cell": None if key is None else key[0],
+            "lineage_rounds": rounds,
+        })
+        for layer in m.get("layers") or []:
+            layers.append({**base, "layer": layer.get("layer"),
+                           "density": _num(layer.get("density")),
+                           "numel": _num(layer.get("numel"), int)})
+    return {"results": results, "layers": layers, **extra}

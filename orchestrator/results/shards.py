@@ -1,0 +1,211 @@
+"""Shard storage: the tables as Parquet files under the sweep, kept equal to the manifests.
+
+Rows are sharded by the first two characters of the trial id:
+
+    <sweep>/results/part-<xx>.parquet     one row per (trial_id, round)
+    <sweep>/layers/part-<xx>.parquet      one row per (trial_id, round, layer)
+    <sweep>/<evaluation table>/part-<xx>.parquet
+
+Every trial's rows live in exactly one shard, and a shard is always rewritten
+whole and atomically (FS.write), so updating a trial replaces its rows rather
+than appending to them: a row can never be duplicated, and a kill mid-write
+leaves the old shard or the new one. The folders hold nothing but shards, so
+`pandas.read_parquet(dir)` and `pyarrow.dataset.dataset(dir)` read them as is.
+"""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Iterable, Optional, Union
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from orchestrator.formatting import first_line
+from workers.store import SweepStore
+
+from .rows import rows_for_trial
+from .schema import (META_TABLE, META_VERSION, SCHEMA_VERSION, SCHEMAS, SORT_KEYS, NewerSchemaError,
+                     ResultsError)
+
+
+def shard_of(trial_id: str) -> str:
+    return f"part-{trial_id[:2]}.parquet"
+
+
+def _is_hidden(name: str) -> bool:
+    """Names that are not shards to read: pyarrow's dataset discovery (and so
+    pandas.read_parquet) skips '.'/'_' names; '.tmp-' ones are a killed write's."""
+    return name.startswith((".", "_")) or ".tmp-" in name
+
+
+def _is_shard(name: str) -> bool:
+    return name.startswith("part-") and name.endswith(".parquet") and ".tmp-" not in name
+
+
+def _short(sweep_store: SweepStore, path: str) -> str:
+    return path[len(sweep_store.dir) + 1:] if path.startswith(sweep_store.dir + "/") else path
+
+
+def _check_file(sweep_store: SweepStore, path: str, kind: str) -> int:
+    """Refuse a file that is torn, not ours, or newer than this code; returns its
+    schema version. Only the footer is read, so checking every shard before a
+    query costs little."""
+    short = _short(sweep_store, path)
+    try:
+        schema = pq.read_schema(path, filesystem=sweep_store.fs.fs)
+    except Exception as e:  # pyarrow raises several types for a torn or foreign file
+        raise ResultsError(f"{short}: not a readable Parquet file ({first_line(e)}); "
+                           "delete it, or rebuild the table") from None
+    meta = schema.metadata or {}
+    if meta.get(META_TABLE) != kind.encode():
+        raise ResultsError(f"{short}: not an lth-sweep {kind} file; "
+                           f"the {kind}/ folder must hold only lth-sweep's shards")
+    try:
+        version = int(meta.get(META_VERSION, b"0"))
+    except ValueError:
+        version = 0
+    if version > SCHEMA_VERSION:
+        raise NewerSchemaError(f"{short}: written with results schema version {version}, this "
+                               f"lth-sweep reads up to {SCHEMA_VERSION}; upgrade lth-sweep")
+    return version
+
+
+def _checked_dataset(sweep_store: SweepStore, paths: list[str], kind: str) -> tuple[pads.Dataset, int]:
+    """The given shards as one lazy dataset with our schema, and the oldest
+    version among them. The explicit schema also reads older-version shards:
+    missing columns come back as nulls."""
+    versions = [_check_file(sweep_store, path, kind) for path in paths]
+    ds = pads.dataset(paths, schema=SCHEMAS[kind], format="parquet", filesystem=sweep_store.fs.fs)
+    return ds, min(versions, default=SCHEMA_VERSION)
+
+
+def results_dataset(sweep_store: SweepStore, kind: str = "results") -> Union[pads.Dataset, pa.Table]:
+    """Every shard of `results` or `layers`, checked, as a lazy pyarrow dataset:
+    duckdb then reads only the columns (and row groups) a query needs.
+
+    Shards written by an older lth-sweep lack what this one derives from the
+    manifests (the grid cell, the validation budget, which val_acc were really
+    held out): then the table is derived again from the manifests, in memory
+    (the next `run` rewrites the shards), so an old sweep reads like a new one."""
+    folder = sweep_store.table_dir(kind)
+    ds, version = _checked_dataset(sweep_store, [f"{folder}/{n}" for n in sweep_store.fs.listdir(folder)
+                                                 if not _is_hidden(n)], kind)
+    if version < SCHEMA_VERSION and kind in ("results", "layers"):
+        return Collector(sweep_store).tables()[kind]
+    return ds
+
+
+def _to_table(dataset: Union[pads.Dataset, pa.Table], columns: Optional[list[str]] = None) -> pa.Table:
+    if isinstance(dataset, pa.Table):
+        return dataset.select(columns) if columns else dataset
+    try:
+        return dataset.to_table(columns=columns)
+    except (pa.ArrowException, OSError) as e:  # a shard whose footer is fine but data is not
+        raise ResultsError(f"cannot read the results table: {first_line(e)}") from None
+
+
+def load_table(sweep_store: SweepStore, kind: str = "results",
+               columns: Optional[list[str]] = None) -> pa.Table:
+    """All shards of one table (`results`, `layers` or an evaluation's) as one pyarrow table (empty if none)."""
+    return _to_table(results_dataset(sweep_store, kind), columns)
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """Integers stay integers where some are null (images_per_class): pandas'
+    nullable Int64 instead of float64, so 10 is never printed as 10.0."""
+    ints = {t: pd.api.types.pandas_dtype(str(t).replace("int", "Int"))
+            for t in (pa.int8(), pa.int16(), pa.int32(), pa.int64())}
+    return table.to_pandas(types_mapper=ints.get)
+
+
+def load_results(sweep_store: SweepStore) -> pd.DataFrame:
+    return to_pandas(load_table(sweep_store, "results"))
+
+
+def load_layers(sweep_store: SweepStore) -> pd.DataFrame:
+    return to_pandas(load_table(sweep_store, "layers"))
+
+
+class Collector:
+    """Keeps the shards equal to the manifests of the trials it is told about.
+
+    One lock serialises every shard rewrite: Tune's callback calls update()
+    from the driver as rounds arrive, and two read-modify-writes of the same
+    shard must not interleave (the later would drop the earlier's rows).
+    """
+
+    def __init__(self, sweep_store: SweepStore):
+        self.store = sweep_store
+        self._lock = threading.Lock()
+
+    def update(self, trial_ids: Iterable[str]) -> None:
+        """Replace those trials' rows with fresh ones from their manifests."""
+        by_shard: dict[str, set[str]] = defaultdict(set)
+        for t in trial_ids:
+            by_shard[shard_of(t)].add(t)
+        with self._lock:
+            for shard, tids in sorted(by_shard.items()):
+                self._update_shard(shard, tids)
+
+    def rebuild(self) -> None:
+        """Rewrite every shard from all manifests; drop shards with no rows left."""
+        with self._lock:
+            by_shard: dict[str, list[str]] = defaultdict(list)
+            for t in self.store.trial_ids():
+                by_shard[shard_of(t)].append(t)
+            for kind in SCHEMAS:
+                folder = self.store.table_dir(kind)
+                for name in self.store.fs.listdir(folder):
+                    # Leftovers of killed writes, and shards of trials that are gone.
+                    # Foreign files are left alone: reading then names them.
+                    if ".tmp-" in name or (_is_shard(name) and name not in by_shard):
+                        self.store.fs.delete_file(f"{folder}/{name}")
+            for shard, tids in sorted(by_shard.items()):
+                self._write_shard(shard, self._rows(tids))
+
+    def tables(self) -> dict[str, pa.Table]:
+        """Every table as derived from the manifests now, without writing anything."""
+        return self._rows(self.store.trial_ids())
+
+    # --- internals (lock held) --------------------------------------------
+    def _rows(self, trial_ids: Iterable[str]) -> dict[str, pa.Table]:
+        rows: dict[str, list] = {k: [] for k in SCHEMAS}
+        for t in sorted(trial_ids):
+            for kind, r in rows_for_trial(self.store, t).items():
+                rows[kind] += r
+        return {k: pa.Table.from_pylist(v, schema=SCHEMAS[k]) for k, v in rows.items()}
+
+    def _update_shard(self, shard: str, tids: set[str]) -> None:
+        kept = {}
+        try:
+            for kind in SCHEMAS:
+                path = self.store.table_file(kind, shard)
+                if self.store.fs.exists(path):
+                    table = _to_table(_checked_dataset(self.store, [path], kind)[0])
+                    stale = pc.is_in(table["trial_id"], value_set=pa.array(sorted(tids)))
+                    kept[kind] = table.filter(pc.invert(stale))
+                else:
+                    kept[kind] = SCHEMAS[kind].empty_table()
+        except NewerSchemaError:
+            raise  # written by a newer lth-sweep: rewriting it would downgrade it
+        except ResultsError:
+            # A torn/foreign shard is derived data: rebuild it from its trials' manifests.
+            tids = {t for t in self.store.trial_ids() if shard_of(t) == shard}
+            kept = {kind: schema.empty_table() for kind, schema in SCHEMAS.items()}
+        fresh = self._rows(tids)
+        self._write_shard(shard, {k: pa.concat_tables([kept[k], fresh[k]]) for k in SCHEMAS})
+
+    def _write_shard(self, shard: str, tables: dict[str, pa.Table]) -> None:
+        for kind, table in tables.items():
+            path = self.store.table_file(kind, shard)
+            if table.num_rows == 0:
+                self.store.fs.delete_file(path)
+                continue
+            table = table.sort_by([(k, "ascending") for k in SORT_KEYS[kind]])
+            sink = pa.BufferOutputStream()
+            pq.write_table(table.replace_schema_metadata(SCHEMAS[kind].metadata), sink)
+            self.store.fs.write(path, sink.getvalue().to_pybytes())
