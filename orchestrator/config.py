@@ -11,122 +11,31 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
-import math
 import os
 from typing import Any
 
 import yaml
 
+from orchestrator.checkers import by_fraction, checker, choice, names, number_in, registry_keys
 from orchestrator.formatting import number
 
 from workers import data as D
 from workers.evaluations import EVALUATIONS
 from workers.methods import METHODS
 from workers.models import ARCHS
-from workers.spec import PruneSpec, RunOptions, Rule, TrainSpec, spec_fields
+from workers.spec import PruneSpec, RunOptions, TrainSpec, spec_fields
 
 
 class ConfigError(Exception):
     """Bad input in experiments.yaml: a one-line, user-facing message."""
 
 
-# --- checkers: each returns an error string or None ---------------------------
-
-def _int(lo=None):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, int):
-            return f"{v!r} is not an integer"
-        if lo is not None and v < lo:
-            return f"{v!r} must be >= {number(lo)}"
-    return check
-
-
-def _num(lo=None, hi=None, lo_open=False, hi_open=False):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return f"{v!r} is not a number"
-        if lo is not None and (v < lo or (lo_open and v == lo)) or \
-                hi is not None and (v > hi or (hi_open and v == hi)):
-            lb = "(" if lo_open else "["
-            rb = ")" if hi_open else "]"
-            return f"{v!r} is outside {lb}{'-inf' if lo is None else number(lo)}, " \
-                   f"{'inf' if hi is None else number(hi)}{rb}"
-    return check
-
-
-def _bool(v):
-    if not isinstance(v, bool):
-        return f"{v!r} is not true/false"
-
-
-def _choice(options):
-    def check(v):
-        if v not in options():
-            return f"{v!r} is not one of {', '.join(map(str, options()))}"
-    return check
-
-
-def _str(v):
-    if not isinstance(v, str) or not v:
-        return f"{v!r} is not a non-empty string"
-
-
-def _names(one):
-    def check(v):
-        if not isinstance(v, list) or len(set(map(str, v))) != len(v):
-            return f"{v!r} is not a list without duplicates"
-        for x in v:
-            msg = one(x)
-            if msg:
-                return msg
-    return check
-
-
-def _registry(ref: str):
-    """The keys of a registry named "module:NAME" (a dict's in sorted order)."""
-    mod, _, name = ref.partition(":")
-    reg = getattr(importlib.import_module(mod), name)
-    return sorted(reg) if isinstance(reg, dict) else list(reg)
-
-
-def checker(rule: Rule):
-    """The check of a spec field's Rule (workers/spec.py)."""
-    if rule.choices:
-        one = _choice(lambda: _registry(rule.choices))
-    elif rule.kind is bool:
-        one = _bool
-    elif rule.kind is int:
-        one = _int(rule.lo)
-    elif rule.kind is float:
-        one = _num(rule.lo, rule.hi, rule.lo_open, rule.hi_open)
-    else:
-        one = _str
-    return _names(one) if rule.many else one
-
-
-def _by_fraction(v):
-    """{fraction: {gpu: .., cpu: ..}}: per-data-size resources, e.g. four 1% trials per GPU."""
-    if not isinstance(v, dict) or not v:
-        return f"{v!r} is not a mapping of fraction -> {{gpu, cpu}}"
-    for f, r in v.items():
-        bad = _num(0, 1, lo_open=True)(f)
-        if bad:
-            return f"key {bad}"
-        if not isinstance(r, dict) or not r or set(r) - {"gpu", "cpu"}:
-            return f"{number(f)}: {r!r} is not a mapping with keys gpu and/or cpu"
-        for k, x in r.items():
-            bad = (_num(0) if k == "gpu" else _num(0, lo_open=True))(x)
-            if bad:
-                return f"{number(f)}.{k}: {bad}"
-
-
 # --- the schema, from the spec's fields ------------------------------------------
 
 _FIELDS = [f for _, f in spec_fields()] + [f for f in dataclasses.fields(RunOptions) if f.metadata]
 AXES: dict[str, Any] = {f.metadata["axis"]: checker(f.metadata["rule"]) for f in _FIELDS if f.metadata.get("axis")}
-SECTIONS: dict[str, dict[str, Any]] = {"resources": {"gpu": _num(0), "cpu": _num(0, lo_open=True),
-                                                     "by_fraction": _by_fraction}}
+SECTIONS: dict[str, dict[str, Any]] = {"resources": {"gpu": number_in(0), "cpu": number_in(0, lo_open=True),
+                                                     "by_fraction": by_fraction}}
 for _f in _FIELDS:
     if _f.metadata.get("yaml"):
         _section, _key = _f.metadata["yaml"]
@@ -137,7 +46,7 @@ SCALARS: dict[str, Any] = {f.metadata["scalar"]: checker(f.metadata["rule"]) for
                            if f.metadata.get("scalar")}
 SCALARS["description"] = lambda v: None if isinstance(v, str) else f"{v!r} is not a string"
 # Experiment trackers that follow every run of the experiment (orchestrator/trackers.py).
-SCALARS["trackers"] = _names(_choice(lambda: _registry("orchestrator.trackers:TRACKERS")))
+SCALARS["trackers"] = names(choice(lambda: registry_keys("orchestrator.trackers:TRACKERS")))
 # Keys of earlier versions whose meaning moved, with where it went.
 MOVED = {
     "selection": "the winning ticket's selection is chosen at query time now, on the same lineages: "

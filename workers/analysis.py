@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
 import torch
@@ -39,6 +40,17 @@ from workers.data import DatasetInfo, Split, normalize
 
 DEFAULT_LAYERS = ["stem", "layer1", "layer2", "layer3", "layer4"]
 FEATURE_BATCH = 500
+
+
+@dataclass(frozen=True)
+class HeadRecipe:
+    """How a linear head is fitted on frozen features (`fit_linear_head`)."""
+    epochs: int = 30
+    lr: float = 0.1
+    batch: Optional[int] = 256     # None (or >= n): full batch
+    weight_decay: float = 0.0
+    seed: int = 0                  # orders the minibatches; nothing else is random
+    standardize: bool = True       # features to zero mean / unit std on the training set
 
 DeviceLike = Union[str, torch.device, None]
 
@@ -273,9 +285,8 @@ def penultimate_features(model: nn.Module, x_uint8: torch.Tensor, info: DatasetI
                        device=device)["fc_input"]
 
 
-def fit_linear_head(f_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, *,
-                    epochs: int = 30, lr: float = 0.1, batch: Optional[int] = 256,
-                    weight_decay: float = 0.0, seed: int = 0, standardize: bool = True,
+def fit_linear_head(f_train: torch.Tensor, y_train: torch.Tensor, num_classes: int,
+                    recipe: HeadRecipe = HeadRecipe(),
                     device: DeviceLike = None) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
     """Train a fresh nn.Linear(d, num_classes) on cached features; returns
     (head, mean, std) where the head acts on (f - mean) / std.
@@ -289,6 +300,7 @@ def fit_linear_head(f_train: torch.Tensor, y_train: torch.Tensor, num_classes: i
     feature to zero mean / unit std on the training set (constant features
     are left at 0), so one `lr` suits backbones whose feature scales differ.
     """
+    epochs, lr, batch, seed = recipe.epochs, recipe.lr, recipe.batch, recipe.seed
     f_train = f_train.detach().to("cpu", torch.float32)
     y_train = y_train.detach().to("cpu", torch.long)
     n, d = f_train.shape
@@ -301,7 +313,7 @@ def fit_linear_head(f_train: torch.Tensor, y_train: torch.Tensor, num_classes: i
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    if standardize:
+    if recipe.standardize:
         mean = f_train.mean(0)
         std = f_train.std(0, unbiased=False)
         std = torch.where(std > 0, std, torch.ones_like(std))
@@ -313,7 +325,7 @@ def fit_linear_head(f_train: torch.Tensor, y_train: torch.Tensor, num_classes: i
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=recipe.weight_decay)
     bs = n if batch is None or batch >= n else int(batch)
     if bs < 1:
         raise ValueError(f"batch must be >= 1 or None, got {batch}")
@@ -340,10 +352,8 @@ def fit_linear_head(f_train: torch.Tensor, y_train: torch.Tensor, num_classes: i
 
 
 def linear_probe(model: nn.Module, train: Split, test: Split, info: DatasetInfo, *,
-                 epochs: int = 30, lr: float = 0.1, batch: Optional[int] = 256,
-                 weight_decay: float = 0.0, seed: int = 0, device: DeviceLike = None,
-                 num_classes: Optional[int] = None, standardize: bool = True,
-                 feature_batch: int = FEATURE_BATCH) -> float:
+                 recipe: HeadRecipe = HeadRecipe(), device: DeviceLike = None,
+                 num_classes: Optional[int] = None, feature_batch: int = FEATURE_BATCH) -> float:
     """Transfer accuracy in [0, 1] of a linear probe on a frozen backbone.
 
     The backbone is everything before `model.fc`: its features (the input of
@@ -366,13 +376,11 @@ def linear_probe(model: nn.Module, train: Split, test: Split, info: DatasetInfo,
     f_tr = penultimate_features(model, train.x, info, batch=feature_batch, device=device)
     f_te = penultimate_features(model, test.x, info, batch=feature_batch, device=device)
     dev = torch.device(device) if device is not None else _model_device(model)
-    head, mean, std = fit_linear_head(f_tr, train.y, k, epochs=epochs, lr=lr, batch=batch,
-                                      weight_decay=weight_decay, seed=seed,
-                                      standardize=standardize, device=dev)
+    head, mean, std = fit_linear_head(f_tr, train.y, k, recipe, device=dev)
     with torch.no_grad():
         pred = head(((f_te - mean) / std).to(dev)).argmax(1).cpu()
     return float((pred == test.y.cpu()).sum()) / len(test)
 
 
-__all__ = ["DEFAULT_LAYERS", "cka_between", "fit_linear_head", "layer_features",
+__all__ = ["DEFAULT_LAYERS", "HeadRecipe", "cka_between", "fit_linear_head", "layer_features",
            "linear_cka", "linear_probe", "penultimate_features"]

@@ -5,6 +5,7 @@ import torch
 
 from workers.analysis import (
     DEFAULT_LAYERS,
+    HeadRecipe,
     cka_between,
     fit_linear_head,
     layer_features,
@@ -217,9 +218,9 @@ def test_linear_probe_random_test_labels_near_chance(target):
 def test_fit_linear_head_deterministic_for_a_seed(target):
     f = penultimate_features(tiny(0), target[0].x, INFO)
     y = target[0].y
-    h1, m1, s1 = fit_linear_head(f, y, 10, epochs=3, batch=16, seed=4)
-    h2, m2, s2 = fit_linear_head(f, y, 10, epochs=3, batch=16, seed=4)
-    h3, _, _ = fit_linear_head(f, y, 10, epochs=3, batch=16, seed=5)
+    h1, m1, s1 = fit_linear_head(f, y, 10, HeadRecipe(epochs=3, batch=16, seed=4))
+    h2, m2, s2 = fit_linear_head(f, y, 10, HeadRecipe(epochs=3, batch=16, seed=4))
+    h3, _, _ = fit_linear_head(f, y, 10, HeadRecipe(epochs=3, batch=16, seed=5))
     assert torch.equal(h1.weight, h2.weight) and torch.equal(h1.bias, h2.bias)
     assert torch.equal(m1, m2) and torch.equal(s1, s2)
     assert not torch.equal(h1.weight, h3.weight)  # the seed orders the minibatches
@@ -232,7 +233,7 @@ def test_linear_probe_other_resolution_and_bad_channels(target):
     g = torch.Generator().manual_seed(7)
     big = Split(torch.randint(0, 256, (20, 1, 16, 16), generator=g, dtype=torch.uint8),
                 torch.arange(20) % 4)
-    acc = linear_probe(m, big, big, INFO, epochs=2)  # 16 px on a model built for 8 px
+    acc = linear_probe(m, big, big, INFO, recipe=HeadRecipe(epochs=2))  # 16 px on a model built for 8 px
     assert 0.0 <= acc <= 1.0
     rgb = Split(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(4))
     with pytest.raises(ValueError, match="channels"):

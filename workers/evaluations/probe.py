@@ -5,7 +5,7 @@ test accuracy; the report's Table 4 compares them."""
 from __future__ import annotations
 
 from workers import data
-from workers.analysis import linear_probe
+from workers.analysis import HeadRecipe, linear_probe
 from workers.spec import Rule
 
 from .base import Evaluation, dense_and_winners, model_at, register
@@ -29,7 +29,7 @@ class Probe(Evaluation):
         rows = []
         for k in self.rounds(metrics):
             model = model_at(spec, store, k, info, device)
-            acc = linear_probe(model, train, test, t_info, seed=spec.seed, device=device,
+            acc = linear_probe(model, train, test, t_info, recipe=HeadRecipe(seed=spec.seed), device=device,
                                num_classes=t_info.num_classes)
             rows.append({"round": k, "target": target, "accuracy": acc})
         return rows
