@@ -17,12 +17,12 @@ from .common import device_name, sync
 
 
 def calibrate(archs=None, sizes=None, steps: int = 3, batch: int = 16, out=None, log=print) -> dict:
-    from workers import data as D
+    from workers import data
     from workers.models import ARCHS, build_model
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     archs = sorted(ARCHS) if archs is None else archs
-    sizes = sorted({D.dataset_info(n).image_size for n in D.DATASETS}) if sizes is None else sizes
+    sizes = sorted({data.dataset_info(n).image_size for n in data.DATASETS}) if sizes is None else sizes
     flops_per_s: dict[str, float] = {}
     for arch in archs:
         for size in sizes:

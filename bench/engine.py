@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save as st_save
 
-from workers import data as D
-from workers import pruning as P
-from workers import train as T
+from workers import data
+from workers import pruning
+from workers import train
 from workers.models import build_model
 from workers.spec import DataSpec, ModelSpec, TrainSpec, TrialSpec
 from workers.store import SweepStore
@@ -29,19 +29,19 @@ def setup(n_train: int, width: float, device, n_eval: int = 0):
     own structures, with a mask at density 0.5 as in a mid-lineage round."""
 
     g = torch.Generator().manual_seed(0)
-    info = D.dataset_info("cifar10")
+    info = data.dataset_info("cifar10")
     x = torch.randint(0, 256, (n_train, 3, 32, 32), generator=g, dtype=torch.uint8).to(device)
     y = torch.randint(0, 10, (n_train,), generator=g).to(device)
     xe = torch.randint(0, 256, (max(n_eval, 1), 3, 32, 32), generator=g, dtype=torch.uint8).to(device)
     ye = torch.randint(0, 10, (max(n_eval, 1),), generator=g).to(device)
     spec = TrialSpec(DataSpec("cifar10", fraction=0.01), model=ModelSpec(width=width),
                      train=TrainSpec(epochs=200))
-    prep = T.Prepared(info=info, x_train=x, y_train=y, x_val=xe, y_val=ye, x_test=xe, y_test=ye,
-                      augment=D.make_augment("none", info), device=device)
+    prep = train.Prepared(info=info, x_train=x, y_train=y, x_val=xe, y_val=ye, x_test=xe, y_test=ye,
+                      augment=data.make_augment("none", info), device=device)
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=10, in_channels=3, image_size=32, width=width).to(device)
-    names = P.prunable_names(model)
-    masks = P.global_magnitude_prune(model, P.full_masks(model, names), 0.5)
+    names = pruning.prunable_names(model)
+    masks = pruning.global_magnitude_prune(model, pruning.full_masks(model, names), 0.5)
     return spec, prep, model, masks
 
 
@@ -52,7 +52,7 @@ def _bare_epoch(model, opt, prep, bs, device, autocast, channels_last):
     perm = torch.randperm(x.shape[0], device=x.device)
     for b in range(0, x.shape[0], bs):
         idx = perm[b:b + bs]
-        xb = D.normalize(x[idx], info)
+        xb = data.normalize(x[idx], info)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -70,7 +70,7 @@ def bench_engine(width: float, repeats: int = 3, sizes: tuple = (2000, 500, 1000
     n_loop, n_epoch, n_eval = sizes
     for n, key in ((n_loop, "loop"), (n_epoch, "epoch")):
         spec, prep, model, masks = setup(n, width, device)
-        trainer = T.Trainer(spec, prep, model, masks)
+        trainer = train.Trainer(spec, prep, model, masks)
         bm = build_model("resnet18", num_classes=10, in_channels=3, image_size=32, width=width).to(device)
         if trainer.channels_last:
             bm.to(memory_format=torch.channels_last)
@@ -98,7 +98,7 @@ def bench_engine(width: float, repeats: int = 3, sizes: tuple = (2000, 500, 1000
     # Evaluation as the engine does it at the end of a round: train subset,
     # validation split (10% of CIFAR-10's training split) and the 10k test set.
     spec, prep, model, masks = setup(n_epoch, width, device, n_eval=n_eval)
-    trainer = T.Trainer(spec, prep, model, masks)
+    trainer = train.Trainer(spec, prep, model, masks)
     xv, yv = prep.x_test[:n_eval // 2], prep.y_test[:n_eval // 2]
 
     def evaluate():
@@ -114,11 +114,11 @@ def bench_engine(width: float, repeats: int = 3, sizes: tuple = (2000, 500, 1000
     # The commit of one round: the same files and manifest the engine writes.
     with tempfile.TemporaryDirectory() as d:
         lin = SweepStore(d, "bench").lineage("0" * 16)
-        state = T.model_state(model)
+        state = train.model_state(model)
 
         def commit():
             files = {"weights.safetensors": st_save(state),
-                     "mask.safetensors": st_save(P.pack_masks(masks)),
+                     "mask.safetensors": st_save(pruning.pack_masks(masks)),
                      "metrics.json": b"{}"}
             lin.commit_round(1, files, {"round": 1}, spec.to_dict())
 

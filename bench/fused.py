@@ -33,8 +33,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from workers import data as D
-from workers import pruning as P
+from workers import data
+from workers import pruning
 from workers.fused import FusedTrainer, conv_strategy
 from workers.methods import trial_model
 from workers.train import Prepared, Trainer
@@ -57,7 +57,7 @@ def make_members(case: str, k: int, width: float, device: torch.device, epochs: 
     """K solo Trainers of `case` on synthetic data, ready to train round 1
     (`bf16`: autocast on CUDA, as trials train by default)."""
     dataset, n, batch = CASES[case]
-    info = D.dataset_info(dataset)
+    info = data.dataset_info(dataset)
     g = torch.Generator().manual_seed(12345)
     x = torch.randint(0, 256, (n, info.channels, info.image_size, info.image_size), generator=g,
                       dtype=torch.uint8)
@@ -73,10 +73,10 @@ def make_members(case: str, k: int, width: float, device: torch.device, epochs: 
                          prune=PruneSpec(method=method), seed=seed)
         prep = Prepared(info=info, x_train=x.to(device), y_train=y.to(device), x_val=empty_x.to(device),
                         y_val=empty_y.to(device), x_test=empty_x.to(device), y_test=empty_y.to(device),
-                        augment=D.make_augment("basic", info), device=device)
+                        augment=data.make_augment("basic", info), device=device)
         model = trial_model(spec, info, opts).to(device)
-        masks = P.full_masks(model, P.prunable_names(model))
-        masks = P.random_prune(masks, 0.2, torch.Generator().manual_seed(seed))  # an IMP round 1
+        masks = pruning.full_masks(model, pruning.prunable_names(model))
+        masks = pruning.random_prune(masks, 0.2, torch.Generator().manual_seed(seed))  # an IMP round 1
         t = Trainer(spec, prep, model, masks, opts)
         t.masker.apply()
         out.append(t)
@@ -120,7 +120,7 @@ def bench_case(case: str, k: int, width: float, device: torch.device, epochs: in
     images = k * n * epochs
     ips_f, ips_s = images / min(fused), images / min(solo)
     row = {"case": case, "K": k, "width": width, "device": str(device), "images": n, "batch": batch,
-           "epochs": epochs, "conv": conv_strategy(conv, device, D.dataset_info(dataset).image_size),
+           "epochs": epochs, "conv": conv_strategy(conv, device, data.dataset_info(dataset).image_size),
            "fused_images_per_s": ips_f, "solo_images_per_s": ips_s, "speedup": ips_f / ips_s}
     if device.type == "cuda" and case == "cifar":
         # The fair baseline on a GPU: K lineages as K packed processes sharing

@@ -81,7 +81,7 @@ def fuse_checks(a) -> dict:
 
 
 def lineage(a) -> dict:
-    from workers import data as D
+    from workers import data
     from workers.data.cifar import write_folder
     from workers.lineage import run_lineage
     from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
@@ -90,9 +90,9 @@ def lineage(a) -> dict:
     per_class, epochs, width = (60, 2, 0.125) if a.smoke else (500, 10, 1.0)
     epochs = a.lineage_epochs or epochs
     g = torch.Generator().manual_seed(0)
-    train = D.Split(torch.randint(0, 256, (10 * per_class, 3, 32, 32), generator=g, dtype=torch.uint8),
+    train = data.Split(torch.randint(0, 256, (10 * per_class, 3, 32, 32), generator=g, dtype=torch.uint8),
                     torch.arange(10 * per_class) % 10)
-    test = D.Split(torch.randint(0, 256, (2000, 3, 32, 32), generator=g, dtype=torch.uint8), torch.arange(2000) % 10)
+    test = data.Split(torch.randint(0, 256, (2000, 3, 32, 32), generator=g, dtype=torch.uint8), torch.arange(2000) % 10)
     spec = TrialSpec(DataSpec("cifar10", images_per_class=min(50, per_class // 2), augmentation="basic"),
                      model=ModelSpec(width=width), train=TrainSpec(epochs=epochs),
                      prune=PruneSpec(rounds=2, rewind_epoch=1))

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from workers import train as T
+from workers import train
 
 from .common import sync
 from .engine import setup
@@ -26,7 +26,7 @@ def _packed_worker(device: str, share: float, width: float, epochs: int, barrier
         trainer = make_members(case, 1, width, dev, epochs + 1)[0]
     else:
         spec, prep, model, masks = setup(500, width, dev)
-        trainer = T.Trainer(spec, prep, model, masks)
+        trainer = train.Trainer(spec, prep, model, masks)
     trainer.train_epoch(1, 0)  # warm-up outside the timed part (CUDA context, kernels)
     sync(dev)
     barrier.wait()

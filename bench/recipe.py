@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import prune
 
-from workers import data as D
-from workers import pruning as P
+from workers import data
+from workers import pruning
 from workers.models import build_model
 from workers.spec import TrialSpec
 
@@ -41,16 +41,16 @@ class PILDataset(torch.utils.data.Dataset):
         return self.transform(to_pil_image(self.x[i])), int(self.y[i])
 
 
-def transforms(name: str, info: D.DatasetInfo, train: bool):
-    from torchvision import transforms as T
-    tail = [T.ToTensor(), T.Normalize(info.mean, info.std)]
+def transforms(name: str, info: data.DatasetInfo, train: bool):
+    from torchvision import transforms as tv_transforms
+    tail = [tv_transforms.ToTensor(), tv_transforms.Normalize(info.mean, info.std)]
     if not train or name == "none":
-        return T.Compose(tail)
+        return tv_transforms.Compose(tail)
     S = info.image_size
-    basic = [T.RandomCrop(S, padding=D.augment.padding_for(S)), T.RandomHorizontalFlip()]
+    basic = [tv_transforms.RandomCrop(S, padding=data.augment.padding_for(S)), tv_transforms.RandomHorizontalFlip()]
     if name != "basic":
         raise ValueError("the reference recipe implements the `none` and `basic` augmentations")
-    return T.Compose(basic + tail)
+    return tv_transforms.Compose(basic + tail)
 
 
 def hook_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -98,18 +98,18 @@ def evaluate(model, loader, device) -> float:
     return correct / max(1, total)
 
 
-def run_reference(spec: TrialSpec, train: D.Split, test: D.Split, info: D.DatasetInfo, out_dir: str,
+def run_reference(spec: TrialSpec, train: data.Split, test: data.Split, info: data.DatasetInfo, out_dir: str,
                   device: torch.device, num_workers: int = 0) -> list[dict]:
     """The lineage of `spec` the reference way; returns one metrics dict per round."""
     t, pr = spec.train, spec.prune
-    tr_idx, _ = D.stratified_split(train.y, fraction=spec.data.fraction,
+    tr_idx, _ = data.stratified_split(train.y, fraction=spec.data.fraction,
                                    images_per_class=spec.data.images_per_class, seed=spec.seed)
     train_ds = PILDataset(train.x[tr_idx], train.y[tr_idx], transforms(spec.data.augmentation, info, True))
     test_ds = PILDataset(test.x, test.y, transforms("none", info, False))
     torch.manual_seed(spec.seed)
     model = build_model(spec.model.arch, num_classes=info.num_classes, in_channels=info.channels,
                         image_size=info.image_size, width=spec.model.width).to(device)
-    names = P.prunable_names(model, spec.prune.prunable)
+    names = pruning.prunable_names(model, spec.prune.prunable)
     rewind, rows = None, []
     os.makedirs(out_dir, exist_ok=True)
     for k in range(spec.num_rounds):

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from workers import data as D
+from workers import data
 from workers.data.cifar import write_folder
 from workers.lineage import run_lineage
 from .recipe import run_reference
@@ -26,12 +26,12 @@ def bench_reference(width: float, epochs: int = 6, rounds: int = 2, per_class: i
     CIFAR-10) by the engine (run_lineage, defaults) and by the reference recipe."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     g = torch.Generator().manual_seed(0)
-    info = D.dataset_info("cifar10")
+    info = data.dataset_info("cifar10")
     n_train, n_test = 10 * train_per_class, 10 * test_per_class
     # Synthetic images in CIFAR-10's real file layout: only shapes and counts matter for time.
-    train = D.Split(torch.randint(0, 256, (n_train, 3, 32, 32), generator=g, dtype=torch.uint8),
+    train = data.Split(torch.randint(0, 256, (n_train, 3, 32, 32), generator=g, dtype=torch.uint8),
                     torch.arange(n_train) % 10)
-    test = D.Split(torch.randint(0, 256, (n_test, 3, 32, 32), generator=g, dtype=torch.uint8),
+    test = data.Split(torch.randint(0, 256, (n_test, 3, 32, 32), generator=g, dtype=torch.uint8),
                    torch.arange(n_test) % 10)
     spec = TrialSpec(DataSpec("cifar10", images_per_class=per_class, augmentation="basic"),
                      model=ModelSpec(width=width), train=TrainSpec(epochs=epochs),

@@ -19,7 +19,7 @@ import yaml
 from orchestrator.checkers import by_fraction, checker, choice, names, number_in, registry_keys
 from orchestrator.formatting import number
 
-from workers import data as D
+from workers import data
 from workers.evaluations import EVALUATIONS
 from workers.methods import METHODS
 from workers.models import ARCHS
@@ -195,9 +195,9 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
         err(f"{path}.imp.rewind_epoch", f"{rewind} leaves no epoch to train after rewinding "
                                         f"(train.epochs is {epochs}); it must be below epochs")
     for axis, param in _DATASET_PARAMS.items():
-        lacking = [d for d in body["datasets"] if param not in D.dataset_info(d).params]
+        lacking = [d for d in body["datasets"] if param not in data.dataset_info(d).params]
         if axis in body and lacking:
-            takers = [d for d in sorted(D.DATASETS) if param in D.dataset_info(d).params]
+            takers = [d for d in sorted(data.DATASETS) if param in data.dataset_info(d).params]
             err(f"{path}.{axis}", f"{lacking[0]} takes no {param}; datasets that do: {', '.join(takers)}")
     for key, ev in sorted(_ANALYSIS.items()):
         ev.check_experiment(body["datasets"], body["analysis"].get(key), lambda msg: err(f"{path}.analysis.{key}", msg))
@@ -222,6 +222,6 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
 
 # Axes that set a dataset's own parameter (DataSpec.params: imbalances -> imbalance).
 _DATASET_PARAMS = {f.metadata["axis"]: f.name for part, f in spec_fields()
-                   if part == "data" and f.name in {p for d in D.DATASETS for p in D.dataset_info(d).params}}
+                   if part == "data" and f.name in {p for d in data.DATASETS for p in data.dataset_info(d).params}}
 # analysis key -> the evaluation it configures (the key is the evaluation's name)
 _ANALYSIS = {e.option: e for e in EVALUATIONS.values()}

@@ -78,11 +78,11 @@ def forward_flops(arch: str, image_size: int, channels: int, num_classes: int, w
 
 def _images(trial) -> tuple[int, int]:
     """(training images, evaluated images) of one whole lineage."""
-    from workers import data as D
+    from workers import data
     spec = trial.spec
     d, t, p = spec.data, spec.train, spec.prune
-    info = D.dataset_info(d.dataset)
-    n = D.train_size(d.dataset, **{k: getattr(d, k) for k in info.params})
+    info = data.dataset_info(d.dataset)
+    n = data.train_size(d.dataset, **{k: getattr(d, k) for k in info.params})
     per_class = n / info.num_classes
     size = round(d.fraction * n) if d.fraction is not None else min(n, d.images_per_class * info.num_classes)
     held_out = min(spec.eval.val_per_class, max(0.0, per_class - size / info.num_classes)) * info.num_classes
@@ -91,17 +91,17 @@ def _images(trial) -> tuple[int, int]:
 
 
 def _flops(trial) -> float:
-    from workers import data as D
+    from workers import data
     from workers.methods import get_method
     spec = trial.spec
-    info = D.dataset_info(spec.data.dataset)
+    info = data.dataset_info(spec.data.dataset)
     return forward_flops(spec.model.arch, info.image_size, info.channels, info.num_classes, spec.model.width,
                          get_method(spec.prune.method).variant)
 
 
 def estimate(trials: list, table: Optional[dict] = None) -> dict:
     """{train_images, eval_images, device_hours, device, source, images_per_s: {arch@size: ...}}."""
-    from workers import data as D
+    from workers import data
     table = load_table() if table is None else table
     measured = (table or {}).get("flops_per_s", {})
     fallback = statistics.median(measured.values()) if measured else ASSUMED["flops_per_s"]
@@ -110,7 +110,7 @@ def estimate(trials: list, table: Optional[dict] = None) -> dict:
     speeds: dict[str, float] = {}
     for trial in trials:
         tr, ev = _images(trial)
-        info = D.dataset_info(trial.spec.data.dataset)
+        info = data.dataset_info(trial.spec.data.dataset)
         k = key(trial.spec.model.arch, info.image_size)
         flops_per_s = measured.get(k, fallback)
         fwd = _flops(trial)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from orchestrator.formatting import plain
 from orchestrator.results import Frame, sql_over_frames
-from workers import selection as S
+from workers import selection
 from workers.spec import SHOWN, cell_fields, spec_fields
 
 # Shown for every cell (workers/spec.py `shown`); any other spec field is shown where the cells differ in it.
@@ -77,11 +77,11 @@ def cell_without(cells: pd.Series, drop: tuple[str, ...]) -> pd.Series:
     return cells.map(lambda c: memo.get(c, c))
 
 
-def winning_tickets(frame: Frame, select: str = S.DEFAULT_SELECTION) -> pd.DataFrame:
+def winning_tickets(frame: Frame, select: str = selection.DEFAULT_SELECTION) -> pd.DataFrame:
     """One row per trial: its winning ticket under `select` (a trial with no
     round carrying the selection metric has none)."""
-    S.check(select)
-    out = sql_over_frames(f"SELECT * FROM ({S.winners_sql(select)}) ORDER BY trial_id", results=frame)
+    selection.check(select)
+    out = sql_over_frames(f"SELECT * FROM ({selection.winners_sql(select)}) ORDER BY trial_id", results=frame)
     out.insert(out.columns.get_loc("round"), "selection", select)
     return out
 
@@ -105,7 +105,7 @@ def _per_cell_sql(select: str) -> str:
                    min(val_per_class) AS val_per_class,
                    max(CASE WHEN round = 0 THEN test_acc END) AS dense
             FROM results GROUP BY trial_id),
-        winners AS ({S.winners_sql(select)}),
+        winners AS ({selection.winners_sql(select)}),
         paired AS (
             SELECT p.*, w.test_acc AS ticket, w.density AS ticket_density,
                    (p.lineage_rounds IS NULL OR p.n_rounds >= p.lineage_rounds) AS complete
@@ -137,10 +137,10 @@ def cell_columns(cells: pd.Series) -> pd.DataFrame:
                          for k in varying}, index=cells.index)
 
 
-def compare(frame: Frame, select: str = S.DEFAULT_SELECTION) -> pd.DataFrame:
+def compare(frame: Frame, select: str = selection.DEFAULT_SELECTION) -> pd.DataFrame:
     """One row per grid cell: dense (round 0) and winning-ticket test accuracy
     over the cell's finished lineages, and the paired gain with its 95% interval."""
-    S.check(select)
+    selection.check(select)
     c = sql_over_frames(_per_cell_sql(select), results=with_cells(frame))
     extras = cell_columns(c["cell"]) if len(c) else pd.DataFrame(index=c.index)
     ci = [t_interval(m, sd, n) for m, sd, n in zip(c["gain"], c["gain_sd"], c["n_seeds"])]
@@ -200,7 +200,7 @@ def protocol_line(select: Optional[str], frame: Frame) -> str:
     bn_text = ("recalibrated on the training subset before each evaluation" if bn == {True} else
                "as trained (running averages)" if bn <= {False} else
                "recalibrated in some cells, as trained in others")
-    ticket = f"Winning ticket: {S.describe(select)}. " if select else ""
+    ticket = f"Winning ticket: {selection.describe(select)}. " if select else ""
     return (f"{ticket}Validation budget: {budget}. "
             f"BatchNorm statistics: {bn_text}. Gain: mean paired difference ticket - dense over seeds, "
             f"{int(CONFIDENCE * 100)}% t interval.")

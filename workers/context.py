@@ -12,8 +12,8 @@ from typing import Callable, Optional
 import torch
 from safetensors.torch import load as st_load
 
-from workers import data as D
-from workers import pruning as P
+from workers import data
+from workers import pruning
 from workers.methods import ParentMissing, get_method, parent_spec
 from workers.rng import PRUNE, seed_for
 from workers.migrate import validation_rule
@@ -32,7 +32,7 @@ class LineageContext:
         # where: the node and GPU ids this lineage runs on, as its rounds record them.
         self.spec, self.store, self.opts, self.where = spec, store, opts, where
         self.method = get_method(spec.prune.method)
-        self.info = D.dataset_info(spec.data.dataset)
+        self.info = data.dataset_info(spec.data.dataset)
         self.parent: Optional[LineageStore] = None
         self.done, self.token, self.prep, self.model, self.names = 0, None, None, None, []
         self._verified: dict = {}
@@ -63,7 +63,7 @@ class LineageContext:
         # initial values, exactly widened.
         ctx.model = ctx.method.model(spec, ctx.info, ctx.opts).to(
             ctx.device, torch.float64 if ctx.opts.float64 else None)
-        ctx.names = P.prunable_names(ctx.model, spec.prune.prunable)
+        ctx.names = pruning.prunable_names(ctx.model, spec.prune.prunable)
         return ctx
 
     def finish(self) -> list[dict]:
@@ -78,7 +78,7 @@ class LineageContext:
         of the per-layer table)."""
         files = self._verified.pop(k, None) or self.store.load_round(k, ["weights.safetensors",
                                                                         "mask.safetensors"])
-        masks = P.unpack_masks(st_load(files["mask.safetensors"]))
+        masks = pruning.unpack_masks(st_load(files["mask.safetensors"]))
         return st_load(files["weights.safetensors"]), {n: masks[n].to(self.device) for n in self.names}
 
     def rewind_state(self) -> dict:
@@ -90,7 +90,7 @@ class LineageContext:
 
     def parent_masks(self, k: int) -> dict:
         packed = self.parent.load_round(k, ["mask.safetensors"])["mask.safetensors"]
-        masks = P.unpack_masks(st_load(packed))
+        masks = pruning.unpack_masks(st_load(packed))
         return {n: masks[n].to(self.device) for n in self.names}
 
     def generator(self, k: int) -> torch.Generator:

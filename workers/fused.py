@@ -54,8 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers import data as D
-from workers import pruning as P
+from workers import data
+from workers import pruning
 from workers.losses import TvMFHead, at_least_fp32, full_precision, tvmf_similarity
 from workers.models.variants import HarmonicConv2d
 from workers.models.vgg import MaxPoolIfLarge
@@ -623,7 +623,7 @@ class FusedTrainer:
 
     def _apply_masks(self) -> None:
         """MaskApplier.apply for all members: weights, then momentum buffers."""
-        P.apply_masks(self._mask_params, self._masks, self.opt)
+        pruning.apply_masks(self._mask_params, self._masks, self.opt)
 
     # --- training -------------------------------------------------------------------
     def _inputs(self, xbs: list[torch.Tensor]) -> torch.Tensor:
@@ -635,10 +635,10 @@ class FusedTrainer:
         if all((i.mean, i.std) == (infos[0].mean, infos[0].std) for i in infos):
             # Stack, then normalise once: the same elementwise ops as each
             # member's own _inputs, so the same values.
-            x = D.normalize(torch.stack([xb.to(dev, non_blocking=True) for xb in xbs], 1), infos[0])
+            x = data.normalize(torch.stack([xb.to(dev, non_blocking=True) for xb in xbs], 1), infos[0])
             x = x.flatten(1, 2)
         else:
-            x = torch.cat([D.normalize(xb.to(dev, non_blocking=True), i) for xb, i in zip(xbs, infos)], 1)
+            x = torch.cat([data.normalize(xb.to(dev, non_blocking=True), i) for xb, i in zip(xbs, infos)], 1)
         x = x.to(self.trainers[0].dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 

@@ -9,7 +9,7 @@ evaluations their data, inits their weight files).
 """
 from __future__ import annotations
 
-from workers import data as D
+from workers import data
 from workers.evaluations import preflight as evaluations_preflight
 from workers.models.inits import check_init_file
 from workers.spec import RunOptions, TrialSpec
@@ -19,19 +19,19 @@ def check(trials: list[tuple[TrialSpec, RunOptions]]) -> None:
     """Raise the first problem (a DataError or InitError-like one-line error)."""
     datasets = {(s.data.dataset, o.data_root, tuple(sorted(s.data.params().items()))) for s, o in trials}
     for name, root, params in sorted(datasets, key=str):
-        D.load_dataset(name, root, **dict(params))
+        data.load_dataset(name, root, **dict(params))
     # The seed changes which images, never whether they exist: one split per size
     # suffices. No held-out images (fraction 1.0) is not an error: those trials
     # record no val_acc, and `--select val` says so.
     sizes = {(s.data.dataset, o.data_root, tuple(sorted(s.data.params().items())), s.data.fraction,
               s.data.images_per_class, s.eval.val_per_class) for s, o in trials}
     for name, root, params, fraction, ipc, val_per_class in sorted(sizes, key=str):
-        _, train, _ = D.load_dataset(name, root, **dict(params))
+        _, train, _ = data.load_dataset(name, root, **dict(params))
         try:
-            D.stratified_split(train.y, fraction=fraction, images_per_class=ipc, val_per_class=val_per_class,
+            data.stratified_split(train.y, fraction=fraction, images_per_class=ipc, val_per_class=val_per_class,
                                seed=0)
-        except D.DataError as e:
-            raise D.DataError(f"{name}: {e}") from None
+        except data.DataError as e:
+            raise data.DataError(f"{name}: {e}") from None
     evaluations_preflight(trials)
     for spec, opts in trials:
         check_init_file(spec.model.arch, spec.model.init, opts.init_path)

@@ -19,7 +19,7 @@ from typing import Optional
 
 from safetensors.torch import load as st_load
 
-from workers import pruning as P
+from workers import pruning
 from workers.methods import RoundStart
 from workers.train import Trainer, model_state, save_tensors
 
@@ -106,7 +106,7 @@ class RoundRun:
         metrics = {
             "trial_id": ctx.store.trial_id,
             "round": k,
-            "density": P.density(start.masks),
+            "density": pruning.density(start.masks),
             **accs,
             "val_per_class": ctx.prep.val_per_class,
             "epochs": self.end - start.first_epoch,
@@ -118,13 +118,13 @@ class RoundRun:
             "started_at": self.started_at,
             "finished_at": now(),
             "checkpoint_uri": ctx.store.round_uri(k),
-            "layers": P.layer_densities(start.masks),
+            "layers": pruning.layer_densities(start.masks),
             "history": self.history,
             **start.extra,
             **(extra or {}),
         }
         files = {"weights.safetensors": save_tensors(model_state(start.model)),
-                 "mask.safetensors": save_tensors(P.pack_masks(start.masks))}
+                 "mask.safetensors": save_tensors(pruning.pack_masks(start.masks))}
         if k == 0:
             files["rewind.safetensors"] = save_tensors(self.rewind)
         files["metrics.json"] = json.dumps(metrics, sort_keys=True, indent=1).encode()

@@ -30,8 +30,8 @@ from typing import Callable, Optional
 import torch
 from safetensors.torch import save as st_save
 
-from workers import data as D
-from workers import pruning as P
+from workers import data
+from workers import pruning
 from workers.losses import LOSSES
 from workers.methods import get_method
 from workers.models import model_state  # noqa: F401  (re-exported: the state a round commits)
@@ -62,7 +62,7 @@ def pick_device(opts: RunOptions, where: dict) -> torch.device:
 @dataclass
 class Prepared:
     """Everything a round needs that does not change between rounds."""
-    info: D.DatasetInfo
+    info: data.DatasetInfo
     x_train: torch.Tensor  # uint8, on device
     y_train: torch.Tensor
     x_val: torch.Tensor
@@ -80,8 +80,8 @@ def prepare(spec: TrialSpec, opts: RunOptions, device: torch.device,
     """The trial's data on `device`. `old_rule` is the validation rule of a
     lineage started before the budget was per class (workers/migrate.py):
     such a lineage keeps measuring on the images it started with."""
-    info, train, test = D.load_dataset(spec.data.dataset, opts.data_root, **spec.data.params())
-    tr_idx, va_idx = D.stratified_split(
+    info, train, test = data.load_dataset(spec.data.dataset, opts.data_root, **spec.data.params())
+    tr_idx, va_idx = data.stratified_split(
         train.y, fraction=spec.data.fraction, images_per_class=spec.data.images_per_class, seed=spec.seed,
         val_per_class=spec.eval.val_per_class,
         val_fraction=old_rule["val_fraction"] if old_rule and old_rule["selection"] == "val" else None)
@@ -91,20 +91,20 @@ def prepare(spec: TrialSpec, opts: RunOptions, device: torch.device,
         x_train=train.x[tr_idx].to(on), y_train=train.y[tr_idx].to(device),
         x_val=train.x[va_idx].to(on), y_val=train.y[va_idx].to(device),
         x_test=test.x.to(on), y_test=test.y.to(device),
-        augment=D.make_augment(spec.data.augmentation, info), device=device,
-        val_per_class=D.held_out_per_class(train.y[va_idx], info.num_classes))
+        augment=data.make_augment(spec.data.augmentation, info), device=device,
+        val_per_class=data.held_out_per_class(train.y[va_idx], info.num_classes))
 
 
-def _inputs(xb: torch.Tensor, info: D.DatasetInfo, device: torch.device, channels_last: bool,
+def _inputs(xb: torch.Tensor, info: data.DatasetInfo, device: torch.device, channels_last: bool,
             dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    x = D.normalize(xb.to(device, non_blocking=True), info)
+    x = data.normalize(xb.to(device, non_blocking=True), info)
     if dtype != x.dtype:  # a float64 network (RunOptions.float64): the same images, exactly widened
         x = x.to(dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 @torch.no_grad()
-def accuracy(forward, x: torch.Tensor, y: torch.Tensor, info: D.DatasetInfo, device: torch.device,
+def accuracy(forward, x: torch.Tensor, y: torch.Tensor, info: data.DatasetInfo, device: torch.device,
              autocast: bool = False, channels_last: bool = False,
              dtype: torch.dtype = torch.float32) -> Optional[float]:
     """Top-1 accuracy in large batches with one device sync at the end (the
@@ -125,7 +125,7 @@ def _batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Bat
 
 
 @torch.no_grad()
-def recalibrate_bn(model: torch.nn.Module, forward, x: torch.Tensor, info: D.DatasetInfo,
+def recalibrate_bn(model: torch.nn.Module, forward, x: torch.Tensor, info: data.DatasetInfo,
                    device: torch.device, autocast: bool = False, channels_last: bool = False,
                    dtype: torch.dtype = torch.float32) -> None:
     """Replace BatchNorm's running statistics with those of `x` (the training
@@ -171,9 +171,9 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
                                    weight_decay=t.weight_decay)
-        self.masker = P.MaskApplier(model, masks, self.opt)
+        self.masker = pruning.MaskApplier(model, masks, self.opt)
         # The dense round has nothing to mask: skip the per-step multiply.
-        self.sparse = P.density(masks) < 1.0
+        self.sparse = pruning.density(masks) < 1.0
         self.names = {p: n for n, p in model.named_parameters()}
         self.loss = LOSSES[get_method(spec.prune.method).loss]
 
@@ -213,14 +213,14 @@ class Trainer:
         when `keep` (the end of a round: the committed weights are the measured
         ones), else undone (mid-round: training continues from its own state)."""
         p = self.prep
-        data = {"train": (p.x_train, p.y_train), "val": (p.x_val, p.y_val), "test": (p.x_test, p.y_test)}
+        tensors = {"train": (p.x_train, p.y_train), "val": (p.x_val, p.y_val), "test": (p.x_test, p.y_test)}
         saved = None
         if self.spec.eval.bn_recalibrate:
             if not keep:
                 saved = {k: v.clone() for k, v in self.model.state_dict().items()
                          if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
             self.recalibrate_bn()
-        out = {f"{s}_acc": self.accuracy(*data[s]) for s in splits}
+        out = {f"{s}_acc": self.accuracy(*tensors[s]) for s in splits}
         if saved is not None:
             self.model.load_state_dict(saved, strict=False)
         return out

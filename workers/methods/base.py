@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from workers import pruning as P
+from workers import pruning
 from workers.models import make_model, model_state
 from workers.registry import Registry
 from workers.rng import MODEL_INIT, seed_for
@@ -65,7 +65,7 @@ class Method:
         state saved after `rewind_epoch` epochs of round 0."""
         prune = ctx.spec.prune
         if k == 0:
-            return RoundStart(ctx.model, P.full_masks(ctx.model, ctx.names), first_epoch=0,
+            return RoundStart(ctx.model, pruning.full_masks(ctx.model, ctx.names), first_epoch=0,
                               rewind=model_state(ctx.model) if prune.rewind_epoch == 0 else None)
         weights, previous = ctx.previous(k - 1)
         ctx.model.load_state_dict(weights)
@@ -77,7 +77,7 @@ class Method:
     def next_masks(self, model, masks: dict, rate: float, generator: torch.Generator) -> dict:
         """Round k's mask from round k-1's: global L1 magnitude pruning of `rate`
         of the surviving weights, over the trained weights in `model`."""
-        return P.global_magnitude_prune(model, masks, rate)
+        return pruning.global_magnitude_prune(model, masks, rate)
 
 
 class ParentMissing(Exception):

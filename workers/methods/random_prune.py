@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workers import pruning as P
+from workers import pruning
 
 from .base import Method, register
 
@@ -13,7 +13,7 @@ from .base import Method, register
 @dataclass(frozen=True)
 class RandomPrune(Method):
     def next_masks(self, model, masks, rate, generator):
-        return P.random_prune(masks, rate, generator)
+        return pruning.random_prune(masks, rate, generator)
 
 
 METHOD = register(RandomPrune("random_prune", control=True))

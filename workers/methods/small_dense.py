@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workers import pruning as P
+from workers import pruning
 from workers.pruning.matching import matching_width, param_count
 from workers.rng import REBUILD, seed_for
 
@@ -30,7 +30,7 @@ class SmallDense(FromParent):
         seed = seed_for(spec.seed, k, REBUILD)
         width = matching_width(build, target, hi=spec.model.width)
         model = build(width).to(ctx.device)
-        masks = P.full_masks(model, P.prunable_names(model, spec.prune.prunable))
+        masks = pruning.full_masks(model, pruning.prunable_names(model, spec.prune.prunable))
         return RoundStart(model, masks, first_epoch=0, extra={
             "density": kept / prunable, "width": width, "params": param_count(model), "ticket_params": target})
 
