@@ -301,7 +301,7 @@ class LineageStore:
     def partial_dir(self, k: int) -> str:
         return f"{self.dir}/partial/round_{k}"
 
-    # --- evaluations after the lineage (workers/evaluation.py) ----------
+    # --- evaluations after the lineage (workers/evaluations/) ----------
     def analysis_path(self, name: str) -> str:
         return f"{self.dir}/analysis/{check_name('analysis', name)}.json"
 
