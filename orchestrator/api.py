@@ -4,9 +4,12 @@
 
     df = load_results("runs", "digits_study")          # one row per (trial, round)
     winning_tickets(df)                                 # one row per trial (select="val" by default)
-    compare(df, select="val")                           # one row per grid cell: paired gain and its 95% interval
+    compare(df, select="val")                           # one row per grid cell: paired gain, 95% interval, p, p_holm
+    compare(df, ci="t")                                 # the seed-level t interval instead of the bootstrap
+    power(df, effect=0.02)                              # per cell: smallest detectable gain, seeds 0.02 needs
     compare(df, select="test")                          # the paper's protocol, on the same lineages
     protocols(df)                                       # both side by side, with the selection bias
+    predictions("runs", "digits_study", trial_id, 3)    # one row per held-out and test image of round 3
     report("runs", "digits_study", "report-digits")     # the figures and tables, as `lth-sweep report`
 
 `storage` is a local path or s3://bucket/prefix, as for `--storage`.
@@ -46,25 +49,63 @@ def winning_tickets(df: pd.DataFrame, select: str = DEFAULT_SELECTION) -> pd.Dat
     return _tables.winning_tickets(df, select)
 
 
-def compare(df: pd.DataFrame, select: str = DEFAULT_SELECTION) -> pd.DataFrame:
-    """One row per grid cell: dense vs winning ticket, paired gain with its 95% interval."""
-    return _tables.compare(df, select)
+def compare(df: pd.DataFrame, select: str = DEFAULT_SELECTION, ci: str = _tables.DEFAULT_CI) -> pd.DataFrame:
+    """One row per grid cell: dense vs winning ticket, paired gain with its 95%
+    interval (ci="bootstrap": seeds and test images; "t": seeds only), p_value,
+    p_holm (Holm over the rows) and prob_ticket_better."""
+    return _tables.compare(df, select, ci)
 
 
-def protocols(df: pd.DataFrame) -> pd.DataFrame:
+def power(df: pd.DataFrame, select: str = DEFAULT_SELECTION, effect: float = 0.02) -> pd.DataFrame:
+    """Per grid cell: the smallest gain its seeds detect at 80% power (paired
+    t-test, alpha 0.05), and the seeds a gain of `effect` needs."""
+    return _tables.power(df, select, effect)
+
+
+def protocols(df: pd.DataFrame, ci: str = _tables.DEFAULT_CI) -> pd.DataFrame:
     """The gain under both selections per cell, with the selection bias."""
-    return _tables.protocols(df)
+    return _tables.protocols(df, ci)
 
 
-def protocol(df: pd.DataFrame, select: str = DEFAULT_SELECTION) -> str:
-    """The sentence to put under a table made from `df`: selection, budget, BatchNorm."""
-    return _tables.protocol_line(select, df)
+def protocol(df: pd.DataFrame, select: str = DEFAULT_SELECTION, ci: str = _tables.DEFAULT_CI) -> str:
+    """The sentence to put under a table made from `df`: selection, budget, BatchNorm, interval."""
+    return _tables.protocol_line(select, df, ci)
 
 
-def report(storage: str, sweep: str, out_dir: str, select: str = DEFAULT_SELECTION) -> list[str]:
+def report(storage: str, sweep: str, out_dir: str, select: str = DEFAULT_SELECTION,
+           ci: str = _tables.DEFAULT_CI) -> list[str]:
     """Write the report (report.md, report.html, the figures) into out_dir; returns the paths."""
     from orchestrator.report import write_report
-    return write_report(_sweep(storage, sweep), out_dir, select=select)
+    return write_report(_sweep(storage, sweep), out_dir, select=select, ci=ci)
+
+
+def predictions(storage: str, sweep: str, trial_id: str, round: int) -> pd.DataFrame:
+    """Every held-out (val) and test image of one committed round: split, image
+    (its index in the split's stored order), label, predicted, correct."""
+    import numpy as np
+    from orchestrator.results import ResultsError
+    from workers.store import CorruptRound
+    lin = _sweep(storage, sweep).lineage(trial_id)
+    if lin.read_manifest(round) is None:
+        have = sorted(lin.manifests())
+        if not have:
+            raise ResultsError(f"no trial {trial_id!r} with committed rounds in sweep {sweep!r}")
+        raise ResultsError(f"trial {trial_id} has no committed round {round} (committed: "
+                           f"{', '.join(map(str, have))})")
+    try:
+        arrays = lin.read_predictions(round)
+    except CorruptRound as e:
+        raise ResultsError(f"{e} (`lth-sweep verify` names every damaged file)") from None
+    if arrays is None:
+        raise ResultsError(f"round {round} of trial {trial_id} has no per-image predictions: it was committed "
+                           "by an lth-sweep older than predictions.safetensors (its accuracies stand; a new "
+                           "sweep records them)")
+    parts = []
+    for split in ("val", "test"):
+        label, pred = arrays[f"{split}_label"].astype(np.int64), arrays[f"{split}_pred"].astype(np.int64)
+        parts.append(pd.DataFrame({"split": split, "image": np.arange(len(label), dtype=np.int64),
+                                   "label": label, "predicted": pred, "correct": label == pred}))
+    return pd.concat(parts, ignore_index=True)
 
 
 def dataset(storage: str, sweep: str):
@@ -72,5 +113,5 @@ def dataset(storage: str, sweep: str):
     return _results_dataset(_sweep(storage, sweep))
 
 
-__all__ = ["compare", "dataset", "load_layers", "load_results", "protocol", "protocols", "report",
-           "winning_tickets"]
+__all__ = ["compare", "dataset", "load_layers", "load_results", "power", "predictions", "protocol", "protocols",
+           "report", "winning_tickets"]

@@ -32,6 +32,9 @@ def _select(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select", choices=["val", "test"], default="val",
                    help="which split picks each trial's winning ticket: val (held-out images; default) or "
                         "test (the paper's protocol, biased upwards)")
+    p.add_argument("--ci", choices=["bootstrap", "t"], default="bootstrap",
+                   help="the gain's 95%% interval and p-value: bootstrap (paired, over seeds and test images, "
+                        "seeded; default) or t (over seeds only)")
 
 
 VERBS = ("plan", "run", "status", "query", "report", "verify", "bench")
@@ -67,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one line per committed round, also on a terminal (no live panel)")
     p.add_argument("--verify", action="store_true",
                    help="first re-check every committed file, and redo each lineage from its first corrupt round")
+    p.add_argument("--allow-precision-change", action="store_true",
+                   help="continue a lineage whose committed rounds ran in another precision than this run would "
+                        "(e.g. bf16 on a GPU, now fp32 on a CPU); without it such a lineage stops with one line. "
+                        "Its results cell then names both (e.g. precision bf16+fp32)")
 
     p = verb("status", "progress of a sweep, from storage (and the yaml: trials it names and storage lacks)")
     p.add_argument("--json", action="store_true")
@@ -78,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compare", action="store_true", help="dense vs winning ticket per grid cell")
     g.add_argument("--protocols", action="store_true",
                    help="the gain under both selections side by side, with the selection bias")
+    g.add_argument("--power", action="store_true",
+                   help="per cell: the smallest gain its seeds detect at 80%% power, and the seeds --effect needs")
     _select(p)
+    p.add_argument("--effect", type=float,
+                   help="with --power: the gain in accuracy to plan seeds for (default: 0.02)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     p = verb("report", "write the paper's figures and tables as PNGs, report.md and report.html")

@@ -3,6 +3,7 @@ one home for each rule (the CLI's errors, status, the progress panel, `query`'s
 formats, the report's cells)."""
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import io
 import json
@@ -37,6 +38,8 @@ def plain(v):
         return None
     if isinstance(v, (pd.Timestamp, _dt.datetime, _dt.date)):
         return v.isoformat()
+    if isinstance(v, (bytes, bytearray)):  # a binary column (test_correct): base64, as the manifests hold it
+        return base64.b64encode(v).decode("ascii")
     if hasattr(v, "item"):  # numpy scalars
         return plain(v.item())
     return v
@@ -74,6 +77,11 @@ def interval(lo, hi) -> str:
     return MISSING if _missing(lo) or _missing(hi) else f"[{lo:+.4f}, {hi:+.4f}]"
 
 
+def p_text(v) -> str:
+    """A p-value: 3 decimals, or 2 significant digits below 0.001 (never a bare 0.000)."""
+    return MISSING if _missing(v) else f"{v:.3f}" if v >= 0.001 else f"{v:.1e}"
+
+
 def value_text(v) -> str:
     """A spec value (an augmentation, a width, an imbalance) as the yaml spells it."""
     return MISSING if _missing(v) else f"{v:g}" if isinstance(v, float) else str(v)
@@ -85,6 +93,8 @@ FRAME_FORMATS = ("table", "csv", "json", "markdown")
 
 
 def _cell(v) -> str:
+    if isinstance(v, (bytes, bytearray)):  # for people, a size: the bits are for programs
+        return f"<{len(v)} bytes>"
     p = plain(v)
     return "" if p is None else f"{p:.4f}" if isinstance(p, float) else str(p)
 
@@ -97,6 +107,8 @@ def format_frame(df, fmt: str = "table") -> str:
         rows = [{c: plain(v) for c, v in zip(cols, row)} for row in df.itertuples(index=False)]
         return json.dumps(rows, default=str, allow_nan=False)
     if fmt == "csv":
+        blobs = [c for c in df.columns if df[c].dtype == object and any(isinstance(v, bytes) for v in df[c])]
+        df = df.assign(**{c: df[c].map(plain) for c in blobs}) if blobs else df
         buf = io.StringIO()
         df.to_csv(buf, index=False)
         return buf.getvalue()

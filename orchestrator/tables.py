@@ -5,59 +5,38 @@ One rule each, used by `query`, `report` and the Python API:
 - the winning ticket of a trial: workers/selection.py (best accuracy on the
   selection split, ties to the sparser round), chosen at query time with
   `select="val"` (held-out images, the default) or `"test"` (the paper's protocol);
-- a grid cell: every spec field except the seed (`cell_id`, from the spec's
-  canonical JSON), so trials that differ in anything but the seed are never
-  averaged together;
-- the gain of a cell: the mean over its seeds of the paired difference ticket
-  minus dense *of the same lineage*, with a two-sided 95% t interval
-  (none for a single seed, never a zero-width one). Only finished lineages
-  count: the winner of a half-done lineage is not its winning ticket.
+- a grid cell: every spec field except the seed, plus the lineage's effective
+  precision (`cell_id`, from the cell's canonical JSON, as the results rows
+  carry it), so trials that differ in anything but the seed are never
+  averaged together; a frame without the cell columns is refused, never
+  grouped by a partial key;
+- the numbers of a cell's row all come from one set of lineages
+  (orchestrator/paired.py): the finished ones with a dense round and a
+  winning ticket under the protocol (`n_seeds`);
+  finished ones without are counted in `n_no_ticket`, unfinished ones in
+  `n_unfinished` (the winner of a half-done lineage is not its winning ticket);
+- the gain of a cell: the mean over those seeds of the paired difference ticket
+  minus dense *of the same lineage*, with a 95% interval (orchestrator/stats.py):
+  by default a paired bootstrap over seeds and test images (`ci="bootstrap"`),
+  or the seed-level t interval (`ci="t"`, and rounds without per-image
+  predictions), a two-sided p-value by the same method, its Holm adjustment
+  over the rows of the table, and the share of seeds where the ticket wins.
 """
 from __future__ import annotations
 
 import json
-import math
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
-from orchestrator.formatting import plain
-from orchestrator.results import Frame, sql_over_frames
+from orchestrator import stats
+from orchestrator.paired import (BOOT_IMAGES, BOOT_SEEDS, CIS, DEFAULT_CI, FIXED, T_NO_PREDICTIONS, cell_stats,
+                                 check_ci, narrow, paired, results_view, with_cells)
+from orchestrator.results import Frame, ResultsError, sql_over_frames
+from orchestrator.stats import CONFIDENCE, t_interval
 from workers import selection
-from workers.spec import SHOWN, cell_fields, spec_fields
-
-# Shown for every cell (workers/spec.py `shown`); any other spec field is shown where the cells differ in it.
-FIXED = list(SHOWN)
-CONFIDENCE = 0.95
-
-
-# Spec columns by sub-spec, to rebuild a cell from a frame's own columns.
-_CELL_PARTS: dict[str, list[str]] = {}
-for _part, _f in spec_fields():
-    if _f.metadata.get("column") and _part:
-        _CELL_PARTS.setdefault(_part, []).append(_f.name)
-
-
-def with_cells(frame: Frame) -> Frame:
-    """`frame` with the cell columns this module groups by. Result rows always
-    have them; a hand-made frame without them gets a cell from its own grid
-    columns (and counts as finished lineages)."""
-    if not isinstance(frame, pd.DataFrame) or {"cell", "cell_id", "lineage_rounds", "val_per_class"} <= set(frame):
-        return frame
-    from workers.spec import cell_key
-    d = frame.copy()
-    if "cell" not in d:
-        def cell(row):
-            c = {part: {k: plain(row.get(k)) for k in keys if k in row and plain(row.get(k)) is not None}
-                 for part, keys in _CELL_PARTS.items()}
-            return cell_key({k: v for k, v in c.items() if v})[0]
-        d["cell"] = [cell(r) for r in d.to_dict("records")]
-    if "cell_id" not in d:
-        d["cell_id"] = [cell_key(json.loads(c))[1] for c in d["cell"]]
-    for col in ("lineage_rounds", "val_per_class"):
-        if col not in d:
-            d[col] = pd.array([None] * len(d), dtype="Int64")
-    return d
+from workers.spec import cell_fields
 
 
 def cell_without(cells: pd.Series, drop: tuple[str, ...]) -> pd.Series:
@@ -86,45 +65,6 @@ def winning_tickets(frame: Frame, select: str = selection.DEFAULT_SELECTION) -> 
     return out
 
 
-def t_interval(mean: float, sd: float, n: int,
-               confidence: float = CONFIDENCE) -> tuple[Optional[float], Optional[float]]:
-    """Two-sided t interval of a mean of n paired differences; (None, None) for n < 2."""
-    if n is None or n < 2 or mean is None or sd is None or pd.isna(mean) or pd.isna(sd):
-        return None, None
-    from scipy.stats import t  # lazily: only tables with several seeds need it
-    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * float(sd) / math.sqrt(n)
-    return float(mean) - half, float(mean) + half
-
-
-def _per_cell_sql(select: str) -> str:
-    fixed = ", ".join(f"any_value({k}) AS {k}" for k in FIXED)
-    return f"""
-        WITH per_trial AS (
-            SELECT trial_id, any_value(coalesce(cell_id, trial_id)) AS cell_id, any_value(cell) AS cell,
-                   {fixed}, count(*) AS n_rounds, max(lineage_rounds) AS lineage_rounds,
-                   min(val_per_class) AS val_per_class,
-                   max(CASE WHEN round = 0 THEN test_acc END) AS dense
-            FROM results GROUP BY trial_id),
-        winners AS ({selection.winners_sql(select)}),
-        paired AS (
-            SELECT p.*, w.test_acc AS ticket, w.density AS ticket_density,
-                   (p.lineage_rounds IS NULL OR p.n_rounds >= p.lineage_rounds) AS complete
-            FROM per_trial p LEFT JOIN winners w USING (trial_id))
-        SELECT cell_id, any_value(cell) AS cell, {", ".join(f"any_value({k}) AS {k}" for k in FIXED)},
-               min(val_per_class) FILTER (WHERE complete)       AS val_per_class,
-               count(ticket - dense) FILTER (WHERE complete)    AS n_seeds,
-               count(*) FILTER (WHERE NOT complete)             AS n_unfinished,
-               avg(dense) FILTER (WHERE complete)               AS dense_test_acc,
-               stddev_samp(dense) FILTER (WHERE complete)       AS dense_test_std,
-               avg(ticket) FILTER (WHERE complete)              AS ticket_test_acc,
-               stddev_samp(ticket) FILTER (WHERE complete)      AS ticket_test_std,
-               avg(ticket_density) FILTER (WHERE complete)      AS ticket_density,
-               avg(ticket - dense) FILTER (WHERE complete)      AS gain,
-               stddev_samp(ticket - dense) FILTER (WHERE complete) AS gain_sd
-        FROM paired GROUP BY cell_id
-    """
-
-
 def cell_columns(cells: pd.Series) -> pd.DataFrame:
     """Per row, the spec fields (beyond FIXED) in which the given cells differ:
     the columns that tell two rows of a table apart."""
@@ -137,56 +77,86 @@ def cell_columns(cells: pd.Series) -> pd.DataFrame:
                          for k in varying}, index=cells.index)
 
 
-def compare(frame: Frame, select: str = selection.DEFAULT_SELECTION) -> pd.DataFrame:
-    """One row per grid cell: dense (round 0) and winning-ticket test accuracy
-    over the cell's finished lineages, and the paired gain with its 95% interval."""
-    selection.check(select)
-    c = sql_over_frames(_per_cell_sql(select), results=with_cells(frame))
-    extras = cell_columns(c["cell"]) if len(c) else pd.DataFrame(index=c.index)
-    ci = [t_interval(m, sd, n) for m, sd, n in zip(c["gain"], c["gain_sd"], c["n_seeds"])]
+def _table(c: pd.DataFrame, select: str, stat_columns: list[str]) -> pd.DataFrame:
+    """The shown layout of a per-cell frame: FIXED, the fields the cells differ
+    in, the selection, `stat_columns`, cell_id; sorted by the cell's fields."""
+    if c.empty:
+        return pd.DataFrame(columns=[*FIXED, "selection", *stat_columns, "cell_id"])
+    extras = cell_columns(c["cell"])
     out = pd.concat([c[FIXED], extras], axis=1)
     out["selection"] = select
-    for col in ["val_per_class", "n_seeds", "dense_test_acc", "dense_test_std", "ticket_test_acc",
-                "ticket_test_std", "ticket_density", "gain"]:
+    for col in [*stat_columns, "cell_id"]:
         out[col] = c[col]
-    out["gain_ci_low"] = pd.array([lo for lo, _ in ci], dtype="Float64")
-    out["gain_ci_high"] = pd.array([hi for _, hi in ci], dtype="Float64")
-    if (c["n_unfinished"] > 0).any():
-        out["n_unfinished"] = c["n_unfinished"]
-    out["cell_id"] = c["cell_id"]
-    order = [*FIXED, *extras.columns]
-    return out.sort_values(order, na_position="first", kind="stable").reset_index(drop=True)
+    return out.sort_values([*FIXED, *extras.columns], na_position="first", kind="stable").reset_index(drop=True)
 
 
-def protocols(frame: Frame) -> pd.DataFrame:
-    """Both protocols side by side per cell, from the same lineages: the gain
-    selected on held-out images, the gain selected on the test split, and the
-    selection bias (test-selected gain minus val-selected gain)."""
-    val, test = compare(frame, "val"), compare(frame, "test")
-    keys = [c for c in val.columns if c not in _STATS]
-    both = val.drop(columns=["selection"]).merge(
-        test[["cell_id", "n_seeds", "gain", "gain_ci_low", "gain_ci_high", "ticket_density"]],
-        on="cell_id", suffixes=("_val", "_test"), how="outer")
-    both["selection_bias"] = both["gain_test"] - both["gain_val"]
-    cols = [k for k in keys if k not in ("selection", "cell_id")] + [
-        "val_per_class", "n_seeds_val", "gain_val", "gain_ci_low_val", "gain_ci_high_val",
-        "n_seeds_test", "gain_test", "gain_ci_low_test", "gain_ci_high_test", "selection_bias", "cell_id"]
-    out = both[[c for c in dict.fromkeys(cols) if c in both]]
-    order = [c for c in keys if c not in ("selection", "cell_id")]
-    return out.sort_values(order, na_position="first", kind="stable").reset_index(drop=True)
+COMPARE_STATS = ["val_per_class", "n_seeds", "n_no_ticket", "dense_test_acc", "dense_test_std", "ticket_test_acc",
+                 "ticket_test_std", "ticket_density", "gain", "gain_ci_low", "gain_ci_high", "ci_method",
+                 "p_value", "p_holm", "prob_ticket_better"]
 
 
-_STATS = {"val_per_class", "n_seeds", "dense_test_acc", "dense_test_std", "ticket_test_acc", "ticket_test_std",
-          "ticket_density", "gain", "gain_ci_low", "gain_ci_high", "n_unfinished"}
+def compare(frame: Frame, select: str = selection.DEFAULT_SELECTION, ci: str = DEFAULT_CI) -> pd.DataFrame:
+    """One row per grid cell: dense (round 0) and winning-ticket test accuracy,
+    the paired gain with its 95% interval and p-value, Holm-adjusted over the
+    rows, and prob_ticket_better, all over the cell's paired seeds."""
+    check_ci(ci)
+    c = cell_stats(paired(frame, select), ci)
+    if len(c):
+        c["gain_ci_low"] = pd.array(c["gain_ci_low"], dtype="Float64")
+        c["gain_ci_high"] = pd.array(c["gain_ci_high"], dtype="Float64")
+        c["p_holm"] = stats.holm(c["p_value"])
+    unfinished = ["n_unfinished"] if len(c) and (c["n_unfinished"] > 0).any() else []
+    return _table(c, select, [*COMPARE_STATS, *unfinished])
 
 
-def protocol_line(select: Optional[str], frame: Frame) -> str:
+def power(frame: Frame, select: str = selection.DEFAULT_SELECTION, effect: float = 0.02) -> pd.DataFrame:
+    """Per cell, from its paired seeds' spread (gain_sd, the sd of per-seed
+    gains): the smallest true gain a two-sided paired t-test at alpha 0.05
+    detects with 80% power with n_seeds seeds (min_detectable_gain), the
+    power it has now against `effect`, and the seeds that `effect` needs."""
+    if not 0 < effect < 1:
+        raise ResultsError(f"--effect must be a gain in accuracy between 0 and 1 (e.g. 0.02), not {effect:g}")
+    c = cell_stats(paired(frame, select), None)
+    if len(c):
+        c["min_detectable_gain"] = [stats.min_detectable(sd, n) for sd, n in zip(c["gain_sd"], c["n_seeds"])]
+        c["effect"] = effect
+        c["power_for_effect"] = [float(stats.t_power(effect, sd, n)) if n >= 2 and sd > 0 else np.nan
+                                 for sd, n in zip(c["gain_sd"], c["n_seeds"])]
+        c["seeds_for_effect"] = pd.array([stats.seeds_needed(effect, sd) for sd in c["gain_sd"]], dtype="Int64")
+    return _table(c, select, ["n_seeds", "gain", "gain_sd", "min_detectable_gain", "effect", "power_for_effect",
+                              "seeds_for_effect"])
+
+
+def protocols(frame: Frame, ci: str = DEFAULT_CI) -> pd.DataFrame:
+    """Both protocols side by side per cell: the gain selected on held-out
+    images, the gain selected on the test split, each with its interval, and
+    the selection bias: the mean over the lineages both protocols pair
+    (n_seeds_both) of the test-selected minus the val-selected gain."""
+    check_ci(ci)
+    pv, pt = paired(frame, "val"), paired(frame, "test")
+    shown = ["n_seeds", "gain", "gain_ci_low", "gain_ci_high"]
+    val = _table(cell_stats(pv, ci), "val", ["val_per_class", *shown])
+    test = _table(cell_stats(pt, ci), "test", shown)
+    both = pv[pv["paired"]][["trial_id", "cell_id", "gain"]].merge(pt[pt["paired"]][["trial_id", "gain"]],
+                                                                    on="trial_id", suffixes=("_val", "_test"))
+    bias = (both.assign(d=both["gain_test"] - both["gain_val"]).groupby("cell_id")["d"]
+            .agg(["size", "mean"]).rename(columns={"size": "n_seeds_both", "mean": "selection_bias"}))
+    keys = [k for k in val.columns if k not in {"selection", "cell_id", "val_per_class", *shown}]
+    out = val.drop(columns=["selection"]).merge(test[["cell_id", *shown]], on="cell_id", suffixes=("_val", "_test"),
+                                                how="outer")
+    out = out.merge(bias, left_on="cell_id", right_index=True, how="left")
+    out["n_seeds_both"] = out["n_seeds_both"].fillna(0).astype(int)
+    cols = [*keys, "val_per_class", "n_seeds_val", "gain_val", "gain_ci_low_val", "gain_ci_high_val", "n_seeds_test",
+            "gain_test", "gain_ci_low_test", "gain_ci_high_test", "n_seeds_both", "selection_bias", "cell_id"]
+    return out[cols].sort_values(keys, na_position="first", kind="stable").reset_index(drop=True)
+
+
+def protocol_line(select: Optional[str], frame: Frame, ci: str = DEFAULT_CI) -> str:
     """The sentence every table and figure carries: the selection protocol, the
-    validation budget and how BatchNorm was measured, read off the result rows."""
-    frame = with_cells(frame)
-    if isinstance(frame, pd.DataFrame) and "bn_recalibrate" not in frame:
-        frame = frame.assign(bn_recalibrate=False)
-    d = sql_over_frames("SELECT DISTINCT val_per_class, bn_recalibrate FROM results", results=frame)
+    validation budget, how BatchNorm was measured (read off the result rows)
+    and how the gain's interval and p-value were made."""
+    d = sql_over_frames(f"WITH {results_view(frame)} SELECT DISTINCT val_per_class, bn_recalibrate FROM results",
+                        rows=narrow(frame))
     held = sorted({int(v) for v in d["val_per_class"].dropna()})
     if not held:
         budget = "no held-out validation images"
@@ -201,25 +171,74 @@ def protocol_line(select: Optional[str], frame: Frame) -> str:
                "as trained (running averages)" if bn <= {False} else
                "recalibrated in some cells, as trained in others")
     ticket = f"Winning ticket: {selection.describe(select)}. " if select else ""
-    return (f"{ticket}Validation budget: {budget}. "
-            f"BatchNorm statistics: {bn_text}. Gain: mean paired difference ticket - dense over seeds, "
-            f"{int(CONFIDENCE * 100)}% t interval.")
+    return (f"{ticket}Validation budget: {budget}. BatchNorm statistics: {bn_text}. "
+            f"Gain: mean paired difference ticket - dense over the seeds with a winning ticket; {_method(ci)}")
+
+
+def _method(ci: str) -> str:
+    level = f"{int(CONFIDENCE * 100)}%"
+    if check_ci(ci) == "t":
+        return f"{level} t interval over seeds, p_value from the paired t-test."
+    return (f"{level} interval by a paired bootstrap over seeds and, within each, test images "
+            f"(B={stats.BOOTSTRAP_B} seeded resamples, percentile; images only where a cell has one seed, "
+            f"a t interval over seeds where rounds lack per-image predictions: see ci_method), "
+            f"p_value from the same resamples (at least 1/B).")
+
+
+def power_line(effect: float) -> str:
+    """The sentence under a power() table."""
+    return (f"Power: a two-sided paired t-test at alpha {stats.ALPHA:g} over the seeds of a cell, from the sd of "
+            f"its per-seed gains (gain_sd); min_detectable_gain: the smallest true gain it detects with "
+            f"{stats.POWER:.0%} power with the seeds the cell has; seeds_for_effect: the seeds that a gain of "
+            f"{effect:g} needs for {stats.POWER:.0%} power (empty: no spread yet, or more than {stats.MAX_SEEDS}).")
+
+
+def family(table: pd.DataFrame) -> str:
+    """The caption's sentence on the p-values of a compare() table: its family."""
+    m = int(table["p_value"].notna().sum()) if "p_value" in table else 0
+    return (f"p_holm: Holm-adjusted over the {m} row(s) of this table with a p_value; prob_ticket_better: the "
+            f"share of seeds whose ticket beats its dense network on the test split (ties count half).")
 
 
 def notes(table: pd.DataFrame, select: str) -> list[str]:
     """One-line remarks a reader of `table` (a compare() result) must see."""
     out = []
     if select == "val":
-        none = table[(table["n_seeds"] == 0) & table["dense_test_acc"].notna()]
+        none = table[(table["n_seeds"] == 0) & (table["n_no_ticket"] > 0)]
         if len(none):
             out.append(f"{len(none)} cell(s) have no held-out validation images (e.g. fraction 1.0): their "
                        "winning tickets are missing under --select val; --select test is the paper's protocol")
     if "n_unfinished" in table and table["n_unfinished"].sum():
         out.append(f"{int(table['n_unfinished'].sum())} unfinished lineage(s) are not counted")
-    if (table["n_seeds"] == 1).any():
-        out.append("cells with one seed have no interval; add seeds for one")
+    unexplained = table if select != "val" else table[table["n_seeds"] > 0]
+    if unexplained["n_no_ticket"].sum():
+        out.append(f"{int(unexplained['n_no_ticket'].sum())} finished lineage(s) without a dense round or a winning "
+                   "ticket are left out of their rows (n_no_ticket): every number of a row comes from the same seeds")
+    method = table["ci_method"]
+    if (method == BOOT_IMAGES).any():
+        out.append("cells with one seed have an image-level interval only (test images resampled, not seeds); "
+                   "add seeds for one over seeds")
+    if ((table["n_seeds"] == 1) & method.str.startswith("t", na=False)).any():
+        out.append("cells with one seed have no t interval; add seeds for one")
+    boot = method.str.startswith("bootstrap", na=False)
+    few = table[(method == BOOT_SEEDS) & (table["n_seeds"] < 10)]
+    if len(few):
+        out.append(f"{len(few)} cell(s) have 2-9 seeds: a bootstrap over so few seeds takes their spread as known "
+                   "and is narrower than 95% (orchestrator/stats.py); --ci t is the conservative check")
+    same = table[(boot & (table["gain_ci_low"] == table["gain_ci_high"]) & (table["gain"] == 0)).fillna(False)]
+    if len(same):
+        out.append(f"{len(same)} cell(s) have a zero-width interval: their dense network and winning ticket are "
+                   "right on exactly the same test images in every seed")
+    flat = table[method.str.startswith("t", na=False) & (table["n_seeds"] >= 2) & table["gain_ci_low"].isna()]
+    if len(flat):
+        out.append(f"{len(flat)} cell(s) have the same paired gain in every seed: no t interval (it would have "
+                   "zero width); --ci bootstrap also resamples the test images")
+    if (method == T_NO_PREDICTIONS).any():
+        out.append("rounds committed without per-image predictions (an older lth-sweep) get the seed-level t "
+                   "interval (ci_method)")
     return out
 
 
-__all__ = ["CONFIDENCE", "FIXED", "cell_columns", "cell_without", "compare", "notes", "protocol_line", "protocols",
-           "t_interval", "winning_tickets", "with_cells"]
+__all__ = ["CIS", "CONFIDENCE", "DEFAULT_CI", "FIXED", "cell_columns", "cell_without", "check_ci", "compare",
+           "family", "notes", "paired", "power", "power_line", "protocol_line", "protocols", "t_interval",
+           "winning_tickets", "with_cells"]

@@ -98,6 +98,10 @@ def cmd_run(args) -> int:
     from orchestrator.trackers import check, names_of
     exp = _experiment(args)
     trials = expand(exp)
+    if args.allow_precision_change:  # a RunOptions field: not part of any trial's id
+        import dataclasses
+        trials = [dataclasses.replace(t, options=dataclasses.replace(t.options, allow_precision_change=True))
+                  for t in trials]
     trackers = names_of(args.tracker, exp.get("trackers"))
     check(trackers)
     rc = run_sweep(SweepRequest(
@@ -108,11 +112,11 @@ def cmd_run(args) -> int:
         trackers=tuple(trackers), verify=args.verify))
     sweep = _sweep(args, must_exist=True)
     from orchestrator.results import format_frame, load_results
-    from orchestrator.tables import compare, notes, protocol_line
+    from orchestrator.tables import compare, family, notes, protocol_line
     df = load_results(sweep)
     if len(df):
         table = compare(df, "val")
-        print(f"\nDense (round 0) vs winning ticket, test accuracy. {protocol_line('val', df)}")
+        print(f"\nDense (round 0) vs winning ticket, test accuracy. {protocol_line('val', df)} {family(table)}")
         print(format_frame(_shown(table), "table"))
         for line in notes(table, "val"):
             print(f"note: {line}")
@@ -154,27 +158,37 @@ def _shown(table):
     return table.drop(columns=["cell_id"])
 
 
+DEFAULT_EFFECT = 0.02
+
+
 def cmd_query(args) -> int:
     from orchestrator.results import format_frame, load_results, results_dataset, run_sql
-    from orchestrator.tables import compare, notes, protocol_line, protocols, winning_tickets
+    from orchestrator.tables import (compare, family, notes, power, power_line, protocol_line, protocols,
+                                     winning_tickets)
+    if args.effect is not None and not args.power:
+        raise UsageError("lth-sweep query: --effect goes with --power")
     sweep = _sweep(args, must_exist=True)
     remarks: list[str] = []
     if args.sql:
         df = run_sql(sweep, args.sql)
-    elif args.winning_tickets or args.compare or args.protocols:
+    elif args.winning_tickets or args.compare or args.protocols or args.power:
         rows = results_dataset(sweep)  # duckdb scans the files; no pandas copy
+        header = protocol_line(args.select, rows, args.ci)
         if args.winning_tickets:
             df = winning_tickets(rows, args.select)
         elif args.compare:
-            df = compare(rows, args.select)
+            df = compare(rows, args.select, args.ci)
             remarks = notes(df, args.select)
+            header += " " + family(df)
+        elif args.power:
+            effect = DEFAULT_EFFECT if args.effect is None else args.effect
+            df = power(rows, args.select, effect)
+            header += " " + power_line(effect)
         else:
-            df = protocols(rows)
-        if args.protocols:
+            df = protocols(rows, args.ci)
             header = ("Gain selected on held-out images (val) and on the test split (test), from the same "
-                      "lineages; selection_bias = gain_test - gain_val. " + protocol_line(None, rows))
-        else:
-            header = protocol_line(args.select, rows)
+                      "lineages; selection_bias: the mean of gain_test - gain_val over the lineages both pair "
+                      "(n_seeds_both). " + protocol_line(None, rows, args.ci))
         # Machine-readable output stays clean: the protocol goes to stderr there.
         if args.format == "table":
             print(header)
@@ -194,7 +208,7 @@ def cmd_report(args) -> int:
     if args.sweep:
         args.name = args.sweep
     sweep = _sweep(args, must_exist=True)
-    paths = write_report(sweep, args.out or f"report-{sweep.sweep}", select=args.select)
+    paths = write_report(sweep, args.out or f"report-{sweep.sweep}", select=args.select, ci=args.ci)
     print("\n".join(paths))
     return 0
 

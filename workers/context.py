@@ -19,9 +19,15 @@ from workers.rng import PRUNE, seed_for
 from workers.migrate import validation_rule
 from workers.spec import RunOptions, TrialSpec
 from workers.store import CorruptRound, LineageStore
-from workers.train import pick_device, prepare
+from workers.train import numerics_of, pick_device, precision_of, prepare
 
 log = logging.getLogger("lth_sweep.lineage")
+
+
+class PrecisionChange(Exception):
+    """This attempt would train a lineage in another precision than its
+    committed rounds ran in (one line naming both); RunOptions.allow_precision_change
+    continues it, and its results cell then names both precisions."""
 
 
 class LineageContext:
@@ -56,8 +62,14 @@ class LineageContext:
         store.clear_partials_before(ctx.done)
         if ctx.done == spec.num_rounds:
             return ctx
-        ctx.token = store.claim(where)
         ctx.device = pick_device(ctx.opts, where)
+        # Before claiming: an attempt that must stop takes nothing over. The
+        # weights' dtype is the one the model is built in below.
+        dtype = torch.float64 if ctx.opts.float64 else torch.get_default_dtype()
+        check_precision(ctx, {k: (man.get("metrics") or {}).get("numerics")
+                              for k, man in store.manifests().items() if k < ctx.done},
+                        numerics_of(spec, ctx.device, dtype))
+        ctx.token = store.claim(where)
         ctx.prep = prepare(spec, ctx.opts, ctx.device, old_rule)
         # float64 only for equivalence checks (RunOptions.float64): the same
         # initial values, exactly widened.
@@ -96,6 +108,35 @@ class LineageContext:
     def generator(self, k: int) -> torch.Generator:
         """The seeded CPU generator of round k's random mask draws."""
         return torch.Generator().manual_seed(seed_for(self.spec.seed, k, PRUNE))
+
+
+def check_precision(ctx: LineageContext, recorded: dict, attempt: dict, what: str = "") -> None:
+    """Stop (PrecisionChange) when rounds of `recorded` ({round: numerics}) ran
+    in another precision than `attempt` would, unless the options allow it:
+    the seeds of a cell are replicates of one arithmetic, and a lineage that
+    mixes two would silently be one of neither. Rounds that recorded no
+    numerics (older sweeps) are not known to differ."""
+    now = precision_of(attempt)
+    known = {k: n for k, n in sorted(recorded.items()) if precision_of(n) is not None}
+    if all(precision_of(n) == now for n in known.values()):
+        return
+    runs: list[list] = []  # [first, last, precision, device] of consecutive rounds alike
+    for k, n in known.items():
+        how = [precision_of(n), n.get("device")]
+        if runs and runs[-1][2:] == how and runs[-1][1] == k - 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k, *how])
+    before = ", ".join(f"round{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''}{what} ran in {p} on {d}"
+                       for a, b, p, d in runs)
+    cell = "+".join(sorted({p for _, _, p, _ in runs} | {now}))
+    if ctx.opts.allow_precision_change:
+        log.warning("trial %s: %s; continuing in %s on %s as allowed (its cell becomes %s)",
+                    ctx.store.trial_id, before, now, attempt["device"], cell)
+        return
+    # Short enough to survive the driver's one-line summary of a failed trial (200 characters).
+    raise PrecisionChange(f"trial {ctx.store.trial_id}: {before}, this attempt in {now} on {attempt['device']}; "
+                          f"--allow-precision-change continues it (its cell becomes {cell})")
 
 
 def _finished_parent(spec: TrialSpec, store: LineageStore) -> LineageStore:

@@ -19,7 +19,8 @@ from typing import Optional
 
 from safetensors.torch import load as st_load
 
-from workers import pruning
+from workers import predictions, pruning
+from workers.context import check_precision
 from workers.methods import RoundStart
 from workers.train import Trainer, model_state, save_tensors
 
@@ -47,6 +48,9 @@ class RoundRun:
         partial = ctx.store.load_partial(k)
         if partial is not None:
             epoch, files, meta = partial
+            # A checkpoint of an attempt in another precision: its epochs are not this one's arithmetic.
+            check_precision(ctx, {k: meta.get("numerics")}, self.trainer.numerics(),
+                            f" ({epoch} epoch{'s' if epoch != 1 else ''} in, a mid-round checkpoint)")
             start.model.load_state_dict(st_load(files["model.safetensors"]))
             self.trainer.load_momentum(st_load(files["momentum.safetensors"]))
             if "rewind.safetensors" in files:
@@ -67,7 +71,7 @@ class RoundRun:
         row = {"epoch": epoch + 1, "train_loss": ep["loss"], "train_acc_running": ep["acc"],
                "lr": self.trainer.lr_at(epoch)}
         if opts.eval_every and (epoch + 1) % opts.eval_every == 0 and epoch + 1 < self.end:
-            row.update(self.trainer.evaluate(("val", "test"), keep=False))
+            row.update(self.trainer.evaluate(("val", "test"), keep=False).accs)
         self.history.append(row)
         self.epoch = epoch + 1
         if self.k == 0 and self.epoch == ctx.spec.prune.rewind_epoch:
@@ -92,7 +96,7 @@ class RoundRun:
             files["rewind.safetensors"] = save_tensors(self.rewind)
         self.ctx.store.check_owner(self.ctx.token)
         self.ctx.store.save_partial(self.k, self.epoch, files, {
-            "history": self.history, "started_at": self.started_at,
+            "history": self.history, "started_at": self.started_at, "numerics": self.trainer.numerics(),
             "wall_s": self.wall_prev + time.perf_counter() - self.t0})
 
     def commit(self, extra: Optional[dict] = None) -> dict:
@@ -101,13 +105,17 @@ class RoundRun:
         train_s = time.perf_counter() - self.t0
         if k == 0 and self.rewind is None:  # rewind_epoch >= epochs (older specs): the end state
             self.rewind = model_state(start.model)
-        accs = self.trainer.evaluate(("train", "val", "test"), keep=True)
+        ev = self.trainer.evaluate(("train", "val", "test"), keep=True, predict=predictions.SPLITS)
+        accs = ev.accs
+        predicted = {s: t.numpy() for s, t in ev.predicted.items()}
+        labels = {s: t.numpy() for s, t in ev.labels.items()}
         wall_s = self.wall_prev + time.perf_counter() - self.t0
         metrics = {
             "trial_id": ctx.store.trial_id,
             "round": k,
             "density": pruning.density(start.masks),
             **accs,
+            **predictions.round_metrics(predicted, labels),
             "val_per_class": ctx.prep.val_per_class,
             "epochs": self.end - start.first_epoch,
             "wall_s": wall_s,
@@ -124,7 +132,8 @@ class RoundRun:
             **(extra or {}),
         }
         files = {"weights.safetensors": save_tensors(model_state(start.model)),
-                 "mask.safetensors": save_tensors(pruning.pack_masks(start.masks))}
+                 "mask.safetensors": save_tensors(pruning.pack_masks(start.masks)),
+                 predictions.FILE: predictions.encode(predicted, labels, ctx.prep.info.num_classes)}
         if k == 0:
             files["rewind.safetensors"] = save_tensors(self.rewind)
         files["metrics.json"] = json.dumps(metrics, sort_keys=True, indent=1).encode()
@@ -152,7 +161,11 @@ def copy_round(ctx, k: int, start: RoundStart) -> dict:
     source = start.copy_from
     files = source.load_round(k, [n for n in ("weights.safetensors", "mask.safetensors", "rewind.safetensors")
                                   if k == 0 or n != "rewind.safetensors"])
-    metrics = dict(source.read_manifest(k)["metrics"])
+    manifest = source.read_manifest(k)
+    # A source round committed before predictions were recorded has none to carry.
+    if predictions.FILE in manifest["files"]:
+        files.update(source.load_round(k, [predictions.FILE]))
+    metrics = dict(manifest["metrics"])
     metrics.update(trial_id=ctx.store.trial_id, checkpoint_uri=ctx.store.round_uri(k), copied_from=source.trial_id)
     files["metrics.json"] = json.dumps(metrics, sort_keys=True, indent=1).encode()
     ctx.store.check_owner(ctx.token)

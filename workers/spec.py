@@ -238,6 +238,11 @@ class RunOptions:
     # Train in float64 (not a yaml option: the equivalence tests, where fused and
     # solo must agree to 1e-12, and reference runs; ~10x slower).
     float64: bool = False
+    # Continue a lineage whose committed rounds ran in another precision than
+    # this attempt would (bf16 on a GPU, then fp32 on a CPU node); without it
+    # the lineage stops (workers/context.py PrecisionChange). Not a yaml
+    # option: `lth-sweep run --allow-precision-change`, a decision per run.
+    allow_precision_change: bool = False
     # Where init weights live (model.init imagenet: the torchvision file or its
     # folder, default the torch hub cache; simclr: the state dict file).
     init_path: Optional[str] = spec_field(None, rule=Rule(str), yaml=("runtime", "init_path"))

@@ -7,6 +7,7 @@ Every path of a sweep is built here and nowhere else:
         trials/<trial_id>/spec.json      the full trial spec
         trials/<trial_id>/round_<k>/     weights.safetensors, mask.safetensors,
                                          [rewind.safetensors in round 0], metrics.json,
+                                         predictions.safetensors (workers/predictions.py),
                                          MANIFEST.json (written last, atomically)
         trials/<trial_id>/partial/round_<k>/epoch_<e>/   rolling mid-round checkpoint
         trials/<trial_id>/HEARTBEAT.json / FAILED.json
@@ -441,6 +442,16 @@ class LineageStore:
                 raise CorruptRound(f"round {k} of trial {self.trial_id}: {name} fails its sha256 check")
             out[name] = data
         return out
+
+    def read_predictions(self, k: int) -> Optional[dict]:
+        """Committed round k's per-image predictions ({val,test}_{pred,label}:
+        numpy arrays), verified against its manifest; None for a round
+        committed before rounds recorded them. Raises CorruptRound like load_round."""
+        from workers import predictions
+        man = self.read_manifest(k)
+        if man is not None and predictions.FILE not in man["files"]:
+            return None
+        return predictions.decode(self.load_round(k, [predictions.FILE])[predictions.FILE])
 
     def verify_round(self, k: int) -> tuple[int, list[tuple[str, str]]]:
         """Re-check committed round k against its manifest, streaming each file:

@@ -3,7 +3,7 @@
     prep = prepare(spec, opts, device)               # the trial's data, on the device
     trainer = Trainer(spec, prep, model, masks, opts)
     trainer.train_epoch(round_k, epoch)              # one epoch, seeded by (seed, round, epoch)
-    trainer.evaluate(("train", "val", "test"), keep=True)
+    trainer.evaluate(("train", "val", "test"), keep=True, predict=("val", "test"))
 
 No storage and no Ray here: workers/round.py drives a Trainer through a round
 (resume, checkpoints, commit), workers/group.py drives several at once.
@@ -104,19 +104,37 @@ def _inputs(xb: torch.Tensor, info: data.DatasetInfo, device: torch.device, chan
 
 
 @torch.no_grad()
+def classify(forward, x: torch.Tensor, info: data.DatasetInfo, device: torch.device, autocast: bool = False,
+            channels_last: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The predicted class of every image of `x` (int64, on `device`), in large
+    batches and without a device sync (the caller puts the model in eval mode)."""
+    out = []
+    for b in range(0, x.shape[0], EVAL_BATCH):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out.append(forward(_inputs(x[b:b + EVAL_BATCH], info, device, channels_last, dtype)).argmax(1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=device)
+
+
+@torch.no_grad()
 def accuracy(forward, x: torch.Tensor, y: torch.Tensor, info: data.DatasetInfo, device: torch.device,
              autocast: bool = False, channels_last: bool = False,
              dtype: torch.dtype = torch.float32) -> Optional[float]:
-    """Top-1 accuracy in large batches with one device sync at the end (the
-    caller puts the model in eval mode); None for an empty split."""
+    """Top-1 accuracy with one device sync at the end (the caller puts the
+    model in eval mode); None for an empty split."""
     if x.shape[0] == 0:
         return None
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for b in range(0, x.shape[0], EVAL_BATCH):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = forward(_inputs(x[b:b + EVAL_BATCH], info, device, channels_last, dtype))
-        correct += (out.argmax(1) == y[b:b + EVAL_BATCH].to(device)).sum()
-    return int(correct) / max(1, x.shape[0])
+    correct = (classify(forward, x, info, device, autocast, channels_last, dtype) == y.to(device)).sum()
+    return int(correct) / x.shape[0]
+
+
+@dataclass
+class Evaluation:
+    """One evaluation of a network: `accs` ({split}_acc, None for an empty
+    split) and, for the splits asked to predict, each image's predicted class
+    and label (int64, on the CPU, in the split's stored order)."""
+    accs: dict[str, Optional[float]]
+    predicted: dict[str, torch.Tensor]
+    labels: dict[str, torch.Tensor]
 
 
 def _batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -162,11 +180,10 @@ class Trainer:
         # addressing the plain module (no `_orig_mod.` prefixes in checkpoints).
         self.forward = torch.compile(model, backend=opts.compile_backend) if opts.compile else model
         t = spec.train
-        cuda = prep.device.type == "cuda"
-        self.autocast = cuda and t.bf16
-        self.channels_last = cuda and t.channels_last
         # float64 only where asked (RunOptions.float64: equivalence checks); else the model's own.
         self.dtype = next(model.parameters()).dtype
+        how = numerics_of(spec, prep.device, self.dtype)
+        self.autocast, self.channels_last = how["autocast"] is not None, how["channels_last"]
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
@@ -207,11 +224,13 @@ class Trainer:
                        self.autocast, self.channels_last, self.dtype)
 
     @torch.no_grad()
-    def evaluate(self, splits: tuple[str, ...], keep: bool) -> dict[str, Optional[float]]:
-        """{split}_acc for each of train/val/test. With `eval.bn_recalibrate`,
-        measured after recalibrating BatchNorm on the training subset: kept
-        when `keep` (the end of a round: the committed weights are the measured
-        ones), else undone (mid-round: training continues from its own state)."""
+    def evaluate(self, splits: tuple[str, ...], keep: bool, predict: tuple[str, ...] = ()) -> Evaluation:
+        """Accuracy on each of `splits` (train/val/test) and, for those in
+        `predict`, every image's predicted class and label, with one device
+        sync for all of it. With `eval.bn_recalibrate`, measured after
+        recalibrating BatchNorm on the training subset: kept when `keep` (the
+        end of a round: the committed weights are the measured ones), else
+        undone (mid-round: training continues from its own state)."""
         p = self.prep
         tensors = {"train": (p.x_train, p.y_train), "val": (p.x_val, p.y_val), "test": (p.x_test, p.y_test)}
         saved = None
@@ -220,7 +239,25 @@ class Trainer:
                 saved = {k: v.clone() for k, v in self.model.state_dict().items()
                          if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
             self.recalibrate_bn()
-        out = {f"{s}_acc": self.accuracy(*tensors[s]) for s in splits}
+        self.model.eval()
+        dev = p.device
+        preds = {s: classify(self.forward, tensors[s][0], p.info, dev, self.autocast, self.channels_last, self.dtype)
+                 for s in dict.fromkeys(splits + predict)}
+        labels = {s: tensors[s][1].to(dev) for s in preds}
+        hits = [(preds[s] == labels[s]).sum() for s in splits]
+        # Everything the host needs in one transfer: the counts, then the asked
+        # splits' predictions and labels (their lengths are known here).
+        parts = [torch.stack(hits) if hits else torch.zeros(0, dtype=torch.long, device=dev)]
+        parts += [t for s in predict for t in (preds[s], labels[s].long())]
+        host = torch.cat(parts).cpu()
+        counts, rest = host[:len(hits)].tolist(), host[len(hits):]
+        out = Evaluation({}, {}, {})
+        for s, c in zip(splits, counts):
+            n = tensors[s][0].shape[0]
+            out.accs[f"{s}_acc"] = c / n if n else None
+        for s in predict:
+            n = tensors[s][0].shape[0]
+            out.predicted[s], out.labels[s], rest = rest[:n], rest[n:2 * n], rest[2 * n:]
         if saved is not None:
             self.model.load_state_dict(saved, strict=False)
         return out
@@ -246,8 +283,27 @@ class Trainer:
 
     def numerics(self) -> dict:
         """What arithmetic this member trains with (recorded in every round)."""
-        return {"device": self.prep.device.type, "dtype": str(self.dtype).replace("torch.", ""),
-                "autocast": "bfloat16" if self.autocast else None, "channels_last": self.channels_last}
+        return numerics_of(self.spec, self.prep.device, self.dtype)
+
+
+def numerics_of(spec: TrialSpec, device: torch.device, dtype: torch.dtype) -> dict:
+    """The arithmetic a lineage of `spec` trains with on `device` with weights
+    of `dtype`: bf16 autocast and channels_last act only on CUDA."""
+    cuda = device.type == "cuda"
+    return {"device": device.type, "dtype": str(dtype).replace("torch.", ""),
+            "autocast": "bfloat16" if cuda and spec.train.bf16 else None,
+            "channels_last": cuda and spec.train.channels_last}
+
+
+def precision_of(numerics: Optional[dict]) -> Optional[str]:
+    """A round's effective precision from its recorded numerics: "bf16" under
+    bfloat16 autocast, else "fp32" / "fp64" by dtype; None where none was recorded."""
+    if not isinstance(numerics, dict):
+        return None
+    if numerics.get("autocast") == "bfloat16":
+        return "bf16"
+    dtype = numerics.get("dtype")
+    return {"float32": "fp32", "float64": "fp64"}.get(dtype, dtype)
 
 
 # --- the one epoch loop --------------------------------------------------------------

@@ -19,7 +19,7 @@ from .evaluation_views import cka_cells, fig_cka, fig_robustness, probe_numbers,
 from .items import Plot, ReportInputs, ReportItem, ReportView, Skip, Table, load_optional, need_columns, plot
 from .render import render_html, render_md, write_report
 from .views import (fig_accuracy_density, fig_capacity, fig_data_efficiency, fig_gain, fig_layers, table_compare,
-                    table_long_tail, table_many_class, table_methods, table_protocols, views)
+                    table_long_tail, table_many_class, table_methods, table_power, table_protocols, views)
 
 __all__ = [
     "Plot", "ReportInputs", "ReportItem", "ReportView", "Skip", "Table", "accuracy_vs_density", "best_augmentation",
@@ -27,5 +27,6 @@ __all__ = [
     "fig_cka", "fig_data_efficiency", "fig_gain", "fig_layers", "fig_robustness", "finished", "gain_points",
     "layer_density_lines", "load_optional", "methods_table", "need_columns", "over_seeds", "plot", "probe_numbers",
     "render_html", "render_md", "size_points", "table_compare", "table_long_tail", "table_many_class",
-    "table_methods", "table_probe", "table_protocols", "trial_summary", "views", "with_size", "write_report",
+    "table_methods", "table_power", "table_probe", "table_protocols", "trial_summary", "views", "with_size",
+    "write_report",
 ]

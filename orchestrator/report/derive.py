@@ -12,7 +12,7 @@ The selections every view shares:
   cell            every spec field but the seed (orchestrator/tables.py): rows
                   that differ in anything else are never averaged together
 Numbers are means over seeds (sample std beside them); gains are paired
-(ticket minus dense of the same lineage) with a 95% t interval.
+(ticket minus dense of the same lineage) with a 95% interval (tables.py).
 """
 from __future__ import annotations
 
@@ -185,15 +185,14 @@ def size_points(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True).dropna(subset=["x", "mean"])
 
 
-def gain_points(df: pd.DataFrame, select: str) -> pd.DataFrame:
+def gain_points(df: pd.DataFrame, select: str, ci: str = tables.DEFAULT_CI) -> pd.DataFrame:
     """Per IMP cell: the paired gain (in points) with its 95% interval, against data size."""
-    c = tables.compare(df[df["method"] == "imp"], select)
+    c = tables.compare(df[df["method"] == "imp"], select, ci)
     c = c.dropna(subset=["gain"])
     if c.empty:
         return pd.DataFrame(columns=["panel", "xlabel", "series", "x", "xtick", "gain", "lo", "hi"])
     c = with_size(c)
-    cells = df[["cell_id", "cell"]].drop_duplicates("cell_id") if "cell" in df else \
-        tables.with_cells(df)[["cell_id", "cell"]].drop_duplicates("cell_id")
+    cells = tables.with_cells(df)[["cell_id", "cell"]].drop_duplicates("cell_id")
     c = c.merge(cells, on="cell_id", how="left")
     c["cell_nosize"] = tables.cell_without(c["cell"], NO_SIZE)
     titles = group_labels(c["cell_nosize"], c, ["dataset", "arch"])

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from orchestrator.formatting import first_line
+from orchestrator.paired import DEFAULT_CI
 from orchestrator.results import to_pandas
 from workers.store import SweepStore
 
@@ -44,12 +45,14 @@ ReportView = tuple[str, Callable[[], ReportItem]]  # (title, builder)
 @dataclass
 class ReportInputs:
     """What every view may read: the sweep, its results rows, the selection
-    protocol and the trial summary (derive.trial_summary: one row per trial,
-    its dense round and winning ticket side by side)."""
+    protocol, the gain's interval method (`ci`) and the trial summary
+    (derive.trial_summary: one row per trial, its dense round and winning
+    ticket side by side)."""
     sweep: SweepStore
     results: pd.DataFrame
     select: str
     trials: pd.DataFrame
+    ci: str = DEFAULT_CI
 
     def table(self, name: str) -> pd.DataFrame:
         """A table an evaluation writes beside the results (see load_optional)."""

@@ -63,19 +63,21 @@ def intro(sweep: SweepStore) -> str:
             f"{t['failed']} failed), {r['committed']}/{r['total']} rounds committed.")
 
 
-def write_report(sweep: SweepStore, out_dir: str, select: str = selection.DEFAULT_SELECTION) -> list[str]:
+def write_report(sweep: SweepStore, out_dir: str, select: str = selection.DEFAULT_SELECTION,
+                 ci: str = tables.DEFAULT_CI) -> list[str]:
     """Writes report.md, report.html and one PNG per figure into out_dir; returns their paths."""
     selection.check(select)
+    tables.check_ci(ci)
     df = load_results(sweep)
     line = intro(sweep)
-    protocol = tables.protocol_line(select, df) if len(df) else f"Winning ticket: {selection.describe(select)}."
-    neutral = tables.protocol_line(None, df) if len(df) else ""
+    protocol = tables.protocol_line(select, df, ci) if len(df) else f"Winning ticket: {selection.describe(select)}."
+    neutral = tables.protocol_line(None, df, ci) if len(df) else ""
     md = [f"# lth-sweep report: {sweep.sweep}", "", line, "", f"**Protocol.** {protocol}", "", SELECTIONS, ""]
     page = [f"<h1>lth-sweep report: {html.escape(sweep.sweep)}</h1>", f"<p>{html.escape(line)}</p>",
             f"<p><strong>Protocol.</strong> {html.escape(protocol)}</p>", f"<p>{html.escape(SELECTIONS)}</p>"]
     os.makedirs(out_dir, exist_ok=True)
     pngs = []
-    for title, build in views(sweep, df, select):
+    for title, build in views(sweep, df, select, ci):
         try:
             item = build()
         except Skip as skip:

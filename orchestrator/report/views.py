@@ -13,8 +13,8 @@ from typing import Callable
 
 import pandas as pd
 
-from orchestrator import tables
-from orchestrator.formatting import fixed, interval, pm, value_text
+from orchestrator import stats, tables
+from orchestrator.formatting import MISSING, fixed, interval, p_text, pm, value_text
 from orchestrator.results import load_layers
 from workers.evaluations import EVALUATIONS
 from workers.store import SweepStore
@@ -79,7 +79,8 @@ def table_long_tail(trials: pd.DataFrame) -> Table:
 
 
 def show_compare(c: pd.DataFrame) -> pd.DataFrame:
-    """A compare() table for reading: accuracies, the paired gain and its interval."""
+    """A compare() table for reading: accuracies, the paired gain, its interval
+    and p-values, and whether the effect survives Holm's correction."""
     return pd.DataFrame({
         **{k: c[k].map(value_text) for k in c.columns
            if k not in tables.FIXED and k not in _COMPARE_STATS},
@@ -91,29 +92,60 @@ def show_compare(c: pd.DataFrame) -> pd.DataFrame:
         "ticket density": c["ticket_density"].map(fixed),
         "gain": c["gain"].map(fixed),
         "95% interval": [interval(lo, hi) for lo, hi in zip(c["gain_ci_low"], c["gain_ci_high"])],
+        "interval": c["ci_method"].map(value_text),
+        "p": c["p_value"].map(p_text), "p (Holm)": c["p_holm"].map(p_text),
+        f"survives Holm (p < {stats.ALPHA:g})": [MISSING if pd.isna(p) else "yes" if p < stats.ALPHA else "no"
+                                                 for p in c["p_holm"]],
+        "P(ticket > dense)": c["prob_ticket_better"].map(fixed),
     })
 
 
-_COMPARE_STATS = {"selection", "val_per_class", "n_seeds", "dense_test_acc", "dense_test_std", "ticket_test_acc",
-                  "ticket_test_std", "ticket_density", "gain", "gain_ci_low", "gain_ci_high", "n_unfinished",
-                  "cell_id"}
+_COMPARE_STATS = {"selection", *tables.COMPARE_STATS, "n_unfinished", "cell_id"}
 
 
-def table_compare(df: pd.DataFrame, select: str) -> Table:
+def table_compare(df: pd.DataFrame, select: str, ci: str = tables.DEFAULT_CI) -> Table:
     if df.empty:
         raise Skip("no rows yet")
-    c = tables.compare(df, select)
-    caption = ("Per grid cell (every spec field but the seed): dense (round 0) and winning-ticket test accuracy, "
-               "mean ± std over the seeds of finished lineages; gain = mean of the per-seed paired differences "
-               "(ticket − dense of the same lineage) with its 95% t interval (none for one seed).")
+    c = tables.compare(df, select, ci)
+    caption = ("Per grid cell (every spec field but the seed, and the numerics): dense (round 0) and winning-ticket "
+               "test accuracy, mean ± std over the seeds of finished lineages with a winning ticket (every number "
+               "of a row over the same seeds); gain = mean of the per-seed paired differences (ticket − dense of "
+               "the same lineage) with its 95% interval (method per row under 'interval') and two-sided p-value. "
+               f"The rows are one family: 'survives Holm' marks the gains whose Holm-adjusted p is below "
+               f"{stats.ALPHA:g}, the effects this table supports after testing all its rows at once. "
+               + tables.family(c))
     remarks = tables.notes(c, select)
     return Table(show_compare(c), caption + (" Note: " + "; ".join(remarks) + "." if remarks else ""))
 
 
-def table_protocols(df: pd.DataFrame) -> Table:
+def table_power(df: pd.DataFrame, select: str, effect: float = 0.02) -> Table:
     if df.empty:
         raise Skip("no rows yet")
-    p = tables.protocols(df)
+    p = tables.power(df, select, effect)
+    if not (p["n_seeds"] >= 2).any():
+        raise Skip("no cell has two seeds with a winning ticket yet: a spread between seeds needs two")
+    shown = pd.DataFrame({
+        **{k: p[k].map(value_text) for k in p.columns if k not in tables.FIXED and k not in _POWER_STATS},
+        "dataset": p["dataset"], "method": p["method"], "arch": p["arch"], "data size": with_size(p)["size"],
+        "augmentation": p["augmentation"], "seeds": p["n_seeds"], "gain": p["gain"].map(fixed),
+        "sd of per-seed gains": p["gain_sd"].map(fixed),
+        "smallest gain detectable (80% power)": p["min_detectable_gain"].map(fixed),
+        f"power for a gain of {effect:g}": p["power_for_effect"].map(lambda v: MISSING if pd.isna(v) else f"{v:.0%}"),
+        f"seeds for a gain of {effect:g}": p["seeds_for_effect"].map(value_text)})
+    return Table(shown, "How many seeds: per cell, from the spread of its per-seed paired gains, what a two-sided "
+                        "paired t-test at alpha 0.05 can detect with the seeds it has, and the seeds a gain of "
+                        f"{effect:g} would need (`lth-sweep query --power --effect X` for another gain). "
+                        + tables.power_line(effect))
+
+
+_POWER_STATS = {"selection", "n_seeds", "gain", "gain_sd", "min_detectable_gain", "effect", "power_for_effect",
+                "seeds_for_effect", "cell_id"}
+
+
+def table_protocols(df: pd.DataFrame, ci: str = tables.DEFAULT_CI) -> Table:
+    if df.empty:
+        raise Skip("no rows yet")
+    p = tables.protocols(df, ci)
     shown = pd.DataFrame({
         **{k: p[k].map(value_text) for k in p.columns if k not in tables.FIXED and k not in _PROTOCOL_STATS},
         "dataset": p["dataset"], "method": p["method"], "arch": p["arch"], "data size": with_size(p)["size"],
@@ -123,16 +155,18 @@ def table_protocols(df: pd.DataFrame) -> Table:
         "gain (test)": p["gain_test"].map(fixed),
         "95% interval (test)": [interval(lo, hi) for lo, hi in zip(p["gain_ci_low_test"], p["gain_ci_high_test"])],
         "selection bias": p["selection_bias"].map(fixed),
-        "seeds": p["n_seeds_test"]})
+        "seeds (val, test, both)": [f"{v}, {t}, {b}" for v, t, b in
+                                    zip(p["n_seeds_val"].fillna(0).astype(int), p["n_seeds_test"].fillna(0).astype(int),
+                                        p["n_seeds_both"])]})
     return Table(shown, "The same lineages under both protocols: the winning ticket selected on held-out images "
-                        "(val) and on the test split (test, the paper's protocol). Selection bias = test-selected "
-                        "gain − val-selected gain: how much choosing on the test split flatters the ticket. "
-                        "Missing under val where no image was held out.", both_protocols=True)
+                        "(val) and on the test split (test, the paper's protocol). Selection bias = the mean over "
+                        "the lineages with a ticket under both of test-selected gain − val-selected gain: how much "
+                        "choosing on the test split flatters the ticket. Missing under val where no image was held "
+                        "out.", both_protocols=True)
 
 
 _PROTOCOL_STATS = {"val_per_class", "n_seeds_val", "gain_val", "gain_ci_low_val", "gain_ci_high_val", "n_seeds_test",
-                   "gain_test", "gain_ci_low_test", "gain_ci_high_test", "selection_bias", "cell_id",
-                   "ticket_density_val", "ticket_density_test"}
+                   "gain_test", "gain_ci_low_test", "gain_ci_high_test", "n_seeds_both", "selection_bias", "cell_id"}
 
 
 # --- figures ------------------------------------------------------------------
@@ -155,13 +189,13 @@ def fig_data_efficiency(trials: pd.DataFrame) -> Plot:
                 "split at that size, named beside its point). Error bars: std over seeds.")
 
 
-def fig_gain(df: pd.DataFrame, select: str) -> Plot:
-    return plot("fig2b_gain.png", gain_points(df, select), "no finished IMP lineage with a winning ticket yet",
+def fig_gain(df: pd.DataFrame, select: str, ci: str = tables.DEFAULT_CI) -> Plot:
+    return plot("fig2b_gain.png", gain_points(df, select, ci), "no finished IMP lineage with a winning ticket yet",
                 lambda d: figures.gains_against_size(d, "Winning ticket minus dense network, paired over seeds",
                                                      "gain in test accuracy (points)"),
                 "Per cell, the mean over seeds of the paired gain (winning-ticket minus dense test accuracy of the "
-                "same lineage), one line per augmentation, with its 95% t interval (no bar for one seed). Above "
-                "zero: the ticket beats its dense network.")
+                "same lineage), one line per augmentation, with its 95% interval (the method in the protocol below; "
+                "no bar where a cell has none). Above zero: the ticket beats its dense network.")
 
 
 def fig_capacity(trials: pd.DataFrame) -> Plot:
@@ -192,17 +226,20 @@ def summary(frame: pd.DataFrame, caption: str = "") -> Table:
 def core_views(report: ReportInputs) -> list[tuple[str, str, Callable[[], ReportItem]]]:
     """(key, title, builder) of the report's own views, in report order; the key
     is what an evaluation's `report_after` names."""
-    df, trials, select = report.results, report.trials, report.select
+    df, trials, select, ci = report.results, report.trials, report.select, report.ci
     long_tail = ", ".join(datasets_with("long_tail"))
     return [
         ("fig1", "Figure 1: test accuracy against density", lambda: fig_accuracy_density(df, select)),
         ("fig2", "Figure 2: dense vs winning ticket against training-data size", lambda: fig_data_efficiency(trials)),
-        ("fig2b", "Figure 2b: paired gain of the winning ticket, with 95% intervals", lambda: fig_gain(df, select)),
+        ("fig2b", "Figure 2b: paired gain of the winning ticket, with 95% intervals",
+         lambda: fig_gain(df, select, ci)),
         ("fig4", "Figure 4: capacity and connectivity controls", lambda: fig_capacity(trials)),
         ("fig5", "Figure 5: layer-wise density of the sparsest ticket",
          lambda: fig_layers(df, load_layers(report.sweep))),
-        ("compare", "Dense vs winning ticket per grid cell, paired over seeds", lambda: table_compare(df, select)),
-        ("protocols", "Both selection protocols side by side", lambda: table_protocols(df)),
+        ("compare", "Dense vs winning ticket per grid cell, paired over seeds",
+         lambda: table_compare(df, select, ci)),
+        ("power", "How many seeds: the gains each cell can detect", lambda: table_power(df, select)),
+        ("protocols", "Both selection protocols side by side", lambda: table_protocols(df, ci)),
         ("table1", "Table 1: methods x datasets, dense + aug* vs winning ticket + aug*",
          lambda: table_methods(trials)),
         ("table2", "Table 2: many-class subsets", lambda: table_many_class(trials)),
@@ -216,7 +253,7 @@ def core_views(report: ReportInputs) -> list[tuple[str, str, Callable[[], Report
     ]
 
 
-def views(sweep: SweepStore, df: pd.DataFrame, select: str) -> list[ReportView]:
+def views(sweep: SweepStore, df: pd.DataFrame, select: str, ci: str = tables.DEFAULT_CI) -> list[ReportView]:
     """(title, builder) of every figure and table, in report order: the report's
     own, each followed by the views of the evaluations placed after it (in
     registry order). A builder runs lazily so that one view's missing data
@@ -228,7 +265,7 @@ def views(sweep: SweepStore, df: pd.DataFrame, select: str) -> list[ReportView]:
             return build
         return [("Figure 1: test accuracy against density", nothing("no IMP rounds yet")),
                 ("Dense vs winning ticket per grid cell, paired over seeds", nothing())]
-    report = ReportInputs(sweep, df, select, trial_summary(df, select))
+    report = ReportInputs(sweep, df, select, trial_summary(df, select), ci)
     core = core_views(report)
     keys = [key for key, _, _ in core]
     for ev in EVALUATIONS.values():

@@ -6,6 +6,8 @@ What older sweeps wrote differently is read through workers/migrate.py.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import datetime as _dt
 from typing import Optional
@@ -15,6 +17,7 @@ from workers.registry import UnknownName
 from workers.migrate import old_round_row
 from workers.spec import TrialSpec, cell_key
 from workers.store import SweepStore
+from workers.train import precision_of
 
 from .schema import ROUND_COLUMNS, SCHEMA_VERSION, spec_columns
 
@@ -106,7 +109,29 @@ def _round_row(spec: dict, m: dict) -> dict:
         "checkpoint_uri": m.get("checkpoint_uri"),
         "val_per_class": _num(m.get("val_per_class"), int),
         "fused_with": ",".join(fused) if isinstance(fused, list) else fused,
+        "test_images": _num(m.get("test_images"), int),
+        "test_correct": _bits(m.get("test_correct")),
+        "precision": precision_of(m.get("numerics")),
     }
+
+
+def _bits(text) -> Optional[bytes]:
+    """metrics["test_correct"] (base64) as the raw packed bytes; None if absent or unreadable."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def lineage_precision(manifests: dict[int, dict]) -> Optional[str]:
+    """The precision a lineage's committed rounds ran in: their distinct ones,
+    sorted and joined by "+" ("bf16+fp32" for one continued in another); None
+    when no round recorded it (older sweeps keep their cells)."""
+    found = {precision_of((man.get("metrics") or {}).get("numerics")) for man in manifests.values()}
+    found.discard(None)
+    return "+".join(sorted(found)) or None
 
 
 def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dict]]:
@@ -114,12 +139,18 @@ def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dic
     committed round) and its evaluations; rounds carry their mean per suite."""
     results, layers = [], []
     extra, means = _evaluation_rows(sweep_store, trial_id)
-    for k, man in sorted(sweep_store.lineage(trial_id).manifests().items()):
+    manifests = sweep_store.lineage(trial_id).manifests()
+    precision = lineage_precision(manifests)
+    for k, man in sorted(manifests.items()):
         m, spec = man.get("metrics") or {}, man.get("spec") or {}
         base = {"sweep": sweep_store.sweep, "trial_id": trial_id, "round": k,
                 "schema_version": SCHEMA_VERSION}
         cell, rounds = _cell_of(spec)
         row, cell = old_round_row(spec, _round_row(spec, m), cell)
+        if cell is not None and precision is not None:
+            # The same grid point in another arithmetic is another cell (seeds of one
+            # cell are replicates); a lineage that ran in two is a cell of its own.
+            cell = {**cell, "precision": precision}
         key = None if cell is None else cell_key(cell)
         results.append({
             **base,

@@ -17,7 +17,9 @@ from workers.spec import spec_fields
 # 2: imbalance, init, acc_<suite> columns; robustness/probe/cka tables
 # 3: selection left the trial (query-time): val_per_class, bn_recalibrate, cell_id, cell,
 #    lineage_rounds; no `selection` column; val_acc of legacy test-selected trials is null
-SCHEMA_VERSION = 3
+# 4: test_images, test_correct (per-image results of the test split), precision; the cell
+#    names the lineage's precision ("fp32", "bf16", "bf16+fp32"; left out where none is recorded)
+SCHEMA_VERSION = 4
 
 # Stored in each file's schema metadata: a reader can tell our shards (and
 # their version) from any other Parquet file that was dropped into the folder.
@@ -56,10 +58,14 @@ def _table_schema(name: str, fields: list) -> pa.Schema:
 ROUND_COLUMNS = [c for e in EVALUATIONS.values() for c in e.round_columns]
 
 # A round's own measurements (its manifest's metrics). val_per_class: held-out images per class
-# behind val_acc (null: none exist); fused_with: the lineages trained together with it (null: alone).
+# behind val_acc (null: none exist); fused_with: the lineages trained together with it (null: alone);
+# test_correct: one bit per test image, right or not (workers/predictions.py: packbits, little
+# bit order), test_images of them; precision: the round's arithmetic (bf16, fp32, fp64). The
+# three are null for rounds committed before rounds recorded them.
 _METRIC_COLUMNS = _columns("round:int64 density:double val_acc:double test_acc:double train_acc:double epochs:int64 "
                            "wall_s:double images_per_s:double node:string gpu_ids:string device:string "
-                           "started_at:ts finished_at:ts checkpoint_uri:string val_per_class:int64 fused_with:string")
+                           "started_at:ts finished_at:ts checkpoint_uri:string val_per_class:int64 fused_with:string "
+                           "test_images:int64 test_correct:binary precision:string")
 
 RESULTS_SCHEMA = _table_schema("results", [
     *[(f.name, _ARROW[f.metadata["rule"].kind]) for _, f in spec_columns()],

@@ -63,6 +63,69 @@ def test_cli_query_on_bad_results_is_one_line(store, capsys, content):
         assert rc == 2 and len(err.strip().splitlines()) == 1 and "zz.parquet" in err, (argv, err)
 
 
+def _predicted_sweep(store):
+    """Two seeds of one cell, each round with its per-image results (40 test images)."""
+    import base64
+
+    import numpy as np
+    from tests.orchestrator.helpers import spec_dict
+    for seed, rights in enumerate([(20, 26), (22, 25)]):
+        tid = f"ab0000000000000{seed}"
+        for k, right in enumerate(rights):
+            bits = np.zeros(40, dtype=bool)
+            bits[seed * 3:seed * 3 + right] = True
+            commit(store, tid, k, spec=spec_dict(seed=seed, rounds=1), val=0.5 + k / 10, test=right / 40,
+                   test_images=40, test_correct=base64.b64encode(np.packbits(bits, bitorder="little")).decode())
+    R.Collector(store).rebuild()
+    return ["--storage", store.fs.root, "--name", store.sweep]
+
+
+def test_query_compare_carries_the_contract_columns_and_reproduces_its_intervals(store, capsys):
+    import json
+    where = _predicted_sweep(store)
+    runs = [run_main(capsys, ["query", "--compare", "--format", "json", *where]) for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0][0] == 0  # seeded: the same intervals every time
+    row = json.loads(runs[0][1])[0]
+    for col in ("n_seeds", "dense_test_acc", "ticket_test_acc", "ticket_density", "gain", "gain_ci_low",
+                "gain_ci_high", "p_value", "p_holm", "prob_ticket_better", "ci_method", "n_no_ticket"):
+        assert col in row, col
+    assert row["ci_method"] == "bootstrap seeds+images" and row["gain"] == pytest.approx((6 + 3) / 2 / 40)
+    assert row["gain_ci_low"] < row["gain"] < row["gain_ci_high"] and row["prob_ticket_better"] == 1.0
+    assert "B=20000" in runs[0][2] and "Holm-adjusted over the 1 row(s)" in runs[0][2]
+    from orchestrator import api  # the API's frame and the CLI's dataset: the same draws
+    same = api.compare(api.load_results(store.fs.root, store.sweep)).iloc[0]
+    assert (same.gain_ci_low, same.gain_ci_high, same.p_value) == (row["gain_ci_low"], row["gain_ci_high"],
+                                                                   row["p_value"])
+    rc, out, err = run_main(capsys, ["query", "--compare", "--ci", "t", "--format", "csv", *where])
+    assert rc == 0 and "t over seeds" in out and "t interval over seeds" in err
+    rc, out, _ = run_main(capsys, ["query", "--compare", *where])
+    assert rc == 0 and "bootstrap seeds+images" in out and "p_holm" in out
+
+
+def test_query_power(store, capsys):
+    import json
+
+    from orchestrator import stats
+    where = _predicted_sweep(store)
+    rc, out, err = run_main(capsys, ["query", "--power", "--effect", "0.05", "--format", "json", *where])
+    row = json.loads(out)[0]
+    sd = abs(6 / 40 - 3 / 40) / 2 ** 0.5  # two seeds: the sd of their gains
+    assert rc == 0 and row["n_seeds"] == 2 and row["gain_sd"] == pytest.approx(sd) and row["effect"] == 0.05
+    assert row["min_detectable_gain"] == pytest.approx(stats.min_detectable(sd, 2))
+    assert row["seeds_for_effect"] == stats.seeds_needed(0.05, sd) and "80% power" in err
+    rc, out, _ = run_main(capsys, ["query", "--power", *where])
+    assert rc == 0 and "seeds_for_effect" in out
+
+
+@pytest.mark.parametrize("argv", [["query", "--compare", "--effect", "0.02"], ["query", "--compare", "--ci", "z"],
+                                  ["query", "--power", "--effect", "0"], ["query", "--power", "--effect", "x"],
+                                  ["report", "--ci", "z"]])
+def test_bad_interval_and_power_flags_are_one_line(store, capsys, argv):
+    where = _predicted_sweep(store)
+    rc, _, err = run_main(capsys, argv + where)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 def test_report_of_unknown_sweep_is_one_line(tmp_path, capsys):
     rc = main(["report", "nope", "--storage", str(tmp_path)])
     assert rc == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
@@ -105,3 +168,25 @@ def test_a_finished_command_outlives_a_late_signal(tmp_path):
         "sys.exit(rc)\n")
     r = python(code, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_allow_precision_change_reaches_every_trial_and_no_trial_id(tmp_path, capsys, tiny_yaml, monkeypatch):
+    """`run --allow-precision-change` is a run option (workers/context.py stops a
+    lineage that would change precision without it), not part of what a trial is."""
+    import orchestrator.driver
+    seen = []
+
+    def fake_run(request):
+        seen.append(request)
+        (tmp_path / "runs" / request.sweep_name).mkdir(parents=True)  # an empty sweep: nothing to print
+        return 0
+    monkeypatch.setattr(orchestrator.driver, "run_sweep", fake_run)
+    monkeypatch.chdir(tmp_path)
+    for flag in ([], ["--allow-precision-change"]):
+        assert run_main(capsys, ["run", "-c", str(tiny_yaml), "-e", "tiny", "--name", f"t{len(seen)}", *flag])[0] == 0
+    ids = [[t.trial_id for t in r.trials] for r in seen]
+    assert len(ids) == 2 and ids[0] == ids[1] and len(ids[0]) == 4
+    assert [{t.options.allow_precision_change for t in r.trials} for r in seen] == [{False}, {True}]
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--allow-precision-change" in capsys.readouterr().out

@@ -11,6 +11,7 @@ from orchestrator.report import accuracy_vs_density, write_report
 from orchestrator.report.evaluation_views import figure_letters, robustness_views
 from orchestrator.results import Collector, load_layers, load_results
 from tests.helpers import assert_png
+from workers.spec import TrialSpec, spec_fields
 from workers.store import SweepStore
 
 
@@ -197,11 +198,24 @@ def test_figures_are_pngs_linked_and_embedded(paper):
 
 
 def frame(rows):
-    """A results-like frame: every row a digits/resnet18/10%/none/imp/seed 0 trial unless it says otherwise."""
+    """A results-like frame: every row a digits/resnet18/10%/none/imp/seed 0 trial unless it says otherwise,
+    with the cell columns as the collector writes them: the cell of the trial's full spec (the spec fields
+    among its columns, defaults for the rest); every lineage here is finished at the rounds it has."""
     base = dict(dataset="digits", fraction=0.1, images_per_class=None, augmentation="none", method="imp",
                 arch="resnet18", seed=0)
     df = pd.DataFrame([{**base, **r} for r in rows])
     df["images_per_class"] = df["images_per_class"].astype("Int64")
+    cells = {}
+    for tid, g in df.groupby("trial_id"):
+        spec: dict = {}
+        for part, f in spec_fields():
+            v = g[f.name].iloc[0] if f.name in g else None
+            if v is not None and not pd.isna(v):
+                (spec.setdefault(part, {}) if part else spec)[f.name] = v.item() if hasattr(v, "item") else v
+        ts = TrialSpec.from_dict(spec)
+        cells[tid] = (ts.cell_json(), ts.cell_id, len(g))
+    for i, col in enumerate(("cell", "cell_id", "lineage_rounds")):
+        df[col] = [cells[t][i] for t in df["trial_id"]]
     return df
 
 
@@ -223,7 +237,8 @@ def test_robustness_long_tail_and_many_class_from_extra_columns():
     with pytest.raises(REP.Skip, match="no IMP trial has a value of acc_cifar10_2"):
         REP.fig_robustness(trials, "acc_cifar10_2")
     lt = REP.table_long_tail(trials).frame
-    assert lt[["imbalance", "winning ticket + aug*", "ticket density", "gain"]].values.tolist() == [
+    # (rows in the order of their cells' JSON, where imbalance 100 sorts before 10)
+    assert sorted(lt[["imbalance", "winning ticket + aug*", "ticket density", "gain"]].values.tolist()) == [
         ["10", "0.3300", "0.8000", "0.0300"], ["100", "0.2000", "1.0000", "0.0000"]]
     many = REP.table_many_class(trials).frame
     assert many[["dataset", "data size", "dense + aug*"]].values.tolist() == [["cifar100", "10 img/class", "0.2400"]]
@@ -261,6 +276,26 @@ def test_cells_differing_only_in_width_get_their_own_rows():
     assert curves["panel"].nunique() == 2
 
 
+def test_the_compare_table_marks_what_survives_holm_and_the_power_section_plans_seeds():
+    rows = []
+    # 5% images: three seeds with nearly the same large gain; 10%: gains of either sign.
+    for fraction, gains in ((0.05, (0.20, 0.21, 0.19)), (0.1, (0.05, -0.04, 0.01))):
+        for seed, g in enumerate(gains):
+            rows += [dict(trial_id=f"f{fraction}s{seed}", fraction=fraction, seed=seed, round=0, density=1.0,
+                          val_acc=0.5, test_acc=0.5),
+                     dict(trial_id=f"f{fraction}s{seed}", fraction=fraction, seed=seed, round=1, density=0.8,
+                          val_acc=0.6, test_acc=0.5 + g)]
+    t = REP.table_compare(frame(rows), "val")
+    shown = t.frame.set_index("data size")
+    assert shown["survives Holm (p < 0.05)"].to_dict() == {"5%": "yes", "10%": "no"}
+    assert shown.loc["5%", "interval"] == "t over seeds (no per-image predictions)"
+    assert "Holm-adjusted over the 2 row(s)" in t.caption and "'survives Holm' marks" in t.caption
+    from orchestrator import stats
+    power = REP.table_power(frame(rows), "val").frame.set_index("data size")
+    sd = pd.Series([0.05, -0.04, 0.01]).std()
+    assert power.loc["10%", "seeds for a gain of 0.02"] == str(stats.seeds_needed(0.02, sd))
+
+
 def test_report_order_and_titles_with_the_evaluations_views_in_place(paper):
     _, _, _, md, _ = paper
     titles = [s.split("\n", 1)[0] for s in md.split("\n## ")[1:]]
@@ -273,6 +308,7 @@ def test_report_order_and_titles_with_the_evaluations_views_in_place(paper):
         "Figure 5: layer-wise density of the sparsest ticket",
         "Figure 6: CKA heatmaps",
         "Dense vs winning ticket per grid cell, paired over seeds",
+        "How many seeds: the gains each cell can detect",
         "Both selection protocols side by side",
         "Table 1: methods x datasets, dense + aug* vs winning ticket + aug*",
         "Table 2: many-class subsets",

@@ -183,3 +183,64 @@ def test_empty_table_and_formats(store):
     assert "0.1235" in text[2] and len({len(l) for l in text[:3]}) == 1
     assert format_frame(small, "csv").splitlines()[0] == "name,x"
     assert json.loads(format_frame(small, "json"))[1] == {"name": "bb", "x": None}
+
+
+def _fp(autocast=None, dtype="float32", device="cuda"):
+    """A round's recorded numerics (workers/group.py), as a GPU or CPU round writes them."""
+    return {"device": device, "dtype": dtype, "autocast": autocast, "channels_last": device == "cuda",
+            "fused": 1, "conv": "solo"}
+
+
+def test_per_image_columns_precision_and_the_cells_precision(store):
+    """test_correct is the raw packed bits of the metrics' base64, test_images its
+    length, precision the round's arithmetic; the cell names the lineage's
+    precisions, and a lineage that recorded none keeps the spec's own cell."""
+    import base64
+
+    from workers.spec import TrialSpec
+    bits = bytes([0b10110001, 0b01])  # 10 test images
+    bf16, fp32 = _fp("bfloat16"), _fp(device="cpu")
+    commit(store, "ab00000000000001", 0, numerics=bf16, test_images=10,
+           test_correct=base64.b64encode(bits).decode())
+    commit(store, "ab00000000000001", 1, numerics=fp32)         # continued on a CPU node
+    commit(store, "ab00000000000002", 0, numerics=bf16, seed=1)  # the same grid point, seed 1, GPU only
+    commit(store, "ab00000000000002", 1, numerics=bf16, seed=1)
+    commit(store, "ab00000000000003", 0, numerics=_fp(device="cpu", dtype="float64"))
+    commit(store, "cd00000000000004", 0)                          # an older sweep's round: no numerics
+    results.Collector(store).rebuild()
+    df = results.load_results(store).set_index(["trial_id", "round"])
+    row = df.loc[("ab00000000000001", 0)]
+    assert row.test_correct == bits and row.test_images == 10 and row.precision == "bf16"
+    assert df.loc[("ab00000000000001", 1)].precision == "fp32"
+    assert pd.isna(df.loc[("ab00000000000001", 1)].test_images)
+    assert df.loc[("ab00000000000001", 1)].test_correct is None
+    assert df.loc[("ab00000000000003", 0)].precision == "fp64"
+    cells = {t: json.loads(df.loc[(t, 0)].cell).get("precision") for t in df.index.get_level_values(0)}
+    assert cells == {"ab00000000000001": "bf16+fp32", "ab00000000000002": "bf16", "ab00000000000003": "fp64",
+                     "cd00000000000004": None}
+    assert df.loc[("ab00000000000001", 0)].cell_id == df.loc[("ab00000000000001", 1)].cell_id
+    assert df.loc[("ab00000000000001", 0)].cell_id != df.loc[("ab00000000000002", 0)].cell_id
+    old = df.loc[("cd00000000000004", 0)]
+    assert pd.isna(old.precision) and old.test_correct is None
+    assert old.cell_id == TrialSpec.from_dict(spec_dict()).cell_id  # old sweeps keep their cell ids
+    schema = pq.read_schema(store.path("results", "part-ab.parquet"))
+    assert schema.field("test_correct").type == pa.binary() and schema.field("precision").type == pa.string()
+    # Machine formats carry the bits as the manifests do (base64); a table shows their size.
+    frame = results.load_results(store)
+    mine = frame[(frame.trial_id == "ab00000000000001") & (frame["round"] == 0)]
+    assert json.loads(format_frame(mine, "json"))[0]["test_correct"] == base64.b64encode(bits).decode()
+    assert base64.b64encode(bits).decode() in format_frame(mine, "csv")
+    assert "<2 bytes>" in format_frame(mine[["trial_id", "test_correct"]], "table")
+
+
+def test_shards_of_the_previous_schema_are_read_as_today(store):
+    """A version-3 shard (before per-image columns and precision) reads with the
+    columns derived again from the manifests."""
+    commit(store, "ab00000000000001", 0, numerics=_fp("bfloat16"), test_images=10, test_correct="AAE=")
+    results.Collector(store).rebuild()
+    path = store.path("results", "part-ab.parquet")
+    old = pq.read_table(path).drop_columns(["test_images", "test_correct", "precision"])
+    pq.write_table(old.replace_schema_metadata({**old.schema.metadata, b"lth_sweep.schema_version": b"3"}), path)
+    df = results.load_results(store)
+    assert (df.test_images[0], df.test_correct[0], df.precision[0]) == (10, b"\x00\x01", "bf16")
+    assert json.loads(df.cell[0])["precision"] == "bf16"

@@ -79,7 +79,8 @@ def test_a_clean_sweep_verifies_every_file_of_every_round(sweep):
     lins = [sweep.lineage(t) for t in (A, B)]
     files = sum(1 + len(m["files"]) for lin in lins for m in lin.manifests().values())
     assert (out["sweep"], out["trials"], out["rounds"], out["files"], out["corrupt"]) == ("s", 2, 6, files, [])
-    assert files >= 6 * 4  # weights, mask, metrics.json and the manifest per round, at least
+    assert files >= 6 * 5  # weights, mask, predictions, metrics.json and the manifest per round, at least
+    assert all("predictions.safetensors" in m["files"] for lin in lins for m in lin.manifests().values())
     text = format_verify(out)
     assert text.startswith("sweep s: 2 trials, 6 committed rounds, ") and text.endswith("every file verifies")
     assert f"{files} files checked" in text
@@ -93,6 +94,7 @@ def test_each_damaged_file_is_named_with_its_trial_round_and_problem(sweep):
         f.truncate(os.path.getsize(mask) - 3)
     size = os.path.getsize(mask)
     os.remove(f"{b.round_dir(0)}/metrics.json")
+    flip(f"{b.round_dir(1)}/predictions.safetensors", at=-1)  # one image's predicted class
     man = f"{b.round_dir(2)}/MANIFEST.json"
     raw = open(man, "rb").read()
     open(man, "wb").write(raw.replace(b'"round": 2', b'"round": 3', 1))  # valid JSON, edited
@@ -101,13 +103,15 @@ def test_each_damaged_file_is_named_with_its_trial_round_and_problem(sweep):
         (A, 1, "weights.safetensors", "fails its sha256 check"),
         (A, 2, "mask.safetensors", f"{size} bytes, the manifest says {size + 3}"),
         (B, 0, "metrics.json", "missing"),
+        (B, 1, "predictions.safetensors", "fails its sha256 check"),
         (B, 2, "MANIFEST.json", "fails its own sha256 check (torn or edited)"),
     ]
     assert out["rounds"] == 6  # a round with a damaged manifest is still reported, not skipped
     lines = format_verify(out).splitlines()
     assert lines[0] == f"{A} round 1: weights.safetensors fails its sha256 check"
     assert lines[2] == f"{B} round 0: metrics.json missing"
-    assert lines[-1].endswith("4 corrupt file(s)")
+    assert lines[3] == f"{B} round 1: predictions.safetensors fails its sha256 check"
+    assert lines[-1].endswith("5 corrupt file(s)")
 
 
 def test_redo_corrupt_uncommits_from_the_first_corrupt_round_only(sweep, capsys):
@@ -163,5 +167,5 @@ def test_the_next_run_retrains_only_what_was_uncommitted(sweep, built, monkeypat
     assert [{k: v for k, v in m.items() if k not in TIMINGS} for m in got] == \
         [{k: v for k, v in m.items() if k not in TIMINGS} for m in built[1][A]]
     ref = SweepStore(str(built[0]), "s").lineage(A)
-    names = ["weights.safetensors", "mask.safetensors"]
+    names = ["weights.safetensors", "mask.safetensors", "predictions.safetensors"]
     assert all(a.load_round(k, names) == ref.load_round(k, names) for k in (1, 2))

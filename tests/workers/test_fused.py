@@ -137,6 +137,13 @@ def test_one_epoch_mixed_members_equal_solo():
     for a, b in zip(solo, fused):
         p = a.prep
         assert abs(a.accuracy(p.x_test, p.y_test) - b.accuracy(p.x_test, p.y_test)) <= 2 / len(p.y_test)
+    # A fused member is evaluated as itself (its own module, after the write-back):
+    # trained to the solo bits, it predicts every held-out and test image as solo does.
+    for a, b in zip(solo, fused):
+        ea, eb = (t.evaluate(("val", "test"), keep=True, predict=("val", "test")) for t in (a, b))
+        assert ea.accs == eb.accs and ea.accs["test_acc"] is not None
+        assert all(torch.equal(ea.predicted[s], eb.predicted[s]) and torch.equal(ea.labels[s], eb.labels[s])
+                   for s in ("val", "test"))
 
 
 from workers.fusecheck import FUSABLE as EVERY  # noqa: E402  (every shipped arch and variant that fuses)

@@ -1,5 +1,6 @@
 """The IMP lineage engine: faithfulness, determinism, resume, corruption, legacy lineages."""
 
+import json
 import math
 
 import pytest
@@ -156,6 +157,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, kill_round,
         rw, rm = round_tensors(ref_lin, k)
         assert all(torch.equal(m[n], rm[n]) for n in m)
         assert all(torch.equal(w[n], rw[n]) for n in w)
+        assert lin.load_round(k, ["predictions.safetensors"]) == ref_lin.load_round(k, ["predictions.safetensors"])
 
 
 def test_resume_after_committed_rounds_skips_them(tmp_path, monkeypatch):
@@ -334,3 +336,56 @@ def test_the_released_codes_retraining_is_there_labelled(tmp_path, monkeypatch):
     assert lin.load_partial(1)[0] == 3
     monkeypatch.setattr(TR.Trainer, "train_epoch", orig)
     assert stable(L.run_lineage(spec, lin, opts)) == stable(ref)
+
+
+def test_a_lineage_never_silently_changes_precision(tmp_path, monkeypatch):
+    """Round 0 committed in float64 (a real fp64 round: RunOptions.float64), the
+    next attempt in float32: it stops before training with one line naming
+    both; --allow-precision-change (RunOptions) continues it, and the results
+    cell names both precisions."""
+    from orchestrator.results import rows_for_trial
+    from workers.context import PrecisionChange
+    spec = tiny(epochs=2, rounds=1, aug="none")
+    lin = lineage(tmp_path, spec)
+
+    def stop_after_round0(m):
+        raise Boom()
+    with pytest.raises(Boom):
+        L.run_lineage(spec, lin, RunOptions(float64=True), on_round=stop_after_round0)
+    assert lin.committed_prefix() == 1
+    trained = []
+    orig = TR.Trainer.train_epoch
+    monkeypatch.setattr(TR.Trainer, "train_epoch", lambda self, r, e: (trained.append((r, e)), orig(self, r, e))[1])
+    with pytest.raises(PrecisionChange) as e:
+        L.run_lineage(spec, lin, RunOptions())
+    assert str(e.value) == (f"trial {spec.trial_id}: round 0 ran in fp64 on cpu, this attempt in fp32 on cpu; "
+                            "--allow-precision-change continues it (its cell becomes fp32+fp64)")
+    assert trained == [] and lin.committed_prefix() == 1
+    out = L.run_lineage(spec, lin, RunOptions(allow_precision_change=True))
+    assert trained == [(1, 1)]
+    assert [m["numerics"]["dtype"] for m in out] == ["float64", "float32"]
+    rows = rows_for_trial(lin.sweep, spec.trial_id)["results"]
+    assert [r["precision"] for r in rows] == ["fp64", "fp32"]
+    assert {json.loads(r["cell"])["precision"] for r in rows} == {"fp32+fp64"}
+    assert json.loads(rows[0]["cell"]) == {**spec.cell(), "precision": "fp32+fp64"}
+
+
+def test_a_mid_round_checkpoint_in_another_precision_stops_the_round(tmp_path, monkeypatch):
+    from workers.context import PrecisionChange
+    spec = tiny(epochs=2, rounds=0, aug="none")
+    lin = lineage(tmp_path, spec)
+    orig = TR.Trainer.train_epoch
+
+    def dying(self, round_k, epoch):
+        if epoch == 1:
+            raise Boom()
+        return orig(self, round_k, epoch)
+    monkeypatch.setattr(TR.Trainer, "train_epoch", dying)
+    with pytest.raises(Boom):
+        L.run_lineage(spec, lin, RunOptions(float64=True, checkpoint_every=1))
+    monkeypatch.undo()
+    assert lin.load_partial(0)[0] == 1
+    with pytest.raises(PrecisionChange, match=r"round 0 \(1 epoch in, a mid-round checkpoint\) ran in fp64 "
+                                              r"on cpu, this attempt in fp32 on cpu"):
+        L.run_lineage(spec, lin, RunOptions(checkpoint_every=1))
+    assert lin.committed_prefix() == 0 and lin.load_partial(0)[0] == 1

@@ -9,11 +9,14 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load as st_load
 
+from workers import predictions as PRED
 from workers import pruning as P
+from workers.data import normalize
 from workers.context import LineageContext
 from workers.methods import RoundStart
 from workers.models import model_state
@@ -23,7 +26,8 @@ from workers.store import SweepStore
 
 # What differs between two runs of the same round by when and where they ran.
 TIMINGS = {"wall_s", "images_per_s", "started_at", "finished_at", "checkpoint_uri"}
-ROUND0 = {"weights.safetensors", "mask.safetensors", "rewind.safetensors"}
+ROUND0 = {"weights.safetensors", "mask.safetensors", "rewind.safetensors", "predictions.safetensors"}
+LATER = {"weights.safetensors", "mask.safetensors", "predictions.safetensors", "metrics.json"}
 
 
 @pytest.fixture(autouse=True)
@@ -121,6 +125,22 @@ def test_round0_commits_its_files_metrics_and_the_rewind_state(tmp_path):
     assert same(rewind, snap)
     assert not same(rewind, weights)
     assert any(n.endswith("running_mean") for n in rewind) and "fc.weight" in rewind
+    # Every held-out and test image's predicted class: the committed network's
+    # own (one batch here, not the evaluation's), with the split's labels, and
+    # the accuracies and test_correct are those predictions'.
+    pred = lin.read_predictions(0)
+    assert set(pred) == {"val_pred", "val_label", "test_pred", "test_label"}
+    assert {a.dtype for a in pred.values()} == {np.dtype(np.uint8)}  # 10 classes
+    p = ctx.prep
+    run.start.model.eval()
+    with torch.no_grad():
+        for split, x, y in (("val", p.x_val, p.y_val), ("test", p.x_test, p.y_test)):
+            assert np.array_equal(pred[f"{split}_label"], y.numpy())
+            assert np.array_equal(pred[f"{split}_pred"], run.start.model(normalize(x, p.info)).argmax(1).numpy())
+            assert (pred[f"{split}_pred"] == pred[f"{split}_label"]).mean() == metrics[f"{split}_acc"]
+    correct = PRED.unpack_correct(metrics["test_correct"], metrics["test_images"])
+    assert metrics["test_images"] == len(p.y_test) == 599
+    assert np.array_equal(correct, pred["test_pred"] == pred["test_label"]) and 0 < correct.sum() < 599
 
 
 @pytest.mark.parametrize("rewind", [0, 2, 4])
@@ -149,7 +169,7 @@ def test_a_later_round_starts_masked_at_the_rewind_epoch_and_commits_no_rewind(t
         assert (state[n][~m] == 0).all() and (state[n][m] != 0).all()
     train(run)
     metrics = run.commit()
-    assert set(ctx.store.read_manifest(1)["files"]) == {"weights.safetensors", "mask.safetensors", "metrics.json"}
+    assert set(ctx.store.read_manifest(1)["files"]) == LATER
     assert metrics["density"] == pytest.approx(0.8, abs=1e-4)
     assert metrics["epochs"] == (2 if retrain == "rest" else 3)
     hist = metrics["history"]
@@ -209,5 +229,6 @@ def test_copy_round_takes_over_the_parents_round_as_its_own(tmp_path):
     assert {k: v for k, v in metrics.items() if k not in own} == {k: v for k, v in theirs.items() if k not in own}
     # A later round is copied without a rewind state (only round 0 holds one).
     copy_round(cctx, 1, RoundStart(copy_from=plin))
-    assert set(clin.read_manifest(1)["files"]) == {"weights.safetensors", "mask.safetensors", "metrics.json"}
+    assert set(clin.read_manifest(1)["files"]) == LATER
+    assert clin.load_round(1, [PRED.FILE]) == plin.load_round(1, [PRED.FILE])
     assert P.density(P.unpack_masks(tensors(clin, 1, "mask.safetensors"))) == pytest.approx(0.8, abs=1e-4)
