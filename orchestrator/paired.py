@@ -31,6 +31,7 @@ DEFAULT_CI = "bootstrap"
 BOOT_SEEDS, BOOT_IMAGES = "bootstrap seeds+images", "bootstrap images (1 seed)"
 T_SEEDS, T_NO_PREDICTIONS = "t over seeds", "t over seeds (no per-image predictions)"
 T_MISMATCH = "t over seeds (per-image predictions disagree with test_acc)"
+T_SPLITS = "t over seeds (its seeds were tested on different test splits)"
 CELL_COLUMNS = ("cell", "cell_id", "lineage_rounds")
 # Columns a frame from an older lth-sweep may lack, read as null.
 _OPTIONAL = {"val_per_class": "BIGINT", "test_correct": "BLOB", "test_images": "BIGINT", "bn_recalibrate": "BOOLEAN"}
@@ -102,20 +103,25 @@ def paired(frame: Frame, select: str = selection.DEFAULT_SELECTION) -> pd.DataFr
     return p
 
 
-def _image_counts(seeds: pd.DataFrame) -> tuple[Optional[list[tuple[int, int, int]]], str]:
-    """Per seed, the images where ticket-minus-dense correctness is -1, 0, +1,
-    or (None, the t fallback's label) unless every seed has both rounds'
-    per-image results and they reproduce its test accuracies."""
-    out = []
+def _image_patterns(seeds: pd.DataFrame) -> tuple[Optional[tuple[np.ndarray, np.ndarray]], str]:
+    """The cell's image patterns and their counts (stats.image_patterns), or
+    (None, the t fallback's label) unless every seed has both rounds' per-image
+    results over the same test images and they reproduce its test accuracies."""
+    pairs, sizes = [], set()
     for r in seeds.itertuples(index=False):
         n, m = r.dense_images, r.ticket_images
         if r.dense_correct is None or r.ticket_correct is None or pd.isna(n) or pd.isna(m) or n != m or n <= 0:
             return None, T_NO_PREDICTIONS
-        c = stats.image_counts(r.dense_correct, r.ticket_correct, int(n))
-        if abs((c[2] - c[0]) / n - r.gain) > 1e-9:  # test_acc is right/n exactly: these bits are not its rounds'
-            return None, T_MISMATCH
-        out.append(c)
-    return out, BOOT_SEEDS if len(out) > 1 else BOOT_IMAGES
+        pairs.append((r.dense_correct, r.ticket_correct))
+        sizes.add(int(n))
+    if len(sizes) != 1:  # seeds of one cell share one test split; the bootstrap is built on that
+        return None, T_SPLITS
+    n = sizes.pop()
+    patterns, counts = stats.image_patterns(pairs, n)
+    per_seed = (counts @ patterns.astype(np.float64)) / n
+    if np.abs(per_seed - seeds["gain"].to_numpy(dtype=float)).max() > 1e-9:
+        return None, T_MISMATCH  # test_acc is right/n exactly: these bits are not its rounds'
+    return (patterns, counts), BOOT_SEEDS if len(pairs) > 1 else BOOT_IMAGES
 
 
 def _interval(seeds: pd.DataFrame, cell_id: str, ci: str) -> dict:
@@ -123,9 +129,9 @@ def _interval(seeds: pd.DataFrame, cell_id: str, ci: str) -> dict:
     n = len(seeds)
     if n == 0:
         return {"gain_ci_low": None, "gain_ci_high": None, "ci_method": None, "p_value": np.nan}
-    counts, method = _image_counts(seeds) if ci == "bootstrap" else (None, T_SEEDS)
-    if counts is not None:
-        b = stats.paired_bootstrap(counts, cell_id)
+    table, method = _image_patterns(seeds) if ci == "bootstrap" else (None, T_SEEDS)
+    if table is not None:
+        b = stats.paired_bootstrap(*table, cell_id)
         return {"gain_ci_low": b.low, "gain_ci_high": b.high, "ci_method": method, "p_value": b.p_value}
     mean, sd = seeds["gain"].mean(), seeds["gain"].std()
     low, high = stats.t_interval(mean, sd, n)
@@ -163,5 +169,5 @@ def check_ci(ci: str) -> str:
     return ci
 
 
-__all__ = ["BOOT_IMAGES", "BOOT_SEEDS", "CIS", "DEFAULT_CI", "FIXED", "T_MISMATCH", "T_NO_PREDICTIONS", "T_SEEDS",
+__all__ = ["BOOT_IMAGES", "BOOT_SEEDS", "CIS", "DEFAULT_CI", "FIXED", "T_MISMATCH", "T_NO_PREDICTIONS", "T_SEEDS", "T_SPLITS",
            "cell_stats", "check_ci", "narrow", "paired", "results_view", "with_cells"]

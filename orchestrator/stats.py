@@ -3,55 +3,68 @@ p-values, the Holm adjustment and the power of a paired t-test. Pure numpy and
 scipy on per-seed numbers; no frames, no SQL.
 
 The default interval of a cell's gain (`paired_bootstrap`) is a two-level
-paired bootstrap: it resamples the seeds (training noise) and, within each
-resampled seed, the test images (the noise of a finite test split every seed
-shares), the same images for the dense network and the ticket. Per seed only
-the counts of test images where "ticket correct" minus "dense correct" is
--1, 0 or +1 matter, and resampling the n images of a seed with replacement
-is exactly a multinomial(n, those proportions) draw. The draws, precisely
-(an independent implementation that follows them reproduces every bound):
+paired bootstrap over the two sources of noise in a gain: the training seeds
+and the finite test split. Every seed of a cell is tested on the same images
+(the dataset's one official test split), so seeds and images are crossed, and
+the bootstrap resamples them independently (Owen's "pigeonhole" bootstrap for
+crossed designs): a resample takes S seeds with replacement and N test images
+with replacement, the same images for every seed and for the dense network
+and the ticket. Per image only its pattern matters: the column of
+"ticket correct" minus "dense correct" (-1, 0, +1) over the seeds, so
+resampling N images is exactly a multinomial(N, pattern shares) draw. The
+draws, precisely (an independent implementation that follows them reproduces
+every bound):
 
-    seeds s = 0..S-1 are the cell's paired lineages in trial_id order; n[s] its
-    test images, p[s] = (minus, same, plus)[s] / n[s]
+    seeds s = 0..S-1: the cell's paired lineages in trial_id order, N test images each
+    d[s, i] = ticket correct - dense correct on image i, in {-1, 0, +1}
+    patterns M (P x S): the distinct columns d[:, i], in increasing lexicographic order
+    (numpy.unique(d.T, axis=0)); c[p]: how many images have pattern p (sum N)
     rng = numpy.random.Generator(numpy.random.PCG64([BOOTSTRAP_SEED, key]))
           key = int(cell_id, 16) (cell ids are 16 hex digits; any other key:
           the first 16 hex digits of its sha256, `seed_key`)
-    1. pick  = rng.integers(0, S, size=(B, S))       resample b takes seeds pick[b, :]
-    2. drawn = rng.multinomial(n[pick], p[pick])     shape (B, S, 3): the same numbers as
-          rng.multinomial(n[pick[b, j]], p[pick[b, j]]) called for b = 0..B-1, then j = 0..S-1
-    3. g[b]  = mean over j of (drawn[b, j, 2] - drawn[b, j, 0]) / n[pick[b, j]]
-    4. interval = numpy.quantile(g, [0.025, 0.975])  (percentile; linear interpolation)
-    5. p_value  = max(1/B, min(1, 2 * min(#{g <= 0}, #{g >= 0}) / B))
+    1. pick = rng.integers(0, S, size=(B, S))      resample b takes seeds pick[b, :]
+    2. k    = rng.multinomial(N, c / N, size=B)     shape (B, P): its images, by pattern
+    3. g[b] = sum over p of k[b, p] * (mean over j of M[p, pick[b, j]]) / N
+    gain = mean over seeds of their paired gains = sum over p of c[p] * mean(M[p, :]) / N
+    S >= 2: the per-seed gains gs[s] = sum over p of c[p] * M[p, s] / N;
+            v_seed = var(gs, ddof=1) / S                      the seeds' share of the variance
+            var    = var(g, ddof=1) + v_seed / S              (see below); v_img = max(var - v_seed, 0)
+            df     = var^2 / (v_seed^2 / (S - 1) + v_img^2 / (N - 1))     (Welch-Satterthwaite)
+            interval gain -/+ t.ppf(0.975, df) * sqrt(var); p_value = 2 * t.sf(|gain| / sqrt(var), df)
+            (var = 0: [gain, gain] and p_value 1)
+    S == 1: the images alone; the percentile interval numpy.quantile(g, [0.025, 0.975])
+            (linear interpolation) and p_value = max(1/B, min(1, 2 * min(#{g <= 0}, #{g >= 0}) / B))
 
-With one seed step 1 picks that seed every time: the interval is image-level
-only (tables.py labels it so). The interval is zero-width only when no
-resample can move the gain: when dense and ticket are right on exactly the
-same images in every seed (or, never seen in practice, when every image of
-every seed moves the same way and all seeds agree). p_value is the
-percentile-interval inversion (p < 0.05 exactly when the 95% interval,
-up to interpolation, excludes 0); B resamples cannot resolve less than 1/B,
-hence the floor.
+Why not the percentile interval for S >= 2: over a handful of seeds it takes
+their spread as known (measured, `python -m bench.intervals`: over normal
+per-seed gains a nominal 95% percentile interval covers 51% with 2 seeds, 76%
+with 3, 84% with 5). So the resamples give the variance, not the quantiles:
+a resampled mean of S seeds carries only (S - 1)/S of the seeds' share of the
+variance (the plug-in variance), which `v_seed / S` restores, and the
+quantile is Student's t with the Welch-Satterthwaite degrees of freedom of
+the two shares: S - 1 where the seeds dominate (a cell whose images add no
+noise gets the seed-level t interval), towards the normal where the shared
+test images do. Measured coverage of the true mean gain in simulated crossed
+cells (500 shared test images; `python -m bench.intervals`):
+- 70% of each image's outcome shared by every seed, small seed shifts: 98%
+  with 2 to 10 seeds, where the seed-level t interval, blind to the shared
+  images, covers 93% down to 56%;
+- 30% shared, larger seed shifts: 89% with 2 seeds, 94-97% with 3 to 10
+  (the t interval 93-96%);
+- nothing shared (every seed's flips its own): 100%, conservative: the
+  seed-by-image interaction is counted at both levels, as in any pigeonhole
+  bootstrap.
 
-B = 20000. Measured (`python -m orchestrator.stats`: the bounds of one cell
-under 30 generator seeds in place of BOOTSTRAP_SEED; 5 seeds of 397-599 test
-images): with per-seed gains 0.015 ± 0.015 and 4% of the images flipped each
-way, each bound has a standard deviation of 0.00012-0.00018 and a range of
-0.0005-0.0009 over the 30; with gains ± 0.03 and 8% flipped, 0.0002 and
-0.0008-0.0010. So the third decimal of a bound moves by at most one unit,
-and only where a bound sits near a rounding edge (10000 resamples: sd
-0.0002-0.0003, ranges 0.0010-0.0017). 25-65 ms per cell on one core here.
-With one seed the image-level distribution is a lattice of step 1/n: a bound
-moves between neighbouring points of it whatever B.
+The interval is zero-width only when no resample can move the gain: when
+dense and ticket are right on exactly the same images in every seed.
 
-What the interval does not do (same script): its seed level is a percentile
-bootstrap, which takes the seeds' spread as known. With few seeds it is too
-narrow: over normal per-seed gains a nominal 95% covers 51% with 2 seeds, 76%
-with 3, 84% with 5, 90% with 10 (the t interval: 94-95%); tables.notes() says
-so under a table with such cells, and `--ci t` is the check. And images are
-resampled within each seed independently, as if every seed had its own test
-split: where a ticket flips the same images in every seed (the seeds share
-one split) the image level is understated; where the flips are seed-specific
-it is overstated.
+B = 20000: the bounds' third decimal is stable. Measured (`python -m
+bench.intervals`: one simulated cell of 5 seeds of 500 test images under 30
+generator seeds in place of BOOTSTRAP_SEED): each bound has a standard
+deviation of 0.00014 and a range of 0.0005 over the 30 (5000 resamples:
+0.00026 and 0.0011); 50-150 ms per cell on one core here. With one seed the
+image-level distribution is a lattice of step 1/N: a bound moves between
+neighbouring points of it whatever B.
 """
 from __future__ import annotations
 
@@ -75,15 +88,14 @@ MAX_SEEDS = 10000     # seeds_needed searches no further
 
 # --- per-image correctness ------------------------------------------------------
 
-def image_counts(dense_bits: bytes, ticket_bits: bytes, n: int) -> tuple[int, int, int]:
-    """From the test_correct bits of the dense round and of the ticket (n test
-    images, workers/predictions.py): the images where ticket-minus-dense
-    correctness is -1, 0, +1, in that order."""
-    d = unpack_correct(dense_bits, n).astype(np.int8)
-    t = unpack_correct(ticket_bits, n).astype(np.int8)
-    diff = t - d
-    minus, plus = int((diff < 0).sum()), int((diff > 0).sum())
-    return minus, n - minus - plus, plus
+def image_patterns(pairs: Sequence[tuple[bytes, bytes]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """From each seed's (dense, ticket) test_correct bits over the same n test
+    images (workers/predictions.py): the distinct columns of ticket-minus-dense
+    correctness over the seeds (P x S, int8, in increasing lexicographic order)
+    and how many images have each (the module docstring's M and c)."""
+    d = np.stack([unpack_correct(t, n).astype(np.int8) - unpack_correct(dn, n).astype(np.int8) for dn, t in pairs])
+    patterns, counts = np.unique(d.T, axis=0, return_counts=True)
+    return patterns.astype(np.int8), counts.astype(np.int64)
 
 
 # --- the two-level paired bootstrap ------------------------------------------------
@@ -103,26 +115,42 @@ def seed_key(cell_id: str) -> int:
         return int(hashlib.sha256(cell_id.encode()).hexdigest()[:16], 16)
 
 
-def paired_bootstrap(counts: Sequence[tuple[int, int, int]], cell_id: str, b: int = BOOTSTRAP_B,
+def paired_bootstrap(patterns: np.ndarray, counts: np.ndarray, cell_id: str, b: int = BOOTSTRAP_B,
                      confidence: float = CONFIDENCE) -> Bootstrap:
-    """The interval and p-value of a cell's mean paired gain from its seeds'
-    (minus, same, plus) image counts, by the draws of the module docstring."""
-    return _bootstrap(tuple(tuple(int(x) for x in c) for c in counts), (BOOTSTRAP_SEED, seed_key(cell_id)), b,
-                      confidence)
+    """The interval and p-value of a cell's mean paired gain from its image
+    patterns and their counts (`image_patterns`), by the draws of the module docstring."""
+    m = np.ascontiguousarray(patterns, dtype=np.int8)
+    return _bootstrap(m.tobytes(), m.shape, tuple(int(x) for x in counts), (BOOTSTRAP_SEED, seed_key(cell_id)),
+                      b, confidence)
 
 
 @lru_cache(maxsize=4096)  # a report asks for the same cells several times; the draws are seeded
-def _bootstrap(counts: tuple, entropy: tuple[int, int], b: int, confidence: float) -> Bootstrap:
+def _bootstrap(pattern_bytes: bytes, shape: tuple, counts: tuple, entropy: tuple[int, int], b: int,
+               confidence: float) -> Bootstrap:
+    m = np.frombuffer(pattern_bytes, dtype=np.int8).reshape(shape).astype(np.float64)
     c = np.asarray(counts, dtype=np.int64)
-    n = c.sum(axis=1)
-    p = c / n[:, None]
+    n_images, seeds = int(c.sum()), shape[1]
     rng = np.random.Generator(np.random.PCG64(list(entropy)))
-    pick = rng.integers(0, len(c), size=(b, len(c)))
-    drawn = rng.multinomial(n[pick], p[pick])
-    g = ((drawn[..., 2] - drawn[..., 0]) / n[pick]).mean(axis=1)
-    low, high = np.quantile(g, [(1 - confidence) / 2, (1 + confidence) / 2])
-    tail = min(int((g <= 0).sum()), int((g >= 0).sum()))
-    return Bootstrap(float(low), float(high), max(1 / b, min(1.0, 2 * tail / b)))
+    pick = rng.integers(0, seeds, size=(b, seeds))
+    k = rng.multinomial(n_images, c / n_images, size=b)
+    g = (k * m[:, pick].mean(axis=2).T).sum(axis=1) / n_images
+    gain = float(c @ m.mean(axis=1)) / n_images
+    if seeds == 1:
+        low, high = np.quantile(g, [(1 - confidence) / 2, (1 + confidence) / 2])
+        tail = min(int((g <= 0).sum()), int((g >= 0).sum()))
+        return Bootstrap(float(low), float(high), max(1 / b, min(1.0, 2 * tail / b)))
+    from scipy.stats import t
+    per_seed = (c @ m) / n_images
+    v_seed = float(per_seed.var(ddof=1)) / seeds
+    # The resampled mean of S seeds carries (S - 1)/S of the seeds' share: add the rest back.
+    var = float(g.var(ddof=1)) + v_seed / seeds
+    if var <= 0:
+        return Bootstrap(gain, gain, 1.0)
+    v_img = max(var - v_seed, 0.0)
+    df = var ** 2 / (v_seed ** 2 / (seeds - 1) + v_img ** 2 / (n_images - 1))
+    se = math.sqrt(var)
+    half = float(t.ppf(0.5 + confidence / 2, df)) * se
+    return Bootstrap(gain - half, gain + half, float(2 * t.sf(abs(gain) / se, df)))
 
 
 # --- seed-level t ------------------------------------------------------------------
@@ -215,42 +243,3 @@ def seeds_needed(effect: float, sd: float, power: float = POWER, alpha: float = 
     n = np.arange(2, MAX_SEEDS + 1)
     enough = np.flatnonzero(t_power(effect, sd, n, alpha) >= power)
     return int(n[enough[0]]) if len(enough) else None
-
-
-def _stability(b: int, spread: float, flips: float, seeds: int = 30) -> str:
-    """The measurement behind BOOTSTRAP_B (module docstring): one cell of 5 seeds
-    of 397-599 test images, per-seed gains ~ N(0.015, spread), a share `flips`
-    of the images flipped ticket-wrong, bootstrapped under `seeds` generator seeds."""
-    import time
-    gen = np.random.default_rng(0)
-    n = gen.integers(397, 600, size=5)
-    minus = np.round(flips * n).astype(int)
-    plus = np.round((flips + gen.normal(0.015, spread, size=5)) * n).astype(int)
-    counts = tuple((int(mi), int(k - mi - pl), int(pl)) for k, mi, pl in zip(n, minus, plus))
-    start = time.perf_counter()
-    x = np.array([(r.low, r.high) for r in (_bootstrap.__wrapped__(counts, (1000 + s, 1), b, CONFIDENCE)
-                                            for s in range(seeds))])
-    ms = (time.perf_counter() - start) / seeds * 1000
-    return (f"B={b}, gain sd {spread}, {flips:.0%} flipped each way: sd of (low, high) "
-            f"{x.std(0).round(5).tolist()}, range {np.ptp(x, 0).round(5).tolist()}, {ms:.0f} ms per cell")
-
-
-def _seed_coverage(seeds: int, reps: int = 2000, b: int = 2000) -> str:
-    """How often the seed level alone (a percentile bootstrap of the mean of
-    `seeds` normal per-seed gains) and the t interval cover the true mean."""
-    from scipy.stats import t
-    gen = np.random.default_rng(0)
-    x = gen.normal(0.0, 1.0, size=(reps, seeds))
-    boot = x[np.arange(reps)[:, None, None], gen.integers(0, seeds, size=(reps, b, seeds))].mean(axis=2)
-    low, high = np.quantile(boot, [0.025, 0.975], axis=1)
-    half = t.ppf(0.975, seeds - 1) * x.std(axis=1, ddof=1) / math.sqrt(seeds)
-    return (f"{seeds} seeds: the 95% percentile bootstrap over seeds covers {np.mean((low <= 0) & (0 <= high)):.0%}, "
-            f"the t interval {np.mean(np.abs(x.mean(axis=1)) <= half):.0%}")
-
-
-if __name__ == "__main__":
-    for spread, flips in ((0.015, 0.04), (0.03, 0.08)):
-        for b in (10000, BOOTSTRAP_B, 50000):
-            print(_stability(b, spread, flips))
-    for seeds in (2, 3, 5, 10, 20):
-        print(_seed_coverage(seeds))

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator import stats
-from orchestrator.paired import (BOOT_IMAGES, BOOT_SEEDS, CIS, DEFAULT_CI, FIXED, T_NO_PREDICTIONS, cell_stats,
+from orchestrator.paired import (BOOT_IMAGES, CIS, DEFAULT_CI, FIXED, T_NO_PREDICTIONS, cell_stats,
                                  check_ci, narrow, paired, results_view, with_cells)
 from orchestrator.results import Frame, ResultsError, sql_over_frames
 from orchestrator.stats import CONFIDENCE, t_interval
@@ -179,10 +179,11 @@ def _method(ci: str) -> str:
     level = f"{int(CONFIDENCE * 100)}%"
     if check_ci(ci) == "t":
         return f"{level} t interval over seeds, p_value from the paired t-test."
-    return (f"{level} interval by a paired bootstrap over seeds and, within each, test images "
-            f"(B={stats.BOOTSTRAP_B} seeded resamples, percentile; images only where a cell has one seed, "
-            f"a t interval over seeds where rounds lack per-image predictions: see ci_method), "
-            f"p_value from the same resamples (at least 1/B).")
+    return (f"{level} interval by a paired bootstrap over seeds and the test images they share "
+            f"(B={stats.BOOTSTRAP_B} seeded resamples giving the variance, Student's t quantile on the "
+            f"Welch-Satterthwaite degrees of freedom; images only, percentile, where a cell has one seed; a t "
+            f"interval over seeds where rounds lack per-image predictions: see ci_method), p_value from the "
+            f"same t (one seed: from the resamples, at least 1/B).")
 
 
 def power_line(effect: float) -> str:
@@ -221,10 +222,6 @@ def notes(table: pd.DataFrame, select: str) -> list[str]:
     if ((table["n_seeds"] == 1) & method.str.startswith("t", na=False)).any():
         out.append("cells with one seed have no t interval; add seeds for one")
     boot = method.str.startswith("bootstrap", na=False)
-    few = table[(method == BOOT_SEEDS) & (table["n_seeds"] < 10)]
-    if len(few):
-        out.append(f"{len(few)} cell(s) have 2-9 seeds: a bootstrap over so few seeds takes their spread as known "
-                   "and is narrower than 95% (orchestrator/stats.py); --ci t is the conservative check")
     same = table[(boot & (table["gain_ci_low"] == table["gain_ci_high"]) & (table["gain"] == 0)).fillna(False)]
     if len(same):
         out.append(f"{len(same)} cell(s) have a zero-width interval: their dense network and winning ticket are "

@@ -12,28 +12,52 @@ from scipy import stats as sps
 from orchestrator import stats as ST
 
 
-def hand_bootstrap(counts, cell_id, b):
-    """The module docstring's draws, written out one at a time."""
+def hand_bootstrap(d, cell_id, b):
+    """The module docstring's draws, written out one resample at a time, from the
+    per-seed ticket-minus-dense correctness rows `d` (S x N, values -1/0/+1)."""
+    d = np.asarray(d, dtype=np.int8)
+    s, n = d.shape
+    patterns = sorted({tuple(col) for col in d.T})
+    counts = [sum(1 for col in d.T if tuple(col) == p) for p in patterns]
     rng = np.random.Generator(np.random.PCG64([ST.BOOTSTRAP_SEED, int(cell_id, 16)]))
-    s = len(counts)
-    n = [sum(c) for c in counts]
     pick = rng.integers(0, s, size=(b, s))
+    k = rng.multinomial(n, [c / n for c in counts], size=b)
     g = np.empty(b)
     for i in range(b):
-        total = 0.0
-        for j in range(s):
-            k = pick[i, j]
-            minus, _, plus = rng.multinomial(n[k], [c / n[k] for c in counts[k]])
-            total += (plus - minus) / n[k]
-        g[i] = total / s
-    srt = np.sort(g)
+        g[i] = sum(k[i, p] * np.mean([patterns[p][j] for j in pick[i]]) for p in range(len(patterns))) / n
+    gain = float(d.mean())
+    if s == 1:
+        srt = np.sort(g)
 
-    def percentile(q):  # linear interpolation between order statistics
-        h = (b - 1) * q
-        lo = math.floor(h)
-        return srt[lo] + (h - lo) * (srt[min(lo + 1, b - 1)] - srt[lo])
-    tail = min((g <= 0).sum(), (g >= 0).sum())
-    return percentile(0.025), percentile(0.975), max(1 / b, min(1.0, 2 * tail / b))
+        def percentile(q):  # linear interpolation between order statistics
+            h = (b - 1) * q
+            lo = math.floor(h)
+            return srt[lo] + (h - lo) * (srt[min(lo + 1, b - 1)] - srt[lo])
+        tail = min((g <= 0).sum(), (g >= 0).sum())
+        return percentile(0.025), percentile(0.975), max(1 / b, min(1.0, 2 * tail / b))
+    per_seed = d.mean(axis=1)
+    v_seed = np.var(per_seed, ddof=1) / s
+    var = np.var(g, ddof=1) + v_seed / s
+    v_img = max(var - v_seed, 0.0)
+    df = var ** 2 / (v_seed ** 2 / (s - 1) + v_img ** 2 / (n - 1))
+    half = sps.t.ppf(0.975, df) * math.sqrt(var)
+    return gain - half, gain + half, 2 * sps.t.sf(abs(gain) / math.sqrt(var), df)
+
+
+def rows(*seeds):
+    """Per-seed correctness rows from (minus, same, plus) image counts in that order."""
+    return [[-1] * m + [0] * z + [1] * p for m, z, p in seeds]
+
+
+def boot(d, cell=None, b=400):
+    return ST.paired_bootstrap(*ST.image_patterns([_bits(r) for r in d], len(d[0])), cell or CELL, b=b)
+
+
+def _bits(row):
+    """(dense, ticket) test_correct bits giving ticket-minus-dense `row`."""
+    row = np.asarray(row)
+    dense, ticket = row < 0, row > 0  # -1: dense right only; +1: ticket right only; 0: both wrong
+    return tuple(np.packbits(x, bitorder="little").tobytes() for x in (dense, ticket))
 
 
 def hand_power(effect, sd, n, alpha=0.05):
@@ -52,31 +76,45 @@ def hand_power(effect, sd, n, alpha=0.05):
 CELL = "0123456789abcdef"
 
 
-@pytest.mark.parametrize("counts", [[(3, 20, 7)], [(3, 20, 7), (5, 30, 1), (0, 12, 2)]])
-def test_the_bootstrap_is_the_documented_draws_and_seeded(counts):
-    got = ST.paired_bootstrap(counts, CELL, b=400)
-    low, high, p = hand_bootstrap(counts, CELL, 400)
+@pytest.mark.parametrize("d", [rows((3, 20, 7)),
+                               [[-1, 0, 1, 1, 0, 0, 1, -1, 0, 1], [0, 0, 1, 0, 0, -1, 1, 0, 0, 0],
+                                [1, 0, 1, 1, -1, 0, 0, 0, 0, 1]]])
+def test_the_bootstrap_is_the_documented_draws_and_seeded(d):
+    got = boot(d)
+    low, high, p = hand_bootstrap(d, CELL, 400)
     assert (got.low, got.high, got.p_value) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12),
-                                                pytest.approx(p))
-    assert ST.paired_bootstrap(counts, CELL, b=400) == got
-    assert ST.paired_bootstrap(counts, "fedcba9876543210", b=400) != got  # another cell, other draws
+                                                pytest.approx(p, abs=1e-12))
+    assert boot(d) == got
+    assert boot(d, "fedcba9876543210") != got  # another cell, other draws
 
 
 def test_zero_width_only_without_a_differing_image():
-    same = ST.paired_bootstrap([(0, 40, 0), (0, 35, 0)], CELL, b=1000)
+    same = boot([[0] * 40, [0] * 40], b=1000)
     assert (same.low, same.high, same.p_value) == (0.0, 0.0, 1.0)
     # The same gain (+2 images of 40) in both seeds, but from different images: not zero-width.
-    moved = ST.paired_bootstrap([(1, 36, 3), (4, 30, 6)], CELL, b=1000)
-    assert moved.low < 0.05 < moved.high
+    moved = boot(rows((1, 36, 3), (4, 32, 4))[:1] + [[1, 1, 0, 0, -1] + [0] * 35], b=1000)
+    assert moved.low < 0.05 < moved.high and moved.high - moved.low > 0.01
     # Every resample on one side: p at its floor, 1/B.
-    assert ST.paired_bootstrap([(0, 20, 20)], CELL, b=1000).p_value == pytest.approx(1 / 1000)
+    assert boot(rows((0, 20, 20)), b=1000).p_value == pytest.approx(1 / 1000)
 
 
-def test_image_counts_read_the_packed_bits():
-    dense = np.array([1, 1, 0, 0, 1, 0, 1, 1, 0], dtype=bool)
-    ticket = np.array([1, 0, 1, 1, 1, 0, 0, 1, 1], dtype=bool)
-    pack = [np.packbits(x, bitorder="little").tobytes() for x in (dense, ticket)]
-    assert ST.image_counts(pack[0], pack[1], 9) == (2, 4, 3)
+def test_with_no_image_noise_the_interval_is_the_seed_level_t_interval():
+    # Each seed flips every image the same way: resampling images cannot move a
+    # seed's gain, so only the seeds' spread is left, and the t interval over seeds.
+    d = [[1] * 20, [0] * 20, [1] * 20, [-1] * 20]
+    got = boot(d, b=4000)
+    gains = [1.0, 0.0, 1.0, -1.0]
+    low, high = ST.t_interval(np.mean(gains), np.std(gains, ddof=1), 4)
+    assert (got.low, got.high) == (pytest.approx(low, abs=0.03), pytest.approx(high, abs=0.03))
+
+
+def test_image_patterns_read_the_packed_bits():
+    dense = np.array([[1, 1, 0, 0, 1, 0, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1]], dtype=bool)
+    ticket = np.array([[1, 0, 1, 1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 0]], dtype=bool)
+    pack = [tuple(np.packbits(x, bitorder="little").tobytes() for x in (dn, t)) for dn, t in zip(dense, ticket)]
+    patterns, counts = ST.image_patterns(pack, 9)
+    # Per image (seed 0, seed 1): (-1,0) x2, (0,0) x4, (1,-1) x1, (1,0) x2.
+    assert patterns.tolist() == [[-1, 0], [0, 0], [1, -1], [1, 0]] and counts.tolist() == [2, 4, 1, 2]
 
 
 def test_holm_by_hand():

@@ -229,11 +229,10 @@ def test_the_bootstrap_of_a_cell_is_the_documented_draws(st):
         commit(st, digits(seed), [(0.5, correct(n, d)), (0.6, correct(n, t))])
     df = rows(st)
     row = T.compare(df, "val").iloc[0]
-    counts = []
-    for d, t in seeds:
-        diff = correct(n, t).astype(int) - correct(n, d).astype(int)
-        counts.append(((diff == -1).sum(), (diff == 0).sum(), (diff == 1).sum()))
-    low, high, p = hand_bootstrap(counts, row.cell_id, ST.BOOTSTRAP_B)
+    diffs = [correct(n, t).astype(int) - correct(n, d).astype(int) for d, t in seeds]
+    order = df.drop_duplicates("trial_id").sort_values("trial_id")["seed"].tolist()  # the docstring's seed order
+    diffs = [diffs[s] for s in order]
+    low, high, p = hand_bootstrap(diffs, row.cell_id, ST.BOOTSTRAP_B)
     assert (row.gain_ci_low, row.gain_ci_high, row.p_value) == (pytest.approx(low, abs=1e-12),
                                                                pytest.approx(high, abs=1e-12), pytest.approx(p))
     assert row.p_holm == pytest.approx(p)  # a family of one

@@ -1,0 +1,74 @@
+"""How the gain interval of `query --compare` behaves (orchestrator/stats.py):
+how stable its bounds are at the chosen number of resamples, and how often
+it covers the true mean gain in a simulated crossed design (seeds x shared
+test images), next to the seed-level t interval and a percentile bootstrap
+over seeds. The figures in stats.py's docstring come from this script.
+
+    python -m bench.intervals
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from orchestrator.stats import BOOTSTRAP_B, CONFIDENCE, _bootstrap, t_interval
+
+
+def _crossed(gen, seeds: int, n_images: int = 500, shared: float = 0.7, shift: float = 0.02):
+    """One simulated cell: n_images shared test images, each with its own
+    ticket-minus-dense outcome (-1, 0, +1 with chances 0.05, 0.88, 0.07); in
+    each seed an image keeps it with chance `shared`, else draws anew with the
+    seed's own chance of +1 (0.07 shifted by N(0, shift)). The true mean gain is 0.02."""
+    own = gen.choice([-1, 0, 1], p=[0.05, 0.88, 0.07], size=n_images)
+    rows = []
+    for _ in range(seeds):
+        up = float(np.clip(0.07 + gen.normal(0, shift), 0.0, 0.95))
+        fresh = gen.choice([-1, 0, 1], p=[0.05, 0.95 - up, up], size=n_images)
+        rows.append(np.where(gen.random(n_images) < shared, own, fresh))
+    patterns, counts = np.unique(np.array(rows, dtype=np.int8).T, axis=0, return_counts=True)
+    return patterns, counts
+
+
+def _coverage(seeds: int, shared: float = 0.7, shift: float = 0.02, reps: int = 300, b: int = 2000) -> str:
+    """How often the interval and the seed-level t interval cover the true mean gain (0.02)."""
+    gen = np.random.default_rng(seeds)
+    boot = tee = 0
+    for r in range(reps):
+        m, c = _crossed(gen, seeds, shared=shared, shift=shift)
+        x = _bootstrap.__wrapped__(m.tobytes(), m.shape, tuple(c), (r, seeds), b, CONFIDENCE)
+        boot += x.low <= 0.02 <= x.high
+        gains = (c @ m.astype(float)) / c.sum()
+        low, high = t_interval(gains.mean(), gains.std(ddof=1), seeds)
+        tee += low is not None and low <= 0.02 <= high
+    return (f"{seeds} seeds, {shared:.0%} of each image's outcome shared, seed shifts sd {shift}: the interval "
+            f"covers {boot / reps:.0%}, the seed-level t interval {tee / reps:.0%}")
+
+
+def _stability(b: int, seeds: int = 30) -> str:
+    """The spread of the bounds of one simulated cell of 5 seeds under `seeds` generator seeds."""
+    import time
+    m, c = _crossed(np.random.default_rng(0), 5)
+    start = time.perf_counter()
+    x = np.array([(r.low, r.high) for r in (_bootstrap.__wrapped__(m.tobytes(), m.shape, tuple(c), (1000 + s, 1),
+                                                                   b, CONFIDENCE) for s in range(seeds))])
+    ms = (time.perf_counter() - start) / seeds * 1000
+    return f"B={b}: sd of (low, high) {x.std(0).round(5).tolist()}, range {np.ptp(x, 0).round(5).tolist()}, " \
+           f"{ms:.0f} ms per cell"
+
+
+def _seed_coverage(seeds: int, reps: int = 2000, b: int = 2000) -> str:
+    """How often a percentile bootstrap of the mean of `seeds` normal per-seed gains covers the true mean."""
+    gen = np.random.default_rng(0)
+    x = gen.normal(0.0, 1.0, size=(reps, seeds))
+    boot = x[np.arange(reps)[:, None, None], gen.integers(0, seeds, size=(reps, b, seeds))].mean(axis=2)
+    low, high = np.quantile(boot, [0.025, 0.975], axis=1)
+    return f"{seeds} seeds: a 95% percentile bootstrap over seeds covers {np.mean((low <= 0) & (0 <= high)):.0%}"
+
+
+if __name__ == "__main__":
+    for b in (5000, BOOTSTRAP_B):
+        print("STABILITY", _stability(b))
+    for seeds in (2, 3, 5):
+        print(_seed_coverage(seeds))
+    for shared, shift in ((0.7, 0.02), (0.3, 0.05), (0.0, 0.0)):
+        for seeds in (2, 3, 5, 10):
+            print("COVERAGE", _coverage(seeds, shared, shift))
