@@ -17,11 +17,13 @@ from tests.helpers import ROOT, cli
 README = os.path.join(ROOT, "README.md")
 
 
-def readme_block(first: str, stop: str) -> list[str]:
-    """The README's indented code lines from the one starting with `first` up to
-    (not including) the one starting with `stop`, unindented, blank lines dropped."""
+def readme_block(first: str, stop: str, after: str = "") -> list[str]:
+    """The README's indented code lines from the one starting with `first` (the
+    first such line after one starting with `after`) up to (not including) the
+    one starting with `stop`, unindented, blank lines dropped."""
     lines = [line[4:] for line in open(README).read().splitlines() if line.startswith("    ")]
-    start = next(i for i, line in enumerate(lines) if line.startswith(first))
+    begin = next(i for i, line in enumerate(lines) if line.startswith(after))
+    start = next(i for i in range(begin, len(lines)) if lines[i].startswith(first))
     end = next(i for i in range(start, len(lines)) if lines[i].startswith(stop))
     return [line.rstrip() for line in lines[start:end] if line.strip()]
 
@@ -46,14 +48,18 @@ def test_the_readme_quickstart_table_is_what_the_quickstart_prints(quickstart):
 
 def test_the_readme_api_example_is_what_the_api_returns(quickstart):
     d, _ = quickstart
-    from orchestrator.api import compare, load_results, protocol
+    from orchestrator.api import compare, load_results, protocol, protocols
     df = load_results(str(d / "runs"), "quickstart")
     columns = ["fraction", "augmentation", "n_seeds", "dense_test_acc", "ticket_test_acc", "ticket_density", "gain"]
     got = compare(df)[columns].to_string(index=False).splitlines()
-    assert [line.rstrip() for line in got] == readme_block(" fraction augmentation", "protocol(df)"), "\n".join(got)
-    assert readme_block("protocol(df)", "protocols(df)") == ["protocol(df)", *_wrapped(protocol(df))]
+    assert [line.rstrip() for line in got] == readme_block(" fraction augmentation  n_seeds", "protocol(df)")
+    anchor = "compare(df)[["
+    assert readme_block("protocol(df)", "protocols(df)", anchor) == ["protocol(df)", *_wrapped(protocol(df))]
+    got = protocols(df)[["fraction", "augmentation", "gain_val", "gain_test", "selection_bias"]].to_string(index=False)
+    assert [line.rstrip() for line in got.splitlines()] == readme_block(" fraction augmentation  gain_val",
+                                                                        "load_layers(")
 
 
-def _wrapped(text: str, width: int = 76) -> list[str]:
+def _wrapped(text: str) -> list[str]:
     import textwrap
-    return ["# " + line for line in textwrap.wrap(text, width - 2)]
+    return ["# " + line for line in textwrap.wrap(text, 74)]
