@@ -45,3 +45,17 @@ def trial_process_start_s(run: dict, df, slots: int) -> float:
     tune_start = run["started"] + (run.get("import_s") or 0) + run["ray_start_s"]
     firsts = sorted(df.loc[df["round"] == 0, "started_at"].map(lambda t: t.timestamp()))[:slots]
     return max(0.0, sum(firsts) / len(firsts) - tune_start) if firsts else 0.0
+
+
+def run_experiment(experiment: str, storage: str) -> int:
+    """`lth-sweep run -e <experiment>` of ./experiments.yaml (resuming what is
+    there), timed; returns its exit status. The studies whose tables are in the
+    README (bench/init_study.py, bench/digits_study.py) run through this."""
+    import subprocess
+    import sys
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "run", "-e", experiment, "--storage", storage, "--plain"],
+                       stdout=subprocess.DEVNULL)
+    if r.returncode == 0:
+        print(f"{experiment} ran in {time.time() - t0:.0f} s (wall, Ray start-up included) on {os.cpu_count()} cores")
+    return r.returncode

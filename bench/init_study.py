@@ -16,14 +16,11 @@ each, with its 95% t interval over the seeds, and each scheme's own means.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import time
 
 import pandas as pd
 from scipy import stats
 
+from bench.common import run_experiment
 from orchestrator.api import load_results, winning_tickets
 
 SCHEMES = ("paper", "torchvision")
@@ -72,13 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-run", action="store_true", help="only print the table of a finished sweep")
     ap.add_argument("--select", default="val", choices=["val", "test"])
     a = ap.parse_args(argv)
-    if not a.no_run:
-        t0 = time.time()
-        r = subprocess.run([sys.executable, "-m", "orchestrator", "run", "-e", "init_study", "--storage", a.storage,
-                            "--plain"], stdout=subprocess.DEVNULL)
-        if r.returncode != 0:
-            return r.returncode
-        print(f"init_study ran in {time.time() - t0:.0f} s (wall, Ray start-up included) on {os.cpu_count()} cores")
+    if not a.no_run and (rc := run_experiment("init_study", a.storage)):
+        return rc
     p = paired(load_results(a.storage, "init_study"), a.select)
     print(f"Paired differences between init schemes, test accuracy, winning ticket selected on `{a.select}`; "
           f"mean over seeds [95% t interval]:\n")

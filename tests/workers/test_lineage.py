@@ -35,6 +35,21 @@ def round_tensors(lin, k):
     return st_load(files["weights.safetensors"]), P.unpack_masks(st_load(files["mask.safetensors"]))
 
 
+ORIGINAL_TRAIN_EPOCH = TR.Trainer.train_epoch
+
+
+def die_at(monkeypatch, when) -> None:
+    """Kill the lineage (raise Boom) when the Trainer is about to train an epoch
+    for which when(round, epoch) holds; other epochs train as usual."""
+    orig = TR.Trainer.train_epoch
+
+    def dying(self, round_k, epoch):
+        if when(round_k, epoch):
+            raise Boom()
+        return orig(self, round_k, epoch)
+    monkeypatch.setattr(TR.Trainer, "train_epoch", dying)
+
+
 def test_density_schedule_and_prunable_set(tmp_path):
     spec = tiny(rounds=3)
     lin = lineage(tmp_path, spec)
@@ -175,20 +190,13 @@ def test_corrupt_round_is_redone_from_previous(tmp_path, monkeypatch, caplog, ta
     spec = tiny(epochs=2, rounds=2, rewind=1)
     ref = L.run_lineage(spec, lineage(tmp_path, spec, "ref"))
     lin = lineage(tmp_path, spec, "x")
-    orig = TR.Trainer.train_epoch
-
-    def stop_at_round2(self, r, e):
-        if r == 2:
-            raise Boom()
-        return orig(self, r, e)
-
-    monkeypatch.setattr(TR.Trainer, "train_epoch", stop_at_round2)
+    die_at(monkeypatch, lambda r, e: r == 2)
     with pytest.raises(Boom):
         L.run_lineage(spec, lin)
     path = f"{lin.round_dir(1)}/{target}"
     raw = open(path, "rb").read()
     open(path, "wb").write(raw[: len(raw) - 7])  # truncated
-    monkeypatch.setattr(TR.Trainer, "train_epoch", orig)
+    monkeypatch.setattr(TR.Trainer, "train_epoch", ORIGINAL_TRAIN_EPOCH)
     rounds_trained = []
     from workers.round import RoundRun
     real_start = RoundRun.__init__
@@ -205,16 +213,14 @@ def test_corrupt_round_is_redone_from_previous(tmp_path, monkeypatch, caplog, ta
 def test_corrupt_rewind_state_redoes_round0(tmp_path, monkeypatch):
     spec = tiny(epochs=2, rounds=1, rewind=1)
     lin = lineage(tmp_path, spec)
-    orig = TR.Trainer.train_epoch
-    monkeypatch.setattr(TR.Trainer, "train_epoch",
-                        lambda self, r, e: (_ for _ in ()).throw(Boom()) if r == 1 else orig(self, r, e))
+    die_at(monkeypatch, lambda r, e: r == 1)
     with pytest.raises(Boom):
         L.run_lineage(spec, lin)
     p = f"{lin.round_dir(0)}/rewind.safetensors"
     raw = bytearray(open(p, "rb").read())
     raw[-1] ^= 0xFF
     open(p, "wb").write(bytes(raw))
-    monkeypatch.setattr(TR.Trainer, "train_epoch", orig)
+    monkeypatch.setattr(TR.Trainer, "train_epoch", ORIGINAL_TRAIN_EPOCH)
     out = L.run_lineage(spec, lin)
     assert [m["round"] for m in out] == [0, 1]
 
@@ -323,18 +329,12 @@ def test_the_released_codes_retraining_is_there_labelled(tmp_path, monkeypatch):
     lrs = [h["lr"] for h in ref[1]["history"]]
     assert [h["epoch"] for h in ref[1]["history"]] == [2, 3, 4]
     assert lrs == pytest.approx([0.5 * 0.05 * (1 + math.cos(math.pi * e / 3)) for e in (1, 2, 3)]) and lrs[-1] == 0
-    orig = TR.Trainer.train_epoch
-
-    def dying(self, round_k, epoch):
-        if (round_k, epoch) == (1, 3):  # the epoch past the schedule's period
-            raise Boom()
-        return orig(self, round_k, epoch)
     lin = lineage(tmp_path, spec, "killed")
-    monkeypatch.setattr(TR.Trainer, "train_epoch", dying)
+    die_at(monkeypatch, lambda r, e: (r, e) == (1, 3))  # the epoch past the schedule's period
     with pytest.raises(Boom):
         L.run_lineage(spec, lin, opts)
     assert lin.load_partial(1)[0] == 3
-    monkeypatch.setattr(TR.Trainer, "train_epoch", orig)
+    monkeypatch.setattr(TR.Trainer, "train_epoch", ORIGINAL_TRAIN_EPOCH)
     assert stable(L.run_lineage(spec, lin, opts)) == stable(ref)
 
 
@@ -374,13 +374,7 @@ def test_a_mid_round_checkpoint_in_another_precision_stops_the_round(tmp_path, m
     from workers.context import PrecisionChange
     spec = tiny(epochs=2, rounds=0, aug="none")
     lin = lineage(tmp_path, spec)
-    orig = TR.Trainer.train_epoch
-
-    def dying(self, round_k, epoch):
-        if epoch == 1:
-            raise Boom()
-        return orig(self, round_k, epoch)
-    monkeypatch.setattr(TR.Trainer, "train_epoch", dying)
+    die_at(monkeypatch, lambda r, e: e == 1)
     with pytest.raises(Boom):
         L.run_lineage(spec, lin, RunOptions(float64=True, checkpoint_every=1))
     monkeypatch.undo()
