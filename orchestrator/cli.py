@@ -115,9 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     import signal
-    # SIGTERM (preemption, `kill`) stops as gracefully as Ctrl-C, from the
-    # first instant: the driver swaps in Tune's path while trials run.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    from orchestrator import signals
+    if argv is None:
+        signals.stop_at_once()  # the driver turns graceful once it holds the sweep (orchestrator/signals.py)
+    else:
+        signals.graceful()  # in-process: SIGTERM as Ctrl-C, the caller's SIGINT kept
     rc = _main(argv)
     if argv is None:
         # This process's own command is done and its exit status decided: a
@@ -136,8 +139,8 @@ def _main(argv) -> int:
             raise UsageError(f"lth-sweep: choose a command: {', '.join(VERBS)} (see --help)")
         return getattr(verbs, f"cmd_{args.cmd}")(args) or 0
     except KeyboardInterrupt:
-        print("lth-sweep: stopped; committed rounds are safe. Re-run the same command to resume.",
-              file=sys.stderr)
+        from orchestrator.signals import STOPPED
+        print(STOPPED, file=sys.stderr)
         return 130
     except Exception as e:  # user errors: one line, exit 2
         from orchestrator.config import ConfigError

@@ -16,6 +16,7 @@ import os
 import time
 import torch
 
+from orchestrator import signals
 from orchestrator.grid import units
 from orchestrator.request import SweepRequest
 from orchestrator.resources import check_resources
@@ -41,6 +42,7 @@ def run_sweep(request: SweepRequest) -> int:
         preflight.check([(t.spec, t.options) for t in trials])
 
     with SweepLock(sweep):
+        signals.graceful()  # from here a stop must let what runs commit or drop cleanly
         if request.verify:
             from orchestrator.verify import redo_corrupt
             redo_corrupt(sweep)

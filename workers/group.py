@@ -253,5 +253,6 @@ def fuse_key(spec: TrialSpec) -> Optional[tuple]:
     if method.parent:
         return None
     d, p = spec.data, spec.prune
-    return (d.dataset, d.imbalance, d.fraction, d.images_per_class, spec.model.arch, spec.model.width,
-            method.variant, method.head, spec.train, p.rounds, p.rewind_epoch, p.prunable, p.retrain)
+    return (d.dataset, tuple(sorted(d.params().items())), d.fraction, d.images_per_class, spec.model.arch,
+            spec.model.width, method.variant, method.head, spec.train, p.rounds, p.rewind_epoch, p.prunable,
+            p.retrain)

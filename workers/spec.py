@@ -57,6 +57,12 @@ _POSITIVE = Rule(float, lo=0, lo_open=True)
 _UNIT = Rule(float, lo=0, hi=1, lo_open=True)
 
 
+# DataSpec fields that are a dataset's own parameters (DatasetInfo.params), not
+# the subset's: what the loader takes, what a fused group must share, what the
+# report shows per row. A dataset with a new parameter adds its field here.
+DATASET_PARAMS = ("imbalance",)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     dataset: str = spec_field(rule=Rule(str, choices="workers.data:DATASETS"), axis="datasets", column=True,
@@ -73,7 +79,7 @@ class DataSpec:
 
     def params(self) -> dict:
         """The dataset's own parameters that this spec sets (passed to its loader)."""
-        return {"imbalance": self.imbalance} if self.imbalance is not None else {}
+        return {f: getattr(self, f) for f in DATASET_PARAMS if getattr(self, f) is not None}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from orchestrator.results import ROUND_COLUMNS
 from workers import selection
 from workers.data import DATASETS
 from workers.methods import METHODS
+from workers.spec import DATASET_PARAMS
 
 CAPACITY = [name for name, m in METHODS.items() if m.control]  # in registry order
 # One (dataset, data size) cell; size_kind/size_x keep sizes in numeric order.
@@ -57,7 +58,7 @@ def trial_summary(df: pd.DataFrame, select: str = selection.DEFAULT_SELECTION) -
     stays NaN), its cell (and the cell without augmentation / size / method, the
     groups the views use) and whether its lineage is finished."""
     df = tables.with_cells(df)
-    keys = ["trial_id", "cell_id", "cell", *tables.FIXED, "seed", *[c for c in ("imbalance",) if c in df]]
+    keys = ["trial_id", "cell_id", "cell", *tables.FIXED, "seed", *[c for c in DATASET_PARAMS if c in df]]
     metrics = ["density", "val_acc", "test_acc", *[c for c in ROUND_COLUMNS if c in df]]
     winners = tables.winning_tickets(df[["trial_id", "round", "density", "val_acc", "test_acc"]], select)
     out = df.drop_duplicates("trial_id")[keys]

@@ -190,3 +190,33 @@ def test_allow_precision_change_reaches_every_trial_and_no_trial_id(tmp_path, ca
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "--allow-precision-change" in capsys.readouterr().out
+
+
+# A Ctrl-C while the driver plans and checks (before it holds the sweep): in
+# the chaos test's run it landed inside numpy's import and left a half-built
+# module, and the run died of an AttributeError with a traceback instead of
+# stopping. Until the lock nothing is written, so the stop is immediate.
+_EARLY_STOP = """
+import os, signal, sys, time
+import workers.preflight as preflight
+def interrupted(*a, **k):  # as an import that turns the interrupt into a broken module
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+    except KeyboardInterrupt:
+        pass
+    raise AttributeError("module 'numpy' has no attribute 'nonzero'")
+preflight.check = interrupted
+sys.argv = ["lth-sweep", "run", "-e", "tiny", "--num-cpus", "2"]
+from orchestrator.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_stop_before_the_driver_holds_the_sweep_is_immediate_and_clean(tmp_path):
+    from tests.helpers import TINY_YAML, python
+    (tmp_path / "experiments.yaml").write_text(TINY_YAML)
+    r = python(_EARLY_STOP, cwd=tmp_path, timeout=120)
+    assert r.returncode == 130, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.strip().endswith("Re-run the same command to resume.") and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs" / "tiny" / "trials").exists()
