@@ -11,15 +11,28 @@ several lineages at a time, and names each corrupt file with its trial and round
 corrupt round: the rounds after it were derived from it, so they go too
 (their manifests are renamed, not deleted, so what happened stays visible);
 the rounds before it are not touched.
+
+What was built on a damaged round is stale too, and the scrub follows it:
+- a lineage made from another (a method with a parent: same_layer_sparse,
+  small_dense) reads its parent's round k to make its own round k, so it is
+  redone from the parent's first damaged round (and so on, for what is built
+  on it in turn);
+- an evaluation file that read a round that will be redone is stale; once the
+  round is redone its recorded manifest digest no longer matches, and the
+  next run computes it again (workers/evaluations/).
+`verify` lists both as stale; `run --verify` redoes the lineages.
 """
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from workers.methods import METHODS, parent_spec
+from workers.spec import TrialSpec
 from workers.store import SweepStore
 
 WORKERS = 8  # lineages checked at once: enough to hide S3 latency, few enough for NFS
+CORRUPT = "corrupt"
 
 
 def _verify_trial(sweep: SweepStore, tid: str) -> tuple[int, int, list[dict]]:
@@ -34,7 +47,8 @@ def _verify_trial(sweep: SweepStore, tid: str) -> tuple[int, int, list[dict]]:
 
 
 def verify_sweep(sweep: SweepStore) -> dict:
-    """{"trials", "rounds", "files", "corrupt": [{trial_id, round, file, problem}], "seconds"}."""
+    """{"trials", "rounds", "files", "corrupt": [{trial_id, round, file, problem}],
+    "stale": [{trial_id, round | analysis, why}], "seconds"}."""
     t0 = time.monotonic()
     tids = sorted(sweep.listing())
     rounds = files = 0
@@ -44,27 +58,86 @@ def verify_sweep(sweep: SweepStore) -> dict:
             rounds, files, corrupt = rounds + r, files + f, corrupt + bad
     corrupt.sort(key=lambda c: (c["trial_id"], c["round"], c["file"]))
     return {"sweep": sweep.sweep, "trials": len(tids), "rounds": rounds, "files": files, "corrupt": corrupt,
-            "seconds": round(time.monotonic() - t0, 2)}
+            "stale": _stale(sweep, tids, corrupt), "seconds": round(time.monotonic() - t0, 2)}
+
+
+def _first_redone(sweep: SweepStore, tids: list[str], corrupt: list[dict]) -> dict[str, tuple[int, str]]:
+    """{trial_id: (first round to redo, why)}: damaged lineages from their first
+    corrupt round, and what was built from them from the same round on."""
+    redo = {}
+    for c in corrupt:
+        if c["trial_id"] not in redo or c["round"] < redo[c["trial_id"]][0]:
+            redo[c["trial_id"]] = (c["round"], CORRUPT)
+    parent_of = {}
+    for tid in tids:
+        stored = sweep.lineage(tid).read_spec()
+        try:
+            spec = TrialSpec.from_dict(stored) if stored else None
+        except (TypeError, ValueError, KeyError):
+            spec = None
+        method = METHODS.get(spec.prune.method, None) if spec is not None else None
+        if method is not None and method.parent:
+            parent_of[tid] = parent_spec(spec).trial_id
+    changed = True
+    while changed:  # what is built on a redone lineage, then what is built on that
+        changed = False
+        for tid, pid in parent_of.items():
+            if pid in redo and redo[pid][0] < redo.get(tid, (1 << 30,))[0]:
+                k = redo[pid][0]
+                if any(j >= k for j in sweep.lineage(tid).manifests_any()):
+                    redo[tid] = (k, f"built from {pid} round {k}, which is redone")
+                    changed = True
+    return redo
+
+
+def _current(lin, name: str):
+    """The analysis file if it still matches the rounds it read; None if not, or if
+    those rounds cannot be read (a damaged manifest is reported as corrupt already)."""
+    from workers.evaluations import current
+    try:
+        return current(lin, name)
+    except Exception:
+        return None
+
+
+def _stale(sweep: SweepStore, tids: list[str], corrupt: list[dict]) -> list[dict]:
+    redo = _first_redone(sweep, tids, corrupt)
+    out = [{"trial_id": tid, "round": k, "why": why} for tid, (k, why) in sorted(redo.items()) if why != CORRUPT]
+    for tid in tids:
+        lin = sweep.lineage(tid)
+        k = redo.get(tid, (None,))[0]
+        for name in lin.analyses():
+            doc = lin.read_analysis(name) or {}
+            read = [int(r) for r in doc.get("rounds", {}) if str(r).isdigit()]
+            if k is not None and any(r >= k for r in read):
+                out.append({"trial_id": tid, "analysis": name,
+                            "why": f"read round {max(read)}, which is redone (from round {k})"})
+            elif _current(lin, name) is None:
+                out.append({"trial_id": tid, "analysis": name,
+                            "why": "the rounds it read were redone since; the next run computes it again"})
+    return out
 
 
 def format_verify(out: dict) -> str:
     lines = [f"{c['trial_id']} round {c['round']}: {c['file']} {c['problem']}" for c in out["corrupt"]]
+    lines += [f"{s['trial_id']} " + (f"round {s['round']} on" if "round" in s else f"analysis {s['analysis']}")
+              + f": stale, {s['why']}" for s in out.get("stale", [])]
     verdict = (f"{len(out['corrupt'])} corrupt file(s)" if out["corrupt"] else "every file verifies")
+    if out.get("stale"):
+        verdict += f", {len(out['stale'])} stale (run --verify redoes them)"
     return "\n".join(lines + [f"sweep {out['sweep']}: {out['trials']} trials, {out['rounds']} committed rounds, "
                               f"{out['files']} files checked in {out['seconds']:.1f}s: {verdict}"])
 
 
 def redo_corrupt(sweep: SweepStore) -> list[tuple[str, int]]:
-    """Scrub, then un-commit each damaged lineage from its first corrupt round;
-    returns [(trial_id, first corrupt round)]."""
+    """Scrub, then un-commit each damaged lineage from its first corrupt round,
+    and each lineage built from one from the same round; returns [(trial_id, round)]."""
     from workers.lease import log
     out = verify_sweep(sweep)
-    first: dict[str, int] = {}
-    for c in out["corrupt"]:
-        first[c["trial_id"]] = min(first.get(c["trial_id"], c["round"]), c["round"])
-    for tid, k in sorted(first.items()):
+    redo = _first_redone(sweep, sorted(sweep.listing()), out["corrupt"])
+    for tid, (k, why) in sorted(redo.items()):
         gone = sweep.lineage(tid).invalidate_from(k)
-        log(f"verify: {tid} round {k} is corrupt; redoing the lineage from there (rounds {gone} un-committed)")
+        log(f"verify: {tid} round {k} is {why}; redoing the lineage from there (rounds {gone} un-committed)")
     log(f"verify: {out['files']} files of {out['rounds']} rounds checked in {out['seconds']:.1f}s, "
-        f"{len(first)} lineage(s) to redo")
-    return sorted(first.items())
+        f"{len(redo)} lineage(s) to redo")
+    return sorted((tid, k) for tid, (k, _) in redo.items())

@@ -169,3 +169,44 @@ def test_the_next_run_retrains_only_what_was_uncommitted(sweep, built, monkeypat
     ref = SweepStore(str(built[0]), "s").lineage(A)
     names = ["weights.safetensors", "mask.safetensors", "predictions.safetensors"]
     assert all(a.load_round(k, names) == ref.load_round(k, names) for k in (1, 2))
+
+
+def test_what_was_built_on_a_damaged_round_is_stale_and_redone_to_the_same_bits(tmp_path):
+    """same_layer_sparse makes its round k from its imp parent's round k: a
+    damaged parent round makes the child's rounds from k stale, and an
+    evaluation file that read a redone round too. `redo_corrupt` un-commits
+    both lineages from k; rerun, they come back bit for bit."""
+    import dataclasses
+
+    from workers.evaluations.base import digests
+    sweep = SweepStore(str(tmp_path), "dep")
+    parent = SPECS[0]
+    child = dataclasses.replace(parent, prune=dataclasses.replace(parent.prune, method="same_layer_sparse"))
+    P, C = parent.trial_id, child.trial_id
+    for spec in (parent, child):
+        run_lineage(spec, sweep.lineage(spec.trial_id), CPU)
+    weights = {(t, k): open(f"{sweep.lineage(t).round_dir(k)}/weights.safetensors", "rb").read()
+               for t in (P, C) for k in range(3)}
+    sweep.lineage(P).write_analysis("cka", {"rounds": digests(sweep.lineage(P), [0, 2]), "rows": []})
+    mask = f"{sweep.lineage(P).round_dir(1)}/mask.safetensors"
+    raw = bytearray(open(mask, "rb").read())
+    raw[-1] ^= 0xFF
+    open(mask, "wb").write(bytes(raw))
+
+    out = verify_sweep(sweep)
+    assert [(c["trial_id"], c["round"]) for c in out["corrupt"]] == [(P, 1)]
+    assert {"trial_id": C, "round": 1, "why": f"built from {P} round 1, which is redone"} in out["stale"]
+    assert {"trial_id": P, "analysis": "cka", "why": "read round 2, which is redone (from round 1)"} in out["stale"]
+    assert len(out["stale"]) == 2 and f"{C} round 1 on: stale" in format_verify(out)
+
+    assert redo_corrupt(sweep) == sorted([(P, 1), (C, 1)])
+    assert sweep.lineage(P).committed_prefix() == sweep.lineage(C).committed_prefix() == 1
+    for spec in (parent, child):
+        run_lineage(spec, sweep.lineage(spec.trial_id), CPU)
+    again = {(t, k): open(f"{sweep.lineage(t).round_dir(k)}/weights.safetensors", "rb").read()
+             for t in (P, C) for k in range(3)}
+    assert again == weights
+    after = verify_sweep(sweep)
+    assert after["corrupt"] == [] and after["stale"] == [
+        {"trial_id": P, "analysis": "cka", "why": "the rounds it read were redone since; the next run computes it "
+                                                   "again"}]
