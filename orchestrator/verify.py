@@ -68,6 +68,8 @@ def _first_redone(sweep: SweepStore, tids: list[str], corrupt: list[dict]) -> di
     for c in corrupt:
         if c["trial_id"] not in redo or c["round"] < redo[c["trial_id"]][0]:
             redo[c["trial_id"]] = (c["round"], CORRUPT)
+    if not redo:  # nothing damaged: nothing built on it either (no spec reads on a clean scrub)
+        return redo
     parent_of = {}
     for tid in tids:
         stored = sweep.lineage(tid).read_spec()

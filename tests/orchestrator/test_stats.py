@@ -92,7 +92,7 @@ def test_zero_width_only_without_a_differing_image():
     same = boot([[0] * 40, [0] * 40], b=1000)
     assert (same.low, same.high, same.p_value) == (0.0, 0.0, 1.0)
     # The same gain (+2 images of 40) in both seeds, but from different images: not zero-width.
-    moved = boot(rows((1, 36, 3), (4, 32, 4))[:1] + [[1, 1, 0, 0, -1] + [0] * 35], b=1000)
+    moved = boot(rows((1, 36, 3)) + [[1, 1, 1, -1] + [0] * 36], b=1000)
     assert moved.low < 0.05 < moved.high and moved.high - moved.low > 0.01
     # Every resample on one side: p at its floor, 1/B.
     assert boot(rows((0, 20, 20)), b=1000).p_value == pytest.approx(1 / 1000)
