@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 from safetensors.torch import load as st_load
 
+from workers import checkpoint
 from workers import data
 from workers import pruning
 from workers.methods import ParentMissing, get_method, parent_spec
@@ -88,20 +89,22 @@ class LineageContext:
         """Committed round k's trained weights and masks, verified; masks on the
         device in model order (it fixes the prune's tie-breaking and the order
         of the per-layer table)."""
-        files = self._verified.pop(k, None) or self.store.load_round(k, ["weights.safetensors",
-                                                                        "mask.safetensors"])
-        masks = pruning.unpack_masks(st_load(files["mask.safetensors"]))
-        return st_load(files["weights.safetensors"]), {n: masks[n].to(self.device) for n in self.names}
+        files = self._verified.pop(k, None) or checkpoint.load_files(self.store, k)
+        try:
+            state, masks = checkpoint.decode_files(files)  # either format (workers/checkpoint.py)
+        except ValueError as e:
+            raise CorruptRound(f"round {k} of trial {self.store.trial_id}: {e}") from None
+        return state, {n: masks[n].to(self.device) for n in self.names}
 
     def rewind_state(self) -> dict:
         """Round 0's committed rewind state, read (and verified) once."""
         if self._rewind is None:
-            files = self._verified.pop("rewind", None) or self.store.load_round(0, ["rewind.safetensors"])
-            self._rewind = st_load(files["rewind.safetensors"])
+            files = self._verified.pop("rewind", None) or self.store.load_round(0, [checkpoint.REWIND])
+            self._rewind = st_load(files[checkpoint.REWIND])
         return self._rewind
 
     def parent_masks(self, k: int) -> dict:
-        packed = self.parent.load_round(k, ["mask.safetensors"])["mask.safetensors"]
+        packed = self.parent.load_round(k, [checkpoint.MASK])[checkpoint.MASK]
         masks = pruning.unpack_masks(st_load(packed))
         return {n: masks[n].to(self.device) for n in self.names}
 
@@ -162,13 +165,13 @@ def _verified_prefix(store: LineageStore) -> tuple[int, dict]:
         if k == 0:
             return 0, {}
         try:
-            rewind = store.load_round(0, ["rewind.safetensors"])
+            rewind = store.load_round(0, [checkpoint.REWIND])
         except CorruptRound as e:
             log.warning("%s: redoing the lineage from round 0", e)
             store.invalidate_from(0)
             continue
         try:
-            last = store.load_round(k - 1, ["weights.safetensors", "mask.safetensors"])
+            last = checkpoint.load_files(store, k - 1)  # its weights in either format
         except CorruptRound as e:
             log.warning("%s: redoing it from round %d", e, k - 2)
             store.invalidate_from(k - 1)

@@ -19,9 +19,10 @@ from typing import Optional
 
 from safetensors.torch import load as st_load
 
-from workers import predictions, pruning
+from workers import checkpoint, predictions, pruning
 from workers.context import check_precision
 from workers.methods import RoundStart
+from workers.store import CorruptRound
 from workers.train import Trainer, model_state, save_tensors
 
 log = logging.getLogger("lth_sweep.round")
@@ -131,11 +132,11 @@ class RoundRun:
             **start.extra,
             **(extra or {}),
         }
-        files = {"weights.safetensors": save_tensors(model_state(start.model)),
-                 "mask.safetensors": save_tensors(pruning.pack_masks(start.masks)),
+        # The network as only its masks cannot give it (workers/checkpoint.py), exactly.
+        files = {**checkpoint.round_files(model_state(start.model), start.masks),
                  predictions.FILE: predictions.encode(predicted, labels, ctx.prep.info.num_classes)}
         if k == 0:
-            files["rewind.safetensors"] = save_tensors(self.rewind)
+            files[checkpoint.REWIND] = save_tensors(self.rewind)
         files["metrics.json"] = json.dumps(metrics, sort_keys=True, indent=1).encode()
         ctx.store.check_owner(ctx.token)
         ctx.store.commit_round(k, files, metrics, ctx.spec.to_dict())
@@ -159,12 +160,12 @@ def copy_round(ctx, k: int, start: RoundStart) -> dict:
     """Commit round k of another lineage (`start.copy_from`) as this one's:
     its verified files, nothing retrained, so resume and the tables treat it as ours."""
     source = start.copy_from
-    files = source.load_round(k, [n for n in ("weights.safetensors", "mask.safetensors", "rewind.safetensors")
-                                  if k == 0 or n != "rewind.safetensors"])
     manifest = source.read_manifest(k)
-    # A source round committed before predictions were recorded has none to carry.
-    if predictions.FILE in manifest["files"]:
-        files.update(source.load_round(k, [predictions.FILE]))
+    if manifest is None:
+        raise CorruptRound(f"round {k} of trial {source.trial_id} has no intact manifest")
+    # Whatever files the source round has (its weights in either format,
+    # workers/checkpoint.py; predictions unless it predates them), verified.
+    files = source.load_round(k, [n for n in manifest["files"] if n != "metrics.json"])
     metrics = dict(manifest["metrics"])
     metrics.update(trial_id=ctx.store.trial_id, checkpoint_uri=ctx.store.round_uri(k), copied_from=source.trial_id)
     files["metrics.json"] = json.dumps(metrics, sort_keys=True, indent=1).encode()

@@ -242,7 +242,7 @@ def test_sweep_on_s3_killed_and_resumed_equals_local(s3_env, local_reference, tm
     keys = _keys(client, "sweeps/tiny/")
     assert any("/results/part-" in k for k in keys) and any("/layers/part-" in k for k in keys)
     assert any(k.startswith("sweeps/tiny/_tune/") for k in keys)
-    assert any(k.endswith("/weights.safetensors") for k in keys)
+    assert any(k.endswith("/weights.sparse.safetensors") for k in keys)
     assert not [k for k in keys if "/partial/" in k and not k.endswith("/")], "partial checkpoints left"
     for k in keys:
         body = client.get_object(Bucket=BUCKET, Key=k)["Body"].read()

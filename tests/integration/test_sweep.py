@@ -208,7 +208,7 @@ def test_fused_sweep_killed_and_resumed_equals_the_uninterrupted_fused_sweep(sha
     assert r.returncode == 0, r.stdout + r.stderr
     final = manifests(storage)
     assert {k: final[k] for k in snapshot} == snapshot
-    for name in ("weights.safetensors", "mask.safetensors"):
+    for name in ("weights.sparse.safetensors", "mask.safetensors"):
         got, want = _files(storage, name), _files(ref_dir / "runs", name)
         assert len(got) == 12 and got == want, name  # every member, every round: bit for bit
     got = table(storage).sort_values(["trial_id", "round"]).reset_index(drop=True)

@@ -84,7 +84,7 @@ def test_verify_names_corrupt_files_and_run_verify_redoes_from_the_first(swept, 
     sweep = SweepStore(str(store), "mine")
     tid = sorted(sweep.trial_ids())[0]
     lin = sweep.lineage(tid)
-    weights = f"{lin.round_dir(1)}/weights.safetensors"
+    weights = f"{lin.round_dir(1)}/weights.sparse.safetensors"
     mask = f"{lin.round_dir(2)}/mask.safetensors"
     data = bytearray(open(weights, "rb").read())
     data[len(data) // 2] ^= 0x01
@@ -98,12 +98,12 @@ def test_verify_names_corrupt_files_and_run_verify_redoes_from_the_first(swept, 
 
     r = cli("verify", *args, cwd=d)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert f"{tid} round 1: weights.safetensors" in r.stdout
+    assert f"{tid} round 1: weights.sparse.safetensors" in r.stdout
     assert f"{tid} round 2: mask.safetensors" in r.stdout
     assert "2 corrupt file(s)" in r.stdout
     out = json.loads(cli("verify", *args, "--json", cwd=d).stdout)
     assert {(c["trial_id"], c["round"], c["file"]) for c in out["corrupt"]} == \
-        {(tid, 1, "weights.safetensors"), (tid, 2, "mask.safetensors")}
+        {(tid, 1, "weights.sparse.safetensors"), (tid, 2, "mask.safetensors")}
 
     r = cli("run", *args, *shared_ray, "--verify", cwd=d, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

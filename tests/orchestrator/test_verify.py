@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from orchestrator.verify import format_verify, redo_corrupt, verify_sweep
+from workers import checkpoint as CK
 from workers.lineage import run_lineage
 from workers.round import RoundRun
 from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
@@ -88,7 +89,7 @@ def test_a_clean_sweep_verifies_every_file_of_every_round(sweep):
 
 def test_each_damaged_file_is_named_with_its_trial_round_and_problem(sweep):
     a, b = sweep.lineage(A), sweep.lineage(B)
-    flip(f"{a.round_dir(1)}/weights.safetensors")
+    flip(f"{a.round_dir(1)}/{CK.WEIGHTS}")
     mask = f"{a.round_dir(2)}/mask.safetensors"
     with open(mask, "r+b") as f:
         f.truncate(os.path.getsize(mask) - 3)
@@ -100,7 +101,7 @@ def test_each_damaged_file_is_named_with_its_trial_round_and_problem(sweep):
     open(man, "wb").write(raw.replace(b'"round": 2', b'"round": 3', 1))  # valid JSON, edited
     out = verify_sweep(sweep)
     assert [(c["trial_id"], c["round"], c["file"], c["problem"]) for c in out["corrupt"]] == [
-        (A, 1, "weights.safetensors", "fails its sha256 check"),
+        (A, 1, CK.WEIGHTS, "fails its sha256 check"),
         (A, 2, "mask.safetensors", f"{size} bytes, the manifest says {size + 3}"),
         (B, 0, "metrics.json", "missing"),
         (B, 1, "predictions.safetensors", "fails its sha256 check"),
@@ -108,7 +109,7 @@ def test_each_damaged_file_is_named_with_its_trial_round_and_problem(sweep):
     ]
     assert out["rounds"] == 6  # a round with a damaged manifest is still reported, not skipped
     lines = format_verify(out).splitlines()
-    assert lines[0] == f"{A} round 1: weights.safetensors fails its sha256 check"
+    assert lines[0] == f"{A} round 1: {CK.WEIGHTS} fails its sha256 check"
     assert lines[2] == f"{B} round 0: metrics.json missing"
     assert lines[3] == f"{B} round 1: predictions.safetensors fails its sha256 check"
     assert lines[-1].endswith("5 corrupt file(s)")
@@ -118,7 +119,7 @@ def test_redo_corrupt_uncommits_from_the_first_corrupt_round_only(sweep, capsys)
     before = snapshot(sweep)
     a, b = sweep.lineage(A), sweep.lineage(B)
     flip(f"{a.round_dir(2)}/mask.safetensors")
-    flip(f"{a.round_dir(1)}/weights.safetensors")  # the first corrupt round of A, not the first named
+    flip(f"{a.round_dir(1)}/{CK.WEIGHTS}")  # the first corrupt round of A, not the first named
     flip(f"{b.round_dir(0)}/rewind.safetensors")
     damaged = snapshot(sweep)
     assert redo_corrupt(sweep) == [(A, 1), (B, 0)]
@@ -149,7 +150,7 @@ def test_a_clean_sweep_is_left_exactly_as_it_was(sweep, capsys):
 
 def test_the_next_run_retrains_only_what_was_uncommitted(sweep, built, monkeypatch):
     a = sweep.lineage(A)
-    flip(f"{a.round_dir(1)}/weights.safetensors")
+    flip(f"{a.round_dir(1)}/{CK.WEIGHTS}")
     round0 = {p: v for p, v in snapshot(sweep).items() if p.startswith(f"trials/{A}/round_0/")}
     assert redo_corrupt(sweep) == [(A, 1)]
     trained = []
@@ -167,7 +168,7 @@ def test_the_next_run_retrains_only_what_was_uncommitted(sweep, built, monkeypat
     assert [{k: v for k, v in m.items() if k not in TIMINGS} for m in got] == \
         [{k: v for k, v in m.items() if k not in TIMINGS} for m in built[1][A]]
     ref = SweepStore(str(built[0]), "s").lineage(A)
-    names = ["weights.safetensors", "mask.safetensors", "predictions.safetensors"]
+    names = [CK.WEIGHTS, "mask.safetensors", "predictions.safetensors"]
     assert all(a.load_round(k, names) == ref.load_round(k, names) for k in (1, 2))
 
 
@@ -185,7 +186,7 @@ def test_what_was_built_on_a_damaged_round_is_stale_and_redone_to_the_same_bits(
     P, C = parent.trial_id, child.trial_id
     for spec in (parent, child):
         run_lineage(spec, sweep.lineage(spec.trial_id), CPU)
-    weights = {(t, k): open(f"{sweep.lineage(t).round_dir(k)}/weights.safetensors", "rb").read()
+    weights = {(t, k): open(f"{sweep.lineage(t).round_dir(k)}/{CK.WEIGHTS}", "rb").read()
                for t in (P, C) for k in range(3)}
     sweep.lineage(P).write_analysis("cka", {"rounds": digests(sweep.lineage(P), [0, 2]), "rows": []})
     mask = f"{sweep.lineage(P).round_dir(1)}/mask.safetensors"
@@ -203,7 +204,7 @@ def test_what_was_built_on_a_damaged_round_is_stale_and_redone_to_the_same_bits(
     assert sweep.lineage(P).committed_prefix() == sweep.lineage(C).committed_prefix() == 1
     for spec in (parent, child):
         run_lineage(spec, sweep.lineage(spec.trial_id), CPU)
-    again = {(t, k): open(f"{sweep.lineage(t).round_dir(k)}/weights.safetensors", "rb").read()
+    again = {(t, k): open(f"{sweep.lineage(t).round_dir(k)}/{CK.WEIGHTS}", "rb").read()
              for t in (P, C) for k in range(3)}
     assert again == weights
     after = verify_sweep(sweep)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 
+from workers import checkpoint as C
 from workers import lineage as L
-from workers import pruning as P
 from workers import train as TR
 from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
 from workers.store import SweepStore
@@ -31,8 +31,7 @@ def stable(metrics):
 
 
 def round_tensors(lin, k):
-    files = lin.load_round(k, ["weights.safetensors", "mask.safetensors"])
-    return st_load(files["weights.safetensors"]), P.unpack_masks(st_load(files["mask.safetensors"]))
+    return C.read_weights(lin, k)
 
 
 ORIGINAL_TRAIN_EPOCH = TR.Trainer.train_epoch
@@ -185,7 +184,7 @@ def test_resume_after_committed_rounds_skips_them(tmp_path, monkeypatch):
     assert calls == [] and len(again) == 3
 
 
-@pytest.mark.parametrize("target", ["weights.safetensors", "mask.safetensors", "MANIFEST.json"])
+@pytest.mark.parametrize("target", [C.WEIGHTS, C.MASK, "MANIFEST.json"])
 def test_corrupt_round_is_redone_from_previous(tmp_path, monkeypatch, caplog, target):
     spec = tiny(epochs=2, rounds=2, rewind=1)
     ref = L.run_lineage(spec, lineage(tmp_path, spec, "ref"))
@@ -305,8 +304,7 @@ def test_compiled_lineage_matches_eager(tmp_path):
     m_e = L.run_lineage(spec, eager)
     m_c = L.run_lineage(spec, comp, RunOptions(compile=True, compile_backend="aot_eager"))
     assert [m["density"] for m in m_e] == [m["density"] for m in m_c]
-    we = st_load(eager.load_round(1, ["weights.safetensors"])["weights.safetensors"])
-    wc = st_load(comp.load_round(1, ["weights.safetensors"])["weights.safetensors"])
+    we, wc = C.read_weights(eager, 1)[0], C.read_weights(comp, 1)[0]
     assert set(we) == set(wc) and not any(k.startswith("_orig_mod") for k in wc)
     for k in we:
         torch.testing.assert_close(wc[k], we[k], rtol=1e-3, atol=1e-4)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 
+from workers import checkpoint as C
 from workers import predictions as PRED
 from workers import pruning as P
 from workers.data import normalize
@@ -26,8 +27,8 @@ from workers.store import SweepStore
 
 # What differs between two runs of the same round by when and where they ran.
 TIMINGS = {"wall_s", "images_per_s", "started_at", "finished_at", "checkpoint_uri"}
-ROUND0 = {"weights.safetensors", "mask.safetensors", "rewind.safetensors", "predictions.safetensors"}
-LATER = {"weights.safetensors", "mask.safetensors", "predictions.safetensors", "metrics.json"}
+ROUND0 = {C.WEIGHTS, C.MASK, C.REWIND, "predictions.safetensors"}
+LATER = {C.WEIGHTS, C.MASK, "predictions.safetensors", "metrics.json"}
 
 
 @pytest.fixture(autouse=True)
@@ -120,7 +121,7 @@ def test_round0_commits_its_files_metrics_and_the_rewind_state(tmp_path):
     assert all(l["density"] == 1.0 for l in metrics["layers"])
     # The committed weights are the trained ones; the rewind state is the epoch-1
     # state (weights, BN statistics, head), not the end of the round.
-    weights, rewind = tensors(lin, 0, "weights.safetensors"), tensors(lin, 0, "rewind.safetensors")
+    weights, rewind = C.read_weights(lin, 0)[0], tensors(lin, 0, "rewind.safetensors")
     assert same(weights, model_state(run.start.model))
     assert same(rewind, snap)
     assert not same(rewind, weights)
@@ -152,7 +153,7 @@ def test_round0_rewind_state_at_the_start_the_end_or_past_it(tmp_path, rewind):
     init = model_state(ctx.model)
     do_round(ctx, 0)
     kept = tensors(ctx.store, 0, "rewind.safetensors")
-    weights = tensors(ctx.store, 0, "weights.safetensors")
+    weights = C.read_weights(ctx.store, 0)[0]
     assert same(kept, init if rewind == 0 else weights)
     assert not same(kept, weights if rewind == 0 else init)
 

@@ -1,10 +1,9 @@
 """The training and evaluation loop: the layout it feeds the network, BatchNorm recalibration and what it measures."""
 import pytest
 import torch
-from safetensors.torch import load as st_load
 
+from workers import checkpoint as C
 from workers import lineage as L
-from workers import pruning as P
 from workers.methods import trial_model
 from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
 from workers.store import SweepStore
@@ -15,8 +14,7 @@ def lineage(tmp_path, spec, name="s"):
 
 
 def round_tensors(lin, k):
-    files = lin.load_round(k, ["weights.safetensors", "mask.safetensors"])
-    return st_load(files["weights.safetensors"]), P.unpack_masks(st_load(files["mask.safetensors"]))
+    return C.read_weights(lin, k)
 
 
 def _test_acc(lin, spec, k, batch_stats: bool):

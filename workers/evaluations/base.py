@@ -21,8 +21,8 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import torch
-from safetensors.torch import load as st_load
 
+from workers import checkpoint
 from workers.methods import trial_model
 from workers.registry import Registry
 from workers.selection import winning_rounds
@@ -104,8 +104,8 @@ def model_at(spec: TrialSpec, store: LineageStore, k: int, info, device: torch.d
     round records it) is built at it."""
     m = store.read_manifest(k)["metrics"]
     model = trial_model(spec, info, width=m.get("width"), with_init=False)
-    files = store.load_round(k, ["weights.safetensors"])
-    model.load_state_dict(st_load(files["weights.safetensors"]))
+    state, _ = checkpoint.read_weights(store, k)  # either format, verified
+    model.load_state_dict(state)
     return model.to(device).eval()
 
 

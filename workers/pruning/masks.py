@@ -116,8 +116,13 @@ def apply_masks(params: list[torch.Tensor], masks: list[torch.Tensor], optimizer
     """params *= masks in one fused op, then the same for the SGD momentum buffers
     of those params. SGD creates its buffers lazily at the first step, so they
     are looked up on each call; the gradient (and weight decay) at a pruned
-    position is not zero, so a buffer would otherwise keep a velocity there."""
+    position is not zero, so a buffer would otherwise keep a velocity there.
+
+    A negative weight times 0 is -0.0: adding +0.0 after the multiply turns
+    every -0.0 into +0.0 and changes no other value, so pruned positions hold
+    the one bit pattern of +0.0 (what workers/checkpoint.py stores them as)."""
     torch._foreach_mul_(params, masks)
+    torch._foreach_add_(params, 0.0)
     if optimizer is None:
         return
     bufs, bmasks = [], []
@@ -128,3 +133,4 @@ def apply_masks(params: list[torch.Tensor], masks: list[torch.Tensor], optimizer
             bmasks.append(m)
     if bufs:
         torch._foreach_mul_(bufs, bmasks)
+        torch._foreach_add_(bufs, 0.0)

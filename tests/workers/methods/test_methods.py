@@ -3,6 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 
+from workers import checkpoint as C
 from workers import data as D
 from workers import lineage as L
 from workers import pruning as P
@@ -57,10 +58,8 @@ def test_method_lineage_runs_and_differs_from_imp(tmp_path, method):
     ms = L.run_lineage(spec(method), SweepStore(str(tmp_path), "m").lineage(spec(method).trial_id))
     base = L.run_lineage(spec("imp"), SweepStore(str(tmp_path), "b").lineage(spec("imp").trial_id))
     assert [round(m["density"], 4) for m in ms] == [round(m["density"], 4) for m in base]
-    w = st_load(SweepStore(str(tmp_path), "m").lineage(spec(method).trial_id)
-                .load_round(0, ["weights.safetensors"])["weights.safetensors"])
-    wb = st_load(SweepStore(str(tmp_path), "b").lineage(spec("imp").trial_id)
-                 .load_round(0, ["weights.safetensors"])["weights.safetensors"])
+    w = C.read_weights(SweepStore(str(tmp_path), "m").lineage(spec(method).trial_id), 0)[0]
+    wb = C.read_weights(SweepStore(str(tmp_path), "b").lineage(spec("imp").trial_id), 0)[0]
     shared = [k for k in wb if k in w and w[k].shape == wb[k].shape and w[k].is_floating_point()]
     assert set(w) != set(wb) or any(not torch.equal(w[k], wb[k]) for k in shared)
     if method == "tvmf_loss":
@@ -104,7 +103,7 @@ def test_same_layer_sparse_has_the_parents_layer_densities_exactly(tmp_path):
     rows = L.run_lineage(child, st.lineage(child.trial_id))
     pa, ch = st.lineage(parent.trial_id), st.lineage(child.trial_id)
     # Round 0 is the parent's dense network, copied.
-    assert pa.load_round(0, ["weights.safetensors"]) == ch.load_round(0, ["weights.safetensors"])
+    assert pa.load_round(0, [C.WEIGHTS]) == ch.load_round(0, [C.WEIGHTS])
     assert rows[0]["copied_from"] == parent.trial_id
     for k in (1, 2):
         pm = P.unpack_masks(st_load(pa.load_round(k, ["mask.safetensors"])["mask.safetensors"]))
@@ -127,7 +126,7 @@ def test_small_dense_matches_the_tickets_parameter_count(tmp_path):
         assert r["density"] == pytest.approx(prow[k]["density"])  # placed at the ticket's density
         assert abs(r["params"] - r["ticket_params"]) <= 0.01 * r["ticket_params"]
         assert r["width"] < 0.125 and r["epochs"] == 2  # narrower, and trained from scratch for all epochs
-        w = st_load(ch.load_round(k, ["weights.safetensors"])["weights.safetensors"])
+        w = C.read_weights(ch, k)[0]
         assert sum(v.numel() for n, v in w.items() if not n.endswith(("running_mean", "running_var",
                                                                       "num_batches_tracked"))) == r["params"]
         cm = P.unpack_masks(st_load(ch.load_round(k, ["mask.safetensors"])["mask.safetensors"]))
