@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny sizes, about a minute: checks the benchmark runs (its numbers mean nothing)")
     p.add_argument("--scale", type=int, nargs="+", metavar="N",
                    help="the driver's cost with N near-zero lineages (e.g. 100 1000 10000) on a local Ray")
+    p.add_argument("--scale-storage", choices=("local", "s3"), default="local",
+                   help="with --scale: the sweep's storage, a local folder or a loopback moto S3 server "
+                        "(needs the test extra)")
     p.add_argument("--calibrate", action="store_true",
                    help="measure training images/s per (arch, image size) here; `plan` then costs with it")
     return ap

@@ -6,6 +6,7 @@ and rebuilt. By concern:
     schema.py   columns, Arrow schemas, schema version (from the spec and the evaluation registry)
     rows.py     manifests -> rows (older sweeps read through workers/migrate.py)
     shards.py   Parquet shards under the sweep: Collector, load_table / load_results / load_layers
+    rowfiles.py the rows appended per committed round (<table>/_rows/), until compaction
     sql.py      SQL over frames and over a sweep's tables (run_sql)
 
 The names below are the package's public ones (the driver, the CLI, the API,

@@ -129,9 +129,44 @@ def lineage_precision(manifests: dict[int, dict]) -> Optional[str]:
     """The precision a lineage's committed rounds ran in: their distinct ones,
     sorted and joined by "+" ("bf16+fp32" for one continued in another); None
     when no round recorded it (older sweeps keep their cells)."""
-    found = {precision_of((man.get("metrics") or {}).get("numerics")) for man in manifests.values()}
+    found = {round_precision(man) for man in manifests.values()}
     found.discard(None)
     return "+".join(sorted(found)) or None
+
+
+def round_rows(sweep: str, trial_id: str, k: int, man: dict, precision: Optional[str],
+               means: Optional[dict] = None) -> tuple[dict, list[dict]]:
+    """One committed round's results row and layers rows, from its manifest alone.
+    `precision`: the lineage's (lineage_precision over its committed rounds);
+    `means`: {(round, column): value} of its current evaluations. The one
+    builder of rows: the full rebuild (rows_for_trial) and the driver's
+    per-round append (orchestrator/results/rowfiles.py) both call it."""
+    m, spec = man.get("metrics") or {}, man.get("spec") or {}
+    means = means or {}
+    base = {"sweep": sweep, "trial_id": trial_id, "round": k, "schema_version": SCHEMA_VERSION}
+    cell, rounds = _cell_of(spec)
+    row, cell = old_round_row(spec, _round_row(spec, m), cell)
+    if cell is not None and precision is not None:
+        # The same grid point in another arithmetic is another cell (seeds of one
+        # cell are replicates); a lineage that ran in two is a cell of its own.
+        cell = {**cell, "precision": precision}
+    key = None if cell is None else cell_key(cell)
+    result = {
+        **base,
+        **row,
+        **{col: means.get((k, col)) for col in ROUND_COLUMNS},
+        "cell_id": None if key is None else key[1],
+        "cell": None if key is None else key[0],
+        "lineage_rounds": rounds,
+    }
+    layers = [{**base, "layer": layer.get("layer"), "density": _num(layer.get("density")),
+               "numel": _num(layer.get("numel"), int)} for layer in m.get("layers") or []]
+    return result, layers
+
+
+def round_precision(man: dict) -> Optional[str]:
+    """The precision one committed round ran in (None where it recorded none)."""
+    return precision_of((man.get("metrics") or {}).get("numerics"))
 
 
 def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dict]]:
@@ -142,26 +177,7 @@ def rows_for_trial(sweep_store: SweepStore, trial_id: str) -> dict[str, list[dic
     manifests = sweep_store.lineage(trial_id).manifests()
     precision = lineage_precision(manifests)
     for k, man in sorted(manifests.items()):
-        m, spec = man.get("metrics") or {}, man.get("spec") or {}
-        base = {"sweep": sweep_store.sweep, "trial_id": trial_id, "round": k,
-                "schema_version": SCHEMA_VERSION}
-        cell, rounds = _cell_of(spec)
-        row, cell = old_round_row(spec, _round_row(spec, m), cell)
-        if cell is not None and precision is not None:
-            # The same grid point in another arithmetic is another cell (seeds of one
-            # cell are replicates); a lineage that ran in two is a cell of its own.
-            cell = {**cell, "precision": precision}
-        key = None if cell is None else cell_key(cell)
-        results.append({
-            **base,
-            **row,
-            **{col: means.get((k, col)) for col in ROUND_COLUMNS},
-            "cell_id": None if key is None else key[1],
-            "cell": None if key is None else key[0],
-            "lineage_rounds": rounds,
-        })
-        for layer in m.get("layers") or []:
-            layers.append({**base, "layer": layer.get("layer"),
-                           "density": _num(layer.get("density")),
-                           "numel": _num(layer.get("numel"), int)})
+        row, layer_rows = round_rows(sweep_store.sweep, trial_id, k, man, precision, means)
+        results.append(row)
+        layers += layer_rows
     return {"results": results, "layers": layers, **extra}

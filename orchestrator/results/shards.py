@@ -11,6 +11,11 @@ whole and atomically (FS.write), so updating a trial replaces its rows rather
 than appending to them: a row can never be duplicated, and a kill mid-write
 leaves the old shard or the new one. The folders hold nothing but shards, so
 `pandas.read_parquet(dir)` and `pyarrow.dataset.dataset(dir)` read them as is.
+
+During a run the driver does not rewrite shards: each committed round is
+appended as a row file of its own under `<table>/_rows/` (rowfiles.py; a
+constant cost per round at any sweep size), which load_table lays over the
+shards; compaction (compact, rebuild) folds them in.
 """
 from __future__ import annotations
 
@@ -27,8 +32,9 @@ import pyarrow.parquet as pq
 from orchestrator.formatting import first_line
 from workers.store import SweepStore
 
-from .rows import rows_for_trial
-from .schema import (META_TABLE, META_VERSION, SCHEMA_VERSION, SCHEMAS, SORT_KEYS, NewerSchemaError,
+from . import rowfiles
+from .rows import round_precision, round_rows, rows_for_trial
+from .schema import (META_TABLE, META_VERSION, SCHEMA_VERSION, SCHEMAS, NewerSchemaError,
                      ResultsError)
 
 
@@ -92,10 +98,16 @@ def results_dataset(sweep_store: SweepStore, kind: str = "results") -> Union[pad
     held out): then the table is derived again from the manifests, in memory
     (the next `run` rewrites the shards), so an old sweep reads like a new one."""
     folder = sweep_store.table_dir(kind)
-    ds, version = _checked_dataset(sweep_store, [f"{folder}/{n}" for n in sweep_store.fs.listdir(folder)
-                                                 if not _is_hidden(n)], kind)
+    names = sweep_store.fs.listdir(folder)
+    ds, version = _checked_dataset(sweep_store, [f"{folder}/{n}" for n in names if not _is_hidden(n)], kind)
     if version < SCHEMA_VERSION and kind in ("results", "layers"):
         return Collector(sweep_store).tables()[kind]
+    if rowfiles.ROWS in names:
+        # Rounds appended since the last compaction (a run going on, or killed): they
+        # replace the shards' rows of their keys, so each key is read exactly once.
+        pending = rowfiles.listing(sweep_store, kind)
+        if rowfiles.pending(pending):
+            return rowfiles.overlay(sweep_store, kind, _to_table(ds), pending)
     return ds
 
 
@@ -133,14 +145,68 @@ def load_layers(sweep_store: SweepStore) -> pd.DataFrame:
 class Collector:
     """Keeps the shards equal to the manifests of the trials it is told about.
 
-    One lock serialises every shard rewrite: Tune's callback calls update()
-    from the driver as rounds arrive, and two read-modify-writes of the same
-    shard must not interleave (the later would drop the earlier's rows).
+    During a run, append_round() adds each committed round as row files
+    (rowfiles.py) from its one manifest; compact() and rebuild() fold them into
+    the shards, derived again from the manifests. One lock serialises every
+    shard rewrite: two read-modify-writes of the same shard must not
+    interleave (the later would drop the earlier's rows).
     """
 
     def __init__(self, sweep_store: SweepStore):
         self.store = sweep_store
         self._lock = threading.Lock()
+        self._precisions: dict[str, dict[int, Optional[str]]] = {}  # per trial: round -> its precision
+        self.appended = 0  # rounds appended by append_round
+
+    def append_round(self, trial_id: str, k: int) -> bool:
+        """Append committed round k of a trial as row files, from its manifest
+        alone: a constant number of storage operations at any sweep size. False
+        if round k is not committed (any more)."""
+        lin = self.store.lineage(trial_id)
+        man = lin.read_manifest(k)
+        if man is None or man.get("round") != k:
+            return False
+        with self._lock:
+            seen = self._precisions.get(trial_id)
+            if seen is None:  # first round of this trial in this process: the lineage's earlier ones
+                seen = {} if k == 0 else {j: round_precision(m) for j, m in lin.manifests().items() if j < k}
+            before = {p for j, p in seen.items() if j < k and p}
+            seen = {**{j: p for j, p in seen.items() if j < k}, k: round_precision(man)}
+            self._precisions[trial_id] = seen
+            now = {p for p in seen.values() if p}
+            if before and now != before:
+                # A lineage continued in another arithmetic is another cell: its earlier rows change too.
+                self._append_trial(trial_id, evaluations=False)
+            else:
+                row, layers = round_rows(self.store.sweep, trial_id, k, man, "+".join(sorted(now)) or None)
+                rowfiles.write(self.store, "results", rowfiles.round_file(trial_id, k), [row])
+                if layers:
+                    rowfiles.write(self.store, "layers", rowfiles.round_file(trial_id, k), layers)
+            self.appended += 1
+        return True
+
+    def append_trial(self, trial_id: str) -> None:
+        """A trial's rows of every table as row files, derived from its manifests
+        and evaluations (once per trial, when its evaluations are written)."""
+        with self._lock:
+            self._append_trial(trial_id, evaluations=True)
+
+    def compact(self) -> int:
+        """Fold the pending row files into the shards: the trials they name are
+        derived again from their manifests (a row file of a round since redone or
+        invalidated never survives), their shards rewritten, then the files
+        listed deleted. Idempotent; a kill at any point leaves no key twice.
+        Returns the number of row files folded in."""
+        with self._lock:
+            listed = {kind: rowfiles.listing(self.store, kind) for kind in SCHEMAS}
+            tids = {tid for names in listed.values() for tid, _ in rowfiles.pending(names).values()}
+            by_shard: dict[str, set[str]] = defaultdict(set)
+            for t in tids:
+                by_shard[shard_of(t)].add(t)
+            for shard, group in sorted(by_shard.items()):
+                self._update_shard(shard, group)
+            self._delete_listed(listed)
+        return sum(len(rowfiles.pending(names)) for names in listed.values())
 
     def update(self, trial_ids: Iterable[str]) -> None:
         """Replace those trials' rows with fresh ones from their manifests."""
@@ -148,12 +214,20 @@ class Collector:
         for t in trial_ids:
             by_shard[shard_of(t)].add(t)
         with self._lock:
+            listed = {kind: rowfiles.listing(self.store, kind) for kind in SCHEMAS}
             for shard, tids in sorted(by_shard.items()):
                 self._update_shard(shard, tids)
+            # Their pending row files are in the shards now (derived afresh).
+            mine = {t for ts in by_shard.values() for t in ts}
+            self._delete_listed({kind: [n for n, (tid, _) in rowfiles.pending(names).items() if tid in mine]
+                                 for kind, names in listed.items()})
 
     def rebuild(self) -> None:
-        """Rewrite every shard from all manifests; drop shards with no rows left."""
+        """Derive every shard from all manifests (a shard whose bytes would not change
+        is not rewritten: a run's start costs reads, not writes), fold in and delete
+        the pending row files; drop shards with no rows left."""
         with self._lock:
+            listed = {kind: rowfiles.listing(self.store, kind) for kind in SCHEMAS}
             by_shard: dict[str, list[str]] = defaultdict(list)
             for t in self.store.trial_ids():
                 by_shard[shard_of(t)].append(t)
@@ -165,13 +239,20 @@ class Collector:
                     if ".tmp-" in name or (_is_shard(name) and name not in by_shard):
                         self.store.fs.delete_file(f"{folder}/{name}")
             for shard, tids in sorted(by_shard.items()):
-                self._write_shard(shard, self._rows(tids))
+                self._write_shard(shard, self._rows(tids), unless_same=True)
+            self._delete_listed(listed)  # only after every shard is written (a kill before: no duplicate)
 
     def tables(self) -> dict[str, pa.Table]:
         """Every table as derived from the manifests now, without writing anything."""
         return self._rows(self.store.trial_ids())
 
     # --- internals (lock held) --------------------------------------------
+    def _append_trial(self, trial_id: str, evaluations: bool) -> None:
+        rowfiles.write_trial(self.store, trial_id, rows_for_trial(self.store, trial_id), evaluations)
+
+    def _delete_listed(self, listed: dict[str, list[str]]) -> None:
+        rowfiles.delete(self.store, listed)
+
     def _rows(self, trial_ids: Iterable[str]) -> dict[str, pa.Table]:
         rows: dict[str, list] = {k: [] for k in SCHEMAS}
         for t in sorted(trial_ids):
@@ -199,13 +280,13 @@ class Collector:
         fresh = self._rows(tids)
         self._write_shard(shard, {k: pa.concat_tables([kept[k], fresh[k]]) for k in SCHEMAS})
 
-    def _write_shard(self, shard: str, tables: dict[str, pa.Table]) -> None:
+    def _write_shard(self, shard: str, tables: dict[str, pa.Table], unless_same: bool = False) -> None:
         for kind, table in tables.items():
             path = self.store.table_file(kind, shard)
             if table.num_rows == 0:
-                self.store.fs.delete_file(path)
+                if not unless_same or self.store.fs.exists(path):
+                    self.store.fs.delete_file(path)
                 continue
-            table = table.sort_by([(k, "ascending") for k in SORT_KEYS[kind]])
-            sink = pa.BufferOutputStream()
-            pq.write_table(table.replace_schema_metadata(SCHEMAS[kind].metadata), sink)
-            self.store.fs.write(path, sink.getvalue().to_pybytes())
+            data = rowfiles.encode(table, kind)
+            if not (unless_same and rowfiles.holds(self.store, path, data)):
+                self.store.fs.write(path, data)

@@ -8,7 +8,7 @@ from orchestrator.progress import ProgressPanel
 from orchestrator.results import Collector
 from workers.lease import log
 from workers.spec import num_rounds
-from workers.store import SweepStore
+from workers.store import StorageError, SweepStore
 
 
 def last_line(path) -> str:
@@ -59,10 +59,11 @@ class ResultsCallback(tune.Callback):
         if result.get("progress"):
             self.panel.epoch(tid, result)
             return
-        self._update(tid)
         if result.get("evaluations"):
+            self._append(tid, None)
             log(f"{tid}: evaluations written")
             return
+        self._append(tid, result.get("round"))
         self.panel.round(tid, result)
         if self.trackers is not None:
             try:
@@ -80,22 +81,33 @@ class ResultsCallback(tune.Callback):
                 # A fused group's member that failed on its own has its own marker already.
                 if lin.committed_prefix() < num_rounds(spec) and lin.read_marker(lin.FAILED) is None:
                     lin.mark_failed(cause, error_file=err, tune_trial=str(trial))
-            except OSError:
+            except (OSError, StorageError):  # StorageError: workers/retry.py's StorageUnavailable
                 pass  # storage itself is failing; the line below still tells the user
         for tid in unit["members"]:
             self.panel.failed(tid, cause)
         log(f"{unit['unit_id']} FAILED after retries: {cause} (details: {err})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._update(*trial.config["unit"]["members"])
+        # Every committed round was appended as it was reported; the run's end compacts.
         for tid in trial.config["unit"]["members"]:
             self.panel.finished(tid)
 
-    def _update(self, *tids: str) -> None:
-        # The table is derived and rebuilt at the end of the run: a failed
-        # write here (storage full, a flaky S3 call) must not stop the sweep.
+    @property
+    def rounds_committed(self) -> int:
+        """Rounds appended to the results table during this run (RUN.json)."""
+        return 0 if self._collector is None else self._collector.appended
+
+    def _append(self, tid: str, k) -> None:
+        """The reported round's rows (from its one manifest), or the whole trial's
+        once its evaluations are written, as row files (orchestrator/results/rowfiles.py):
+        a constant cost per round at any sweep size. The table is derived and
+        rebuilt at the end of the run: a failed write here (storage full, a flaky
+        S3 call) must not stop the sweep."""
         try:
-            self.collector.update(list(tids))
+            if k is None:
+                self.collector.append_trial(tid)
+            else:
+                self.collector.append_round(tid, int(k))
         except Exception as e:
-            log(f"warning: results table not updated for {', '.join(tids)} ({type(e).__name__}: {e}); "
-                 "it is rebuilt from the manifests at the end of the run")
+            log(f"warning: results table not updated for {tid} ({type(e).__name__}: {e}); "
+                "it is rebuilt from the manifests at the end of the run")

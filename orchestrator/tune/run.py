@@ -24,9 +24,10 @@ from orchestrator.request import SweepRequest  # noqa: E402
 from orchestrator.tune.callback import ResultsCallback  # noqa: E402
 from orchestrator.tune.ray_start import quiet_ray_init, wait_for_nodes  # noqa: E402
 from orchestrator.tune.searcher import UnitSearcher, dependencies  # noqa: E402
+from orchestrator.tune.counted import counted  # noqa: E402
 from orchestrator.tune.trial import unit_trainable  # noqa: E402
 from workers.lease import log  # noqa: E402
-from workers.store import SweepStore  # noqa: E402
+from workers.store import FS, SweepStore  # noqa: E402
 
 
 def unit_configs(sweep: SweepStore, todo: list[Unit]) -> list[dict]:
@@ -55,7 +56,9 @@ def start_ray(request: SweepRequest, todo: list[Unit]) -> list[str]:
 def run(request: SweepRequest, sweep: SweepStore, todo: list[Unit], rounds: tuple[int, int],
         timings: Optional[dict] = None, trackers=None, collector=None) -> int:
     """Run the units `todo` as Tune trials; `rounds`: (committed, total) over the
-    sweep; fills `timings` (ray_start_s, tune_s, ray_stop_s); returns the exit status."""
+    sweep; fills `timings` (ray_start_s, tune_s, ray_stop_s, and what the driver
+    process did to storage while Tune ran: tune_storage {op: count, bytes_written,
+    bytes_read}, rounds_committed); returns the exit status."""
     timings = {} if timings is None else timings
     done_rounds, total_rounds = rounds
     t0 = time.monotonic()
@@ -64,7 +67,7 @@ def run(request: SweepRequest, sweep: SweepStore, todo: list[Unit], rounds: tupl
     res = ray.cluster_resources()
     log(f"Ray up in {timings['ray_start_s']:.1f}s: {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
         + (f" ({len(notices)} notice(s) from Ray held back: {notices[0][:80]}...)" if notices else ""))
-    t_tune = time.monotonic()
+    t_tune, storage_before = time.monotonic(), FS.counters()
 
     callback = ResultsCallback(sweep, collector, done_rounds, total_rounds, plain=request.plain, trackers=trackers)
     configs = unit_configs(sweep, todo)
@@ -86,6 +89,8 @@ def run(request: SweepRequest, sweep: SweepStore, todo: list[Unit], rounds: tupl
         signal.signal(signal.SIGTERM, _late_sigterm)
         callback.close()
     timings["tune_s"] = round(time.monotonic() - t_tune, 3)
+    timings["tune_storage"] = FS.counters(since=storage_before)
+    timings["rounds_committed"] = callback.rounds_committed
     # Now rather than at exit: Ray's exit hook first sleeps 0.5 s for log
     # lines this driver does not forward (log_to_driver=False).
     t_stop = time.monotonic()
@@ -119,6 +124,12 @@ def _tuner(request: SweepRequest, sweep: SweepStore, searcher: UnitSearcher, cal
     # lineage store commits (4 objects and a rewrite per result per trial, on the
     # driver's critical path); trackers the user asks for are explicit (--tracker).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune snapshots its whole experiment state (every trial, the searcher) to the
+    # sweep's storage as often as every 10 s: an object that grows with the sweep,
+    # rewritten all run long. Nothing resumes from it (resume reads the manifests),
+    # so once every 15 minutes, and at the end, is plenty (orchestrator/tune/counted.py
+    # counts what it still costs).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "900")
     # ...so Tune's ResultGrid finds no metrics files at the end and says so per
     # trial; the rows are ours (orchestrator/results), the warning is noise.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -133,7 +144,7 @@ def _tuner(request: SweepRequest, sweep: SweepStore, searcher: UnitSearcher, cal
             trial_name_creator=lambda tr: tr.config["unit"]["unit_id"],
             trial_dirname_creator=lambda tr: tr.config["unit"]["unit_id"]),
         run_config=tune.RunConfig(
-            name=f"run-{stamp}", storage_path=sweep.tune_dir, storage_filesystem=sweep.fs.fs,
+            name=f"run-{stamp}", storage_path=sweep.tune_dir, storage_filesystem=counted(sweep.fs.fs),
             failure_config=tune.FailureConfig(max_failures=request.max_failures),
             callbacks=[callback], verbose=0))
 
