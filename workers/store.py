@@ -5,7 +5,10 @@ Every path of a sweep is built here and nowhere else:
     <storage>/<sweep>/
         sweep.json                       the trial list of the last `run` (for `status`)
         trials/<trial_id>/spec.json      the full trial spec
-        trials/<trial_id>/round_<k>/     weights.safetensors, mask.safetensors,
+        trials/<trial_id>/round_<k>/     weights.sparse.safetensors (the surviving weights
+                                         and every unpruned tensor, workers/checkpoint.py;
+                                         rounds committed before it: weights.safetensors,
+                                         the dense state), mask.safetensors,
                                          [rewind.safetensors in round 0], metrics.json,
                                          predictions.safetensors (workers/predictions.py),
                                          MANIFEST.json (written last, atomically)
@@ -78,10 +81,21 @@ def open_fs(uri: str) -> tuple[pafs.FileSystem, str, bool]:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             kwargs["region"] = region
+        # Retries, explicitly: the SDK's per request, then ours per operation
+        # with a time budget (workers/retry.py): an outage of a minute or two
+        # costs time, not a trial. FS.fs stays a real pyarrow FileSystem.
+        from workers import retry
+        # background_writes=False: the retrying layer PUTs a whole buffered object
+        # at close, in the caller's thread (no upload queued on pyarrow's I/O pool,
+        # which copy_files' own threads may be filling: apache/arrow#32372).
+        kwargs.update(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=retry.SDK_ATTEMPTS),
+                      connect_timeout=retry.CONNECT_TIMEOUT_S, request_timeout=retry.REQUEST_TIMEOUT_S,
+                      background_writes=False)
         try:
-            return pafs.S3FileSystem(**kwargs), rest, False
+            s3 = pafs.S3FileSystem(**kwargs)
         except Exception as e:  # never echo credentials: the message is pyarrow's
             raise StorageError(f"cannot open S3 storage {uri}: {type(e).__name__}") from None
+        return retry.retrying(s3, f"s3://{rest}"), rest, False
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
     except Exception as e:
@@ -100,6 +114,37 @@ def _manifest_digest(body: dict) -> str:
 class FS:
     """The handful of operations the project needs, over pyarrow.fs."""
 
+    # Operations by kind (write, read, exists, listdir, delete, move) and bytes
+    # moved, process-wide over every FS of this process: the driver records
+    # what a run cost (RUN.json), bench --scale reports it per round.
+    _counts: dict = {}
+    _counts_lock = __import__("threading").Lock()
+
+    @classmethod
+    def _count(cls, op: str, written: int = 0, read: int = 0) -> None:
+        with cls._counts_lock:
+            c = cls._counts
+            c[op] = c.get(op, 0) + 1
+            if written:
+                c["bytes_written"] = c.get("bytes_written", 0) + written
+            if read:
+                c["bytes_read"] = c.get("bytes_read", 0) + read
+
+    @classmethod
+    def _add(cls, key: str, n: int) -> None:
+        with cls._counts_lock:
+            cls._counts[key] = cls._counts.get(key, 0) + n
+
+    @classmethod
+    def counters(cls, since: Optional[dict] = None) -> dict:
+        """{op: count, "bytes_written": n, "bytes_read": n} so far in this process,
+        or since an earlier snapshot of this (zeros left out)."""
+        with cls._counts_lock:
+            now = dict(cls._counts)
+        if since:
+            now = {k: now.get(k, 0) - since.get(k, 0) for k in now}
+        return {k: v for k, v in now.items() if v}
+
     def __init__(self, uri: str):
         self.fs, self.root, self.local = open_fs(uri)
         # Absolute for local paths: trial processes run in other directories.
@@ -117,6 +162,7 @@ class FS:
     def write(self, path: str, data: bytes) -> None:
         """Write a whole file atomically: readers see the old or the new bytes."""
         parent = path.rsplit("/", 1)[0]
+        self._count("write", written=len(data))
         if self.local:
             os.makedirs(parent, exist_ok=True)
             # A leading '.' hides a leftover of a killed write from readers of
@@ -142,24 +188,34 @@ class FS:
     def sha256_of(self, path: str, chunk: int = 1 << 22) -> tuple[str, int]:
         """(sha256, bytes) of a file, read in chunks: memory stays flat for any size."""
         h, n = hashlib.sha256(), 0
-        with self.fs.open_input_stream(path) as f:
-            while True:
-                block = f.read(chunk)
-                if not block:
-                    break
-                h.update(block)
-                n += len(block)
+        try:
+            with self.fs.open_input_stream(path) as f:
+                while True:
+                    block = f.read(chunk)
+                    if not block:
+                        break
+                    h.update(block)
+                    n += len(block)
+        finally:
+            self._count("read", read=n)
         return h.hexdigest(), n
 
     def read(self, path: str) -> bytes:
-        with self.fs.open_input_stream(path) as f:
-            return f.read()
+        data = b""
+        try:
+            with self.fs.open_input_stream(path) as f:
+                data = f.read()
+        finally:
+            self._count("read", read=len(data))
+        return data
 
     def exists(self, path: str) -> bool:
+        self._count("exists")
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def listdir(self, path: str) -> list[str]:
         """Base names directly under `path` ([] if it does not exist)."""
+        self._count("listdir")
         sel = pafs.FileSelector(path, allow_not_found=True, recursive=False)
         try:
             infos = self.fs.get_file_info(sel)
@@ -168,18 +224,21 @@ class FS:
         return sorted(i.base_name for i in infos)
 
     def delete_dir(self, path: str) -> None:
+        self._count("delete")
         try:
             self.fs.delete_dir(path)
         except (FileNotFoundError, OSError):
             pass
 
     def delete_file(self, path: str) -> None:
+        self._count("delete")
         try:
             self.fs.delete_file(path)
         except (FileNotFoundError, OSError):
             pass
 
     def move(self, src: str, dst: str) -> None:
+        self._count("move")
         if self.local:
             os.replace(src, dst)
         else:

@@ -9,18 +9,17 @@ re-run; the result must equal a sweep on local storage, bit for bit on CPU."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 
-import boto3  # with moto[server], the `test` extra: a missing one is an error, not a skip
+import boto3  # noqa: F401  (with moto[server], the `test` extra: a missing one is an error, not a skip)
 import moto.server  # noqa: F401
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
+from bench.moto import moto_server
 from tests.helpers import RUN_ENV, TINY_YAML, cli, manifests, uninterrupted
 
 pytestmark = pytest.mark.ray
@@ -38,47 +37,11 @@ S3_YAML = TINY_YAML.replace("[0.1, 0.2]", "[0.1]").replace(
 METRICS = ["density", "val_acc", "test_acc", "train_acc"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 and the environment that points at it."""
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "AKIA" + uuid.uuid4().hex[:16].upper(),
-        "AWS_SECRET_ACCESS_KEY": "lth-secret-" + uuid.uuid4().hex,
-        "AWS_REGION": "us-east-1",
-    }
-    try:
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-        deadline = time.time() + 60
-        while True:
-            try:
-                client.create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"moto server did not come up on {endpoint}")
-                time.sleep(0.2)
-        yield {"env": env, "client": client, "endpoint": endpoint}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with moto_server(str(tmp_path_factory.mktemp("moto") / "moto.log"), BUCKET) as server:
+        yield server
 
 
 @pytest.fixture
@@ -89,6 +52,17 @@ def s3_env(s3, monkeypatch):
     for k in ("AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(k, raising=False)
     return s3
+
+
+def assert_rows_equal(rows: list[dict], reference: list[dict]) -> dict:
+    """`query --format json` rows equal the reference's, key for key and bit for bit
+    on the CPU, with no (trial_id, round) twice; returns them by key."""
+    got, ref = _by_key(rows), _by_key(reference)
+    assert len(rows) == len(got) == 6, "duplicate (trial_id, round) rows"
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert [got[k][m] for m in METRICS] == [ref[k][m] for m in METRICS], k
+    return got
 
 
 def _keys(client, prefix):
@@ -223,12 +197,8 @@ def test_sweep_on_s3_killed_and_resumed_equals_local(s3_env, local_reference, tm
     assert st["rounds"] == {"committed": 6, "total": 6}
     q = run_cli("query", "-e", "tiny", "--format", "json")
     assert q.returncode == 0, q.stderr
-    rows = json.loads(q.stdout)
-    got, ref = _by_key(rows), _by_key(local_reference)
-    assert len(rows) == len(got) == 6, "duplicate (trial_id, round) rows"
-    assert got.keys() == ref.keys()
-    for k in ref:
-        assert [got[k][m] for m in METRICS] == [ref[k][m] for m in METRICS], k  # bit for bit on CPU
+    got = assert_rows_equal(json.loads(q.stdout), local_reference)
+    for k in got:
         assert got[k]["checkpoint_uri"] == f"{storage}/tiny/trials/{k[0]}/round_{k[1]}"
 
     # 5. The Parquet dataset on S3 is readable by plain pyarrow as well.
