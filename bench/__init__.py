@@ -7,8 +7,11 @@ material); the README quotes a run with the machine named. One file per
 family of figures, each importing the engine's public functions:
 
     engine.py        train_loop_ratio, epoch_overhead_frac, eval_train_ratio, checkpoint_frac
-    orchestrator.py  plan_10k_s, query_1m_s, orchestrator_overhead_ratio (--full)
-    reference.py     reference_speedup (against recipe.py: the paper's recipe, reimplemented plainly)
+    orchestrator.py  plan_10k_s, query_1m_s, orchestrator_overhead_ratio(_steady) (--full: the sweep
+                     against the same lineages in plain processes)
+    reference.py     recipe_speedup, engine_speedup_equal_work (against recipe.py: the paper's
+                     recipe, reimplemented plainly; as released and at the engine's cadence)
+    storage.py       storage_per_lineage_x_dense
     augment.py       batched vs torchvision augmentation (detail only)
     packed.py        packed_gpu_speedup (CUDA only)
     fused.py         fused_speedup, fused_k
@@ -29,7 +32,8 @@ import torch
 from .common import device_name
 
 KEYS = ["train_loop_ratio", "epoch_overhead_frac", "eval_train_ratio", "checkpoint_frac",
-        "orchestrator_overhead_ratio", "plan_10k_s", "query_1m_s", "reference_speedup",
+        "orchestrator_overhead_ratio", "orchestrator_overhead_ratio_steady", "plan_10k_s", "query_1m_s",
+        "recipe_speedup", "engine_speedup_equal_work", "storage_per_lineage_x_dense",
         "packed_gpu_speedup", "fused_speedup", "fused_k"]
 
 
@@ -39,28 +43,31 @@ def steps(smoke: bool, full: bool) -> list:
     from .engine import bench_engine
     from .orchestrator import bench_orchestrator, bench_plan, bench_query
     from .reference import bench_reference
+    from .storage import bench_storage
     width = 1.0 if torch.cuda.is_available() else 0.25
     if smoke:  # the same code paths at toy sizes: checks that the benchmark runs
         out = [("engine", lambda: bench_engine(0.0625, repeats=1, sizes=(200, 100, 400))),
                ("plan", lambda: {"plan_10k_s": bench_plan(1000)}),
                ("query", lambda: {"query_1m_s": bench_query(20000)}),
                ("augment", lambda: bench_augment(20)),
-               ("reference", lambda: bench_reference(0.0625, epochs=1, rounds=1, train_per_class=60,
-                                                     test_per_class=20))]
+               ("reference", lambda: bench_reference(0.0625, epochs=2, rounds=1, train_per_class=60,
+                                                     test_per_class=20)),
+               ("storage", lambda: bench_storage(smoke))]
     else:
         out = [("engine", lambda: bench_engine(width)),
                ("plan", lambda: {"plan_10k_s": bench_plan()}),
                ("query", lambda: {"query_1m_s": bench_query()}),
                ("augment", bench_augment),
-               ("reference", lambda: bench_reference(width))]
+               ("reference", lambda: bench_reference(width)),
+               ("storage", lambda: bench_storage(smoke))]
     from .fused import bench_fused
     ks = (4, 8, 16) if torch.cuda.is_available() else (4, 8)
     out.append(("fused", lambda: bench_fused(ks=ks, smoke=smoke)))
     if torch.cuda.is_available():
         from .packed import bench_packed
         out.append(("packed", bench_packed))
-    if full:
-        out.append(("orchestrator", bench_orchestrator))
+    if full:  # with --smoke: 2-epoch lineages, the same code paths
+        out.append(("orchestrator", lambda: bench_orchestrator(epochs=2 if smoke else 45)))
     return out
 
 
@@ -85,7 +92,7 @@ def run_bench(args) -> int:
                 from orchestrator.errors import UsageError
                 raise UsageError("lth-sweep bench: --scale takes trial counts >= 1")
             from .scale import bench_scale
-            todo.append(("scale", lambda: bench_scale(args.scale)))
+            todo.append(("scale", lambda: bench_scale(args.scale, storage=getattr(args, "scale_storage", "local"))))
     for name, fn in todo:
         if not args.json:
             print(f"bench: {name} ...", file=sys.stderr, flush=True)

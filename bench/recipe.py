@@ -1,6 +1,7 @@
 """The paper's training recipe, reimplemented plainly: the baseline of
-`lth-sweep bench`'s `reference_speedup`, and the reference the tests hold the
-engine's fast paths to.
+`lth-sweep bench`'s `recipe_speedup` and `engine_speedup_equal_work`
+(bench/reference.py), and the reference the tests hold the engine's fast
+paths to.
 
 What makes it the reference (and slow on small subsets), as in the paper's code:
   * data: a Dataset of PIL images through torchvision transforms, a new
@@ -9,12 +10,17 @@ What makes it the reference (and slow on small subsets), as in the paper's code:
     the mask on every forward);
   * evaluation on the full test split after every epoch;
   * a checkpoint (model + optimizer, torch.save) after every epoch.
+The last two are the released code's cadence and `run_reference`'s default;
+`eval_every` / `checkpoint_every` / `eval_splits` change them (0: only at the
+end of each round), so the same recipe can do exactly the evaluations and
+checkpoints the engine does (engine_speedup_equal_work).
 The IMP definition is the project's (global L1 over conv weights, rate of
 the remaining weights, rewinding to `rewind_epoch`), so both sides compute
 the same lineage.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -98,14 +104,43 @@ def evaluate(model, loader, device) -> float:
     return correct / max(1, total)
 
 
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """When the reference evaluates and checkpoints (see run_reference); the
+    default is the released code's."""
+    eval_every: int = 1
+    checkpoint_every: int = 1
+    eval_splits: tuple[str, ...] = ("test",)
+
+
+RELEASED = Cadence()
+
+
 def run_reference(spec: TrialSpec, train: data.Split, test: data.Split, info: data.DatasetInfo, out_dir: str,
-                  device: torch.device, num_workers: int = 0) -> list[dict]:
-    """The lineage of `spec` the reference way; returns one metrics dict per round."""
+                  device: torch.device, num_workers: int = 0, cadence: Cadence = RELEASED) -> list[dict]:
+    """The lineage of `spec` the reference way; returns one metrics dict per round.
+
+    Evaluates on `eval_splits` (of "train": the training subset, "val": the
+    engine's validation images, "test") after every `eval_every`-th epoch and
+    checkpoints after every `checkpoint_every`-th (epochs counted as the engine
+    counts them, from 1 at the start of round 0); 0: neither mid-round. Both
+    also happen at the end of every round (after its last epoch, as in the
+    released code, whose cadence (1, 1, test) is the default). Each row says
+    what its round did: `epochs` trained, `evaluations`, `eval_images` (images
+    per evaluation), `checkpoints`, and the seconds `eval_s`, `checkpoint_s`
+    of its `wall_s` they took."""
     t, pr = spec.train, spec.prune
-    tr_idx, _ = data.stratified_split(train.y, fraction=spec.data.fraction,
-                                   images_per_class=spec.data.images_per_class, seed=spec.seed)
+    eval_every, checkpoint_every, eval_splits = cadence.eval_every, cadence.checkpoint_every, cadence.eval_splits
+    tr_idx, va_idx = data.stratified_split(train.y, fraction=spec.data.fraction,
+                                           images_per_class=spec.data.images_per_class, seed=spec.seed,
+                                           val_per_class=spec.eval.val_per_class if "val" in eval_splits else 0)
     train_ds = PILDataset(train.x[tr_idx], train.y[tr_idx], transforms(spec.data.augmentation, info, True))
-    test_ds = PILDataset(test.x, test.y, transforms("none", info, False))
+    plain = transforms("none", info, False)
+    eval_ds = {"train": PILDataset(train.x[tr_idx], train.y[tr_idx], plain),
+               "val": PILDataset(train.x[va_idx], train.y[va_idx], plain),
+               "test": PILDataset(test.x, test.y, plain)}
+    eval_ds = {s: eval_ds[s] for s in eval_splits}
+    eval_images = sum(len(ds) for ds in eval_ds.values())
     torch.manual_seed(spec.seed)
     model = build_model(spec.model.arch, num_classes=info.num_classes, in_channels=info.channels,
                         image_size=info.image_size, width=spec.model.width).to(device)
@@ -119,6 +154,23 @@ def run_reference(spec: TrialSpec, train: data.Split, test: data.Split, info: da
             _load_dense(model, rewind)
         opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         first = 0 if k == 0 else pr.rewind_epoch
+        accs, evaluations, checkpoints, done = {}, 0, 0, {}
+        spent = {"eval": 0.0, "ckpt": 0.0}
+
+        def evaluate_all():
+            t1 = time.perf_counter()
+            out = {f"{s}_acc": evaluate(model, torch.utils.data.DataLoader(ds, batch_size=t.batch_size,
+                                                                           num_workers=num_workers), device)
+                   for s, ds in eval_ds.items()}
+            spent["eval"] += time.perf_counter() - t1
+            return out
+
+        def save(epoch):
+            t1 = time.perf_counter()
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch},
+                       os.path.join(out_dir, f"round{k}.pt"))
+            spent["ckpt"] += time.perf_counter() - t1
+
         for epoch in range(first, t.epochs):
             for g in opt.param_groups:
                 g["lr"] = 0.5 * t.lr * (1 + math.cos(math.pi * epoch / t.epochs))
@@ -129,14 +181,27 @@ def run_reference(spec: TrialSpec, train: data.Split, test: data.Split, info: da
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            test_acc = evaluate(model, torch.utils.data.DataLoader(test_ds, batch_size=t.batch_size,
-                                                                   num_workers=num_workers), device)
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch},
-                       os.path.join(out_dir, f"round{k}.pt"))
+            done = {}
+            if eval_every and (epoch + 1) % eval_every == 0:
+                accs, done["eval"] = evaluate_all(), True
+                evaluations += 1
+            if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
+                save(epoch)
+                done["ckpt"] = True
+                checkpoints += 1
             if k == 0 and epoch + 1 == pr.rewind_epoch:
                 rewind = {n: v.detach().clone() for n, v in model.state_dict().items()}
+        # The end of the round (for the released cadence, its last epoch did both already;
+        # a round of no epochs is evaluated and saved once, as the engine commits it).
+        if not done.get("eval"):
+            accs = evaluate_all()
+            evaluations += 1
+        if not done.get("ckpt"):
+            save(t.epochs - 1)
+            checkpoints += 1
         if k == 0 and rewind is None:
             rewind = {n: v.detach().clone() for n, v in model.state_dict().items()}
-        rows.append({"round": k, "density": _density(model, names), "test_acc": test_acc,
-                     "wall_s": time.perf_counter() - t0})
+        rows.append({"round": k, "density": _density(model, names), **accs, "epochs": t.epochs - first,
+                     "evaluations": evaluations, "eval_images": eval_images, "checkpoints": checkpoints,
+                     "eval_s": spent["eval"], "checkpoint_s": spent["ckpt"], "wall_s": time.perf_counter() - t0})
     return rows

@@ -7,9 +7,17 @@ import torch
 from bench.packed import bench_packed
 from tests.helpers import cli
 
+# docs/DESIGN's `bench --json` keys, plus the steady-state orchestrator ratio.
 CONTRACT = {"train_loop_ratio", "epoch_overhead_frac", "eval_train_ratio", "checkpoint_frac",
-            "orchestrator_overhead_ratio", "plan_10k_s", "query_1m_s", "reference_speedup",
+            "orchestrator_overhead_ratio", "orchestrator_overhead_ratio_steady", "plan_10k_s", "query_1m_s",
+            "recipe_speedup", "engine_speedup_equal_work", "storage_per_lineage_x_dense",
             "packed_gpu_speedup", "fused_speedup", "fused_k", "device"}
+FULL_ONLY = {"orchestrator_overhead_ratio", "orchestrator_overhead_ratio_steady"}
+
+
+def test_keys_list_the_contract():
+    from bench import KEYS
+    assert set(KEYS) == CONTRACT - {"device"} and "reference_speedup" not in KEYS
 
 
 def test_bench_json_has_the_contract_keys(tmp_path):
@@ -17,15 +25,36 @@ def test_bench_json_has_the_contract_keys(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert CONTRACT <= set(out) and json.loads((tmp_path / "b.json").read_text()) == out
-    measured = CONTRACT - {"device", "orchestrator_overhead_ratio", "packed_gpu_speedup"}
+    measured = CONTRACT - {"device", "packed_gpu_speedup"} - FULL_ONLY
     assert all(isinstance(out[k], (int, float)) and out[k] >= 0 for k in measured), out
-    assert out["orchestrator_overhead_ratio"] is None  # only with --full
+    assert all(out[k] is None for k in FULL_ONLY)  # only with --full
+    assert "reference_speedup" not in out
     if torch.cuda.is_available():
         assert out["device"].startswith("cuda") and out["packed_gpu_speedup"] > 0
     else:
         assert out["packed_gpu_speedup"] is None and out["device"].startswith("cpu")  # needs CUDA
     assert out["fused_k"] == 2 and set(out["_fused"]) == {"quickstart", "cifar"}  # smoke: K=2
-    assert out["_reference"]["densities"] == out["_reference"]["reference_densities"]
+    rec = out["_recipe"]  # the same lineage three times: engine, recipe as released, recipe at equal work
+    assert rec["densities"] == rec["reference_densities"] == rec["equal_work_densities"]
+    assert rec["equal_work_matched"] and rec["engine"]["evaluations"] == 2  # one per round
+    assert rec["recipe_released"]["evaluations"] == 3 and rec["recipe_released"]["checkpoints"] == 3  # per epoch
+    assert rec["recipe_released"]["images_per_evaluation"] < rec["engine"]["images_per_evaluation"]  # test only
+
+
+@pytest.mark.ray
+def test_orchestrator_benchmark_runs_the_sweep_and_the_plain_processes():
+    """--full's step at 2 epochs: the same 8 lineages through `lth-sweep run` and
+    through run_lineage in 2 plain one-thread processes; both ratios and what each
+    side's one-time costs were."""
+    from bench.orchestrator import bench_orchestrator
+    res = bench_orchestrator(epochs=2)
+    assert res["orchestrator_overhead_ratio"] > 0 and res["orchestrator_overhead_ratio_steady"] > 0
+    d = res["_orchestrator"]
+    assert d["lineages"] == 8 and sum(d["plain"]["lineages_per_slot"]) == 8 and d["plain"]["torch_threads"] == 1
+    for side in ("sweep", "plain"):
+        assert 0 < d[side]["steady_s"] < d[side]["wall_s"]
+        assert all(v is None or v >= 0 for v in d[side]["one_time"].values())
+    assert d["sweep"]["one_time"]["ray_start_s"] > 0 and d["plain"]["one_time"]["process_start_and_imports_s"] > 0
 
 
 def test_packed_benchmark_runs_its_processes():

@@ -107,6 +107,30 @@ def test_reference_lineage_follows_the_engines_schedule(tmp_path):
     assert [round(r["density"], 6) for r in ref] == [round(m["density"], 6) for m in ours]
     assert all(0 <= r["test_acc"] <= 1 for r in ref)
     assert (tmp_path / "ref" / "round2.pt").exists()  # the reference checkpoints every epoch
+    # The released cadence: a test-set evaluation and a checkpoint after every epoch trained.
+    assert [(r["evaluations"], r["checkpoints"]) for r in ref] == [(2, 2), (1, 1), (1, 1)]
+    assert {r["eval_images"] for r in ref} == {len(test.y)}
+
+
+def test_reference_can_evaluate_and_checkpoint_when_the_engine_does(tmp_path):
+    """eval_every=0, checkpoint_every=0 and the engine's splits: one evaluation
+    (training subset + validation + test) and one checkpoint per round, at its
+    end, as the engine's commit; the lineage itself is unchanged."""
+    spec = TrialSpec(DataSpec("digits", fraction=0.2), model=ModelSpec(width=0.125),
+                     train=TrainSpec(epochs=3, batch_size=40, lr=0.05), prune=PruneSpec(rounds=1, rewind_epoch=1))
+    info, train, test = D.load_dataset("digits")
+    released = R.run_reference(spec, train, test, info, str(tmp_path / "a"), torch.device("cpu"))
+    equal = R.run_reference(spec, train, test, info, str(tmp_path / "b"), torch.device("cpu"),
+                            cadence=R.Cadence(eval_every=0, checkpoint_every=0, eval_splits=("train", "val", "test")))
+    ours = L.run_lineage(spec, SweepStore(str(tmp_path), "s").lineage(spec.trial_id))
+    assert [(r["evaluations"], r["checkpoints"]) for r in released] == [(3, 3), (2, 2)]
+    assert [(r["evaluations"], r["checkpoints"]) for r in equal] == [(1, 1), (1, 1)]
+    tr, va = D.stratified_split(train.y, fraction=0.2, images_per_class=None, seed=spec.seed,
+                                val_per_class=spec.eval.val_per_class)  # the engine's split (workers/train.py)
+    assert len(va) > 0 and {r["eval_images"] for r in equal} == {len(tr) + len(va) + len(test.y)}
+    assert [r["density"] for r in equal] == [m["density"] for m in ours]
+    assert all({"train_acc", "val_acc", "test_acc"} <= set(r) for r in equal)
+    assert [r["density"] for r in equal] == [r["density"] for r in released]
 
 
 @pytest.mark.parametrize("name", ["contrast", "auto"])
