@@ -1,5 +1,6 @@
 """What tests share: the tiny experiment, running the CLI as a user does, reading a sweep back."""
 import io
+import json
 import os
 import subprocess
 import sys
@@ -117,6 +118,15 @@ def uninterrupted(d, yaml_text, ray=("--num-cpus", "2")):
     r = cli("run", "-e", "tiny", *ray, cwd=d)
     assert r.returncode == 0, r.stdout + r.stderr
     return d, r
+
+
+def uninterrupted_rows(d, yaml_text, ray=("--num-cpus", "2")) -> list:
+    """`query --format json` of an uninterrupted run of `yaml_text` in folder d: the
+    rows a run that was killed, stopped or faulted must end with."""
+    d, _ = uninterrupted(d, yaml_text, ray=ray)
+    q = cli("query", "-e", "tiny", "--format", "json", cwd=d)
+    assert q.returncode == 0, q.stderr
+    return json.loads(q.stdout)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

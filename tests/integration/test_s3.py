@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from bench.moto import moto_server
-from tests.helpers import RUN_ENV, TINY_YAML, cli, manifests, uninterrupted
+from tests.helpers import RUN_ENV, TINY_YAML, cli, manifests, uninterrupted_rows
 
 pytestmark = pytest.mark.ray
 
@@ -114,10 +114,7 @@ def test_store_primitives_on_s3(s3_env, tmp_path):
 
 @pytest.fixture(scope="module")
 def local_reference(tmp_path_factory, shared_ray):
-    d, _ = uninterrupted(tmp_path_factory.mktemp("local"), S3_YAML, ray=shared_ray)
-    q = cli("query", "-e", "tiny", "--format", "json", cwd=d)
-    assert q.returncode == 0, q.stderr
-    return json.loads(q.stdout)
+    return uninterrupted_rows(tmp_path_factory.mktemp("local"), S3_YAML, ray=shared_ray)
 
 
 def _by_key(rows):

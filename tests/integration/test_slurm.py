@@ -32,7 +32,7 @@ from glob import glob
 
 import pytest
 
-from tests.helpers import ROOT, RUN_ENV, TINY_YAML, cli, manifests, uninterrupted
+from tests.helpers import ROOT, RUN_ENV, TINY_YAML, cli, manifests, uninterrupted_rows
 
 pytestmark = pytest.mark.ray
 
@@ -251,10 +251,7 @@ def _stop(s: Slurm) -> None:
 
 @pytest.fixture(scope="module")
 def slurm_reference(tmp_path_factory, shared_ray):
-    d, _ = uninterrupted(tmp_path_factory.mktemp("slurm-ref"), SLURM_YAML, ray=shared_ray)
-    q = cli("query", "-e", "tiny", "--format", "json", cwd=d)
-    assert q.returncode == 0, q.stderr
-    return json.loads(q.stdout)
+    return uninterrupted_rows(tmp_path_factory.mktemp("slurm-ref"), SLURM_YAML, ray=shared_ray)
 
 
 def _env_setup() -> str:

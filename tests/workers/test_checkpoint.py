@@ -28,15 +28,6 @@ CPU = RunOptions(device="cpu")
 DROP = {"wall_s", "images_per_s", "started_at", "finished_at", "checkpoint_uri", "node"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bits that do not depend on the core count, and no oversubscription of a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def exact(a: dict, b: dict) -> bool:
     """The same names, dtypes, shapes and bit patterns (-0.0 and NaN payloads count)."""
     return sorted(a) == sorted(b) and all(
