@@ -241,26 +241,37 @@ def test_the_bootstrap_of_a_cell_is_the_documented_draws(st):
     assert T.compare(damaged, "val").iloc[0].ci_method == "t over seeds (per-image predictions disagree with test_acc)"
 
 
-def test_one_seed_gets_an_image_level_interval_and_p_holm_is_holm_over_the_rows(st):
+def test_one_seed_gets_an_image_level_interval_and_no_claim_and_p_holm_is_holm_over_the_seeded_rows(st):
     n = 100
-    # Four one-seed cells whose tickets win on 2, 6, 10 and 15 more images than they lose.
+    # Four one-seed cells whose tickets win on 2, 6, 10 and 15 more images than they lose...
     for i, extra in enumerate((2, 6, 10, 15)):
         commit(st, digits(0, images_per_class=5 + i, fraction=None),
                [(0.5, correct(n, range(50))), (0.6, correct(n, [*range(3, 50), *range(60, 63 + extra)]))])
+    # ...and four two-seed cells, the Holm family.
+    for i, extra in enumerate((2, 6, 10, 15)):
+        for seed in (0, 1):
+            commit(st, digits(seed, images_per_class=20 + i, fraction=None),
+                   [(0.5, correct(n, range(50))),
+                    (0.6, correct(n, [*range(3 + seed, 50), *range(60, 63 + extra + 2 * seed)]))])
     out = T.compare(rows(st), "val")
-    assert (out["ci_method"] == "bootstrap images (1 seed)").all() and (out["n_seeds"] == 1).all()
-    assert (out["gain_ci_low"] < out["gain_ci_high"]).all()
-    p = out["p_value"].to_numpy()
+    one = out[out["n_seeds"] == 1]
+    assert len(one) == 4 and (one["ci_method"] == "bootstrap images (1 seed)").all()
+    assert (one["gain_ci_low"] < one["gain_ci_high"]).all() and one["p_value"].notna().all()
+    assert one["p_value"].min() < 0.05  # the test images alone would call it significant...
+    assert one["p_holm"].isna().all()   # ...but one trained network is no evidence of an effect
+    two = out[out["n_seeds"] == 2]
+    p = two["p_value"].to_numpy()
     order = np.argsort(p)
     hand = np.empty(4)
     running = 0.0
     for rank, i in enumerate(order):
         running = max(running, min(1.0, (4 - rank) * p[i]))
         hand[i] = running
-    assert out["p_holm"].to_numpy() == pytest.approx(hand)
-    assert (out["p_holm"] >= out["p_value"]).all() and out["p_value"].iloc[-1] < 0.05
+    assert two["p_holm"].to_numpy(dtype=float) == pytest.approx(hand)
+    assert (two["p_holm"] >= two["p_value"]).all()
     assert any("image-level interval only" in x for x in T.notes(out, "val"))
     assert "Holm-adjusted over the 4 row(s) of this table" in T.family(out)
+    assert "Holm-adjusted over the 0 row(s)" in T.family(out[out["n_seeds"] == 1])
 
 
 def test_power_matches_a_hand_computation_of_the_paired_t_test(st):

@@ -45,8 +45,6 @@ def test_bn_recalibration_closes_the_eval_mode_gap_of_a_short_round(tmp_path):
     eval_mode, batch = _test_acc(plain_lin, base, 0, False), _test_acc(plain_lin, base, 0, True)
     assert plain[0]["test_acc"] == pytest.approx(eval_mode)
     assert batch - eval_mode > 0.15  # the artefact
-    # The README's figures ("BatchNorm recalibration"), deterministic on the CPU.
-    assert (round(eval_mode, 2), round(batch, 2)) == (0.72, 0.90)
     assert abs(fixed[0]["test_acc"] - batch) < 0.05  # closed
     # committed = measured
     assert _test_acc(recal_lin, recal, 0, False) == pytest.approx(fixed[0]["test_acc"], abs=1e-6)
