@@ -132,6 +132,11 @@ def main(argv=None) -> int:
         # and a SIGTERM in that window would exit 15 (-15) instead of `rc`.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            # Not left to Ray's exit hook: its shutdown resets SIGTERM to the default in C.
+            with signals.sigterm_ignored():
+                ray.shutdown()
     return rc
 
 

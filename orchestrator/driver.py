@@ -46,9 +46,13 @@ def run_sweep(request: SweepRequest) -> int:
         if request.verify:
             from orchestrator.verify import redo_corrupt
             redo_corrupt(sweep)
+        # One small pointer per lineage, read concurrently (workers/store.py), not every
+        # manifest of the sweep one request at a time.
+        pointers = sweep.pointers([t.trial_id for t in trials])
+        prefixes = {tid: p["prefix"] for tid, p in pointers.items()}
         unfinished, done_rounds = set(), 0
         for t in trials:
-            k = sweep.lineage(t.trial_id).committed_prefix()
+            k = prefixes[t.trial_id]
             done_rounds += min(k, t.spec.num_rounds)
             if k < t.spec.num_rounds or pending(t.spec, sweep.lineage(t.trial_id), t.options):
                 unfinished.add(t.trial_id)
@@ -67,7 +71,14 @@ def run_sweep(request: SweepRequest) -> int:
             "trials": {t.trial_id: {"rounds": t.spec.num_rounds, **t.row(), "fused_group": group_of.get(t.trial_id)}
                        for t in trials}})
         collector = Collector(sweep)
-        collector.rebuild()
+        if request.verify:
+            collector.rebuild()  # a scrub read every file anyway: derive the whole table again
+        else:
+            # The table checked against the pointers just read; only trials that disagree
+            # (a round whose row a kill lost, rows from before schema 5) are derived again.
+            synced = collector.sync([t.trial_id for t in trials], pointers)
+            if synced["derived"]:
+                log(f"results table: {len(synced['derived'])} trial(s) derived again from their manifests")
         todo = [u for u in plan if any(t.trial_id in unfinished for t in u.trials)]
         total_rounds = sum(t.spec.num_rounds for t in trials)
         log(f"sweep {sweep_name!r} ({request.experiment}) at {sweep.fs.to_uri(sweep.dir)}: {len(trials)} trials, "
@@ -85,7 +96,7 @@ def run_sweep(request: SweepRequest) -> int:
         from orchestrator.tune import run as tune_run  # Ray is imported only when there is work for it
         timings["import_s"] = round(time.time() - started, 3)
         rc = tune_run.run(request, sweep, todo, (done_rounds, total_rounds), timings, trackers=lineages,
-                          collector=collector)
+                          collector=collector, prefixes=prefixes)
         # What this run cost and where the time went (bench/orchestrator.py reads it).
         sweep.write_json(sweep.RUN, {"started": started, "finished": time.time(), "rc": rc,
                                      "trials": len(todo), **timings, "fuse_checks": sweep.fuse_checks()})

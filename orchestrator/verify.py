@@ -35,7 +35,7 @@ WORKERS = 8  # lineages checked at once: enough to hide S3 latency, few enough f
 CORRUPT = "corrupt"
 
 
-def _verify_trial(sweep: SweepStore, tid: str) -> tuple[int, int, list[dict]]:
+def _verify_trial(sweep: SweepStore, tid: str) -> tuple[int, int, list[dict], list[dict]]:
     lin = sweep.lineage(tid)
     rounds = sorted(lin.manifests_any())
     bad, files = [], 0
@@ -43,7 +43,22 @@ def _verify_trial(sweep: SweepStore, tid: str) -> tuple[int, int, list[dict]]:
         checked, problems = lin.verify_round(k)
         files += checked
         bad += [{"trial_id": tid, "round": k, "file": f, "problem": p} for f, p in problems]
-    return len(rounds), files, bad
+    return len(rounds), files, bad, _pointer_stale(lin)
+
+
+def _pointer_stale(lin) -> list[dict]:
+    """The lineage's committed pointer if it disagrees with its intact manifests
+    (a restart trusts the pointer; the manifests win)."""
+    p = lin.read_pointer()
+    want = {k: m["manifest_sha256"] for k, m in lin.manifests().items()}
+    if p is None and not want:
+        return []
+    if p is not None and p["rounds"] == want:
+        return []
+    said = "none" if p is None else f"rounds {sorted(p['rounds'])}"
+    return [{"trial_id": lin.trial_id, "pointer": said,
+             "why": f"its committed pointer ({said}) disagrees with its manifests (rounds {sorted(want)}); "
+                    "run --verify or the lineage's next resume rewrites it"}]
 
 
 def verify_sweep(sweep: SweepStore) -> dict:
@@ -53,12 +68,16 @@ def verify_sweep(sweep: SweepStore) -> dict:
     tids = sorted(sweep.listing())
     rounds = files = 0
     corrupt: list[dict] = []
+    pointers: list[dict] = []
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        for r, f, bad in pool.map(lambda t: _verify_trial(sweep, t), tids):
-            rounds, files, corrupt = rounds + r, files + f, corrupt + bad
+        for r, f, bad, off in pool.map(lambda t: _verify_trial(sweep, t), tids):
+            rounds, files, corrupt, pointers = rounds + r, files + f, corrupt + bad, pointers + off
     corrupt.sort(key=lambda c: (c["trial_id"], c["round"], c["file"]))
     return {"sweep": sweep.sweep, "trials": len(tids), "rounds": rounds, "files": files, "corrupt": corrupt,
-            "stale": _stale(sweep, tids, corrupt), "seconds": round(time.monotonic() - t0, 2)}
+            # A damaged lineage's pointer is rewritten when it is redone; it is named as corrupt already.
+            "stale": _stale(sweep, tids, corrupt) + [p for p in pointers if p["trial_id"] not in
+                                                      {c["trial_id"] for c in corrupt}],
+            "seconds": round(time.monotonic() - t0, 2)}
 
 
 def _first_redone(sweep: SweepStore, tids: list[str], corrupt: list[dict]) -> dict[str, tuple[int, str]]:
@@ -122,7 +141,8 @@ def _stale(sweep: SweepStore, tids: list[str], corrupt: list[dict]) -> list[dict
 
 def format_verify(out: dict) -> str:
     lines = [f"{c['trial_id']} round {c['round']}: {c['file']} {c['problem']}" for c in out["corrupt"]]
-    lines += [f"{s['trial_id']} " + (f"round {s['round']} on" if "round" in s else f"analysis {s['analysis']}")
+    lines += [f"{s['trial_id']} " + (f"round {s['round']} on" if "round" in s else f"analysis {s['analysis']}"
+                                     if "analysis" in s else "pointer")
               + f": stale, {s['why']}" for s in out.get("stale", [])]
     verdict = (f"{len(out['corrupt'])} corrupt file(s)" if out["corrupt"] else "every file verifies")
     if out.get("stale"):
@@ -140,6 +160,9 @@ def redo_corrupt(sweep: SweepStore) -> list[tuple[str, int]]:
     for tid, (k, why) in sorted(redo.items()):
         gone = sweep.lineage(tid).invalidate_from(k)
         log(f"verify: {tid} round {k} is {why}; redoing the lineage from there (rounds {gone} un-committed)")
+    for s in out["stale"]:
+        if "pointer" in s and s["trial_id"] not in redo:  # invalidate_from rewrote the others'
+            sweep.lineage(s["trial_id"]).sync_pointer()
     log(f"verify: {out['files']} files of {out['rounds']} rounds checked in {out['seconds']:.1f}s, "
         f"{len(redo)} lineage(s) to redo")
     return sorted((tid, k) for tid, (k, _) in redo.items())

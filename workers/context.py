@@ -176,4 +176,5 @@ def _verified_prefix(store: LineageStore) -> tuple[int, dict]:
             log.warning("%s: redoing it from round %d", e, k - 2)
             store.invalidate_from(k - 1)
             continue
+        store.sync_pointer()  # the manifests just read are the truth the restart's pointer must say
         return k, {"rewind": rewind, k - 1: last}

@@ -102,20 +102,26 @@ def pending(names: list[str]) -> dict[str, tuple[str, Optional[int]]]:
 
 def _read(store: SweepStore, kind: str, name: str) -> Optional[pa.Table]:
     """One row file as our schema; None if it vanished (compacted meanwhile)."""
+    return read_path(store, kind, f"{rows_dir(store, kind)}/{name}", f"{kind}/{ROWS}/{name}")
+
+
+def read_path(store: SweepStore, kind: str, path: str, label: str) -> Optional[pa.Table]:
+    """One of our Parquet files (a row file or a shard) in one read, as our schema
+    (older files' missing columns as nulls); None if it does not exist."""
     try:
-        data = store.fs.read(f"{rows_dir(store, kind)}/{name}")
+        data = store.fs.read(path)
     except (FileNotFoundError, OSError):
         return None
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as e:
-        raise ResultsError(f"{kind}/{ROWS}/{name}: not a readable Parquet file ({e}); delete it, "
+        raise ResultsError(f"{label}: not a readable Parquet file ({e}); delete it, "
                            "or rebuild the table") from None
     meta = table.schema.metadata or {}
     if meta.get(META_TABLE) != kind.encode():
-        raise ResultsError(f"{kind}/{ROWS}/{name}: not an lth-sweep {kind} file")
+        raise ResultsError(f"{label}: not an lth-sweep {kind} file")
     if int(meta.get(META_VERSION, b"0")) > SCHEMA_VERSION:
-        raise NewerSchemaError(f"{kind}/{ROWS}/{name}: written with a newer results schema; upgrade lth-sweep")
+        raise NewerSchemaError(f"{label}: written with a newer results schema; upgrade lth-sweep")
     schema = SCHEMAS[kind]
     return pa.table({f.name: table[f.name] if f.name in table.column_names else pa.nulls(len(table), f.type)
                      for f in schema}, schema=schema)

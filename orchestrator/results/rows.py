@@ -158,6 +158,7 @@ def round_rows(sweep: str, trial_id: str, k: int, man: dict, precision: Optional
         "cell_id": None if key is None else key[1],
         "cell": None if key is None else key[0],
         "lineage_rounds": rounds,
+        "manifest_sha256": man.get("manifest_sha256"),
     }
     layers = [{**base, "layer": layer.get("layer"), "density": _num(layer.get("density")),
                "numel": _num(layer.get("numel"), int)} for layer in m.get("layers") or []]

@@ -19,7 +19,9 @@ from workers.spec import spec_fields
 #    lineage_rounds; no `selection` column; val_acc of legacy test-selected trials is null
 # 4: test_images, test_correct (per-image results of the test split), precision; the cell
 #    names the lineage's precision ("fp32", "bf16", "bf16+fp32"; left out where none is recorded)
-SCHEMA_VERSION = 4
+# 5: manifest_sha256 (the digest of the manifest a round's row was made from: a run's start
+#    checks the table against each lineage's pointer instead of reading every manifest)
+SCHEMA_VERSION = 5
 
 # Stored in each file's schema metadata: a reader can tell our shards (and
 # their version) from any other Parquet file that was dropped into the folder.
@@ -75,6 +77,8 @@ RESULTS_SCHEMA = _table_schema("results", [
     # The grid cell (every spec field but the seed) as a hash and as canonical JSON, and
     # the length of the finished lineage (round 0 included).
     *_columns("cell_id:string cell:string lineage_rounds:int64"),
+    # The manifest this row was made from (null in rows written before schema 5).
+    *_columns("manifest_sha256:string"),
 ])
 LAYERS_SCHEMA = _table_schema("layers", _columns("round:int64 layer:string density:double numel:int64"))
 

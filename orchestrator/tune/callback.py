@@ -108,6 +108,9 @@ class ResultsCallback(tune.Callback):
                 self.collector.append_trial(tid)
             else:
                 self.collector.append_round(tid, int(k))
+            # Fold row files into the shards as the run goes (in a thread of its own), so
+            # reading the table mid-run never means one read per round since the start.
+            self.collector.compact_if_due()
         except Exception as e:
             log(f"warning: results table not updated for {tid} ({type(e).__name__}: {e}); "
                 "it is rebuilt from the manifests at the end of the run")

@@ -19,6 +19,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
+from orchestrator import signals  # noqa: E402
 from orchestrator.grid import Unit  # noqa: E402
 from orchestrator.request import SweepRequest  # noqa: E402
 from orchestrator.tune.callback import ResultsCallback  # noqa: E402
@@ -54,11 +55,13 @@ def start_ray(request: SweepRequest, todo: list[Unit]) -> list[str]:
 
 
 def run(request: SweepRequest, sweep: SweepStore, todo: list[Unit], rounds: tuple[int, int],
-        timings: Optional[dict] = None, trackers=None, collector=None) -> int:
+        timings: Optional[dict] = None, trackers=None, collector=None, prefixes: Optional[dict] = None) -> int:
     """Run the units `todo` as Tune trials; `rounds`: (committed, total) over the
-    sweep; fills `timings` (ray_start_s, tune_s, ray_stop_s, and what the driver
-    process did to storage while Tune ran: tune_storage {op: count, bytes_written,
-    bytes_read}, rounds_committed); returns the exit status."""
+    sweep; `prefixes`: each lineage's committed rounds at the start (read from
+    storage when not given); fills `timings` (ray_start_s, tune_s, ray_stop_s,
+    compact_s, and what the driver process did to storage while Tune ran:
+    tune_storage {op: count, bytes_written, bytes_read}, rounds_committed);
+    returns the exit status."""
     timings = {} if timings is None else timings
     done_rounds, total_rounds = rounds
     t0 = time.monotonic()
@@ -92,16 +95,33 @@ def run(request: SweepRequest, sweep: SweepStore, todo: list[Unit], rounds: tupl
     timings["tune_storage"] = FS.counters(since=storage_before)
     timings["rounds_committed"] = callback.rounds_committed
     # Now rather than at exit: Ray's exit hook first sleeps 0.5 s for log
-    # lines this driver does not forward (log_to_driver=False).
+    # lines this driver does not forward (log_to_driver=False). Ray's shutdown
+    # resets SIGTERM to the default in C (orchestrator/signals.py): ignored through it.
     t_stop = time.monotonic()
-    ray.shutdown()
+    with signals.sigterm_ignored():
+        ray.shutdown()
+    signal.signal(signal.SIGTERM, _late_sigterm)
     timings["ray_stop_s"] = round(time.monotonic() - t_stop, 3)
-    callback.collector.rebuild()
     # Tune answers a SIGINT (and so our SIGTERM) inside fit() with its own
-    # handler: it stops the trials and returns as if done. Storage says whether
-    # it was: a lineage short of its rounds with no trial error was stopped.
+    # handler: it stops the trials and returns as if done. A lineage short of its
+    # rounds with no trial error was stopped: what it had at the start plus the
+    # rounds committed since (the callback saw each), not a scan of storage.
+    if prefixes is None:
+        prefixes = {tid: p["prefix"] for tid, p in sweep.pointers([t.trial_id for u in todo for t in u.trials]).items()}
+    have = callback.collector.committed
     stopped = not errors and not searcher.dropped and any(
-        sweep.lineage(t.trial_id).committed_prefix() < t.spec.num_rounds for u in todo for t in u.trials)
+        max(prefixes.get(t.trial_id, 0), have.get(t.trial_id, 0)) < t.spec.num_rounds for u in todo for t in u.trials)
+    if callback.interrupted or interrupted or stopped:
+        # A stop leaves the row files pending: they are valid rows, and the next
+        # start folds them in, so a stop's work is bounded by the rounds in flight
+        # (and a compaction already under way), not by the sweep's size.
+        callback.collector.wait_compaction(timeout=30)
+    else:
+        # Fold the row files left since the run's last compaction into the shards.
+        t_compact = time.monotonic()
+        callback.collector.wait_compaction()
+        callback.collector.compact()
+        timings["compact_s"] = round(time.monotonic() - t_compact, 3)
     if callback.interrupted or interrupted or stopped:
         log("stopped; committed rounds are safe. Re-run the same command to resume.")
         return 130

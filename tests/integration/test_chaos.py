@@ -126,6 +126,31 @@ def test_worker_killed_mid_round_and_second_driver_refused(tmp_path, reference):
     assert_same_as_reference(storage, reference)
 
 
+ONE_LINEAGE_YAML = TINY_YAML.replace("fractions: [0.1, 0.2]", "fractions: [0.1]").replace(
+    "augmentations: [none, basic]", "augmentations: [none]")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.5, 1.5])
+def test_a_sigterm_after_the_last_commit_or_during_ray_s_shutdown_exits_0_or_130(tmp_path, delay):
+    """The moments the random kills rarely hit: the last round is committed and the
+    driver tears down (the results table, Ray's shutdown, which resets SIGTERM to
+    the default in C). A scheduler acts on the exit status: never -15."""
+    (tmp_path / "experiments.yaml").write_text(ONE_LINEAGE_YAML)
+    storage = tmp_path / "runs"
+    p = start(tmp_path)
+    wait_until(lambda: commits(storage) >= 3, p)
+    time.sleep(delay)
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=120)[0]
+    print(f"SIGTERM {delay}s after the last commit -> exit {p.returncode}")
+    assert p.returncode in (0, 130), out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    r = cli("run", "-e", "tiny", "--num-cpus", "2", cwd=tmp_path)  # nothing to train: no Ray started
+    assert r.returncode == 0 and "nothing to do" in r.stdout + r.stderr, r.stderr[-2000:]
+    assert len(table(storage)) == 3
+
+
 @pytest.fixture
 def small_mount(tmp_path):
     """A real, small filesystem (tmpfs) we can fill up or make read-only."""

@@ -133,12 +133,16 @@ def test_redo_corrupt_uncommits_from_the_first_corrupt_round_only(sweep, capsys)
     # Round 0 of A, before its first corrupt round, is byte for byte as it was.
     kept = [p for p in before if p.startswith(f"trials/{A}/round_0/")]
     assert kept and all(after[p] == before[p] for p in kept)
-    # Apart from the renamed manifests, nothing was written or removed.
+    # Apart from the renamed manifests and the lineages' pointers (which now say the
+    # shorter prefixes), nothing was written or removed.
     moved = {p for p in damaged if p.endswith("MANIFEST.json") and p not in after}
     assert moved == {f"trials/{A}/round_{k}/MANIFEST.json" for k in (1, 2)} | \
         {f"trials/{B}/round_{k}/MANIFEST.json" for k in (0, 1, 2)}
-    assert {p: v for p, v in after.items() if "MANIFEST.invalid-" not in p} == \
-        {p: v for p, v in damaged.items() if p not in moved}
+    pointers = {p for p in after if p.endswith("/COMMITTED.json")}
+    assert {p: v for p, v in after.items() if "MANIFEST.invalid-" not in p and p not in pointers} == \
+        {p: v for p, v in damaged.items() if p not in moved and p not in pointers}
+    assert (a.read_pointer()["prefix"], b.read_pointer()["prefix"]) == (1, 0)
+    assert a.read_pointer()["rounds"] == {0: a.read_manifest(0)["manifest_sha256"]}
 
 
 def test_a_clean_sweep_is_left_exactly_as_it_was(sweep, capsys):
