@@ -71,6 +71,10 @@ def steps(smoke: bool, full: bool) -> list:
     return out
 
 
+# --restart-scale stops a run with 8 lineages in flight: it needs at least that many.
+IN_FLIGHT_MIN = 8
+
+
 def run_bench(args) -> int:
     res = {k: None for k in KEYS}
     res["device"] = device_name()
@@ -78,9 +82,18 @@ def run_bench(args) -> int:
     if smoke:
         res["_smoke"] = "tiny sizes: these numbers mean nothing"
     todo = steps(smoke, bool(getattr(args, "full", False)))
-    # --scale / --calibrate are their own runs: asked for alone, they run alone.
-    if getattr(args, "scale", None) or getattr(args, "calibrate", False):
+    # --scale / --restart-scale / --calibrate are their own runs: asked for alone, they run alone.
+    if getattr(args, "scale", None) or getattr(args, "restart_scale", None) or getattr(args, "calibrate", False):
         todo = []
+        if getattr(args, "restart_scale", None):
+            from orchestrator.errors import UsageError
+            if min(args.restart_scale) < IN_FLIGHT_MIN or args.rounds < 2 or args.latency_ms < 0:
+                raise UsageError(f"lth-sweep bench: --restart-scale takes lineage counts >= {IN_FLIGHT_MIN}, "
+                                 "--rounds >= 2 and --latency-ms >= 0")
+            from .restart_scale import bench_restart_scale
+            todo.append(("restart-scale", lambda: bench_restart_scale(
+                args.restart_scale, rounds=args.rounds, latency_ms=args.latency_ms,
+                log=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))))
         if args.calibrate:
             from .calibrate import calibrate
             sizes = [8] if smoke else None
@@ -108,6 +121,6 @@ def run_bench(args) -> int:
             v = res[k]
             print(f"  {k:30s} {'-' if v is None else v}")
         for k, v in res.items():
-            if k.startswith("_"):
-                print(f"  {k[1:]}: {json.dumps(v)}")
+            if k not in KEYS and k != "device":
+                print(f"  {k.lstrip('_')}: {json.dumps(v)}")
     return 0

@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-storage", choices=("local", "s3"), default="local",
                    help="with --scale: the sweep's storage, a local folder or a loopback moto S3 server "
                         "(needs the test extra)")
+    p.add_argument("--restart-scale", type=int, nargs="+", metavar="N",
+                   help="a restart, a stop, status and query --compare on a finished sweep of N lineages "
+                        "(e.g. 300 3000) on a loopback moto S3 server behind a latency-adding, "
+                        "request-counting proxy (needs the test extra)")
+    p.add_argument("--rounds", type=int, default=17, help="with --restart-scale: rounds per lineage (default 17)")
+    p.add_argument("--latency-ms", type=float, default=20.0,
+                   help="with --restart-scale: latency added to every S3 request (default 20)")
     p.add_argument("--calibrate", action="store_true",
                    help="measure training images/s per (arch, image size) here; `plan` then costs with it")
     return ap

@@ -21,6 +21,7 @@ from orchestrator.grid import units
 from orchestrator.request import SweepRequest
 from orchestrator.resources import check_resources
 from orchestrator.results import Collector
+from orchestrator.summary import Summary
 from workers import preflight
 from workers.evaluations import pending
 from workers.lease import SweepLock, log
@@ -43,6 +44,7 @@ def run_sweep(request: SweepRequest) -> int:
 
     with SweepLock(sweep):
         signals.graceful()  # from here a stop must let what runs commit or drop cleanly
+        t_start = time.time()
         if request.verify:
             from orchestrator.verify import redo_corrupt
             redo_corrupt(sweep)
@@ -71,12 +73,14 @@ def run_sweep(request: SweepRequest) -> int:
             "trials": {t.trial_id: {"rounds": t.spec.num_rounds, **t.row(), "fused_group": group_of.get(t.trial_id)}
                        for t in trials}})
         collector = Collector(sweep)
+        wall = (0.0, 0)
         if request.verify:
             collector.rebuild()  # a scrub read every file anyway: derive the whole table again
         else:
             # The table checked against the pointers just read; only trials that disagree
             # (a round whose row a kill lost, rows from before schema 5) are derived again.
             synced = collector.sync([t.trial_id for t in trials], pointers)
+            wall = synced["wall"]
             if synced["derived"]:
                 log(f"results table: {len(synced['derived'])} trial(s) derived again from their manifests")
         todo = [u for u in plan if any(t.trial_id in unfinished for t in u.trials)]
@@ -84,9 +88,12 @@ def run_sweep(request: SweepRequest) -> int:
         log(f"sweep {sweep_name!r} ({request.experiment}) at {sweep.fs.to_uri(sweep.dir)}: {len(trials)} trials, "
             f"{len(trials) - len(unfinished)} already done; rounds committed {done_rounds}/{total_rounds}"
             + (f"; {len(group_of)} lineages fused in {len(set(group_of.values()))} groups" if group_of else ""))
+        summary = Summary(sweep, prefixes, wall)
+        summary.write("running" if todo else "ended")
         if not todo:
             log("nothing to do")
             return 0
+        timings["start_s"] = round(time.time() - t_start, 3)  # reading what is done, checking the table
         lineages = None
         if request.trackers:
             from orchestrator.trackers import Lineages
@@ -96,7 +103,7 @@ def run_sweep(request: SweepRequest) -> int:
         from orchestrator.tune import run as tune_run  # Ray is imported only when there is work for it
         timings["import_s"] = round(time.time() - started, 3)
         rc = tune_run.run(request, sweep, todo, (done_rounds, total_rounds), timings, trackers=lineages,
-                          collector=collector, prefixes=prefixes)
+                          collector=collector, prefixes=prefixes, summary=summary)
         # What this run cost and where the time went (bench/orchestrator.py reads it).
         sweep.write_json(sweep.RUN, {"started": started, "finished": time.time(), "rc": rc,
                                      "trials": len(todo), **timings, "fuse_checks": sweep.fuse_checks()})

@@ -10,6 +10,7 @@ the spec reads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 from dataclasses import dataclass
@@ -35,8 +36,13 @@ class Trial:
 
     def row(self) -> dict:
         """The trial as `plan` lists it: its id, its value on every grid axis, its resources."""
-        axes = {f.name: field_value(self.spec, part, f.name) for part, f in spec_fields() if f.metadata.get("axis")}
+        axes = {f.name: field_value(self.spec, part, f.name) for part, f in _axis_fields()}
         return {"trial_id": self.trial_id, **axes, "resources": dict(self.resources)}
+
+
+@functools.lru_cache(maxsize=None)
+def _axis_fields() -> tuple:
+    return tuple((part, f) for part, f in spec_fields() if f.metadata.get("axis"))
 
 
 def _axes(exp: dict) -> list[tuple[str, list]]:

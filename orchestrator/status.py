@@ -28,7 +28,7 @@ def _planned(sweep_store: SweepStore, listing: dict[str, dict]) -> dict[str, int
         return {tid: int(t.get("rounds", 0)) for tid, t in sweep["trials"].items()}
     planned = {}
     for tid, entry in listing.items():
-        if not entry["spec"]:
+        if not entry.get("spec"):
             continue
         try:
             planned[tid] = num_rounds(sweep_store.lineage(tid).read_spec())
@@ -45,12 +45,55 @@ def _mean_round_s(sweep_store: SweepStore) -> Optional[float]:
     return sum(walls.to_pylist()) / len(walls) if len(walls) else None
 
 
+def _from_summary(sweep_store: SweepStore, summary: dict, now: float) -> dict[str, dict]:
+    """What `listing()` would say, from the driver's summary (orchestrator/summary.py)
+    and the names of the row files appended since it was written: {trial_id:
+    {"rounds": {k: time}, "heartbeat": time, "failed": bool}}. A trial counts as
+    running only while the summary is young enough to say so."""
+    from orchestrator.results import rowfiles
+    t = float(summary.get("time") or 0)
+    out: dict[str, dict] = {}
+
+    def entry(tid: str) -> dict:
+        return out.setdefault(tid, {"rounds": {}, "heartbeat": None, "failed": False, "spec": True})
+    for tid, k in summary["committed"].items():
+        entry(tid)["rounds"].update({j: None for j in range(int(k))})
+    # A round committed after the summary was written is a row file not yet compacted.
+    for tid, k in rowfiles.pending(rowfiles.listing(sweep_store, "results")).values():
+        if k is not None:
+            entry(tid)["rounds"].update({j: None for j in range(k + 1)})
+    live = summary.get("state") == "running" and now - t <= LIVE_S
+    for tid in summary.get("running", []) if live else []:
+        entry(tid)["heartbeat"] = t
+    for tid in summary.get("failed", []):
+        entry(tid)["failed"] = True
+    return out
+
+
+def _summary(sweep_store: SweepStore) -> Optional[dict]:
+    """The driver's summary where it is complete: on an object store (a local
+    folder is listed in a moment), written by a driver that ended, or by one
+    whose lease is alive. A killed driver's summary can miss rounds its trials
+    committed after its last write: then the sweep is listed."""
+    from orchestrator.summary import read_summary
+    from workers.lease import lease_alive
+    if sweep_store.fs.local:
+        return None
+    summary = read_summary(sweep_store)
+    if summary is not None and summary.get("state") != "ended" and not lease_alive(sweep_store):
+        return None
+    return summary
+
+
 def sweep_status(sweep_store: SweepStore, now: Optional[float] = None,
                  planned: Optional[dict[str, int]] = None) -> dict:
-    """Counts read from storage. `planned` ({trial_id: rounds}, e.g. from the
-    yaml) replaces the last run's plan: a trial storage has never seen is pending."""
+    """Counts read from storage: the driver's summary where there is one (a few
+    requests at any sweep size), else a listing of the sweep. `planned`
+    ({trial_id: rounds}, e.g. from the yaml) replaces the last run's plan: a
+    trial storage has never seen is pending."""
     now = time.time() if now is None else now
-    listing = sweep_store.listing()
+    summary = _summary(sweep_store)
+    listing = sweep_store.listing() if summary is None else _from_summary(sweep_store, summary, now)
     planned = _planned(sweep_store, listing) if planned is None else planned
     counts = {"total": len(planned), "done": 0, "running": 0, "pending": 0, "failed": 0}
     committed = total = 0
@@ -73,10 +116,12 @@ def sweep_status(sweep_store: SweepStore, now: Optional[float] = None,
     if remaining == 0:
         eta = 0.0
     else:
-        mean = _mean_round_s(sweep_store)
+        mean = summary.get("mean_round_s") if summary is not None else None
+        mean = _mean_round_s(sweep_store) if mean is None else mean
         if mean is not None:
             eta = remaining * mean / max(1, counts["running"])
     return {"sweep": sweep_store.sweep, "trials": counts,
+            "source": "listing" if summary is None else "summary",
             "rounds": {"committed": committed, "total": total}, "eta_s": eta,
             "fusion": [_check_row(c) for c in sweep_store.fuse_checks()]}
 

@@ -113,6 +113,16 @@ def cmd_run(args) -> int:
     sweep = _sweep(args, must_exist=True)
     from orchestrator.results import format_frame, load_results
     from orchestrator.tables import compare, family, notes, protocol_line
+    flags = f"-e {args.experiment}" + (f" --name {args.name}" if args.name else "") + \
+            (f" --storage {args.storage}" if args.storage != "./runs" else "")
+    where = f"results: {sweep.fs.to_uri(sweep.results_dir)}  (lth-sweep query {flags} --compare; " \
+            f"lth-sweep report {flags})"
+    cells = len({t.spec.cell_id for t in trials})
+    if cells > CLOSING_TABLE_CELLS:
+        # A study's table is read with query/report, not scrolled past at every restart
+        # (reading it whole is the table's every shard: seconds to minutes on S3).
+        print(f"\n{cells} grid cells: {where}")
+        return rc
     df = load_results(sweep)
     if len(df):
         table = compare(df, "val")
@@ -120,11 +130,12 @@ def cmd_run(args) -> int:
         print(format_frame(_shown(table), "table"))
         for line in notes(table, "val"):
             print(f"note: {line}")
-        flags = f"-e {args.experiment}" + (f" --name {args.name}" if args.name else "") + \
-                (f" --storage {args.storage}" if args.storage != "./runs" else "")
-        print(f"\nresults: {sweep.fs.to_uri(sweep.results_dir)}  (lth-sweep query {flags} --compare; "
-              f"lth-sweep report {flags})")
+        print(f"\n{where}")
     return rc
+
+
+# `run` closes with the compare table of a sweep of at most this many grid cells.
+CLOSING_TABLE_CELLS = 40
 
 
 def cmd_status(args) -> int:

@@ -123,6 +123,18 @@ class SweepLock:
                                            "beat": time.time()})
 
 
+def lease_alive(sweep: SweepStore) -> bool:
+    """Whether a driver holds the sweep's lease on an object store now (its heartbeat
+    is fresh and, where we can tell, its process runs). Reads the lease only."""
+    try:
+        lease = sweep.read_json(SweepLock.LEASE)
+    except (ValueError, OSError):
+        return False
+    if not isinstance(lease, dict) or _holder_gone(lease):
+        return False
+    return time.time() - float(lease.get("beat", 0) or 0) < SweepLock.LEASE_S
+
+
 def process_space() -> str | None:
     """Where a pid names one process: this kernel's boot and pid namespace
     (None off Linux). Hostnames are not enough: containers on one host can

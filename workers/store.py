@@ -88,12 +88,15 @@ def open_fs(uri: str) -> tuple[pafs.FileSystem, str, bool]:
         # with a time budget (workers/retry.py): an outage of a minute or two
         # costs time, not a trial. FS.fs stays a real pyarrow FileSystem.
         from workers import retry
+        # allow_delayed_open=True: an object written whole in one call is one PutObject,
+        # not a multipart upload of 3 requests (create, part, complete): a round commit
+        # is mostly small files, and each request is a round trip to S3.
         # background_writes=False: the retrying layer PUTs a whole buffered object
         # at close, in the caller's thread (no upload queued on pyarrow's I/O pool,
         # which copy_files' own threads may be filling: apache/arrow#32372).
         kwargs.update(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=retry.SDK_ATTEMPTS),
                       connect_timeout=retry.CONNECT_TIMEOUT_S, request_timeout=retry.REQUEST_TIMEOUT_S,
-                      background_writes=False)
+                      background_writes=False, allow_delayed_open=True)
         try:
             s3 = pafs.S3FileSystem(**kwargs)
         except Exception as e:  # never echo credentials: the message is pyarrow's
@@ -259,6 +262,7 @@ class SweepStore:
     RUN = "RUN.json"               # the last `run`'s timings (start, Ray start-up, trials, end)
     LEASE = "DRIVER_LEASE.json"    # the driver's lease on object stores (workers/lease.py)
     LOCK = ".driver.lock"          # the driver's file lock on local/NFS paths
+    STATUS = "STATUS.json"         # the driver's summary of the sweep (orchestrator/summary.py)
 
     def __init__(self, storage: str, sweep: str):
         self.fs = FS(storage)

@@ -262,7 +262,8 @@ class Collector:
         trial (or `pointers`, read already), each touched shard, each file; shards
         are done `threads` at a time, and one with nothing to change is not written.
         The files listed are deleted last (a kill before: they replace rows equal
-        to them). Returns {"folded": row files, "derived": trial ids, "shards": written}."""
+        to them). Returns {"folded": row files, "derived": trial ids, "shards": written,
+        "wall": (sum, count) of the rounds' wall_s (what `status` estimates with)}."""
         from concurrent.futures import ThreadPoolExecutor
         with self._lock:
             gens = self._generations()  # before the listing: what is appended after it is not deleted
@@ -279,8 +280,9 @@ class Collector:
                                          sorted(by_shard.items())))
             self._delete_listed(self._unchanged(listed, gens))
         return {"folded": sum(len(k) for k in keys.values()),
-                "derived": sorted(t for derived, _ in outcomes for t in derived),
-                "shards": sum(written for _, written in outcomes)}
+                "derived": sorted(t for derived, _, _ in outcomes for t in derived),
+                "shards": sum(written for _, written, _ in outcomes),
+                "wall": (sum(w[0] for _, _, w in outcomes), sum(w[1] for _, _, w in outcomes))}
 
     def update(self, trial_ids: Iterable[str]) -> None:
         """Replace those trials' rows with fresh ones from their manifests."""
@@ -349,8 +351,9 @@ class Collector:
         return {k: pa.Table.from_pylist(v, schema=SCHEMAS[k]) for k, v in rows.items()}
 
     def _sync_shard(self, shard: str, tids: set[str], keys: dict[str, dict], pointers: dict[str, dict]
-                    ) -> tuple[set[str], int]:
-        """One shard of sync(): (trials derived again, 1 if written else 0). The results
+                    ) -> tuple[set[str], int, tuple[float, int]]:
+        """One shard of sync(): (trials derived again, 1 if written else 0, (sum, count) of
+        its trials' wall_s). The results
         shard is read first (one read) and checked against the pointers; the other
         tables' shards are read only when this shard is to be written."""
         names = {kind: [n for n, (tid, _) in ks.items() if shard_of(tid) == shard] for kind, ks in keys.items()}
@@ -369,12 +372,15 @@ class Collector:
             derived = {t for t in self.store.trial_ids() if shard_of(t) == shard} | tids
             tables = {kind: schema.empty_table() for kind, schema in SCHEMAS.items()}
         have: dict[str, dict[int, Optional[str]]] = defaultdict(dict)
-        for r in tables["results"].select(["trial_id", "round", "manifest_sha256"]).to_pylist():
+        wall = [0.0, 0]
+        for r in tables["results"].select(["trial_id", "round", "manifest_sha256", "wall_s"]).to_pylist():
             if r["trial_id"] in tids:
                 have[r["trial_id"]][r["round"]] = r["manifest_sha256"]
+                if r["wall_s"] is not None:
+                    wall = [wall[0] + r["wall_s"], wall[1] + 1]
         derived |= {t for t in tids if have.get(t, {}) != pointers.get(t, {}).get("rounds", {})}
         if not derived and not any(names.values()):
-            return derived, 0  # the shard already says what the pointers say
+            return derived, 0, tuple(wall)  # the shard already says what the pointers say
         for kind in SCHEMAS:
             if kind not in tables:
                 try:
@@ -390,7 +396,7 @@ class Collector:
             tables = {k: pa.concat_tables([t.filter(pc.invert(pc.is_in(t["trial_id"], value_set=gone))).cast(
                 SCHEMAS[k]), fresh[k]]) for k, t in tables.items()}
         self._write_shard(shard, tables)
-        return derived, 1
+        return derived, 1, tuple(wall)
 
     def _update_shard(self, shard: str, tids: set[str]) -> None:
         kept = {}

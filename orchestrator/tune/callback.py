@@ -26,8 +26,9 @@ class ResultsCallback(tune.Callback):
     and feeds the experiment trackers (orchestrator/trackers.py)."""
 
     def __init__(self, sweep: SweepStore, collector, done_rounds: int, total_rounds: int, plain=None,
-                 trackers=None):
+                 trackers=None, summary=None):
         self.sweep, self._collector = sweep, collector
+        self.summary = summary  # orchestrator/summary.py: what `status` reads
         self.panel = ProgressPanel(done_rounds, total_rounds, plain=plain)
         self.trackers = trackers  # an orchestrator.trackers.Lineages, set up by the driver
         self.interrupted = False
@@ -45,7 +46,7 @@ class ResultsCallback(tune.Callback):
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; the collector
         # holds a lock and is rebuilt on demand, the trackers stay with the driver.
-        return {**self.__dict__, "_collector": None, "trackers": None}
+        return {**self.__dict__, "_collector": None, "trackers": None, "summary": None}
 
     def close(self) -> None:
         self.panel.__exit__(None, None, None)
@@ -64,6 +65,8 @@ class ResultsCallback(tune.Callback):
             log(f"{tid}: evaluations written")
             return
         self._append(tid, result.get("round"))
+        if self.summary is not None and result.get("round") is not None:
+            self.summary.round(tid, int(result["round"]), result.get("wall_s"))
         self.panel.round(tid, result)
         if self.trackers is not None:
             try:
@@ -71,8 +74,21 @@ class ResultsCallback(tune.Callback):
             except Exception as e:  # a tracker must never stop a sweep
                 log(f"warning: tracker failed for {tid} ({type(e).__name__}: {e})")
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.summary is not None:
+            self.summary.started(trial.config["unit"]["members"])
+
+    def on_step(self, iteration, trials, **info):
+        if self.summary is not None:
+            try:
+                self.summary.write_if_due()
+            except Exception as e:  # a summary is derived: status falls back to a listing
+                log(f"warning: sweep summary not written ({type(e).__name__}: {e})")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         unit = trial.config["unit"]
+        if self.summary is not None:
+            self.summary.ended(unit["members"], failed=True)
         err = getattr(trial, "error_file", None)
         cause = last_line(err)
         for tid, spec in unit["members"].items():
@@ -91,6 +107,8 @@ class ResultsCallback(tune.Callback):
         # Every committed round was appended as it was reported; the run's end compacts.
         for tid in trial.config["unit"]["members"]:
             self.panel.finished(tid)
+        if self.summary is not None:
+            self.summary.ended(trial.config["unit"]["members"])
 
     @property
     def rounds_committed(self) -> int:

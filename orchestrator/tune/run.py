@@ -55,7 +55,8 @@ def start_ray(request: SweepRequest, todo: list[Unit]) -> list[str]:
 
 
 def run(request: SweepRequest, sweep: SweepStore, todo: list[Unit], rounds: tuple[int, int],
-        timings: Optional[dict] = None, trackers=None, collector=None, prefixes: Optional[dict] = None) -> int:
+        timings: Optional[dict] = None, trackers=None, collector=None, prefixes: Optional[dict] = None,
+        summary=None) -> int:
     """Run the units `todo` as Tune trials; `rounds`: (committed, total) over the
     sweep; `prefixes`: each lineage's committed rounds at the start (read from
     storage when not given); fills `timings` (ray_start_s, tune_s, ray_stop_s,
@@ -72,7 +73,8 @@ def run(request: SweepRequest, sweep: SweepStore, todo: list[Unit], rounds: tupl
         + (f" ({len(notices)} notice(s) from Ray held back: {notices[0][:80]}...)" if notices else ""))
     t_tune, storage_before = time.monotonic(), FS.counters()
 
-    callback = ResultsCallback(sweep, collector, done_rounds, total_rounds, plain=request.plain, trackers=trackers)
+    callback = ResultsCallback(sweep, collector, done_rounds, total_rounds, plain=request.plain, trackers=trackers,
+                               summary=summary)
     configs = unit_configs(sweep, todo)
     searcher = UnitSearcher(sweep, configs, dependencies(todo))
     interrupted, errors = False, []
@@ -122,6 +124,9 @@ def run(request: SweepRequest, sweep: SweepStore, todo: list[Unit], rounds: tupl
         callback.collector.wait_compaction()
         callback.collector.compact()
         timings["compact_s"] = round(time.monotonic() - t_compact, 3)
+    if summary is not None:
+        summary.running.clear()
+        summary.write("ended")
     if callback.interrupted or interrupted or stopped:
         log("stopped; committed rounds are safe. Re-run the same command to resume.")
         return 130

@@ -21,6 +21,10 @@ def _digests(store, tid):
     return {k: m["manifest_sha256"] for k, m in store.lineage(tid).manifests().items()}
 
 
+def _core(out: dict) -> dict:
+    return {k: out[k] for k in ("folded", "derived", "shards")}
+
+
 def _same_as_manifests(store):
     derived = results.Collector(store).tables()
     for kind in ("results", "layers"):
@@ -85,12 +89,12 @@ def test_sync_derives_only_the_trials_whose_rows_disagree_with_their_pointers(st
     store.lineage(B).invalidate_from(2)
     commit(store, B, 2, val=0.91)
     out = results.Collector(store).sync([A, B])
-    assert out == {"folded": 0, "derived": [A, B], "shards": 2}
+    assert _core(out) == {"folded": 0, "derived": [A, B], "shards": 2}
     _same_as_manifests(store)
     assert results.load_results(store).set_index(["trial_id", "round"]).loc[(B, 2)].val_acc == 0.91
     # Now the table says what the pointers say: the next start reads and writes no shard.
     before = FS.counters()
-    assert results.Collector(store).sync([A, B]) == {"folded": 0, "derived": [], "shards": 0}
+    assert _core(results.Collector(store).sync([A, B])) == {"folded": 0, "derived": [], "shards": 0}
     assert FS.counters(since=before).get("write", 0) == 0
 
 
@@ -125,7 +129,8 @@ def test_a_clean_start_reads_per_trial_what_does_not_grow_with_rounds(tmp_path, 
         c.compact()
         before = FS.counters()
         pointers = store.pointers(tids)
-        assert results.Collector(store).sync(tids, pointers) == {"folded": 0, "derived": [], "shards": 0}
+        out = results.Collector(store).sync(tids, pointers)
+        assert _core(out) == {"folded": 0, "derived": [], "shards": 0} and out["wall"][1] == n * rounds
         costs[n] = FS.counters(since=before)
         assert costs[n].get("write", 0) == 0 and costs[n].get("delete", 0) == 0
     # n pointers + 16 results shards; listings: one per table's _rows folder
@@ -164,3 +169,47 @@ def test_a_run_compacts_as_it_goes_and_never_deletes_a_row_appended_meanwhile(st
     assert results.load_results(store).set_index(["trial_id", "round"]).loc[(A, 2)].val_acc == 0.66
     c.compact()
     _same_as_manifests(store)
+
+
+def test_status_from_the_driver_s_summary_says_what_a_listing_says(store, monkeypatch):
+    """On an object store (a local folder is listed: cheap there) `status` reads the
+    driver's summary when the driver ended or its lease is alive."""
+    import time
+
+    from orchestrator.status import sweep_status
+    from orchestrator.summary import Summary
+    from workers.lease import SweepLock, process_space
+
+    def status(**kw):
+        with monkeypatch.context() as m:  # read as if the folder were a bucket
+            m.setattr(store.fs, "local", False)
+            return sweep_status(store, planned=planned, **kw)
+    planned = {A: 3, B: 3, "ef00000000000003": 3}
+    c = results.Collector(store)
+    for k in range(3):
+        commit(store, A, k)
+        c.append_round(A, k)
+    commit(store, B, 0)
+    c.append_round(B, 0)
+    c.compact()
+    summary = Summary(store, {t: p["prefix"] for t, p in store.pointers(planned).items()})
+    summary.write("ended")
+    commit(store, B, 1)  # after the summary: a row file not yet compacted says so
+    c.append_round(B, 1)
+    got = status()
+    os.remove(store.path(store.STATUS))
+    listed = sweep_status(store, planned=planned, now=10 ** 12)  # long after: nothing runs
+    assert got["source"] == "summary" and listed["source"] == "listing"
+    assert (got["trials"], got["rounds"]) == (listed["trials"], listed["rounds"])
+    assert got["trials"] == {"total": 3, "done": 1, "running": 0, "pending": 2, "failed": 0}
+    assert got["rounds"] == {"committed": 5, "total": 9}
+    # A driver that says it runs but holds no live lease was killed: its summary may
+    # miss rounds its trials committed since, so the sweep is listed.
+    summary.started([B])
+    summary.write("running")
+    assert status()["source"] == "listing"
+    # While the driver runs (its lease is fresh), its running trials count as running.
+    store.write_json(SweepLock.LEASE, {"beat": time.time(), "pid": os.getpid(), "space": process_space()})
+    got = status()
+    assert got["source"] == "summary" and got["trials"]["running"] == 1
+    assert status(now=10 ** 12)["trials"]["running"] == 0  # a summary gone stale

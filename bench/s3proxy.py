@@ -1,4 +1,9 @@
-"""A fault-injecting HTTP proxy on loopback, in front of an S3 server (moto).
+"""A fault-injecting, latency-adding HTTP proxy on loopback, in front of an S3 server (moto).
+
+Used by the S3 fault tests (tests/integration/test_s3_faults.py) and by
+`bench --restart-scale`, which gives every request a fixed latency (like S3
+from a cluster) and counts requests by method (`proxy.counts()`): requests on
+the wire, not library calls.
 
 It runs as threads of the test process, so a test arms faults directly:
 
@@ -74,8 +79,13 @@ class Fault:
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1"):
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1", latency_s: float = 0.0,
+                 keep_log: bool = True):
+        """`latency_s`: added to every request before it is forwarded; `keep_log`:
+        False keeps only the counts (a bench sends hundreds of thousands)."""
         self.upstream = (upstream_host, upstream_port)
+        self.latency_s, self.keep_log = latency_s, keep_log
+        self._counts: dict[str, int] = {}
         self.faults: list[Fault] = []
         self.log: list[dict] = []
         self.outages: list[tuple[float, float]] = []   # (start, end), monotonic
@@ -118,6 +128,11 @@ class FaultProxy:
         except OSError:
             pass
 
+    def counts(self) -> dict[str, int]:
+        """Requests received so far, by HTTP method."""
+        with self._lock:
+            return dict(self._counts)
+
     def entries(self, method: Optional[str] = None, fragment: str = "") -> list[dict]:
         with self._lock:
             return [e for e in self.log if (method is None or e["method"] == method) and fragment in e["path"]]
@@ -150,7 +165,9 @@ class FaultProxy:
             entry = {"t": time.monotonic(), "method": method, "path": path, "fault": None, "status": None,
                      "sha256": hashlib.sha256(payload).hexdigest() if method == "PUT" else None}
             with self._lock:
-                self.log.append(entry)
+                self._counts[method] = self._counts.get(method, 0) + 1
+                if self.keep_log:
+                    self.log.append(entry)
                 fault = None
                 if time.monotonic() < self._outage_until:
                     fault = "outage"
@@ -174,6 +191,8 @@ class FaultProxy:
                 conn.sendall(head + (b"" if method == "HEAD" else body))
                 _close(conn)
                 return
+            if self.latency_s:
+                time.sleep(self.latency_s)
             response = self._forward(method, path, headers, raw_body)
             entry["status"] = _status(response)
             if fault == "drop_response":
