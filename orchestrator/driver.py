@@ -102,8 +102,9 @@ def run_sweep(request: SweepRequest) -> int:
         started = time.time()
         from orchestrator.tune import run as tune_run  # Ray is imported only when there is work for it
         timings["import_s"] = round(time.time() - started, 3)
-        rc = tune_run.run(request, sweep, todo, (done_rounds, total_rounds), timings, trackers=lineages,
-                          collector=collector, prefixes=prefixes, summary=summary)
+        rc = tune_run.run(request, sweep, todo, (done_rounds, total_rounds), timings,
+                          tune_run.Handover(collector=collector, prefixes=prefixes, summary=summary,
+                                            trackers=lineages))
         # What this run cost and where the time went (bench/orchestrator.py reads it).
         sweep.write_json(sweep.RUN, {"started": started, "finished": time.time(), "rc": rc,
                                      "trials": len(todo), **timings, "fuse_checks": sweep.fuse_checks()})

@@ -11,9 +11,11 @@ round therefore overwrites the same file, never adds one. The '_' folder is
 skipped by `pandas.read_parquet(dir)` / `pyarrow.dataset.dataset(dir)`, so
 they keep reading the shards alone (one row per key); load_table reads the
 shards with the pending files laid over them. Compaction
-(Collector.compact / rebuild, orchestrator/results/shards.py) derives the
-touched trials from their manifests, writes the shards, then deletes the files
-it listed: a row file is never trusted past compaction, and a kill between
+(Collector.compact / sync, orchestrator/results/collector.py) folds the files
+into the shards and checks every touched trial's rows against its lineage's
+pointer (each row carries the digest of the manifest it was made from): a row
+of a round since redone or un-committed never survives, its trial is derived
+again from its manifests. Then it deletes the files it listed: a kill between
 the two leaves files that replace rows equal to them, never duplicate them.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One Tune run over the units the driver hands over: the Tuner, its
 searcher and callback, signals, and what the run's exit status is.
 
-    rc = run(request, sweep, todo, rounds=(done, total), timings=timings, trackers=lineages)
+    rc = run(request, sweep, todo, rounds=(done, total), timings=timings, handover=Handover(trackers=lineages))
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import logging
 import os
 import signal
 import time
-from dataclasses import asdict
-from typing import Optional
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
 
 # Tune's own progress tables would interleave with ours; one line per
 # committed round is printed by ResultsCallback instead.
@@ -54,15 +54,26 @@ def start_ray(request: SweepRequest, todo: list[Unit]) -> list[str]:
                           logging_level="WARNING")
 
 
+@dataclass(frozen=True)
+class Handover:
+    """What the driver read and set up before Tune, for run(): the results
+    collector, each lineage's committed rounds at the start, the sweep's
+    summary (orchestrator/summary.py) and the experiment trackers. Each may be
+    None: run() then makes its own (prefixes are read from storage)."""
+    collector: Any = None
+    prefixes: Optional[dict] = None
+    summary: Any = None
+    trackers: Any = None
+
+
 def run(request: SweepRequest, sweep: SweepStore, todo: list[Unit], rounds: tuple[int, int],
-        timings: Optional[dict] = None, trackers=None, collector=None, prefixes: Optional[dict] = None,
-        summary=None) -> int:
+        timings: Optional[dict] = None, handover: Handover = Handover()) -> int:
     """Run the units `todo` as Tune trials; `rounds`: (committed, total) over the
-    sweep; `prefixes`: each lineage's committed rounds at the start (read from
-    storage when not given); fills `timings` (ray_start_s, tune_s, ray_stop_s,
-    compact_s, and what the driver process did to storage while Tune ran:
-    tune_storage {op: count, bytes_written, bytes_read}, rounds_committed);
-    returns the exit status."""
+    sweep; fills `timings` (ray_start_s, tune_s, ray_stop_s, compact_s, and what
+    the driver process did to storage while Tune ran: tune_storage {op: count,
+    bytes_written, bytes_read}, rounds_committed); returns the exit status."""
+    collector, prefixes, summary, trackers = (handover.collector, handover.prefixes, handover.summary,
+                                              handover.trackers)
     timings = {} if timings is None else timings
     done_rounds, total_rounds = rounds
     t0 = time.monotonic()

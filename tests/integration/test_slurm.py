@@ -41,6 +41,8 @@ BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "sque
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])
 # How long each daemon may take to come up on a busy 2-core machine.
 START_S = 30
+# A preempted job's grace time (the `low` partition's GraceTime).
+GRACE_S = 20
 
 # Two lineages (one per node) of 3 rounds, each round a few seconds: the stop
 # lands mid-sweep.
@@ -160,11 +162,23 @@ def slurm():
 
         host = socket.gethostname().split(".")[0]
         ctld_port, n1_port, n2_port = _free_ports(3)
+        # Two GPUs per node as a generic resource. Slurm drops a GPU without a File;
+        # empty files stand in for the device files (it says they are not devices,
+        # and counts them: nothing binds them, task/none).
+        gres = []
+        for node in ("n1", "n2"):
+            for i in range(2):
+                open(os.path.join(d, f"gpu-{node}-{i}"), "w").close()
+            gres.append(f"NodeName={node} Name=gpu File={d}/gpu-{node}-[0-1]")
+        with open(os.path.join(d, "gres.conf"), "w") as f:
+            f.write("\n".join(gres) + "\n")
         # proctrack/linuxproc + task/none: no cgroups (none in a container, and a
         # job's processes are still tracked as descendants of its slurmstepd).
         # KillWait: what a job gets between SIGTERM and SIGKILL (not used by
         # the graceful path, which signals the batch shell alone).
         # cred_expire: how long a requeued job waits before it may start again.
+        # Preemption as clusters run it: jobs of the `low` partition (the default)
+        # are requeued when a job of `high` needs their nodes, after GraceTime.
         with open(s.conf, "w") as f:
             f.write(f"""\
 ClusterName=lthtest
@@ -195,11 +209,15 @@ ReturnToService=2
 JobRequeue=1
 KillWait=60
 MinJobAge=600
+GresTypes=gpu
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 SlurmctldDebug=info
 SlurmdDebug=info
-NodeName=n1 NodeHostname={host} NodeAddr=127.0.0.1 Port={n1_port} CPUs=1 State=UNKNOWN
-NodeName=n2 NodeHostname={host} NodeAddr=127.0.0.1 Port={n2_port} CPUs=1 State=UNKNOWN
-PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
+NodeName=n1 NodeHostname={host} NodeAddr=127.0.0.1 Port={n1_port} CPUs=1 Gres=gpu:2 State=UNKNOWN
+NodeName=n2 NodeHostname={host} NodeAddr=127.0.0.1 Port={n2_port} CPUs=1 Gres=gpu:2 State=UNKNOWN
+PartitionName=low Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime={GRACE_S}
+PartitionName=high Nodes=n1,n2 MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 """)
         s.start("slurmctld", shutil.which("slurmctld", path=SBIN_PATH), "-D", "-i", "-f", s.conf)
         for node in ("n1", "n2"):
@@ -225,7 +243,9 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 def _stop(s: Slurm) -> None:
     """Every job cancelled, every process of this Slurm gone, even after a failure."""
     if "slurmctld" in s.procs and s.procs["slurmctld"].poll() is None:
-        subprocess.run(["scancel", "--full", "--partition=debug"], env=s.env, capture_output=True, timeout=30)
+        for partition in ("low", "high"):
+            subprocess.run(["scancel", "--full", f"--partition={partition}"], env=s.env, capture_output=True,
+                           timeout=30)
     for pid in _marked(s.marker):
         if pid not in {p.pid for p in s.procs.values()}:
             try:
@@ -357,6 +377,93 @@ def test_sbatch_sweep_stopped_by_sigterm_requeues_and_resumes(slurm, slurm_refer
     assert first.count("Ray up in") == 1 and second.count("Ray up in") == 1
     assert re.search(r"Ray up in \S+: 2 CPU, 0 GPU", first) and re.search(r"Ray up in \S+: 2 CPU, 0 GPU", second)
     assert len({r["node"].rsplit(":", 1)[1] for r in rows}) >= 2
+
+
+def _rows(yaml, storage, cwd) -> dict:
+    q = cli("query", "-c", str(yaml), "-e", "tiny", "--storage", str(storage), "--format", "json", cwd=cwd)
+    assert q.returncode == 0, q.stderr
+    rows = json.loads(q.stdout)
+    got = {(r["trial_id"], r["round"]): r for r in rows}
+    assert len(rows) == len(got), "duplicate (trial_id, round) rows"
+    return got
+
+
+# Each lineage on one of a node's two (gres) GPUs: Ray pins them as it would real ones.
+PREEMPT_YAML = SLURM_YAML.replace("resources: {gpu: 0, cpu: 1}", "resources: {gpu: 1, cpu: 1}")
+
+
+@pytest.fixture(scope="module")
+def preempt_reference(tmp_path_factory, shared_ray):
+    return uninterrupted_rows(tmp_path_factory.mktemp("preempt-ref"), PREEMPT_YAML, ray=shared_ray)
+
+
+def test_a_preempted_gpu_sweep_is_requeued_once_by_slurm_and_resumes(slurm, preempt_reference, tmp_path):
+    """Real preemption: the sweep runs in the preemptible partition on GPU nodes,
+    submitted as documented (--gpus-per-node); a job of the higher partition takes
+    a node mid-sweep. Slurm stops the job's steps (the Ray nodes) at once and
+    requeues the job at the end of its grace time; the script neither ends the
+    job early nor requeues it itself, so it is requeued once, and the requeued
+    job resumes from storage to the uninterrupted table."""
+    yaml = tmp_path / "experiments.yaml"
+    yaml.write_text(PREEMPT_YAML)
+    storage, out = tmp_path / "runs", tmp_path / "job.out"
+    env = {**slurm.env, **RUN_ENV, "LTH_ENV_SETUP": _env_setup()}
+    r = subprocess.run(["sbatch", "--parsable", "--partition=low", "--nodes=2", "--ntasks-per-node=1",
+                        "--gpus-per-node=2", "--time=30", f"--output={out}", f"--chdir={tmp_path}",
+                        SCRIPT, "-c", str(yaml), "-e", "tiny", "--storage", str(storage)],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = r.stdout.strip().split(";")[0]
+
+    def output() -> str:
+        return out.read_text(errors="replace") if out.exists() else ""
+
+    def fail(what):
+        slurm.fail(f"{what}\n--- job {job}: {slurm.job(job)}\n--- job output\n{output()[-6000:]}")
+
+    deadline = time.monotonic() + 240
+    while not _committed(storage):
+        if slurm.job(job).get("JobState") not in ("PENDING", "RUNNING", "CONFIGURING"):
+            fail("the job ended before its first commit")
+        if time.monotonic() > deadline:
+            fail("no round committed in time")
+        time.sleep(0.2)
+    r = slurm.cmd("sbatch", "--parsable", "--partition=high", "--nodes=1", "--gpus-per-node=2",
+                  f"--output={tmp_path}/high.out", "--wrap", "sleep 5")
+    high = r.strip().split(";")[0]
+
+    deadline = time.monotonic() + 240 + GRACE_S
+    while "is being preempted" not in output():
+        if time.monotonic() > deadline:
+            fail("the job was not preempted")
+        time.sleep(0.5)
+    first = output()
+    assert f"job {job} (restart 0): 2 node(s) [n1 n2], 1 CPU and 2 GPU each" in first, first[-3000:]
+    deadline = time.monotonic() + 300 + GRACE_S
+    while (info := slurm.job(job)).get("JobState") != "COMPLETED":
+        if info.get("JobState") in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            fail("the requeued job did not finish")
+        if time.monotonic() > deadline:
+            fail("the requeued job did not finish in time")
+        time.sleep(0.5)
+    text = output()
+    assert slurm.job(high).get("JobState") == "COMPLETED"
+    assert info["Restarts"] == "1" and info["ExitCode"] == "0:0", info  # one requeue: Slurm's
+    assert "requeueing job" not in text and "scontrol requeue" not in text
+    second = text[len(first):]
+    assert f"job {job} (restart 1): 2 node(s) [n1 n2], 1 CPU and 2 GPU each" in second, second[-3000:]
+    assert "lth-sweep run exited with status 0" in second and "sweep finished" in second
+    assert re.search(r"Ray up in \S+: 2 CPU, 4 GPU", second), second[-3000:]
+    v = cli("verify", "-c", str(yaml), "-e", "tiny", "--storage", str(storage), cwd=tmp_path)
+    assert v.returncode == 0, v.stdout + v.stderr
+    got, ref = _rows(yaml, storage, tmp_path), {(r["trial_id"], r["round"]): r for r in preempt_reference}
+    assert got.keys() == ref.keys()
+    for k in ref:  # every result column but where and when it ran
+        skip = {"node", "gpu_ids", "started_at", "finished_at", "wall_s", "images_per_s", "checkpoint_uri",
+                "sweep", "device", "fused_with"}
+        assert {c: v for c, v in got[k].items() if c not in skip} == \
+            {c: v for c, v in ref[k].items() if c not in skip}, k
+    assert {got[k]["gpu_ids"] for k in got} <= {"0", "1"}, "Ray pinned each lineage to one of a node's GPUs"
 
 
 def test_sbatch_script_parses_and_keeps_its_contract():

@@ -34,7 +34,7 @@ def handed(monkeypatch):
     import orchestrator.tune.run as tune_run
     calls = []
 
-    def record(request, sweep, todo, rounds, timings=None, trackers=None, collector=None):
+    def record(request, sweep, todo, rounds, timings=None, handover=None):
         calls.append({"todo": todo, "rounds": rounds, "timings": dict(timings or {})})
         return 0
     monkeypatch.setattr(tune_run, "run", record)
