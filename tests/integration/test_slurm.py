@@ -287,15 +287,15 @@ def _committed(storage) -> list[str]:
     return glob(os.path.join(str(storage), "tiny", "trials", "*", "round_*", "MANIFEST.json"))
 
 
-def test_sbatch_sweep_stopped_by_sigterm_requeues_and_resumes(slurm, slurm_reference, tmp_path):
-    yaml = tmp_path / "experiments.yaml"
-    yaml.write_text(SLURM_YAML)
-    storage, out = tmp_path / "runs", tmp_path / "job.out"
+def _submit_and_wait_for_a_commit(slurm, d, *sbatch_args):
+    """The project's script submitted as a user does, on both nodes, with the yaml and
+    storage under `d`; returns once a round is committed: (job id, the job's output
+    so far as a function, a fail(what) that shows it and Slurm's logs)."""
+    out, storage = d / "job.out", d / "runs"
     env = {**slurm.env, **RUN_ENV, "LTH_ENV_SETUP": _env_setup()}
-    t0 = time.monotonic()
-    r = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--time=30",
-                        f"--output={out}", f"--chdir={tmp_path}",
-                        SCRIPT, "-c", str(yaml), "-e", "tiny", "--storage", str(storage)],
+    r = subprocess.run(["sbatch", "--parsable", *sbatch_args, "--nodes=2", "--ntasks-per-node=1", "--time=30",
+                        f"--output={out}", f"--chdir={d}",
+                        SCRIPT, "-c", str(d / "experiments.yaml"), "-e", "tiny", "--storage", str(storage)],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     job = r.stdout.strip().split(";")[0]
@@ -306,7 +306,6 @@ def test_sbatch_sweep_stopped_by_sigterm_requeues_and_resumes(slurm, slurm_refer
     def fail(what):
         slurm.fail(f"{what}\n--- job {job}: {slurm.job(job)}\n--- job output\n{output()[-6000:]}")
 
-    # 1. Running on both nodes; SIGTERM to the batch shell after the first commit.
     deadline = time.monotonic() + 240
     while not _committed(storage):
         if slurm.job(job).get("JobState") not in ("PENDING", "RUNNING", "CONFIGURING"):
@@ -314,6 +313,15 @@ def test_sbatch_sweep_stopped_by_sigterm_requeues_and_resumes(slurm, slurm_refer
         if time.monotonic() > deadline:
             fail("no round committed in time")
         time.sleep(0.2)
+    return job, output, fail
+
+
+def test_sbatch_sweep_stopped_by_sigterm_requeues_and_resumes(slurm, slurm_reference, tmp_path):
+    yaml, storage = tmp_path / "experiments.yaml", tmp_path / "runs"
+    yaml.write_text(SLURM_YAML)
+    t0 = time.monotonic()
+    # 1. Running on both nodes; SIGTERM to the batch shell after the first commit.
+    job, output, fail = _submit_and_wait_for_a_commit(slurm, tmp_path)
     t_commit = time.monotonic()
     slurm.cmd("scancel", "--batch", "--signal=TERM", job)
 
@@ -404,30 +412,9 @@ def test_a_preempted_gpu_sweep_is_requeued_once_by_slurm_and_resumes(slurm, pree
     requeues the job at the end of its grace time; the script neither ends the
     job early nor requeues it itself, so it is requeued once, and the requeued
     job resumes from storage to the uninterrupted table."""
-    yaml = tmp_path / "experiments.yaml"
+    yaml, storage = tmp_path / "experiments.yaml", tmp_path / "runs"
     yaml.write_text(PREEMPT_YAML)
-    storage, out = tmp_path / "runs", tmp_path / "job.out"
-    env = {**slurm.env, **RUN_ENV, "LTH_ENV_SETUP": _env_setup()}
-    r = subprocess.run(["sbatch", "--parsable", "--partition=low", "--nodes=2", "--ntasks-per-node=1",
-                        "--gpus-per-node=2", "--time=30", f"--output={out}", f"--chdir={tmp_path}",
-                        SCRIPT, "-c", str(yaml), "-e", "tiny", "--storage", str(storage)],
-                       env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-    job = r.stdout.strip().split(";")[0]
-
-    def output() -> str:
-        return out.read_text(errors="replace") if out.exists() else ""
-
-    def fail(what):
-        slurm.fail(f"{what}\n--- job {job}: {slurm.job(job)}\n--- job output\n{output()[-6000:]}")
-
-    deadline = time.monotonic() + 240
-    while not _committed(storage):
-        if slurm.job(job).get("JobState") not in ("PENDING", "RUNNING", "CONFIGURING"):
-            fail("the job ended before its first commit")
-        if time.monotonic() > deadline:
-            fail("no round committed in time")
-        time.sleep(0.2)
+    job, output, fail = _submit_and_wait_for_a_commit(slurm, tmp_path, "--partition=low", "--gpus-per-node=2")
     r = slurm.cmd("sbatch", "--parsable", "--partition=high", "--nodes=1", "--gpus-per-node=2",
                   f"--output={tmp_path}/high.out", "--wrap", "sleep 5")
     high = r.strip().split(";")[0]
