@@ -316,6 +316,18 @@ def _submit_and_wait_for_a_commit(slurm, d, *sbatch_args):
     return job, output, fail
 
 
+def _until_completed(slurm, job, fail, seconds: float) -> dict:
+    """Wait for the (requeued) job to complete; its `scontrol show job` then."""
+    deadline = time.monotonic() + seconds
+    while (info := slurm.job(job)).get("JobState") != "COMPLETED":
+        if info.get("JobState") in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            fail("the requeued job did not finish")
+        if time.monotonic() > deadline:
+            fail("the requeued job did not finish in time")
+        time.sleep(0.5)
+    return info
+
+
 def test_sbatch_sweep_stopped_by_sigterm_requeues_and_resumes(slurm, slurm_reference, tmp_path):
     yaml, storage = tmp_path / "experiments.yaml", tmp_path / "runs"
     yaml.write_text(SLURM_YAML)
@@ -341,13 +353,7 @@ def test_sbatch_sweep_stopped_by_sigterm_requeues_and_resumes(slurm, slurm_refer
     assert "sweep finished" not in first
 
     # 3. The requeued job runs the same command and resumes from storage.
-    deadline = time.monotonic() + 240
-    while (info := slurm.job(job)).get("JobState") != "COMPLETED":
-        if info.get("JobState") in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-            fail("the requeued job did not finish")
-        if time.monotonic() > deadline:
-            fail("the requeued job did not finish in time")
-        time.sleep(0.5)
+    info = _until_completed(slurm, job, fail, 240)
     t_done = time.monotonic()
     print(f"\nslurm job {job}: first commit {t_commit - t0:.0f}s after sbatch, stopped and requeued "
           f"{t_stopped - t_commit:.1f}s after SIGTERM, completed {t_done - t_stopped:.0f}s later")
@@ -426,13 +432,7 @@ def test_a_preempted_gpu_sweep_is_requeued_once_by_slurm_and_resumes(slurm, pree
         time.sleep(0.5)
     first = output()
     assert f"job {job} (restart 0): 2 node(s) [n1 n2], 1 CPU and 2 GPU each" in first, first[-3000:]
-    deadline = time.monotonic() + 300 + GRACE_S
-    while (info := slurm.job(job)).get("JobState") != "COMPLETED":
-        if info.get("JobState") in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-            fail("the requeued job did not finish")
-        if time.monotonic() > deadline:
-            fail("the requeued job did not finish in time")
-        time.sleep(0.5)
+    info = _until_completed(slurm, job, fail, 300 + GRACE_S)
     text = output()
     assert slurm.job(high).get("JobState") == "COMPLETED"
     assert info["Restarts"] == "1" and info["ExitCode"] == "0:0", info  # one requeue: Slurm's
