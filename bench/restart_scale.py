@@ -3,11 +3,12 @@ restart, a stop, `status` and `query --compare` cost on a finished sweep of N
 lineages x R rounds, on S3 as a cluster sees it: requests on the wire and seconds.
 
 The sweep is built through the project's own commit code: one real lineage of
-R rounds (digits, 1% of the training split, width 1/16, one epoch a round) is trained,
+R rounds (digits, 1% of the training split, width 1/32, one epoch a round) is trained,
 and its round files and metrics are committed for each of the N grid points of
 the experiment (N/3 cells by training fraction, 3 seeds each) (LineageStore.commit_round: real manifests, pointers, row files
-folded into real shards by the Collector), straight to a moto S3 server on
-127.0.0.1. Every measured command then runs as a user runs it (`lth-sweep ...`
+folded into real shards by the Collector) into a local directory, which a
+moto S3 server on 127.0.0.1 then holds from its start (bench/moto.py's
+preload: the same bytes, without 10^5 PUTs through moto's HTTP front). Every measured command then runs as a user runs it (`lth-sweep ...`
 in its own process) against a proxy on loopback that adds `latency_ms` to every
 request (20 ms: S3 from a cluster) and counts requests by HTTP method
 (bench/s3proxy.py). Per N:
@@ -51,7 +52,7 @@ experiments:
     fractions: [{fractions}]
     augmentations: [none]
     seeds: [{seeds}]
-    model: {{width: 0.0625}}
+    model: {{width: 0.03125}}
     train: {{epochs: 1, batch_size: 10, lr: 0.05}}
     imp: {{rounds: {imp_rounds}, rewind_epoch: 0}}
     eval: {{val_per_class: 0}}
@@ -75,8 +76,9 @@ def _trials(d: str):
     return expand(load_config(os.path.join(d, "experiments.yaml"))["experiments"]["restart"])
 
 
-def build(d: str, rounds: int, log=print, threads: int = 16) -> float:
-    """The finished sweep in `URI` (the environment points at the S3 server itself); seconds."""
+def build(d: str, rounds: int, log=print, threads: int = 2) -> float:
+    """The finished sweep in the local directory `local(d)` (the S3 server then
+    serves it from its start: bench/moto.py's preload); seconds."""
     from orchestrator.results import Collector
     from workers.lineage import run_lineage
     from workers.spec import RunOptions
@@ -91,7 +93,7 @@ def build(d: str, rounds: int, log=print, threads: int = 16) -> float:
     for k in range(rounds):
         man = lin0.read_manifest(k)
         made.append((man["metrics"], lin0.load_round(k, list(man["files"]))))
-    sweep = SweepStore(URI, "restart")
+    sweep = SweepStore(local(d), "restart")
 
     def commit(t) -> None:
         spec = t.spec.to_dict()
@@ -144,12 +146,18 @@ def _stop(proxy, d: str, env: dict, trials, rounds: int) -> dict:
             "stop_rc": proc.returncode, "stop_tail": out.strip().splitlines()[-1:] if out.strip() else []}
 
 
+def local(d: str) -> str:
+    """Where `build` writes the sweep: the objects of `URI`, as files."""
+    return os.path.join(d, "built")
+
+
 @contextlib.contextmanager
 def _s3(d: str, latency_ms: float):
-    """A moto server, a counting proxy before it, and the environment of each."""
+    """A moto server holding what `build` wrote, a counting proxy before it, and the environment of each."""
     from .moto import moto_server
     from .s3proxy import FaultProxy
-    with moto_server(os.path.join(d, "moto.log"), BUCKET) as server:
+    preload = (local(d), URI.split("/", 3)[3]) if os.path.isdir(local(d)) else None
+    with moto_server(os.path.join(d, "moto.log"), BUCKET, preload=preload) as server:
         port = int(server["endpoint"].rsplit(":", 1)[1])
         proxy = FaultProxy(port, latency_s=latency_ms / 1000, keep_log=False)
         direct = {**os.environ, **server["env"]}
@@ -165,33 +173,38 @@ def _s3(d: str, latency_ms: float):
 
 
 def bench_restart_one(n: int, rounds: int = 17, latency_ms: float = 20.0, log=print) -> dict:
-    with tempfile.TemporaryDirectory() as d, _s3(d, latency_ms) as (proxy, env):
+    with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "experiments.yaml"), "w") as f:
             f.write(experiment_yaml(n, rounds))
         trials = _trials(d)
         build_s = build(d, rounds, log=log)
         log(f"restart-scale {n}x{rounds}: built in {build_s:.0f}s")
-        out: dict = {"lineages": n, "rounds": rounds, "latency_ms": latency_ms, "build_s": round(build_s, 1)}
-        r, wall, req = _measured(proxy, d, env, "run", "--num-cpus", "2", "--plain")
-        assert "nothing to do" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
-        out.update(restart_s=round(wall, 2), restart_requests=req, restart_requests_per_lineage=round(req / n, 3))
-        _, wall, req = _measured(proxy, d, env, "status", "--json")
-        out.update(status_s=round(wall, 2), status_requests=req)
-        _, wall, req = _measured(proxy, d, env, "query", "--compare", "--format", "json")
-        out.update(query_s=round(wall, 2), query_requests=req)
-        from workers.store import SweepStore
-        sweep = SweepStore(URI, "restart")
-        few = [t.trial_id for t in trials[:max(1, math.ceil(n / 100))]]
-        for tid in few:
-            sweep.lineage(tid).invalidate_from(rounds - 1)
-        _, wall, req = _measured(proxy, d, env, "run", "--num-cpus", "2", "--plain")
-        run = sweep.read_json(sweep.RUN) or {}
-        out.update(restart_1pct_s=round(wall, 2), restart_1pct_requests=req,
-                   restart_1pct_start_s=run.get("start_s"),
-                   run_requests_per_round=round(max(0, req - out["restart_requests"]) / len(few), 1))
-        out.update(_stop(proxy, d, env, trials, rounds))
-        log(f"restart-scale {n}x{rounds}: {json.dumps(out)}")
-        return out
+        with _s3(d, latency_ms) as (proxy, env):
+            return _measure(d, proxy, env, trials, n, rounds, latency_ms, build_s, log)
+
+
+def _measure(d, proxy, env, trials, n: int, rounds: int, latency_ms: float, build_s: float, log) -> dict:
+    out: dict = {"lineages": n, "rounds": rounds, "latency_ms": latency_ms, "build_s": round(build_s, 1)}
+    r, wall, req = _measured(proxy, d, env, "run", "--num-cpus", "2", "--plain")
+    assert "nothing to do" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+    out.update(restart_s=round(wall, 2), restart_requests=req, restart_requests_per_lineage=round(req / n, 3))
+    _, wall, req = _measured(proxy, d, env, "status", "--json")
+    out.update(status_s=round(wall, 2), status_requests=req)
+    _, wall, req = _measured(proxy, d, env, "query", "--compare", "--format", "json")
+    out.update(query_s=round(wall, 2), query_requests=req)
+    from workers.store import SweepStore
+    sweep = SweepStore(URI, "restart")
+    few = [t.trial_id for t in trials[:max(1, math.ceil(n / 100))]]
+    for tid in few:
+        sweep.lineage(tid).invalidate_from(rounds - 1)
+    _, wall, req = _measured(proxy, d, env, "run", "--num-cpus", "2", "--plain")
+    run = sweep.read_json(sweep.RUN) or {}
+    out.update(restart_1pct_s=round(wall, 2), restart_1pct_requests=req,
+               restart_1pct_start_s=run.get("start_s"),
+               run_requests_per_round=round(max(0, req - out["restart_requests"]) / len(few), 1))
+    out.update(_stop(proxy, d, env, trials, rounds))
+    log(f"restart-scale {n}x{rounds}: {json.dumps(out)}")
+    return out
 
 
 def bench_restart_scale(ns: list[int], rounds: int = 17, latency_ms: float = 20.0, log=print) -> dict:

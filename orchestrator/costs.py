@@ -9,8 +9,8 @@ Speed: a training image costs about three forward passes (forward, and a
 backward of twice the work), so
     images/s = sustained FLOP/s of the device / (3 x forward FLOPs of one image),
 with the forward FLOPs counted on the trial's own network (arch, width,
-variant, image size, channels) on PyTorch's meta device: nothing is allocated
-or run. The sustained FLOP/s come from a throughput table:
+variant, image size, channels): one image's forward pass on the CPU, per
+distinct network of the sweep. The sustained FLOP/s come from a throughput table:
 
 - `lth-sweep bench --calibrate` times real training steps of every
   architecture at every image size of the dataset registry on the machine at
@@ -60,20 +60,57 @@ def key(arch: str, image_size: int) -> str:
 @functools.lru_cache(maxsize=None)
 def forward_flops(arch: str, image_size: int, channels: int, num_classes: int, width: float = 1.0,
                   variant: str = "standard") -> float:
-    """FLOPs of one image's forward pass, counted on the meta device."""
+    """FLOPs of one image's forward pass: 2 x the multiply-adds of its
+    convolutions and matrix products (what torch.utils.flop_counter counts;
+    tests/orchestrator/test_costs.py checks every architecture and variant
+    against it). Counted at the torch-function level on a CPU copy: a
+    dispatch-level counter, or a random init on the meta device, first imports
+    torch._dynamo and sympy (about 2 s of every `plan`)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from workers.models import build_model
-    with torch.device("meta"):
-        model = build_model(arch, num_classes=num_classes, in_channels=channels, image_size=image_size,
-                            width=width, variant=variant)
-        x = torch.empty(1, channels, image_size, image_size)
+    model = build_model(arch, num_classes=num_classes, in_channels=channels, image_size=image_size,
+                        width=width, variant=variant)
     model.eval()  # one image: BatchNorm in training mode would refuse a 1x1 batch
-    counter = FlopCounterMode(display=False)
+    counter = _FlopCount()
     with counter, torch.no_grad():
-        model(x)
-    return float(counter.get_total_flops())
+        model(torch.zeros(1, channels, image_size, image_size))
+    return float(counter.total)
+
+
+def _FlopCount():
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    def conv(out, x, w, *_, **__):
+        return 2 * out.numel() * math.prod(w.shape[1:])  # each output: C_in/groups x kh x kw multiply-adds
+
+    def linear(out, x, w, *_, **__):
+        return 2 * out.numel() * w.shape[-1]
+
+    def matmul(out, a, b, *_, **__):
+        return 2 * out.numel() * a.shape[-1]
+
+    def addmm(out, bias, a, b, *_, **__):
+        return 2 * out.numel() * a.shape[-1]
+
+    rules = {F.conv1d: conv, F.conv2d: conv, F.conv3d: conv, torch.conv2d: conv, F.linear: linear,
+             torch.matmul: matmul, torch.mm: matmul, torch.bmm: matmul, torch.Tensor.__matmul__: matmul,
+             torch.addmm: addmm}
+
+    class Count(TorchFunctionMode):
+        total = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            rule = rules.get(func)
+            if rule is not None:
+                self.total += rule(out, *args, **(kwargs or {}))
+            return out
+    return Count()
 
 
 def _images(trial) -> tuple[int, int]:

@@ -93,6 +93,10 @@ FRAME_FORMATS = ("table", "csv", "json", "markdown")
 
 
 def _cell(v) -> str:
+    if type(v) is str:  # the common cells first: `plan` formats 10,000 x 14 of them
+        return v
+    if type(v) is int:
+        return str(v)
     if isinstance(v, (bytes, bytearray)):  # for people, a size: the bits are for programs
         return f"<{len(v)} bytes>"
     p = plain(v)

@@ -87,6 +87,7 @@ def expand(exp: dict) -> list[Trial]:
 
     axes = _axes(exp)
     trials = []
+    parts: dict = {}
     for combo in itertools.product(*[values for _, values in axes]):
         kw = {part: dict(v) for part, v in fixed.items()}
         seed = 0
@@ -100,9 +101,18 @@ def expand(exp: dict) -> list[Trial]:
                 kw[where[name]][name] = value
             else:
                 seed = value
-        spec = TrialSpec(**{part: cls(**kw[part]) for part, cls in _PARTS.items()}, seed=seed)
+        spec = TrialSpec(**{part: _interned(parts, cls, kw[part]) for part, cls in _PARTS.items()}, seed=seed)
         trials.append(Trial(spec, resources, opts))
     return trials
+
+
+def _interned(made: dict, cls, kw: dict):
+    """One instance per distinct sub-spec: the trials of a grid share most of
+    theirs, and each caches its canonical form (workers/spec.py)."""
+    key = (cls, repr(sorted(kw.items())))
+    if key not in made:
+        made[key] = cls(**kw)
+    return made[key]
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,14 @@ def _short(sweep_store: SweepStore, path: str) -> str:
     return path[len(sweep_store.dir) + 1:] if path.startswith(sweep_store.dir + "/") else path
 
 
-def _check_file(sweep_store: SweepStore, path: str, kind: str) -> int:
+def _check_file(sweep_store: SweepStore, path: str, kind: str, data: Optional[bytes] = None) -> int:
     """Refuse a file that is torn, not ours, or newer than this code; returns its
-    schema version. Only the footer is read, so checking every shard before a
-    query costs little."""
+    schema version. Only the footer is read (of `data`, the file's bytes, if
+    given), so checking every shard before a query costs little."""
     short = _short(sweep_store, path)
     try:
-        schema = pq.read_schema(path, filesystem=sweep_store.fs.fs)
+        schema = (pq.read_schema(pa.BufferReader(data)) if data is not None
+                  else pq.read_schema(path, filesystem=sweep_store.fs.fs))
     except Exception as e:  # pyarrow raises several types for a torn or foreign file
         raise ResultsError(f"{short}: not a readable Parquet file ({first_line(e)}); "
                            "delete it, or rebuild the table") from None
@@ -78,18 +79,41 @@ def _check_file(sweep_store: SweepStore, path: str, kind: str) -> int:
     return version
 
 
-def _checked_dataset(sweep_store: SweepStore, paths: list[str], kind: str) -> tuple[pads.Dataset, int]:
-    """The given shards as one lazy dataset with our schema, and the oldest
-    version among them. The explicit schema also reads older-version shards:
-    missing columns come back as nulls."""
-    versions = [_check_file(sweep_store, path, kind) for path in paths]
-    ds = pads.dataset(paths, schema=SCHEMAS[kind], format="parquet", filesystem=sweep_store.fs.fs)
-    return ds, min(versions, default=SCHEMA_VERSION)
+FETCH_THREADS = 32  # an object store answers each read in tens of ms: never one at a time
+
+
+def _checked_dataset(sweep_store: SweepStore, paths: list[str],
+                     kind: str) -> tuple[Union[pads.Dataset, pa.Table], int]:
+    """The given shards with our schema, and the oldest version among them. The
+    explicit schema also reads older-version shards: missing columns come back
+    as nulls. Local (and NFS) shards: one lazy dataset, so duckdb reads only the
+    columns and row groups a query needs. On an object store, every query over
+    a lazy dataset would fetch every shard again, one after another (about 7 s
+    per query behind 20 ms at 183 shards): there the shards are fetched once,
+    concurrently, each checked from its own bytes, into one in-memory table."""
+    if sweep_store.fs.local:
+        versions = [_check_file(sweep_store, path, kind) for path in paths]
+        return (pads.dataset(paths, schema=SCHEMAS[kind], format="parquet", filesystem=sweep_store.fs.fs),
+                min(versions, default=SCHEMA_VERSION))
+
+    def fetch(path: str) -> tuple[pa.Table, int]:
+        data = sweep_store.fs.read(path)
+        version = _check_file(sweep_store, path, kind, data)
+        try:
+            return pq.read_table(pa.BufferReader(data), schema=SCHEMAS[kind]), version
+        except (pa.ArrowException, OSError) as e:  # a shard whose footer is fine but data is not
+            raise ResultsError(f"{_short(sweep_store, path)}: cannot read it ({first_line(e)})") from None
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max(1, min(FETCH_THREADS, len(paths)))) as pool:
+        got = list(pool.map(fetch, paths))
+    table = pa.concat_tables([t for t, _ in got]) if got else SCHEMAS[kind].empty_table()
+    return table, min((v for _, v in got), default=SCHEMA_VERSION)
 
 
 def results_dataset(sweep_store: SweepStore, kind: str = "results") -> Union[pads.Dataset, pa.Table]:
-    """Every shard of `results` or `layers`, checked, as a lazy pyarrow dataset:
-    duckdb then reads only the columns (and row groups) a query needs.
+    """Every shard of `results` or `layers`, checked, as a lazy pyarrow dataset
+    (duckdb then reads only the columns and row groups a query needs), or on an
+    object store as one table fetched once (_checked_dataset).
 
     Shards written by an older lth-sweep lack what this one derives from the
     manifests (the grid cell, the validation budget, which val_acc were really

@@ -1,7 +1,7 @@
 """A restart and `status` of a finished sweep on S3, counted in requests on the wire.
 
 The sweep (200 lineages x 5 rounds) is built through the project's own commit
-code on a moto S3 server (bench/restart_scale.py); `lth-sweep run` and
+code and served by a moto S3 server (bench/restart_scale.py); `lth-sweep run` and
 `lth-sweep status` then run as users run them, through a proxy on loopback
 that logs every request (bench/s3proxy.py). A restart with nothing to do reads
 each lineage's pointer (a HEAD and a GET: pyarrow sizes an object before it
@@ -25,11 +25,11 @@ N, ROUNDS = 201, 5  # 67 cells of 3 seeds
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("restart"))
+    with open(os.path.join(d, "experiments.yaml"), "w") as f:
+        f.write(RS.experiment_yaml(N, ROUNDS))
+    RS.build(d, ROUNDS, log=lambda *_: None)
     with RS._s3(d, latency_ms=0) as (proxy, env):
         proxy.keep_log = True  # every request, to classify (the bench only counts)
-        with open(os.path.join(d, "experiments.yaml"), "w") as f:
-            f.write(RS.experiment_yaml(N, ROUNDS))
-        RS.build(d, ROUNDS, log=lambda *_: None)
         yield d, proxy, env
 
 

@@ -71,3 +71,26 @@ def test_narrower_and_smaller_networks_cost_fewer_flops():
     assert costs.forward_flops("resnet18", 32, 3, 10, 0.5) < full / 3
     assert costs.forward_flops("resnet50", 224, 3, 1000) > costs.forward_flops("resnet18", 224, 3, 1000)
     assert costs.forward_flops("vgg16", 224, 3, 10) > 10 * costs.forward_flops("vgg16", 32, 3, 10)
+
+
+def test_forward_flops_equal_torchs_flop_counter_for_every_network():
+    """The plan's own count (a torch-function counter: no dynamo import) against
+    torch.utils.flop_counter, on every registered architecture and variant."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from workers.models import ARCHS, build_model
+    checked = 0
+    for arch in ARCHS:
+        for variant in ARCHS.get(arch).variants:
+            for size, channels in ((32, 3), (28, 1)):
+                model = build_model(arch, num_classes=10, in_channels=channels, image_size=size, width=0.25,
+                                    variant=variant).eval()
+                counter = FlopCounterMode(display=False)
+                with counter, torch.no_grad():
+                    model(torch.zeros(1, channels, size, size))
+                want = counter.get_total_flops()
+                assert want > 0
+                assert costs.forward_flops(arch, size, channels, 10, 0.25, variant) == want, (arch, variant, size)
+                checked += 1
+    assert checked >= 8
