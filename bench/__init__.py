@@ -19,6 +19,8 @@ family of figures, each importing the engine's public functions:
     calibrate.py     --calibrate: the throughput table `plan` costs with (writes it; no keys)
     gpu_check.py     bench/gpu_check.sh: the CUDA tests, fusion self-checks and figures in one JSON
     init_study.py    `python -m bench.init_study`: the README's init table (not a bench key)
+    intervals.py     bootstrap_cell_s, bootstrap_cell_peak_mb (one cell of 30 seeds x 10,000 test
+                     images at B = 20,000); `python -m bench.intervals`: the interval's coverage table
 
 Keys are null where this machine cannot measure them (no GPU, no --full).
 """
@@ -34,13 +36,14 @@ from .common import device_name
 KEYS = ["train_loop_ratio", "epoch_overhead_frac", "eval_train_ratio", "checkpoint_frac",
         "orchestrator_overhead_ratio", "orchestrator_overhead_ratio_steady", "plan_10k_s", "query_1m_s",
         "recipe_speedup", "engine_speedup_equal_work", "storage_per_lineage_x_dense",
-        "packed_gpu_speedup", "fused_speedup", "fused_k"]
+        "packed_gpu_speedup", "fused_speedup", "fused_k", "bootstrap_cell_s", "bootstrap_cell_peak_mb"]
 
 
 def steps(smoke: bool, full: bool) -> list:
     """(name, function returning a dict of figures) in the order they run."""
     from .augment import bench_augment
     from .engine import bench_engine
+    from .intervals import bench_bootstrap_cell
     from .orchestrator import bench_orchestrator, bench_plan, bench_query
     from .reference import bench_reference
     from .storage import bench_storage
@@ -52,14 +55,16 @@ def steps(smoke: bool, full: bool) -> list:
                ("augment", lambda: bench_augment(20)),
                ("reference", lambda: bench_reference(0.0625, epochs=2, rounds=1, train_per_class=60,
                                                      test_per_class=20)),
-               ("storage", lambda: bench_storage(smoke))]
+               ("storage", lambda: bench_storage(smoke)),
+               ("bootstrap", lambda: bench_bootstrap_cell(5, 1000, 2000))]
     else:
         out = [("engine", lambda: bench_engine(width)),
                ("plan", lambda: {"plan_10k_s": bench_plan()}),
                ("query", lambda: {"query_1m_s": bench_query()}),
                ("augment", bench_augment),
                ("reference", lambda: bench_reference(width)),
-               ("storage", lambda: bench_storage(smoke))]
+               ("storage", lambda: bench_storage(smoke)),
+               ("bootstrap", bench_bootstrap_cell)]
     from .fused import bench_fused
     ks = (4, 8, 16) if torch.cuda.is_available() else (4, 8)
     out.append(("fused", lambda: bench_fused(ks=ks, smoke=smoke)))

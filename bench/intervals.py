@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.stats import BOOTSTRAP_B, CONFIDENCE, _bootstrap, t_interval
+from orchestrator.stats import BOOTSTRAP_B, BOOTSTRAP_SEED, CONFIDENCE, _bootstrap, t_interval
 
 
-def _crossed(gen, seeds: int, n_images: int = 500, shared: float = 0.7, shift: float = 0.02):
+def _crossed(gen, seeds: int, n_images: int = 500, shared: float = 0.7, shift: float = 0.02,
+             p: tuple = (0.05, 0.88, 0.07)):
     """One simulated cell: n_images shared test images, each with its own
-    ticket-minus-dense outcome (-1, 0, +1 with chances 0.05, 0.88, 0.07); in
-    each seed an image keeps it with chance `shared`, else draws anew with the
-    seed's own chance of +1 (0.07 shifted by N(0, shift)). The true mean gain is 0.02."""
-    own = gen.choice([-1, 0, 1], p=[0.05, 0.88, 0.07], size=n_images)
+    ticket-minus-dense outcome (-1, 0, +1 with chances p: (0.05, 0.88, 0.07),
+    both networks right or wrong together on most images, as at high accuracy;
+    (0.24, 0.50, 0.26), as at accuracies near 0.5); in each seed an image keeps
+    it with chance `shared`, else draws anew with the seed's own chance of +1
+    (p[2] shifted by N(0, shift)). The true mean gain is p[2] - p[0] = 0.02."""
+    own = gen.choice([-1, 0, 1], p=list(p), size=n_images)
     rows = []
     for _ in range(seeds):
-        up = float(np.clip(0.07 + gen.normal(0, shift), 0.0, 0.95))
-        fresh = gen.choice([-1, 0, 1], p=[0.05, 0.95 - up, up], size=n_images)
+        up = float(np.clip(p[2] + gen.normal(0, shift), 0.0, 1 - p[0]))
+        fresh = gen.choice([-1, 0, 1], p=[p[0], 1 - p[0] - up, up], size=n_images)
         rows.append(np.where(gen.random(n_images) < shared, own, fresh))
     patterns, counts = np.unique(np.array(rows, dtype=np.int8).T, axis=0, return_counts=True)
     return patterns, counts
@@ -62,6 +65,30 @@ def _seed_coverage(seeds: int, reps: int = 2000, b: int = 2000) -> str:
     boot = x[np.arange(reps)[:, None, None], gen.integers(0, seeds, size=(reps, b, seeds))].mean(axis=2)
     low, high = np.quantile(boot, [0.025, 0.975], axis=1)
     return f"{seeds} seeds: a 95% percentile bootstrap over seeds covers {np.mean((low <= 0) & (0 <= high)):.0%}"
+
+
+def bench_bootstrap_cell(seeds: int = 30, n_images: int = 10000, b: int = BOOTSTRAP_B) -> dict:
+    """One cell's default interval at CIFAR's test size: `seeds` seeds of
+    `n_images` shared test images at accuracies near 0.5 (ticket and dense
+    disagree on about half the images in each seed, so nearly every image has
+    a pattern of its own: the largest P a cell can have). bootstrap_cell_s:
+    wall seconds of one uncached `paired_bootstrap`; bootstrap_cell_peak_mb:
+    the peak of memory allocated during it (tracemalloc: numpy's arrays
+    included), in MiB, in a second call."""
+    import time
+    import tracemalloc
+    gen = np.random.default_rng(0)
+    m, c = _crossed(gen, seeds, n_images=n_images, shared=0.5, shift=0.05, p=(0.24, 0.50, 0.26))
+    args = (m.tobytes(), m.shape, tuple(int(x) for x in c), (BOOTSTRAP_SEED, 1), b, CONFIDENCE)
+    start = time.perf_counter()
+    _bootstrap.__wrapped__(*args)
+    wall = time.perf_counter() - start
+    tracemalloc.start()
+    _bootstrap.__wrapped__(*args)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"bootstrap_cell_s": round(wall, 2), "bootstrap_cell_peak_mb": round(peak / 2 ** 20, 1),
+            "_bootstrap_cell": {"seeds": seeds, "test_images": n_images, "resamples": b, "patterns": len(c)}}
 
 
 if __name__ == "__main__":

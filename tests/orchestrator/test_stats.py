@@ -41,7 +41,11 @@ def hand_bootstrap(d, cell_id, b):
     v_img = max(var - v_seed, 0.0)
     df = var ** 2 / (v_seed ** 2 / (s - 1) + v_img ** 2 / (n - 1))
     half = sps.t.ppf(0.975, df) * math.sqrt(var)
-    return gain - half, gain + half, 2 * sps.t.sf(abs(gain) / math.sqrt(var), df)
+    p = 2 * sps.t.sf(abs(gain) / math.sqrt(var), df)
+    if v_seed > 0:  # never narrower than the seed-level t interval, p never below its test's
+        half = max(half, sps.t.ppf(0.975, s - 1) * math.sqrt(v_seed))
+        p = max(p, 2 * sps.t.sf(abs(gain) / math.sqrt(v_seed), s - 1))
+    return gain - half, gain + half, p
 
 
 def rows(*seeds):
@@ -142,3 +146,55 @@ def test_power_of_the_paired_t_test_by_hand():
     assert hand_power(d, 0.03, 5) == pytest.approx(0.80, abs=1e-6)
     assert math.isnan(ST.min_detectable(0.03, 1)) and math.isnan(ST.min_detectable(0.0, 5))
     assert ST.seeds_needed(0.02, 0.0) is None and ST.seeds_needed(1e-6, 1.0) is None  # beyond MAX_SEEDS
+
+
+def _random_cell(gen, seeds, n=300):
+    """Per-seed rows with a shared per-image part and a per-seed shift."""
+    own = gen.choice([-1, 0, 1], p=[0.2, 0.55, 0.25], size=n)
+    out = []
+    for _ in range(seeds):
+        up = float(np.clip(0.25 + gen.normal(0, 0.1), 0.0, 0.75))
+        fresh = gen.choice([-1, 0, 1], p=[0.2, 0.8 - up, up], size=n)
+        out.append(np.where(gen.random(n) < 0.5, own, fresh))
+    return np.asarray(out, dtype=np.int8)
+
+
+def test_chunked_resamples_are_the_same_draws_bit_for_bit():
+    """Any chunk size (one resample at a time included) gives the same g, and the
+    whole bootstrap the same bounds: the draws are taken in the documented order and
+    the sums are exact."""
+    gen = np.random.default_rng(7)
+    for seeds in (1, 3, 6):
+        m, c = np.unique(_random_cell(gen, seeds).T, axis=0, return_counts=True)
+        whole = ST.resampled_gains(m, c, np.random.Generator(np.random.PCG64([1, 2])), 500, chunk_bytes=1 << 40)
+        for chunk in (1, 8 * len(c) * 3, 8 * len(c) * 77):
+            got = ST.resampled_gains(m, c, np.random.Generator(np.random.PCG64([1, 2])), 500, chunk_bytes=chunk)
+            assert got.tobytes() == whole.tobytes(), (seeds, chunk)
+        # ... and the documented formula, one resample at a time, within float rounding
+        rng = np.random.Generator(np.random.PCG64([1, 2]))
+        pick = rng.integers(0, seeds, size=(500, seeds))
+        k = rng.multinomial(int(c.sum()), c / c.sum(), size=500)
+        want = (k * m.astype(float)[:, pick].mean(axis=2).T).sum(axis=1) / c.sum()
+        np.testing.assert_allclose(whole, want, rtol=0, atol=1e-15)
+        key = (m.tobytes(), m.shape, tuple(int(x) for x in c), (3, 4), 500, 0.95)
+        assert ST._bootstrap.__wrapped__(*key, chunk_bytes=64) == ST._bootstrap.__wrapped__(*key)
+
+
+def test_never_narrower_than_the_seed_level_t_interval():
+    """Where the seeds' share dominates, the Welch-Satterthwaite degrees of freedom
+    can exceed S - 1; the interval then falls back to the seed-level t interval,
+    and its p-value to the t-test's. Checked over random cells of 2 to 6 seeds."""
+    gen = np.random.default_rng(11)
+    wider = 0
+    for r in range(60):
+        seeds = 2 + r % 5
+        d = _random_cell(gen, seeds)
+        got = boot(d.tolist(), cell=f"{r:016x}", b=300)
+        gains = d.mean(axis=1)
+        low, high = ST.t_interval(gains.mean(), gains.std(ddof=1), seeds)
+        if low is None:
+            continue
+        assert got.low <= low + 1e-12 and got.high >= high - 1e-12, (r, got, low, high)
+        assert got.p_value >= ST.t_test(gains.mean(), gains.std(ddof=1), seeds) - 1e-12
+        wider += got.high - got.low > high - low + 1e-9
+    assert 0 < wider < 60  # both sides occur: image noise sometimes widens it beyond t
