@@ -21,9 +21,11 @@ from .inits import load_init
 
 # Each module registers its Arch.
 from . import mobilenetv2  # noqa: F401
+from . import mobilenetv2_cifar  # noqa: F401
 from . import resnet  # noqa: F401
 from . import resnet50  # noqa: F401
 from . import vgg  # noqa: F401
+from . import vgg16_paper  # noqa: F401
 
 log = logging.getLogger("lth_sweep.models")
 

@@ -32,6 +32,10 @@ Rules (both pretrained inits):
   mean absorbs b), so the bias is folded into the following BN's running
   mean; those running means are the one place that is not a plain copy.
 
+- vgg16_paper, mobilenetv2_cifar (the paper's released CIFAR networks):
+  torchvision has no checkpoint for them, so "imagenet" is refused with an
+  InitError (`Arch.imagenet_file` is ""); "simclr" loads by this project's names.
+
 Key mapping, project -> torchvision: each architecture's `Arch.renames`
 (registry.py, set in the architecture's own file); keys without a rename are
 identical, and torchvision's classifier.* is ignored.
@@ -85,6 +89,10 @@ def torchvision_key(arch: str, key: str) -> str:
 def imagenet_path(arch: str, path: str | None = None) -> str:
     """Where the ImageNet checkpoint for `arch` is expected."""
     fname = ARCHS[arch].imagenet_file
+    if not fname:
+        raise InitError(f"model.init imagenet: no ImageNet checkpoint exists for {arch} (a CIFAR "
+                        f"network of the paper's released code, never trained on ImageNet); use "
+                        f"model.init random, or an architecture torchvision ships weights for")
     if path is None:
         return os.path.join(torch.hub.get_dir(), "checkpoints", fname)
     return os.path.join(path, fname) if os.path.isdir(path) else path

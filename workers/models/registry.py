@@ -25,7 +25,9 @@ class Arch:
     # The stem conv's weight: left at its random init when its shape differs from the
     # checkpoint's (other input channels, a small-image stem).
     stem_key: str
-    imagenet_file: str  # torchvision's ImageNet-1k checkpoint file name
+    # torchvision's ImageNet-1k checkpoint file name; "" where none exists (the paper's
+    # released CIFAR networks): `model.init: imagenet` is then refused (inits.py).
+    imagenet_file: str
     # (regex, replacement) pairs mapping this project's state-dict keys to torchvision's.
     renames: tuple[tuple[str, str], ...] = ()
     # torchvision's convs have biases this model lacks (a BN follows): fold them into
