@@ -53,7 +53,7 @@ def make_model(spec, info, *, variant: str = "standard", head: str = "linear", w
     model = build_model(spec.model.arch, num_classes=info.num_classes, in_channels=info.channels,
                         image_size=info.image_size, width=spec.model.width if width is None else width,
                         variant=variant)
-    apply_init_scheme(model, spec.model.init_scheme, spec.model.arch)
+    apply_init_scheme(model, spec.model.init_scheme, spec.model.arch, variant)
     if head != "linear":
         model.fc = make_head(head, model.fc.in_features, info.num_classes)
     if with_init and spec.model.init != "random":

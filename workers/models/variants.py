@@ -31,6 +31,8 @@ from torch import nn
 
 from workers.registry import Registry
 
+from .registry import ARCHS
+
 # name -> what it changes (the module docstring has the details); the builders below
 # (conv_padding, conv_kxk) dispatch on the name. ValueError: what callers caught before.
 VARIANTS: Registry[str] = Registry("variant", error=ValueError)
@@ -134,61 +136,112 @@ class HarmonicConv2d(nn.Module):
 
 
 # How a network's weights start (ModelSpec.init_scheme, the yaml axis `init_schemes`):
-#   torchvision  Kaiming-normal fan_out convs (std sqrt(2 / (C_out k^2))), BatchNorm
-#                at identity, Linear at PyTorch's default: the default, as every
-#                lineage before the scheme was named (their trial ids are unchanged);
+#   torchvision  Kaiming-normal fan_out convs (std sqrt(2 / (C_out k^2))), conv biases
+#                (vgg16_paper's) zero, BatchNorm at identity, Linear at PyTorch's default:
+#                the default, as every lineage before the scheme was named (their trial
+#                ids are unchanged);
 #   pytorch      every module at PyTorch's own reset: convs and Linear
 #                kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)), std
 #                1/sqrt(3 fan_in) (~2.4x smaller than torchvision's for a 3x3x64
 #                layer), biases U(+-1/sqrt(fan_in)), BatchNorm at identity;
-#   paper        what the paper's released code gives each architecture: `pytorch`
-#                for ResNet and MobileNetV2 (it applies no init of its own), and
-#                for VGG its own: Kaiming-normal fan_out convs, Linear N(0, 0.01)
-#                with zero bias, BatchNorm at identity.
+#   paper        what the paper's released code (VITA-Group/DataEfficientLTH,
+#                models/) gives the network of each (architecture, variant), by
+#                `paper_recipe`:
+#                "default"  PyTorch's own reset, as `pytorch` (its resnet.py and
+#                           mobilenet.py apply no init of their own);
+#                "kaiming"  its fresnet.py and hresnet.py, the networks of methods
+#                           full_conv and harmonic: Kaiming-normal fan_out (relu) convs,
+#                           BatchNorm at identity, Linear at PyTorch's default; a harmonic
+#                           conv's mix as the released Harm2d weight (`harm2d_init`);
+#                "vgg"      its vgg.py: "kaiming", conv biases zero, Linear N(0, 0.01)
+#                           with zero bias.
 #
-# name -> f(model, arch): re-initialises a network built with `init_weights` in place.
-INIT_SCHEMES: Registry[Callable[[nn.Module, str], None]] = Registry("init scheme", error=ValueError)
-# Architectures the paper's code initialises its own way (the rest keep PyTorch's).
-PAPER_OWN_INIT = {"vgg16": "vgg"}
+# name -> f(model, arch, variant): re-initialises a network built with `init_weights` in place.
+INIT_SCHEMES: Registry[Callable[[nn.Module, str, str], None]] = Registry("init scheme", error=ValueError)
+# The paper's recipe per architecture (any variant), else per variant, else "default".
+PAPER_OWN_INIT = {"vgg16": "vgg", "vgg16_paper": "vgg"}
+PAPER_VARIANT_INIT = {"full_conv": "kaiming", "harmonic": "kaiming"}
+
+
+def paper_recipe(arch: str, variant: str = "standard") -> str:
+    """The released code's init recipe for the network of (arch, variant) (see INIT_SCHEMES)."""
+    return PAPER_OWN_INIT.get(arch) or PAPER_VARIANT_INIT.get(variant, "default")
 
 
 def init_weights(model: nn.Module) -> None:
     """torchvision's init (the `torchvision` scheme), applied by every
-    architecture as it is built: Kaiming (fan_out) convs, BN at identity;
-    nn.Linear keeps its own default reset. Harmonic mixes then get their own
-    init back."""
+    architecture as it is built: Kaiming (fan_out) convs with zero biases, BN
+    at identity; nn.Linear keeps its own default reset. Harmonic mixes then get
+    their own init back."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     reset_harmonic(model)
 
 
-def _reinit(model: nn.Module, own: Optional[str] = None) -> None:
-    """PyTorch's own reset of every module, except where the paper's code has its own (`own`)."""
+def harm2d_init(m: "HarmonicConv2d", stem: bool) -> None:
+    """The released Harm2d's init (Kaiming-normal fan_out, relu) on this
+    project's mix, shape (C_out, C_in * 9, 1, 1). A block's Harm2d weight is
+    (C_out, C_in, 9, 1, 1): fan_out 9 C_out, std sqrt(2 / (9 C_out)), a 3x3
+    conv's (the mix's own `reset_parameters`). The stem's (`use_bn=True`) is
+    (C_out, C_in * 9, 1, 1), the mix's own shape: fan_out C_out, std sqrt(2 / C_out)."""
+    if stem:
+        nn.init.kaiming_normal_(m.mix.weight, mode="fan_out", nonlinearity="relu")
+    else:
+        m.reset_parameters()
+
+
+def stem_module(model: nn.Module, arch: str) -> Optional[nn.Module]:
+    """The module holding the registered architecture's stem weight (None if not found)."""
+    if arch not in ARCHS:
+        return None
+    try:
+        return model.get_submodule(ARCHS[arch].stem_key.rsplit(".", 1)[0])
+    except AttributeError:
+        return None
+
+
+def _reinit(model: nn.Module, recipe: str = "default", stem: Optional[nn.Module] = None) -> None:
+    """Re-initialise every module by `recipe` (see INIT_SCHEMES; "default": PyTorch's
+    own reset). `stem`: the network's first conv, a harmonic one inits as the
+    released harmonic stem."""
+    own = recipe != "default"
+    mixes = {id(m.mix) for m in model.modules() if isinstance(m, HarmonicConv2d)}
     for m in model.modules():
-        if own == "vgg" and isinstance(m, nn.Conv2d):
+        if own and isinstance(m, HarmonicConv2d):
+            harm2d_init(m, stem=m is stem)
+        elif own and isinstance(m, nn.Conv2d):
+            if id(m) in mixes:
+                continue  # set with its HarmonicConv2d
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif own == "vgg" and isinstance(m, nn.Linear):
+        elif recipe == "vgg" and isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
             m.reset_parameters()  # PyTorch's own (a harmonic block's 1x1 mix is a Conv2d: its too)
 
 
-INIT_SCHEMES.register("torchvision", lambda model, arch: None)  # what the architectures build
-INIT_SCHEMES.register("pytorch", lambda model, arch: _reinit(model))
-INIT_SCHEMES.register("paper", lambda model, arch: _reinit(model, PAPER_OWN_INIT.get(arch)))
+def _paper(model: nn.Module, arch: str, variant: str) -> None:
+    _reinit(model, paper_recipe(arch, variant), stem_module(model, arch))
 
 
-def apply_init_scheme(model: nn.Module, scheme: str, arch: str) -> None:
+INIT_SCHEMES.register("torchvision", lambda model, arch, variant: None)  # what the architectures build
+INIT_SCHEMES.register("pytorch", lambda model, arch, variant: _reinit(model))
+INIT_SCHEMES.register("paper", _paper)
+
+
+def apply_init_scheme(model: nn.Module, scheme: str, arch: str, variant: str = "standard") -> None:
     """Re-initialise a freshly built network (built with `init_weights`) under
-    `scheme` (see INIT_SCHEMES); the caller seeds torch first."""
-    INIT_SCHEMES.get(scheme)(model, arch)
+    `scheme` (see INIT_SCHEMES) as the network of (arch, variant); the caller
+    seeds torch first."""
+    INIT_SCHEMES.get(scheme)(model, arch, variant)
 
 
 def reset_harmonic(model: nn.Module) -> None:
