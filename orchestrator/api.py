@@ -7,6 +7,7 @@
     compare(df, select="val")                           # one row per grid cell: paired gain, 95% interval, p, p_holm
     compare(df, ci="t")                                 # the seed-level t interval instead of the bootstrap
     power(df, effect=0.02)                              # per cell: smallest detectable gain, seeds 0.02 needs
+    power(df, effect=0.02, ci="t")                      # the same from the seed-level paired t-test
     compare(df, select="test")                          # the paper's protocol, on the same lineages
     protocols(df)                                       # both side by side, with the selection bias
     predictions("runs", "digits_study", trial_id, 3)    # one row per held-out and test image of round 3
@@ -56,10 +57,13 @@ def compare(df: pd.DataFrame, select: str = DEFAULT_SELECTION, ci: str = _tables
     return _tables.compare(df, select, ci)
 
 
-def power(df: pd.DataFrame, select: str = DEFAULT_SELECTION, effect: float = 0.02) -> pd.DataFrame:
-    """Per grid cell: the smallest gain its seeds detect at 80% power (paired
-    t-test, alpha 0.05), and the seeds a gain of `effect` needs."""
-    return _tables.power(df, select, effect)
+def power(df: pd.DataFrame, select: str = DEFAULT_SELECTION, effect: float = 0.02,
+          ci: str = _tables.DEFAULT_CI) -> pd.DataFrame:
+    """Per grid cell: the smallest gain its seeds detect at 80% power, and the seeds
+    a gain of `effect` needs, for the default interval's test (seeds and the shared
+    test images; `reachable` False where the test split's images alone forbid it);
+    ci="t": the seed-level paired t-test's answer."""
+    return _tables.power(df, select, effect, ci)
 
 
 def protocols(df: pd.DataFrame, ci: str = _tables.DEFAULT_CI) -> pd.DataFrame:

@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from orchestrator import stats
-from orchestrator.paired import (BOOT_IMAGES, CIS, DEFAULT_CI, FIXED, T_NO_PREDICTIONS, cell_stats,
-                                 check_ci, narrow, paired, results_view, with_cells)
+from orchestrator.paired import (BOOT_IMAGES, CIS, DEFAULT_CI, FIXED, T_NO_PREDICTIONS, _image_patterns,
+                                 cell_stats, check_ci, narrow, paired, results_view, with_cells)
 from orchestrator.results import Frame, ResultsError, sql_over_frames
 from orchestrator.stats import CONFIDENCE, t_interval
 from workers import selection
@@ -112,22 +112,52 @@ def compare(frame: Frame, select: str = selection.DEFAULT_SELECTION, ci: str = D
     return _table(c, select, [*COMPARE_STATS, *unfinished])
 
 
-def power(frame: Frame, select: str = selection.DEFAULT_SELECTION, effect: float = 0.02) -> pd.DataFrame:
-    """Per cell, from its paired seeds' spread (gain_sd, the sd of per-seed
-    gains): the smallest true gain a two-sided paired t-test at alpha 0.05
-    detects with 80% power with n_seeds seeds (min_detectable_gain), the
-    power it has now against `effect`, and the seeds that `effect` needs."""
+def power(frame: Frame, select: str = selection.DEFAULT_SELECTION, effect: float = 0.02,
+          ci: str = DEFAULT_CI) -> pd.DataFrame:
+    """Per cell: the smallest true gain its seeds detect with 80% power
+    (min_detectable_gain), the power it has now against `effect`, and the seeds
+    that `effect` needs, for the test the cell's interval makes (`power_test`).
+
+    ci="bootstrap" (the default): the default interval's test, which also counts
+    the noise of the test images every seed shares: simulated from the cell's seed
+    and split variance components (stats.components: seed_sd, split_sd). No seed
+    count takes that test past what the split's images allow: `reachable` is
+    False where a gain of `effect` cannot reach 80% power on this test split.
+    ci="t", and cells without per-image predictions: the seed-level paired t-test
+    from the sd of the per-seed gains (gain_sd)."""
     if not 0 < effect < 1:
         raise ResultsError(f"--effect must be a gain in accuracy between 0 and 1 (e.g. 0.02), not {effect:g}")
-    c = cell_stats(paired(frame, select), None)
+    check_ci(ci)
+    p = paired(frame, select)
+    c = cell_stats(p, None)
     if len(c):
-        c["min_detectable_gain"] = [stats.min_detectable(sd, n) for sd, n in zip(c["gain_sd"], c["n_seeds"])]
+        seeds = p[p["complete"] & p["paired"]]
+        rows = [_power_row(seeds[seeds["cell_id"] == cid], n, sd, effect, ci)
+                for cid, n, sd in zip(c["cell_id"], c["n_seeds"], c["gain_sd"])]
+        for k in ("split_sd", "min_detectable_gain", "power_for_effect", "power_test", "reachable"):
+            c[k] = [r[k] for r in rows]
         c["effect"] = effect
-        c["power_for_effect"] = [float(stats.t_power(effect, sd, n)) if n >= 2 and sd > 0 else np.nan
-                                 for sd, n in zip(c["gain_sd"], c["n_seeds"])]
-        c["seeds_for_effect"] = pd.array([stats.seeds_needed(effect, sd) for sd in c["gain_sd"]], dtype="Int64")
-    return _table(c, select, ["n_seeds", "gain", "gain_sd", "min_detectable_gain", "effect", "power_for_effect",
-                              "seeds_for_effect"])
+        c["seeds_for_effect"] = pd.array([r["seeds_for_effect"] for r in rows], dtype="Int64")
+        c["reachable"] = pd.array(c["reachable"], dtype="boolean")
+    return _table(c, select, ["n_seeds", "gain", "gain_sd", "split_sd", "min_detectable_gain", "effect",
+                              "power_for_effect", "seeds_for_effect", "reachable", "power_test"])
+
+
+POWER_TWO_LEVEL, POWER_T = "seeds+images (simulated)", "t over seeds"
+
+
+def _power_row(seeds: pd.DataFrame, n: int, sd: float, effect: float, ci: str) -> dict:
+    table = _image_patterns(seeds)[0] if ci == "bootstrap" and n >= 2 else None
+    if table is not None:
+        comp = stats.components(*table)
+        need, reachable = stats.two_level_seeds(effect, comp)
+        return {"split_sd": comp.split_sd, "min_detectable_gain": stats.two_level_min_detectable(comp, n),
+                "power_for_effect": stats.two_level_power(effect, comp, n), "seeds_for_effect": need,
+                "reachable": reachable, "power_test": POWER_TWO_LEVEL}
+    ok = n >= 2 and sd > 0
+    return {"split_sd": np.nan, "min_detectable_gain": stats.min_detectable(sd, n),
+            "power_for_effect": float(stats.t_power(effect, sd, n)) if ok else np.nan,
+            "seeds_for_effect": stats.seeds_needed(effect, sd), "reachable": None, "power_test": POWER_T}
 
 
 def protocols(frame: Frame, ci: str = DEFAULT_CI) -> pd.DataFrame:
@@ -189,20 +219,45 @@ def _method(ci: str) -> str:
             f"same t (one seed: from the resamples, at least 1/B).")
 
 
-def power_line(effect: float) -> str:
+def power_line(effect: float, ci: str = DEFAULT_CI) -> str:
     """The sentence under a power() table."""
-    return (f"Power: a two-sided paired t-test at alpha {stats.ALPHA:g} over the seeds of a cell, from the sd of "
-            f"its per-seed gains (gain_sd); min_detectable_gain: the smallest true gain it detects with "
-            f"{stats.POWER:.0%} power with the seeds the cell has; seeds_for_effect: the seeds that a gain of "
-            f"{effect:g} needs for {stats.POWER:.0%} power (empty: no spread yet, or more than {stats.MAX_SEEDS}).")
+    if check_ci(ci) == "t":
+        test = (f"a two-sided paired t-test at alpha {stats.ALPHA:g} over the seeds of a cell, from the sd of its "
+                f"per-seed gains (gain_sd)")
+    else:
+        test = (f"the test the default interval makes (alpha {stats.ALPHA:g}), simulated from the cell's two "
+                f"variance components: its seeds' (gain_sd) and its test split's (split_sd: the noise of the "
+                f"images every seed shares, which no number of seeds reduces); reachable: false where a gain of "
+                f"{effect:g} cannot reach {stats.POWER:.0%} power on this test split whatever the seeds; "
+                f"--ci t gives the seed-level paired t-test's answer; power_test says which a row has")
+    return (f"Power: {test}. min_detectable_gain: the smallest true gain it detects with {stats.POWER:.0%} power "
+            f"with the seeds the cell has; seeds_for_effect: the seeds that a gain of {effect:g} needs for "
+            f"{stats.POWER:.0%} power (empty: no spread yet, not reachable, or more than "
+            f"{stats.POWER_MAX_SEEDS if ci != 't' else stats.MAX_SEEDS}).")
+
+
+def power_notes(table: pd.DataFrame, effect: float) -> list[str]:
+    """One-line remarks under a power() table."""
+    if "reachable" not in table:
+        return []
+    stuck = table[table["reachable"].eq(False).fillna(False)]
+    if not len(stuck):
+        return []
+    return [f"{len(stuck)} cell(s): a gain of {effect:g} is not reachable with this test split (its shared images "
+            f"alone, split_sd {stuck['split_sd'].min():.4f}-{stuck['split_sd'].max():.4f}, keep the default "
+            f"interval's power below {stats.POWER:.0%} whatever the seeds; a larger test split, or --ci t for the "
+            f"seed-level answer)"]
 
 
 def family(table: pd.DataFrame) -> str:
     """The caption's sentence on the p-values of a compare() table: its family."""
     m = int((table["p_value"].notna() & (table["n_seeds"] >= 2)).sum()) if "p_value" in table else 0
-    return (f"p_holm: Holm-adjusted over the {m} row(s) of this table with a p_value and two or more seeds (a "
-            f"one-seed cell makes no claim: no p_holm); prob_ticket_better: the "
-            f"share of seeds whose ticket beats its dense network on the test split (ties count half).")
+    few = int((table["n_seeds"] < 2).sum()) if "n_seeds" in table else 0
+    return (f"p_holm: Holm-adjusted over the {m} row(s) of this table with a p_value and two or more seeds; "
+            f"{few} of its {len(table)} cell(s) make no claim for lack of seeds (fewer than two: no p_holm; a "
+            f"one-seed interval is the test split's noise for one trained network, not an effect of IMP); "
+            f"prob_ticket_better: the share of seeds whose ticket beats its dense network on the test split "
+            f"(ties count half).")
 
 
 def notes(table: pd.DataFrame, select: str) -> list[str]:
@@ -241,5 +296,5 @@ def notes(table: pd.DataFrame, select: str) -> list[str]:
 
 
 __all__ = ["CIS", "CONFIDENCE", "DEFAULT_CI", "FIXED", "cell_columns", "cell_without", "check_ci", "compare",
-           "family", "notes", "paired", "power", "power_line", "protocol_line", "protocols", "t_interval",
-           "winning_tickets", "with_cells"]
+           "family", "notes", "paired", "power", "power_line", "power_notes", "protocol_line", "protocols",
+           "t_interval", "winning_tickets", "with_cells"]

@@ -174,8 +174,8 @@ DEFAULT_EFFECT = 0.02
 
 def cmd_query(args) -> int:
     from orchestrator.results import format_frame, load_results, results_dataset, run_sql
-    from orchestrator.tables import (compare, family, notes, power, power_line, protocol_line, protocols,
-                                     winning_tickets)
+    from orchestrator.tables import (compare, family, notes, power, power_line, power_notes, protocol_line,
+                                     protocols, winning_tickets)
     if args.effect is not None and not args.power:
         raise UsageError("lth-sweep query: --effect goes with --power")
     sweep = _sweep(args, must_exist=True)
@@ -193,8 +193,9 @@ def cmd_query(args) -> int:
             header += " " + family(df)
         elif args.power:
             effect = DEFAULT_EFFECT if args.effect is None else args.effect
-            df = power(rows, args.select, effect)
-            header += " " + power_line(effect)
+            df = power(rows, args.select, effect, args.ci)
+            header += " " + power_line(effect, args.ci)
+            remarks = power_notes(df, effect)
         else:
             df = protocols(rows, args.ci)
             header = ("Gain selected on held-out images (val) and on the test split (test), from the same "

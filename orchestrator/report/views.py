@@ -131,15 +131,19 @@ def table_power(df: pd.DataFrame, select: str, effect: float = 0.02) -> Table:
         "sd of per-seed gains": p["gain_sd"].map(fixed),
         "smallest gain detectable (80% power)": p["min_detectable_gain"].map(fixed),
         f"power for a gain of {effect:g}": p["power_for_effect"].map(lambda v: MISSING if pd.isna(v) else f"{v:.0%}"),
-        f"seeds for a gain of {effect:g}": p["seeds_for_effect"].map(value_text)})
-    return Table(shown, "How many seeds: per cell, from the spread of its per-seed paired gains, what a two-sided "
-                        "paired t-test at alpha 0.05 can detect with the seeds it has, and the seeds a gain of "
-                        f"{effect:g} would need (`lth-sweep query --power --effect X` for another gain). "
-                        + tables.power_line(effect))
+        f"seeds for a gain of {effect:g}": [
+            "not reachable on this test split" if r is False else value_text(v)
+            for v, r in zip(p["seeds_for_effect"], p["reachable"].astype(object))],
+        "test": p["power_test"]})
+    remarks = tables.power_notes(p, effect)
+    return Table(shown, "How many seeds: per cell, what its interval's test can detect with the seeds it has, "
+                        f"and the seeds a gain of {effect:g} would need (`lth-sweep query --power --effect X` for "
+                        "another gain). " + tables.power_line(effect)
+                 + (" Note: " + "; ".join(remarks) + "." if remarks else ""))
 
 
 _POWER_STATS = {"selection", "n_seeds", "gain", "gain_sd", "min_detectable_gain", "effect", "power_for_effect",
-                "seeds_for_effect", "cell_id"}
+                "seeds_for_effect", "cell_id", "split_sd", "reachable", "power_test"}
 
 
 def table_protocols(df: pd.DataFrame, ci: str = tables.DEFAULT_CI) -> Table:

@@ -107,12 +107,18 @@ def test_query_power(store, capsys):
 
     from orchestrator import stats
     where = _predicted_sweep(store)
-    rc, out, err = run_main(capsys, ["query", "--power", "--effect", "0.05", "--format", "json", *where])
+    rc, out, err = run_main(capsys, ["query", "--power", "--effect", "0.05", "--ci", "t", "--format", "json", *where])
     row = json.loads(out)[0]
     sd = abs(6 / 40 - 3 / 40) / 2 ** 0.5  # two seeds: the sd of their gains
     assert rc == 0 and row["n_seeds"] == 2 and row["gain_sd"] == pytest.approx(sd) and row["effect"] == 0.05
     assert row["min_detectable_gain"] == pytest.approx(stats.min_detectable(sd, 2))
     assert row["seeds_for_effect"] == stats.seeds_needed(0.05, sd) and "80% power" in err
+    assert row["power_test"] == "t over seeds" and "paired t-test" in err
+    # The default: the test of the default interval, seeds and the split's images.
+    rc, out, err = run_main(capsys, ["query", "--power", "--effect", "0.05", "--format", "json", *where])
+    row = json.loads(out)[0]
+    assert rc == 0 and row["power_test"] == "seeds+images (simulated)" and row["split_sd"] > 0
+    assert "split_sd" in err and "--ci t" in err
     rc, out, _ = run_main(capsys, ["query", "--power", *where])
     assert rc == 0 and "seeds_for_effect" in out
 

@@ -271,6 +271,8 @@ def test_one_seed_gets_an_image_level_interval_and_no_claim_and_p_holm_is_holm_o
     assert (two["p_holm"] >= two["p_value"]).all()
     assert any("image-level interval only" in x for x in T.notes(out, "val"))
     assert "Holm-adjusted over the 4 row(s) of this table" in T.family(out)
+    few = int((out["n_seeds"] < 2).sum())
+    assert few and f"{few} of its {len(out)} cell(s) make no claim for lack of seeds" in T.family(out)
     assert "Holm-adjusted over the 0 row(s)" in T.family(out[out["n_seeds"] == 1])
 
 
