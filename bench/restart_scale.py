@@ -180,11 +180,12 @@ def bench_restart_one(n: int, rounds: int = 17, latency_ms: float = 20.0, log=pr
         build_s = build(d, rounds, log=log)
         log(f"restart-scale {n}x{rounds}: built in {build_s:.0f}s")
         with _s3(d, latency_ms) as (proxy, env):
-            return _measure(d, proxy, env, trials, n, rounds, latency_ms, build_s, log)
+            out = {"lineages": n, "rounds": rounds, "latency_ms": latency_ms, "build_s": round(build_s, 1)}
+            return _measure(out, d, proxy, env, trials, log)
 
 
-def _measure(d, proxy, env, trials, n: int, rounds: int, latency_ms: float, build_s: float, log) -> dict:
-    out: dict = {"lineages": n, "rounds": rounds, "latency_ms": latency_ms, "build_s": round(build_s, 1)}
+def _measure(out: dict, d: str, proxy, env: dict, trials, log) -> dict:
+    n, rounds = out["lineages"], out["rounds"]
     r, wall, req = _measured(proxy, d, env, "run", "--num-cpus", "2", "--plain")
     assert "nothing to do" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
     out.update(restart_s=round(wall, 2), restart_requests=req, restart_requests_per_lineage=round(req / n, 3))

@@ -1,4 +1,6 @@
 """The tables people cite: winning tickets and dense-vs-ticket per grid cell.
+It is one concern, the shape and captions of those tables (their arithmetic is
+stats.py and power.py; their seeds, paired.py).
 
 One rule each, used by `query`, `report` and the Python API:
 
@@ -30,6 +32,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from orchestrator import power as power_
 from orchestrator import stats
 from orchestrator.paired import (BOOT_IMAGES, CIS, DEFAULT_CI, FIXED, T_NO_PREDICTIONS, _image_patterns,
                                  cell_stats, check_ci, narrow, paired, results_view, with_cells)
@@ -120,7 +123,7 @@ def power(frame: Frame, select: str = selection.DEFAULT_SELECTION, effect: float
 
     ci="bootstrap" (the default): the default interval's test, which also counts
     the noise of the test images every seed shares: simulated from the cell's seed
-    and split variance components (stats.components: seed_sd, split_sd). No seed
+    and split variance components (power_.components: seed_sd, split_sd). No seed
     count takes that test past what the split's images allow: `reachable` is
     False where a gain of `effect` cannot reach 80% power on this test split.
     ci="t", and cells without per-image predictions: the seed-level paired t-test
@@ -149,15 +152,15 @@ POWER_TWO_LEVEL, POWER_T = "seeds+images (simulated)", "t over seeds"
 def _power_row(seeds: pd.DataFrame, n: int, sd: float, effect: float, ci: str) -> dict:
     table = _image_patterns(seeds)[0] if ci == "bootstrap" and n >= 2 else None
     if table is not None:
-        comp = stats.components(*table)
-        need, reachable = stats.two_level_seeds(effect, comp)
-        return {"split_sd": comp.split_sd, "min_detectable_gain": stats.two_level_min_detectable(comp, n),
-                "power_for_effect": stats.two_level_power(effect, comp, n), "seeds_for_effect": need,
+        comp = power_.components(*table)
+        need, reachable = power_.two_level_seeds(effect, comp)
+        return {"split_sd": comp.split_sd, "min_detectable_gain": power_.two_level_min_detectable(comp, n),
+                "power_for_effect": power_.two_level_power(effect, comp, n), "seeds_for_effect": need,
                 "reachable": reachable, "power_test": POWER_TWO_LEVEL}
     ok = n >= 2 and sd > 0
-    return {"split_sd": np.nan, "min_detectable_gain": stats.min_detectable(sd, n),
-            "power_for_effect": float(stats.t_power(effect, sd, n)) if ok else np.nan,
-            "seeds_for_effect": stats.seeds_needed(effect, sd), "reachable": None, "power_test": POWER_T}
+    return {"split_sd": np.nan, "min_detectable_gain": power_.min_detectable(sd, n),
+            "power_for_effect": float(power_.t_power(effect, sd, n)) if ok else np.nan,
+            "seeds_for_effect": power_.seeds_needed(effect, sd), "reachable": None, "power_test": POWER_T}
 
 
 def protocols(frame: Frame, ci: str = DEFAULT_CI) -> pd.DataFrame:
@@ -228,12 +231,12 @@ def power_line(effect: float, ci: str = DEFAULT_CI) -> str:
         test = (f"the test the default interval makes (alpha {stats.ALPHA:g}), simulated from the cell's two "
                 f"variance components: its seeds' (gain_sd) and its test split's (split_sd: the noise of the "
                 f"images every seed shares, which no number of seeds reduces); reachable: false where a gain of "
-                f"{effect:g} cannot reach {stats.POWER:.0%} power on this test split whatever the seeds; "
+                f"{effect:g} cannot reach {power_.POWER:.0%} power on this test split whatever the seeds; "
                 f"--ci t gives the seed-level paired t-test's answer; power_test says which a row has")
-    return (f"Power: {test}. min_detectable_gain: the smallest true gain it detects with {stats.POWER:.0%} power "
+    return (f"Power: {test}. min_detectable_gain: the smallest true gain it detects with {power_.POWER:.0%} power "
             f"with the seeds the cell has; seeds_for_effect: the seeds that a gain of {effect:g} needs for "
-            f"{stats.POWER:.0%} power (empty: no spread yet, not reachable, or more than "
-            f"{stats.POWER_MAX_SEEDS if ci != 't' else stats.MAX_SEEDS}).")
+            f"{power_.POWER:.0%} power (empty: no spread yet, not reachable, or more than "
+            f"{power_.POWER_MAX_SEEDS if ci != 't' else power_.MAX_SEEDS}).")
 
 
 def power_notes(table: pd.DataFrame, effect: float) -> list[str]:
@@ -245,7 +248,7 @@ def power_notes(table: pd.DataFrame, effect: float) -> list[str]:
         return []
     return [f"{len(stuck)} cell(s): a gain of {effect:g} is not reachable with this test split (its shared images "
             f"alone, split_sd {stuck['split_sd'].min():.4f}-{stuck['split_sd'].max():.4f}, keep the default "
-            f"interval's power below {stats.POWER:.0%} whatever the seeds; a larger test split, or --ci t for the "
+            f"interval's power below {power_.POWER:.0%} whatever the seeds; a larger test split, or --ci t for the "
             f"seed-level answer)"]
 
 

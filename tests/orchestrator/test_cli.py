@@ -105,14 +105,14 @@ def test_query_compare_carries_the_contract_columns_and_reproduces_its_intervals
 def test_query_power(store, capsys):
     import json
 
-    from orchestrator import stats
+    from orchestrator import power
     where = _predicted_sweep(store)
     rc, out, err = run_main(capsys, ["query", "--power", "--effect", "0.05", "--ci", "t", "--format", "json", *where])
     row = json.loads(out)[0]
     sd = abs(6 / 40 - 3 / 40) / 2 ** 0.5  # two seeds: the sd of their gains
     assert rc == 0 and row["n_seeds"] == 2 and row["gain_sd"] == pytest.approx(sd) and row["effect"] == 0.05
-    assert row["min_detectable_gain"] == pytest.approx(stats.min_detectable(sd, 2))
-    assert row["seeds_for_effect"] == stats.seeds_needed(0.05, sd) and "80% power" in err
+    assert row["min_detectable_gain"] == pytest.approx(power.min_detectable(sd, 2))
+    assert row["seeds_for_effect"] == power.seeds_needed(0.05, sd) and "80% power" in err
     assert row["power_test"] == "t over seeds" and "paired t-test" in err
     # The default: the test of the default interval, seeds and the split's images.
     rc, out, err = run_main(capsys, ["query", "--power", "--effect", "0.05", "--format", "json", *where])

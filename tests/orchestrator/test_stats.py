@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from orchestrator import power as PW
 from orchestrator import stats as ST
 
 
@@ -139,13 +140,13 @@ def test_t_test_and_share_of_wins():
 
 def test_power_of_the_paired_t_test_by_hand():
     for effect, sd, n in ((0.02, 0.03, 5), (0.01, 0.02, 12), (0.05, 0.02, 2)):
-        assert float(ST.t_power(effect, sd, n)) == pytest.approx(hand_power(effect, sd, n), abs=1e-7)
+        assert float(PW.t_power(effect, sd, n)) == pytest.approx(hand_power(effect, sd, n), abs=1e-7)
     # Cohen's table: a paired t-test needs 34 pairs for d = 0.5 at 80% power, alpha 0.05 two-sided.
-    assert ST.seeds_needed(0.5, 1.0) == 34
-    d = ST.min_detectable(0.03, 5)
+    assert PW.seeds_needed(0.5, 1.0) == 34
+    d = PW.min_detectable(0.03, 5)
     assert hand_power(d, 0.03, 5) == pytest.approx(0.80, abs=1e-6)
-    assert math.isnan(ST.min_detectable(0.03, 1)) and math.isnan(ST.min_detectable(0.0, 5))
-    assert ST.seeds_needed(0.02, 0.0) is None and ST.seeds_needed(1e-6, 1.0) is None  # beyond MAX_SEEDS
+    assert math.isnan(PW.min_detectable(0.03, 1)) and math.isnan(PW.min_detectable(0.0, 5))
+    assert PW.seeds_needed(0.02, 0.0) is None and PW.seeds_needed(1e-6, 1.0) is None  # beyond MAX_SEEDS
 
 
 def _random_cell(gen, seeds, n=300):
@@ -220,11 +221,11 @@ def test_the_recommended_seeds_reach_the_stated_power_of_the_default_interval():
     The seed-level answer promises fewer seeds than this test needs."""
     gen = np.random.default_rng(3)
     effect, p = 0.06, (0.19, 0.56, 0.25)  # the cells' true mean gain: 0.25 - 0.19
-    comp = ST.components(*_crossed_cell(gen, 60, n=400, p=p))
-    n, reachable = ST.two_level_seeds(effect, comp)
-    assert reachable and n is not None and n > ST.seeds_needed(effect, comp.seed_sd)
-    predicted = ST.two_level_power(effect, comp, n)
-    assert predicted >= ST.POWER > ST.two_level_power(effect, comp, n - 1)
+    comp = PW.components(*_crossed_cell(gen, 60, n=400, p=p))
+    n, reachable = PW.two_level_seeds(effect, comp)
+    assert reachable and n is not None and n > PW.seeds_needed(effect, comp.seed_sd)
+    predicted = PW.two_level_power(effect, comp, n)
+    assert predicted >= PW.POWER > PW.two_level_power(effect, comp, n - 1)
     reps = 250
     hits = 0
     for r in range(reps):
@@ -238,8 +239,8 @@ def test_a_gain_below_the_split_s_own_noise_is_not_reachable():
     """With 60 test images the split's images alone move the mean gain by more
     than 0.02: no seed count gives the default interval 80% power against 0.02."""
     gen = np.random.default_rng(4)
-    comp = ST.components(*_crossed_cell(gen, 8, n=60, shared=0.9))
+    comp = PW.components(*_crossed_cell(gen, 8, n=60, shared=0.9))
     assert comp.split_sd > 0.02
-    assert ST.two_level_seeds(0.02, comp) == (None, False)
-    assert ST.split_limit(0.02, comp) < ST.POWER
-    assert ST.two_level_seeds(0.5, comp)[1]  # a large gain still is
+    assert PW.two_level_seeds(0.02, comp) == (None, False)
+    assert PW.split_limit(0.02, comp) < PW.POWER
+    assert PW.two_level_seeds(0.5, comp)[1]  # a large gain still is
