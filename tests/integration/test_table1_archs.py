@@ -17,7 +17,7 @@ from workers.lineage import run_lineage
 from workers.models.registry import ARCHS
 from workers.store import SweepStore
 
-ENTRIES = {"table1_vgg16_cifar10": "vgg16", "table1_mobilenetv2_cifar10": "mobilenetv2",
+ENTRIES = {"table1_vgg16_cifar10": "vgg16_paper", "table1_mobilenetv2_cifar10": "mobilenetv2_cifar",
            "table1_resnet50_imagenet_init": "resnet50"}
 
 
