@@ -77,7 +77,7 @@ log = logging.getLogger("lth_sweep.fusecheck")
 # Every shipped (method, architecture) whose lineages fuse (a method built from
 # another lineage never does): what the equivalence tests and gpu_check cover.
 FUSABLE = [("imp", "resnet18"), ("imp", "resnet50"), ("imp", "vgg16"), ("imp", "mobilenetv2"),
-           ("full_conv", "resnet18"), ("harmonic", "resnet18"), ("tvmf_loss", "resnet18"),
+           ("imp", "vgg16_paper"), ("imp", "mobilenetv2_cifar"), ("full_conv", "resnet18"), ("harmonic", "resnet18"), ("tvmf_loss", "resnet18"),
            ("cosine_loss", "resnet18")]
 
 RATIO = 4.0
