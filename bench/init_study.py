@@ -11,7 +11,9 @@ and data order: only the initial weights differ). Per pair: the dense
 network's test accuracy (round 0), the winning ticket's (held-out
 selection, `--select val`, the project's default), and the gain (ticket -
 dense). The table gives the mean over seeds of `paper - torchvision` for
-each, with its 95% t interval over the seeds, and each scheme's own means.
+each, with its 95% t interval over the seeds, the paired t-test's p and its
+Holm adjustment over the table's differences (one family), and each
+scheme's own means.
 """
 from __future__ import annotations
 
@@ -38,28 +40,37 @@ def paired(df: pd.DataFrame, select: str = "val") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _mean_ci(x) -> tuple[float, float, float]:
+def _mean_ci(x) -> tuple[float, float, float, float]:
+    """Mean, 95% t interval over the seeds and the paired t-test's p."""
     x = pd.Series(x, dtype=float)
     m = float(x.mean())
-    if len(x) < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / len(x) ** 0.5)
-    return m, m - half, m + half
+    if len(x) < 2 or x.std(ddof=1) == 0:
+        return m, float("nan"), float("nan"), float("nan")
+    se = float(x.std(ddof=1) / len(x) ** 0.5)
+    half = float(stats.t.ppf(0.975, len(x) - 1) * se)
+    return m, m - half, m + half, float(2 * stats.t.sf(abs(m) / se, len(x) - 1))
 
 
 def table(p: pd.DataFrame) -> str:
+    """The README's init table: per size, each scheme's means, and the paired
+    differences with their interval, p and Holm-adjusted p over the table's
+    differences (one family: the 3 sizes x dense, ticket, gain)."""
+    from orchestrator.stats import holm
+    rows, diffs = [], []
+    for size, g in p.groupby("images_per_class"):
+        wide = g.pivot(index="seed", columns="scheme", values=["dense", "ticket", "gain"]).dropna()
+        means = [f"{wide[w]['paper'].mean():.3f} / {wide[w]['torchvision'].mean():.3f}"
+                 for w in ("dense", "ticket", "gain")]
+        rows.append((size, len(wide), means))
+        diffs += [_mean_ci(wide[w]["paper"] - wide[w]["torchvision"]) for w in ("dense", "ticket", "gain")]
+    adjusted = holm([d[3] for d in diffs])
     lines = ["| images / class | seeds | dense: paper / torchvision | ticket: paper / torchvision | "
              "gain: paper / torchvision | paper - torchvision: dense | ticket | gain |",
              "|---|---|---|---|---|---|---|---|"]
-    for size, g in p.groupby("images_per_class"):
-        wide = g.pivot(index="seed", columns="scheme", values=["dense", "ticket", "gain"]).dropna()
-        cells = []
-        for what in ("dense", "ticket", "gain"):
-            cells.append(f"{wide[what]['paper'].mean():.3f} / {wide[what]['torchvision'].mean():.3f}")
-        for what in ("dense", "ticket", "gain"):
-            m, lo, hi = _mean_ci(wide[what]["paper"] - wide[what]["torchvision"])
-            cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-        lines.append(f"| {size} | {len(wide)} | " + " | ".join(cells) + " |")
+    for i, (size, n, means) in enumerate(rows):
+        cells = [f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] p {pv:.2g}, Holm {ph:.2g}"
+                 for (m, lo, hi, pv), ph in zip(diffs[3 * i:3 * i + 3], adjusted[3 * i:3 * i + 3])]
+        lines.append(f"| {size} | {n} | " + " | ".join(means + cells) + " |")
     return "\n".join(lines)
 
 
@@ -73,7 +84,8 @@ def main(argv=None) -> int:
         return rc
     p = paired(load_results(a.storage, "init_study"), a.select)
     print(f"Paired differences between init schemes, test accuracy, winning ticket selected on `{a.select}`; "
-          f"mean over seeds [95% t interval]:\n")
+          f"mean over seeds [95% t interval], the paired t-test's p and its Holm adjustment over the "
+          f"table's {3 * p['images_per_class'].nunique()} differences:\n")
     print(table(p))
     return 0
 

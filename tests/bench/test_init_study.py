@@ -17,4 +17,15 @@ def test_the_table_pairs_schemes_by_size_and_seed():
     assert out[2] == "0.600 / 0.500" and out[3] == "0.800 / 0.700"
     # dense differences 0.1, 0.0, 0.2: mean 0.1, t interval 0.1 +- 4.303 * 0.1 / sqrt(3)
     half = 4.302652729911275 * 0.1 / math.sqrt(3)
-    assert out[5] == f"+0.100 [{0.1 - half:+.3f}, {0.1 + half:+.3f}]"
+    assert out[5].startswith(f"+0.100 [{0.1 - half:+.3f}, {0.1 + half:+.3f}] p ")
+    # each difference's paired t-test p, and Holm over the table's 3 differences (one size)
+    from scipy import stats
+    diffs = {"dense": [0.1, 0.0, 0.2], "ticket": [0.2, 0.2, -0.1], "gain": [0.1, 0.2, -0.3]}
+    ps = [2 * stats.t.sf(abs(sum(d) / 3) / (pd.Series(d).std() / math.sqrt(3)), 2) for d in diffs.values()]
+    order = sorted(range(3), key=lambda i: ps[i])
+    holm, running = [0.0] * 3, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (3 - rank) * ps[i]))
+        holm[i] = running
+    for cell, p, h in zip(out[5:8], ps, holm):
+        assert cell.rstrip(" |").endswith(f" p {p:.2g}, Holm {h:.2g}"), (cell, p, h)
