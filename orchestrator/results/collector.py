@@ -71,7 +71,8 @@ class Collector:
             self._gen[trial_id] += 1
             seen = self._precisions.get(trial_id)
             if seen is None:  # first round of this trial in this process: the lineage's earlier ones
-                seen = {} if k == 0 else {j: round_precision(m) for j, m in lin.manifests().items() if j < k}
+                # read by number (no listing): the rounds before k are committed if k is
+                seen = {j: round_precision(m) for j, m in lin.read_manifests(range(k)).items()}
             before = {p for j, p in seen.items() if j < k and p}
             seen = {**{j: p for j, p in seen.items() if j < k}, k: round_precision(man)}
             self._precisions[trial_id] = seen
