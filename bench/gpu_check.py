@@ -11,8 +11,10 @@ written as one JSON file (bench/gpu_check.sh is the entry point).
     bench        the engine's ratios and fused K = 4, 8, 16 against K solo lineages
                  one after another and K packed processes on the same GPU
 
-It fails (exit 1) when any part errs, when the CUDA tests fail or none were
-collected, and when a round of the lineage trained no epoch. `--smoke` runs
+It fails (exit 1) when any part errs, when any fusion self-check fails, when
+the CUDA tests fail, none were collected or one was skipped on a CUDA host,
+and when a round of the lineage trained no epoch; without `--smoke` and
+without a CUDA device it refuses to run (exit 2, one line). `--smoke` runs
 the same steps at toy sizes (CI runs it on the CPU: the CUDA tests are then
 listed as skipped, and every figure is a CPU one, labelled so).
 """
@@ -52,6 +54,9 @@ def cuda_tests(a) -> dict:
         raise CheckFailed(f"pytest collected no CUDA tests under {where}")
     if r.returncode != 0:
         raise CheckFailed(f"the CUDA tests failed (pytest exit {r.returncode}): {tail[-1] if tail else ''}")
+    skipped = [line for line in r.stdout.splitlines() if line.startswith("SKIPPED")]
+    if skipped and torch.cuda.is_available():  # on a CUDA host a skipped CUDA test proved nothing
+        raise CheckFailed(f"{len(skipped)} CUDA test(s) skipped on a CUDA host: {skipped[0]}")
     return out
 
 
@@ -77,7 +82,12 @@ def fuse_checks(a) -> dict:
             del members
             if cuda:
                 torch.cuda.empty_cache()
-    return {"device": str(dev), "rule": RULE, "checks": rows, "passed": sum(r["passed"] for r in rows), "total": len(rows)}
+    out = {"device": str(dev), "rule": RULE, "checks": rows, "passed": sum(r["passed"] for r in rows),
+           "total": len(rows)}
+    failed = [f"{r['method']}/{r['arch']} {r['strategy']} {r['arithmetic']}" for r in rows if not r["passed"]]
+    if failed:  # a self-check that fails is what this check exists to show
+        raise CheckFailed(f"{len(failed)} of {len(rows)} fusion self-checks failed: {', '.join(failed)}")
+    return out
 
 
 def lineage(a) -> dict:
@@ -129,6 +139,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tests", help="where the CUDA tests are (default: the project's tests)")
     ap.add_argument("--lineage-epochs", type=int, help="epochs of the lineage's rounds (rewind after 1)")
     a = ap.parse_args(argv)
+    if not a.smoke and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device: the full check needs one (--smoke runs the same steps at toy "
+              "sizes on the CPU)", file=sys.stderr)
+        return 2
     res = {"device": device_name(), "cuda": torch.cuda.is_available(), "torch": torch.__version__,
            "smoke": a.smoke, "failed": []}
     for name in a.only or PARTS:

@@ -34,7 +34,8 @@ T_MISMATCH = "t over seeds (per-image predictions disagree with test_acc)"
 T_SPLITS = "t over seeds (its seeds were tested on different test splits)"
 CELL_COLUMNS = ("cell", "cell_id", "lineage_rounds")
 # Columns a frame from an older lth-sweep may lack, read as null.
-_OPTIONAL = {"val_per_class": "BIGINT", "test_correct": "BLOB", "test_images": "BIGINT", "bn_recalibrate": "BOOLEAN"}
+_OPTIONAL = {"val_per_class": "BIGINT", "test_correct": "BLOB", "test_images": "BIGINT", "bn_recalibrate": "BOOLEAN",
+             "fused_with": "VARCHAR", "fallback": "VARCHAR"}
 
 
 def _names(frame: Frame) -> list[str]:

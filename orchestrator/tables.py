@@ -112,7 +112,33 @@ def compare(frame: Frame, select: str = selection.DEFAULT_SELECTION, ci: str = D
         # is not in the Holm family and gets no p_holm.
         c["p_holm"] = stats.holm(c["p_value"].where(c["n_seeds"] >= 2))
     unfinished = ["n_unfinished"] if len(c) and (c["n_unfinished"] > 0).any() else []
-    return _table(c, select, [*COMPARE_STATS, *unfinished])
+    c = _with_fusion(c, frame)
+    return _table(c, select, [*COMPARE_STATS, *unfinished, *_fusion_columns(c)])
+
+
+FUSION_COLUMNS = ("rounds_fused", "rounds_fallback")
+
+
+def _with_fusion(c: pd.DataFrame, frame: Frame) -> pd.DataFrame:
+    """Per cell, how its rounds trained where any was fused or fell back:
+    rounds_fused (in a fused program) and rounds_fallback (members of a fused
+    group that trained alone, by reason: "2 check failed, 1 out of memory")."""
+    if not len(c):
+        return c
+    d = sql_over_frames(f"""WITH {results_view(frame)}
+        SELECT coalesce(cell_id, trial_id) AS cell_id, count(fused_with) AS rounds_fused, fallback,
+               count(*) AS n FROM results GROUP BY ALL""", rows=narrow(frame))
+    if not (d["rounds_fused"].sum() or d["fallback"].notna().any()):
+        return c
+    fused = d.groupby("cell_id")["rounds_fused"].sum()
+    back = d[d["fallback"].notna()].groupby("cell_id").apply(
+        lambda g: ", ".join(f"{int(n)} {why}" for why, n in zip(g["fallback"], g["n"])), include_groups=False)
+    return c.assign(rounds_fused=c["cell_id"].map(fused).fillna(0).astype(int),
+                    rounds_fallback=c["cell_id"].map(back).fillna(""))
+
+
+def _fusion_columns(c: pd.DataFrame) -> list[str]:
+    return [k for k in FUSION_COLUMNS if k in c]
 
 
 def power(frame: Frame, select: str = selection.DEFAULT_SELECTION, effect: float = 0.02,

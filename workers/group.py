@@ -160,10 +160,13 @@ def _report(m: Member, metrics: Optional[dict], on_round) -> None:
         on_round(metrics)
 
 
-def _train(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fusion) -> dict[str, dict]:
+def _train(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fusion,
+           why: Optional[str] = None) -> dict[str, dict]:
     """The epochs of round k for every slot, fused in a program of `width` slots
     when that passes its self-check, else each alone. Returns what each
-    member's round records about how it trained."""
+    member's round records about how it trained; a member of a fused group that
+    trained outside its program records why in its numerics (`fallback`: "check
+    failed", "out of memory", "error: <type>"; `why` carries it down a split)."""
     slots = [(m, run) for m, run in slots if m.error is None]
     if not slots:
         return {}
@@ -177,12 +180,15 @@ def _train(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fus
     except Exception as e:  # the fused program's, not a member's (those are caught per member)
         return _refused(k, slots, width, fusion, e)
     if program is None:
+        if width > 1 and why is None and not (info.get("fuse_check") or {}).get("passed", True):
+            why = "check failed"
         _epochs(k, slots, None)
     names = sorted(m.trial_id for m, _ in slots)
     out = {}
     for m, run in slots:
         numerics = {**run.trainer.numerics(), "fused": width if program else 1,
-                    "conv": program.conv if program else "solo"}
+                    "conv": program.conv if program else "solo",
+                    **({"fallback": why} if why and program is None else {})}
         out[m.trial_id] = {"numerics": numerics, **info}
         if program is not None:
             out[m.trial_id]["fused_with"] = [t for t in names if t != m.trial_id]
@@ -198,17 +204,18 @@ def _refused(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: F
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     who = ", ".join(m.trial_id for m, _ in slots)
+    why = "out of memory" if is_oom(e) else f"error: {type(e).__name__}"
     if not is_oom(e) or width <= 2:
         log.warning("round %d: %s with %d lineages fused (%s); each of them trains alone", k,
                     "out of memory" if is_oom(e) else f"the fused program failed ({type(e).__name__}: {e})",
                     width, who)
-        return _train(k, slots, 1, fusion)
+        return _train(k, slots, 1, fusion, why)
     half = (width + 1) // 2
     log.warning("round %d: out of memory with %d lineages fused on one device (%s); splitting into groups "
                 "of %d", k, width, who, half)
     out: dict[str, dict] = {}
     for part in (slots[:half], slots[half:]):
-        out.update(_train(k, part, min(half, len(part)), fusion))
+        out.update(_train(k, part, min(half, len(part)), fusion, why))
     return out
 
 

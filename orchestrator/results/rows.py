@@ -112,6 +112,7 @@ def _round_row(spec: dict, m: dict) -> dict:
         "test_images": _num(m.get("test_images"), int),
         "test_correct": _bits(m.get("test_correct")),
         "precision": precision_of(m.get("numerics")),
+        "fallback": (m.get("numerics") or {}).get("fallback"),
     }
 
 

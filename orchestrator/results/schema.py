@@ -63,11 +63,14 @@ ROUND_COLUMNS = [c for e in EVALUATIONS.values() for c in e.round_columns]
 # behind val_acc (null: none exist); fused_with: the lineages trained together with it (null: alone);
 # test_correct: one bit per test image, right or not (workers/predictions.py: packbits, little
 # bit order), test_images of them; precision: the round's arithmetic (bf16, fp32, fp64). The
-# three are null for rounds committed before rounds recorded them.
+# three are null for rounds committed before rounds recorded them. fallback: why a member of a
+# fused group trained this round outside its fused program ("check failed", "out of memory",
+# "error: <type>"; null: it fused, or it was never grouped). A nullable column added without a
+# schema version: older rows read it as null, which is what they recorded.
 _METRIC_COLUMNS = _columns("round:int64 density:double val_acc:double test_acc:double train_acc:double epochs:int64 "
                            "wall_s:double images_per_s:double node:string gpu_ids:string device:string "
                            "started_at:ts finished_at:ts checkpoint_uri:string val_per_class:int64 fused_with:string "
-                           "test_images:int64 test_correct:binary precision:string")
+                           "test_images:int64 test_correct:binary precision:string fallback:string")
 
 RESULTS_SCHEMA = _table_schema("results", [
     *[(f.name, _ARROW[f.metadata["rule"].kind]) for _, f in spec_columns()],

@@ -103,6 +103,33 @@ def test_the_gpu_check_fails_when_it_checked_nothing(tmp_path):
     assert r.returncode == 1 and res["failed"] == ["lineage"] and "trained no epoch" in res["lineage"]["error"]
 
 
+def test_the_gpu_check_fails_when_a_self_check_fails(tmp_path, monkeypatch, capsys):
+    """A fusion self-check that fails makes the whole check fail (exit 1, named),
+    not a row with passed=false in a JSON nobody reads."""
+    from bench import gpu_check
+    from workers import fusecheck
+    real = fusecheck.self_check
+
+    def failing(members, strategy):
+        out = real(members, strategy)
+        return {**out, "passed": out["passed"] and strategy != "grouped"}
+    monkeypatch.setattr(fusecheck, "self_check", failing)
+    out = tmp_path / "g.json"
+    rc = gpu_check.main(["--smoke", "--only", "fuse_checks", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 1 and res["failed"] == ["fuse_checks"]
+    assert "fusion self-checks failed" in res["fuse_checks"]["error"] and "grouped" in res["fuse_checks"]["error"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a host without CUDA answers")
+def test_the_full_gpu_check_refuses_a_host_without_cuda(tmp_path, capsys):
+    from bench import gpu_check
+    rc = gpu_check.main(["--only", "lineage", "--out", str(tmp_path / "g.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no CUDA device" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "g.json").exists()
+
+
 def test_calibrate_writes_the_table_that_plan_then_costs_with(tmp_path):
     import os
     env = {**os.environ, "LTH_THROUGHPUT": str(tmp_path / "throughput.json")}

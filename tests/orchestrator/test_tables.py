@@ -388,3 +388,25 @@ def test_unknown_selection_is_one_line(tmp_path, capsys):
     _legacy_sweep(tmp_path)
     assert main(["query", "--compare", "--select", "best", "--storage", str(tmp_path), "--name", "old"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_compare_counts_rounds_fused_and_those_that_fell_back_by_reason(st):
+    """A cell whose lineages trained fused shows how many rounds fused and how
+    many members fell back, and why (workers/group.py records it in numerics);
+    a table without fusion keeps its columns."""
+    plain = digits(0)
+    commit(st, plain, [(0.5, 0.5), (0.6, 0.55)])
+    assert not set(T.FUSION_COLUMNS) & set(T.compare(rows(st), "val").columns)
+    a, b = digits(1), digits(2)
+    for spec, other, why in ((a, b, None), (b, a, "check failed")):
+        lin = st.lineage(spec.trial_id)
+        lin.write_spec(spec.to_dict())
+        for k in range(2):
+            m = {"trial_id": spec.trial_id, "round": k, "density": 0.8 ** k, "val_acc": 0.5 + 0.1 * k,
+                 "val_per_class": 50, "layers": [], "test_acc": 0.5,
+                 "numerics": {"fused": 1 if (why and k) else 2, **({"fallback": why} if why and k else {})},
+                 **({} if (why and k) else {"fused_with": [other.trial_id]})}
+            lin.commit_round(k, {"metrics.json": b"{}"}, m, spec.to_dict())
+    out = T.compare(rows(st), "val")
+    assert len(out) == 1 and out["n_seeds"].iloc[0] == 3 and set(T.FUSION_COLUMNS) <= set(out.columns)
+    assert out["rounds_fused"].iloc[0] == 3 and out["rounds_fallback"].iloc[0] == "1 check failed"

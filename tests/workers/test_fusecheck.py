@@ -78,6 +78,30 @@ def test_a_group_whose_fusion_fails_its_check_falls_back_and_says_so(tmp_path, m
         for m in rows:
             assert m["numerics"]["conv"] == "solo" and m["numerics"]["fused"] == 1 and "fused_with" not in m
             assert not m["fuse_check"]["passed"] and m["fuse_check"]["fell_back_from"] == ["grouped", "loop"]
+            assert m["numerics"]["fallback"] == "check failed"  # the round says why it trained alone
+
+
+def test_a_fused_program_that_errs_or_runs_out_of_memory_records_why_its_members_trained_alone(tmp_path,
+                                                                                               monkeypatch):
+    """The fallback is in the record: each member's round names why it trained
+    outside its fused program (an error of the program: its type; out of memory
+    at K=2: "out of memory"), and a group that fused records no fallback."""
+    import workers.group as G
+    for exc, why in ((ValueError("bad kernel"), "error: ValueError"),
+                     (RuntimeError("CUDA out of memory. Tried to allocate"), "out of memory")):
+        def broken(self, k, epoch, active, exc=exc):
+            raise exc
+        monkeypatch.setattr(FusedTrainer, "train_epoch", broken)
+        specs = [spec(s) for s in range(2)]
+        st = SweepStore(str(tmp_path / why.replace(" ", "_").replace(":", "")), "s")
+        got = G.run_group([(s, st.lineage(s.trial_id)) for s in specs], RunOptions(device="cpu", fuse_conv="loop"))
+        for rows in got.values():
+            assert rows and all(m["numerics"]["fallback"] == why and m["numerics"]["fused"] == 1 for m in rows)
+    monkeypatch.undo()
+    specs = [spec(s) for s in range(2)]
+    st = SweepStore(str(tmp_path / "fused"), "s")
+    got = G.run_group([(s, st.lineage(s.trial_id)) for s in specs], RunOptions(device="cpu", fuse_conv="loop"))
+    assert all("fallback" not in m["numerics"] and m["numerics"]["fused"] == 2 for rows in got.values() for m in rows)
 
 
 def test_a_grouped_fp32_mobilenetv2_sweep_records_its_check_and_status_shows_it(tmp_path, caplog):
