@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import torch
 
@@ -37,7 +38,11 @@ PARTS = ("cuda_tests", "fuse_checks", "lineage", "bench")
 
 
 class CheckFailed(Exception):
-    """A part ran and showed something wrong."""
+    """A part ran and showed something wrong; `partial`: what it measured."""
+
+    def __init__(self, message: str, partial: Optional[dict] = None):
+        super().__init__(message)
+        self.partial = partial or {}
 
 
 def cuda_tests(a) -> dict:
@@ -86,7 +91,7 @@ def fuse_checks(a) -> dict:
            "total": len(rows)}
     failed = [f"{r['method']}/{r['arch']} {r['strategy']} {r['arithmetic']}" for r in rows if not r["passed"]]
     if failed:  # a self-check that fails is what this check exists to show
-        raise CheckFailed(f"{len(failed)} of {len(rows)} fusion self-checks failed: {', '.join(failed)}")
+        raise CheckFailed(f"{len(failed)} of {len(rows)} fusion self-checks failed: {', '.join(failed)}", out)
     return out
 
 
@@ -150,7 +155,7 @@ def main(argv=None) -> int:
         try:
             res[name] = globals()[name](a)
         except Exception as e:  # one failing part must not cost the others' figures
-            res[name] = {"error": f"{type(e).__name__}: {e}"}
+            res[name] = {**getattr(e, "partial", {}), "error": f"{type(e).__name__}: {e}"}
             res["failed"].append(name)
         print(f"gpu_check: {name} {'FAILED' if name in res['failed'] else 'done'} in "
               f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)

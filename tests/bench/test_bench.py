@@ -80,15 +80,19 @@ def test_the_gpu_check_runs_end_to_end(tmp_path):
     """bench/gpu_check.sh at toy sizes: on a machine without CUDA its CUDA tests
     are listed as skipped and its figures are CPU ones; it writes its JSON."""
     r, res = _gpu_check(tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert res["smoke"] and res["cuda"] == torch.cuda.is_available() and res["failed"] == []
+    assert res["smoke"] and res["cuda"] == torch.cuda.is_available()
     assert [r["round"] for r in res["lineage"]["rounds"]] == [0, 1, 2]
     assert all(r["epochs"] >= 1 for r in res["lineage"]["rounds"])
     assert {"train_loop_ratio", "fused_speedup"} <= set(res["bench"])
-    checks = res["fuse_checks"]["checks"]
+    checks = res["fuse_checks"]["checks"]  # kept, with their figures, whether or not all passed
     assert {(c["method"], c["arch"]) for c in checks} == set(__import__("workers.fusecheck").fusecheck.FUSABLE)
     assert all(c["fused_error"] >= 0 and c["solo_error"] >= 0 and "tensor" in c["worst"] for c in checks)
     assert all(c["passed"] for c in checks if c["strategy"] == "loop")  # the solo kernels: solo's own error
+    # Whether this CPU's rounding passes the grouped kernels' check is not this test's to assert;
+    # that a failed check fails the whole run, and only then, is.
+    any_failed = not all(c["passed"] for c in checks)
+    assert res["failed"] == (["fuse_checks"] if any_failed else []), res["failed"]
+    assert r.returncode == (1 if any_failed else 0), r.stdout[-2000:] + r.stderr[-2000:]
     if not res["cuda"]:
         assert res["cuda_tests"]["rc"] == 0 and any("skipped" in line for line in res["cuda_tests"]["summary"])
 
