@@ -130,11 +130,13 @@ def _with_fusion(c: pd.DataFrame, frame: Frame) -> pd.DataFrame:
                count(*) AS n FROM results GROUP BY ALL""", rows=narrow(frame))
     if not (d["rounds_fused"].sum() or d["fallback"].notna().any()):
         return c
-    fused = d.groupby("cell_id")["rounds_fused"].sum()
-    back = d[d["fallback"].notna()].groupby("cell_id").apply(
-        lambda g: ", ".join(f"{int(n)} {why}" for why, n in zip(g["fallback"], g["n"])), include_groups=False)
-    return c.assign(rounds_fused=c["cell_id"].map(fused).fillna(0).astype(int),
-                    rounds_fallback=c["cell_id"].map(back).fillna(""))
+    fused = d.groupby("cell_id")["rounds_fused"].sum().to_dict()
+    back: dict[str, list[str]] = {}
+    for cell, why, n in d[d["fallback"].notna()].sort_values("fallback")[["cell_id", "fallback", "n"]].itertuples(
+            index=False):
+        back.setdefault(cell, []).append(f"{int(n)} {why}")
+    return c.assign(rounds_fused=[int(fused.get(k, 0)) for k in c["cell_id"]],
+                    rounds_fallback=[", ".join(back.get(k, [])) for k in c["cell_id"]])
 
 
 def _fusion_columns(c: pd.DataFrame) -> list[str]:

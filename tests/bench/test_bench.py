@@ -7,11 +7,13 @@ import torch
 from bench.packed import bench_packed
 from tests.helpers import cli
 
-# docs/DESIGN's `bench --json` keys, plus the steady-state orchestrator ratio.
+# docs/DESIGN's `bench --json` keys, plus the steady-state orchestrator ratio and the bootstrap's cost.
 CONTRACT = {"train_loop_ratio", "epoch_overhead_frac", "eval_train_ratio", "checkpoint_frac",
             "orchestrator_overhead_ratio", "orchestrator_overhead_ratio_steady", "plan_10k_s", "query_1m_s",
             "recipe_speedup", "engine_speedup_equal_work", "storage_per_lineage_x_dense",
-            "packed_gpu_speedup", "fused_speedup", "fused_k", "device"}
+            "packed_gpu_speedup", "fused_speedup", "fused_k", "device",
+            # and the default interval's cost at CIFAR's test size (issue 33)
+            "bootstrap_cell_s", "bootstrap_cell_peak_mb"}
 FULL_ONLY = {"orchestrator_overhead_ratio", "orchestrator_overhead_ratio_steady"}
 
 
