@@ -42,19 +42,25 @@ class MaxPoolIfLarge(nn.MaxPool2d):
         return super().forward(x)
 
 
+def vgg_features(cfg: list, in_channels: int, width: float, conv) -> tuple[list, int]:
+    """The layers of a VGG cfg (a channel count: conv(cin, cout) + BN + ReLU; "M": a
+    max-pool) and the last channel count; vgg16_paper.py builds its own with this too."""
+    layers, cin = [], in_channels
+    for v in cfg:
+        if v == "M":
+            layers.append(MaxPoolIfLarge())
+            continue
+        cout = max(1, round(v * width))
+        layers += [conv(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        cin = cout
+    return layers, cin
+
+
 class VGG(FeaturesNet):
     def __init__(self, cfg: list, *, num_classes: int, in_channels: int,
                  image_size: int, width: float = 1.0, variant: str = "standard"):
         super().__init__()
-        layers, cin = [], in_channels
-        for v in cfg:
-            if v == "M":
-                layers.append(MaxPoolIfLarge())
-                continue
-            cout = max(1, round(v * width))
-            layers += [conv_kxk(variant, cin, cout, 3, 1), nn.BatchNorm2d(cout),
-                       nn.ReLU(inplace=True)]
-            cin = cout
+        layers, cin = vgg_features(cfg, in_channels, width, lambda i, o: conv_kxk(variant, i, o, 3, 1))
         self.finish(layers, cin, num_classes)
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from .registry import Arch, register
 from .variants import FeaturesNet
-from .vgg import MaxPoolIfLarge
+from .vgg import vgg_features
 
 CFG16_PAPER = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                512, 512, 512, "M", 512, 512, 512]
@@ -37,15 +37,7 @@ CFG16_PAPER = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
 class VGGPaper(FeaturesNet):
     def __init__(self, cfg: list, *, num_classes: int, in_channels: int, width: float = 1.0):
         super().__init__()
-        layers, cin = [], in_channels
-        for v in cfg:
-            if v == "M":
-                layers.append(MaxPoolIfLarge())
-                continue
-            cout = max(1, round(v * width))
-            layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=True), nn.BatchNorm2d(cout),
-                       nn.ReLU(inplace=True)]
-            cin = cout
+        layers, cin = vgg_features(cfg, in_channels, width, lambda i, o: nn.Conv2d(i, o, 3, 1, 1, bias=True))
         self.finish(layers, cin, num_classes)
 
 
