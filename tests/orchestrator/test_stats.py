@@ -202,16 +202,10 @@ def test_never_narrower_than_the_seed_level_t_interval():
 
 
 def _crossed_cell(gen, seeds, n=300, shared=0.5, shift=0.04, p=(0.20, 0.55, 0.25)):
-    """A simulated cell: n test images drawn anew (a fresh test split), each with its
-    own ticket-minus-dense outcome kept by a seed with chance `shared`, else drawn
-    with the seed's own shifted chances. True mean gain p[2] - p[0]."""
-    own = gen.choice([-1, 0, 1], p=list(p), size=n)
-    out = []
-    for _ in range(seeds):
-        up = float(np.clip(p[2] + gen.normal(0, shift), 0.0, 1 - p[0]))
-        fresh = gen.choice([-1, 0, 1], p=[p[0], 1 - p[0] - up, up], size=n)
-        out.append(np.where(gen.random(n) < shared, own, fresh))
-    return np.unique(np.asarray(out, dtype=np.int8).T, axis=0, return_counts=True)
+    """A simulated cell of bench/intervals.py (a fresh test split of n images each
+    time; true mean gain p[2] - p[0]): its patterns and counts."""
+    from bench.intervals import _crossed
+    return _crossed(gen, seeds, n_images=n, shared=shared, shift=shift, p=p)
 
 
 def test_the_recommended_seeds_reach_the_stated_power_of_the_default_interval():
