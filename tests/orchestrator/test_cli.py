@@ -119,6 +119,14 @@ def test_query_power(store, capsys):
     row = json.loads(out)[0]
     assert rc == 0 and row["power_test"] == "seeds+images (simulated)" and row["split_sd"] > 0
     assert "split_sd" in err and "--ci t" in err
+    # 40 shared test images move the mean gain by about 0.02 on their own: no seed count gives the
+    # default interval 80% power against 0.02 (power.split_limit), so it is not reachable
+    from orchestrator.power import Components, split_limit
+    rc, out, err = run_main(capsys, ["query", "--power", "--effect", "0.02", "--format", "json", *where])
+    row = json.loads(out)[0]
+    assert split_limit(0.02, Components(1.0, row["split_sd"], 40)) < power.POWER
+    assert rc == 0 and row["reachable"] is False and row["seeds_for_effect"] is None
+    assert "a gain of 0.02 is not reachable with this test split" in err
     rc, out, _ = run_main(capsys, ["query", "--power", *where])
     assert rc == 0 and "seeds_for_effect" in out
 
