@@ -63,27 +63,54 @@ def forward_flops(arch: str, image_size: int, channels: int, num_classes: int, w
     """FLOPs of one image's forward pass: 2 x the multiply-adds of its
     convolutions and matrix products (what torch.utils.flop_counter counts;
     tests/orchestrator/test_costs.py checks every architecture and variant
-    against it). Counted at the torch-function level on a CPU copy: a
-    dispatch-level counter, or a random init on the meta device, first imports
-    torch._dynamo and sympy (about 2 s of every `plan`)."""
+    against it). Counted at the torch-function level on a CPU copy built
+    without its random init, whose convolutions and linears are given an
+    output of the right shape instead of being computed: shapes are all a
+    count needs, and a full-width ResNet's init and forward were most of a
+    large `plan`'s work. (A dispatch-level counter, or the meta device,
+    first imports torch._dynamo and sympy: about 2 s of every `plan`.)"""
     import torch
 
     from workers.models import build_model
-    model = build_model(arch, num_classes=num_classes, in_channels=channels, image_size=image_size,
-                        width=width, variant=variant)
+    with _ShapesOnly(count=False):
+        model = build_model(arch, num_classes=num_classes, in_channels=channels, image_size=image_size,
+                            width=width, variant=variant)
     model.eval()  # one image: BatchNorm in training mode would refuse a 1x1 batch
-    counter = _FlopCount()
+    counter = _ShapesOnly(count=True)
     with counter, torch.no_grad():
         model(torch.zeros(1, channels, image_size, image_size))
     return float(counter.total)
 
 
-def _FlopCount():
+def _conv_shape(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Output shape of F.convNd, as its documentation defines it."""
+    n = w.dim() - 2
+
+    def per_dim(v):
+        return (v,) * n if isinstance(v, int) else tuple(v)
+    size = x.shape[-n:]
+    if padding == "same":
+        spatial = tuple(size)
+    else:
+        pad = (0,) * n if padding == "valid" else per_dim(padding)
+        k, s, d = w.shape[2:], per_dim(stride), per_dim(dilation)
+        spatial = tuple((size[i] + 2 * pad[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(n))
+    return (*x.shape[:-n - 1], w.shape[0], *spatial)
+
+
+def _ShapesOnly(count: bool):
+    """A torch-function mode that skips torch.nn.init (building: the weights'
+    values never matter to a count) and, counting, gives each convolution
+    and linear a zero output of its shape and adds its FLOPs to `total`."""
     import math
 
     import torch
     import torch.nn.functional as F
+    import torch.nn.init as init
     from torch.overrides import TorchFunctionMode
+
+    inits = {getattr(init, n) for n in dir(init) if n.endswith("_") and not n.startswith("_")}
+    inits |= {torch.Tensor.normal_, torch.Tensor.uniform_}  # what an init scheme may call directly
 
     def conv(out, x, w, *_, **__):
         return 2 * out.numel() * math.prod(w.shape[1:])  # each output: C_in/groups x kh x kw multiply-adds
@@ -100,17 +127,25 @@ def _FlopCount():
     rules = {F.conv1d: conv, F.conv2d: conv, F.conv3d: conv, torch.conv2d: conv, F.linear: linear,
              torch.matmul: matmul, torch.mm: matmul, torch.bmm: matmul, torch.Tensor.__matmul__: matmul,
              torch.addmm: addmm}
+    shapes = {F.conv1d: _conv_shape, F.conv2d: _conv_shape, F.conv3d: _conv_shape, torch.conv2d: _conv_shape,
+              F.linear: lambda x, w, bias=None: (*x.shape[:-1], w.shape[0])}
 
-    class Count(TorchFunctionMode):
+    class ShapesOnly(TorchFunctionMode):
         total = 0
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            rule = rules.get(func)
+            kwargs = kwargs or {}
+            if func in inits:
+                return args[0] if args else kwargs["tensor"]
+            if count and func in shapes:
+                out = torch.zeros(shapes[func](*args, **kwargs), dtype=args[0].dtype)
+            else:
+                out = func(*args, **kwargs)
+            rule = rules.get(func) if count else None
             if rule is not None:
-                self.total += rule(out, *args, **(kwargs or {}))
+                self.total += rule(out, *args, **kwargs)
             return out
-    return Count()
+    return ShapesOnly()
 
 
 def _images(trial) -> tuple[int, int]:
@@ -145,15 +180,22 @@ def estimate(trials: list, table: Optional[dict] = None) -> dict:
     train = evals = 0
     seconds = 0.0
     speeds: dict[str, float] = {}
+    done: dict = {}
     for trial in trials:
-        tr, ev = _images(trial)
-        info = data.dataset_info(trial.spec.data.dataset)
-        k = key(trial.spec.model.arch, info.image_size)
-        flops_per_s = measured.get(k, fallback)
-        fwd = _flops(trial)
-        speed = flops_per_s / (TRAIN_FLOPS_PER_FORWARD * fwd)  # training images/s
-        speeds.setdefault(k, round(speed, 1))
-        seconds += tr / speed + ev / (speed * TRAIN_FLOPS_PER_FORWARD)
+        spec = trial.spec
+        # A grid's trials share their sub-specs (orchestrator/grid.py), so a
+        # 10,000-trial plan costs a few dozen distinct lineages; the trials
+        # hold them alive, so their ids are a safe key for this loop.
+        shape = (id(spec.data), id(spec.model), id(spec.train), id(spec.prune), id(spec.eval))
+        if shape not in done:
+            tr, ev = _images(trial)
+            info = data.dataset_info(spec.data.dataset)
+            k = key(spec.model.arch, info.image_size)
+            speed = measured.get(k, fallback) / (TRAIN_FLOPS_PER_FORWARD * _flops(trial))  # training images/s
+            speeds.setdefault(k, round(speed, 1))
+            done[shape] = (tr, ev, tr / speed + ev / (speed * TRAIN_FLOPS_PER_FORWARD))
+        tr, ev, s = done[shape]
+        seconds += s
         train, evals = train + tr, evals + ev
     if table:
         device = f"{table.get('device', 'this machine')} (measured {table.get('measured', '?')} by bench --calibrate)"

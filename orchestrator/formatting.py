@@ -124,9 +124,23 @@ def format_frame(df, fmt: str = "table") -> str:
         return "\n".join([head, rule] + body)
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}: use {', '.join(FRAME_FORMATS)}")
-    cols = [str(c) for c in df.columns]
     numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
-    cells = [[_cell(v) for v in row] for row in df.itertuples(index=False)]
+    return format_rows([str(c) for c in df.columns], df.itertuples(index=False), numeric)
+
+
+def format_records(records: list[dict]) -> str:
+    """Row dicts as `format_frame(pd.DataFrame(records))` prints them: numeric
+    columns (every value present an int, float or bool) right-aligned."""
+    cols = list(dict.fromkeys(k for r in records for k in r))
+    numeric = [all(type(r.get(c)) in (int, float, bool) for r in records if r.get(c) is not None) for c in cols]
+    return format_rows(cols, ([r.get(c) for c in cols] for r in records), numeric)
+
+
+def format_rows(cols: list, rows, numeric: list) -> str:
+    """Rows (sequences of values, in `cols`' order) as `format_frame`'s aligned
+    text table, numeric columns right-aligned; without pandas, which a large
+    `plan` would spend more time importing and iterating than formatting."""
+    cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
 
     def line(vals):

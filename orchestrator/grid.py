@@ -175,12 +175,18 @@ def units(trials: list[Trial], gpus: float = 0) -> list[Unit]:
     regroups the lineages still training (committed rounds stay as they
     are; each round records whom it was trained with, `fused_with`)."""
     buckets: dict = {}
+    keys: dict = {}  # the trials share sub-specs (expand), so few distinct keys
     for t in trials:
-        key = fuse_key(t.spec) if fuse_size(t) > 1 else None
+        size = fuse_size(t)
+        key = None
+        if size > 1:
+            s = t.spec
+            shape = (id(s.data), id(s.model), id(s.train), id(s.prune))
+            key = keys[shape] if shape in keys else keys.setdefault(shape, fuse_key(s))
         if key is None:
             buckets[("solo", t.trial_id)] = [t]
         else:
-            buckets.setdefault((key, fuse_size(t), t.options, tuple(sorted(t.resources.items()))), []).append(t)
+            buckets.setdefault((key, size, t.options, tuple(sorted(t.resources.items()))), []).append(t)
     members = [sorted(m, key=lambda t: t.trial_id) for m in buckets.values()]
     limit = [fuse_size(m[0]) if len(m) > 1 else 1 for m in members]
     count = [-(-len(m) // k) for m, k in zip(members, limit)]

@@ -57,12 +57,11 @@ def cmd_plan(args) -> int:
                                       "resources": u.resources} for u in groups],
                           "gpus": gpus, "cost": cost}))
         return 0
-    from orchestrator.results import format_frame
-    import pandas as pd
+    from orchestrator.formatting import format_records
     rows = [{**{k: v for k, v in t.row().items() if k != "resources"},
              "cpu": t.resources["cpu"], "gpu": t.resources["gpu"], "rounds": t.spec.num_rounds,
              "epochs": t.spec.train.epochs} for t in trials]
-    print(format_frame(pd.DataFrame(rows), "table"))
+    print(format_records(rows))
     for u in groups:
         print(f"fused group {u.unit_id}: {len(u.trials)} lineages on one device ({', '.join(t.trial_id for t in u.trials)})")
     if groups:

@@ -185,6 +185,14 @@ def test_empty_table_and_formats(store):
     assert json.loads(format_frame(small, "json"))[1] == {"name": "bb", "x": None}
 
 
+def test_plans_table_without_pandas_is_the_frames_table():
+    """`plan` formats its rows without pandas (orchestrator/verbs.py); the text is format_frame's."""
+    from orchestrator.formatting import format_records
+    rows = [{"trial_id": "a1", "dataset": "digits", "fraction": 0.1, "seed": 0, "cpu": 1.0, "gpu": 0.25},
+            {"trial_id": "b2", "dataset": "cifar10", "fraction": None, "seed": 12, "cpu": 0.5, "gpu": 0.0}]
+    assert format_records(rows) == format_frame(pd.DataFrame(rows))
+
+
 def _fp(autocast=None, dtype="float32", device="cuda"):
     """A round's recorded numerics (workers/group.py), as a GPU or CPU round writes them."""
     return {"device": device, "dtype": dtype, "autocast": autocast, "channels_last": device == "cuda",
