@@ -59,3 +59,15 @@ def run_experiment(experiment: str, storage: str) -> int:
     if r.returncode == 0:
         print(f"{experiment} ran in {time.time() - t0:.0f} s (wall, Ray start-up included) on {os.cpu_count()} cores")
     return r.returncode
+
+
+def write_output(path, parts: list[str]) -> None:
+    """Print `parts`, one per line, and write them to `path` (None: print only):
+    a study's committed output (bench/results/), which the README quotes and
+    tests/test_readme_claims.py reads its numbers back from."""
+    text = "\n".join(parts) + "\n"
+    print(text, end="")
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)

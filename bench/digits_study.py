@@ -5,6 +5,10 @@ digits? 5 seeds), run and summarised by the project's own compare().
     python -m bench.digits_study            # run the sweep (resumes), then print the table, write the figure
     python -m bench.digits_study --no-run   # only the table and the figure, from a finished sweep
 
+What it prints is also written to bench/results/digits_study.md (--out), which
+is committed: the README quotes it, and tests/test_readme_claims.py reads the
+README's numbers back from it.
+
 The table has one row per grid cell (training images per class x
 augmentation): dense and winning-ticket test accuracy (mean ± sd over the
 seeds), the ticket's density, the paired gain with its 95% interval (the
@@ -19,11 +23,12 @@ import os
 
 import pandas as pd
 
-from bench.common import run_experiment
+from bench.common import run_experiment, write_output
 from orchestrator.api import compare, load_results, protocols
 from orchestrator.formatting import p_text
 
 FIGURE = os.path.join("docs", "digits_study_gain.png")
+OUTPUT = os.path.join("bench", "results", "digits_study.md")
 
 
 def _signed(x: float) -> str:
@@ -61,17 +66,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.digits_study", description=__doc__.split("\n\n")[0])
     ap.add_argument("--storage", default="runs")
     ap.add_argument("--no-run", action="store_true", help="only the table and the figure, from a finished sweep")
+    ap.add_argument("--out", default=OUTPUT, help=f"also write the output here (default {OUTPUT})")
     a = ap.parse_args(argv)
     if not a.no_run and (rc := run_experiment("digits_study", a.storage)):
         return rc
     df = load_results(a.storage, "digits_study")
     c = compare(df)
-    print(table(c))
-    print(f"\nsurvive Holm at 0.05 over the {int(c['p_value'].notna().sum())} rows: {', '.join(survivors(c)) or 'none'}")
     p = protocols(df)
-    print(f"selection bias (--select test minus --select val, same lineages): "
-          f"{p['selection_bias'].min():+.3f} to {p['selection_bias'].max():+.3f}")
-    print(f"figure: {write_figure(df)}")
+    write_output(a.out, [
+        table(c),
+        f"\nsurvive Holm at 0.05 over the {int(c['p_value'].notna().sum())} rows: "
+        f"{', '.join(survivors(c)) or 'none'}",
+        f"selection bias (--select test minus --select val, same lineages): "
+        f"{p['selection_bias'].min():+.3f} to {p['selection_bias'].max():+.3f}",
+        f"figure: {write_figure(df)}"])
     return 0
 
 

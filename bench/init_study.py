@@ -5,6 +5,10 @@ torchvision's), as paired differences between the schemes.
     python -m bench.init_study            # run the sweep (resumes), then print the table
     python -m bench.init_study --no-run   # only the table, from a finished sweep
 
+What it prints is also written to bench/results/init_study.md (--out), which is
+committed: the README quotes it, and tests/test_readme_claims.py reads the
+README's numbers back from it.
+
 For each training size and seed, the lineage under one scheme is paired with
 the same grid point under the other (same data subset, augmentation draws
 and data order: only the initial weights differ). Per pair: the dense
@@ -18,12 +22,15 @@ scheme's own means.
 from __future__ import annotations
 
 import argparse
+import os
 
 import pandas as pd
 from scipy import stats
 
-from bench.common import run_experiment
+from bench.common import run_experiment, write_output
 from orchestrator.api import load_results, winning_tickets
+
+OUTPUT = os.path.join("bench", "results", "init_study.md")
 
 SCHEMES = ("paper", "torchvision")
 
@@ -79,14 +86,19 @@ def main(argv=None) -> int:
     ap.add_argument("--storage", default="runs")
     ap.add_argument("--no-run", action="store_true", help="only print the table of a finished sweep")
     ap.add_argument("--select", default="val", choices=["val", "test"])
+    ap.add_argument("--out", default=None,
+                    help=f"also write the output here (default {OUTPUT}; with --select test, none)")
     a = ap.parse_args(argv)
+    if a.out is None and a.select == "val":
+        a.out = OUTPUT
     if not a.no_run and (rc := run_experiment("init_study", a.storage)):
         return rc
     p = paired(load_results(a.storage, "init_study"), a.select)
-    print(f"Paired differences between init schemes, test accuracy, winning ticket selected on `{a.select}`; "
-          f"mean over seeds [95% t interval], the paired t-test's p and its Holm adjustment over the "
-          f"table's {3 * p['images_per_class'].nunique()} differences:\n")
-    print(table(p))
+    write_output(a.out, [
+        f"Paired differences between init schemes, test accuracy, winning ticket selected on `{a.select}`; "
+        f"mean over seeds [95% t interval], the paired t-test's p and its Holm adjustment over the "
+        f"table's {3 * p['images_per_class'].nunique()} differences:\n",
+        table(p)])
     return 0
 
 
