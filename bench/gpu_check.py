@@ -83,16 +83,47 @@ def fuse_checks(a) -> dict:
                 rows.append({"arch": arch, "method": method, "strategy": strategy, "K": k, "width": width,
                              "arithmetic": "bf16 autocast" if members[0].autocast else str(members[0].dtype),
                              "passed": o["passed"], "fused_error": o["fused_error"],
-                             "solo_error": o["solo_error"], "worst": o["worst"], "seconds": o["seconds"]})
+                             "solo_error": o["solo_error"], "worst": o["worst"], "ratio": o["ratio"],
+                             "logic": o["logic"]["worst"], "seconds": o["seconds"]})
             del members
             if cuda:
                 torch.cuda.empty_cache()
+    caught = _mutations(a, case, max(k, 3), width, dev, cuda)
     out = {"device": str(dev), "rule": RULE, "checks": rows, "passed": sum(r["passed"] for r in rows),
-           "total": len(rows)}
+           "total": len(rows), "mutations": caught}
     failed = [f"{r['method']}/{r['arch']} {r['strategy']} {r['arithmetic']}" for r in rows if not r["passed"]]
+    failed += [f"{r['method']}/{r['arch']} {r['arithmetic']} with its {r['mutation']} mutated passed"
+               for r in caught if not r["caught"]]
     if failed:  # a self-check that fails is what this check exists to show
-        raise CheckFailed(f"{len(failed)} of {len(rows)} fusion self-checks failed: {', '.join(failed)}", out)
+        raise CheckFailed(f"{len(failed)} of {len(rows) + len(caught)} fusion self-checks failed: "
+                          f"{', '.join(failed)}", out)
     return out
+
+
+def _mutations(a, case: str, k: int, width: float, dev: torch.device, cuda: bool) -> list[dict]:
+    """Every fusion bug of bench/fuse_mutations.py, on this device, must fail the
+    self-check (ResNet-18 alone in a smoke run): members after an epoch of
+    training, so that they carry momentum buffers of their own."""
+    from workers.fusecheck import FUSABLE, self_check
+    from .fuse_mutations import MUTATIONS, mutated
+    from .fused import make_members
+    rows = []
+    for method, arch in ([("imp", "resnet18")] if a.smoke else FUSABLE):
+        for bf16 in (True, False):
+            members = make_members(case, k, width, dev, 3, arch=arch, method=method, bf16=bf16)
+            for t in members:
+                t.autocast = bf16  # on CPU too: autocast to bf16 runs there
+                t.train_epoch(0, 0)
+            for name in MUTATIONS:
+                with mutated(name):
+                    o = self_check(members, "grouped")
+                rows.append({"arch": arch, "method": method, "mutation": name, "K": k,
+                             "arithmetic": "bf16 autocast" if bf16 else "float32", "caught": not o["passed"],
+                             "logic_margin": o["logic"]["worst"]["margin"], "margin": o["worst"]["margin"]})
+            del members
+            if cuda:
+                torch.cuda.empty_cache()
+    return rows
 
 
 def lineage(a) -> dict:

@@ -7,51 +7,58 @@ Fused kernels (a grouped conv over K members, BatchNorm over K*C channels,
 batched matmul heads) add in another order than each member's own kernels.
 In exact arithmetic they compute the same step; in floating point they
 differ by rounding, and how much depends on the device, its libraries, the
-dtype and the network (an ill-conditioned one compounds it). No CI machine
-has every GPU, so before a fused program trains it checks itself where it
-runs, in the arithmetic the trials train with:
+dtype and the network. No CI machine has every GPU, so before a fused
+program trains it checks itself where it runs. The check is one whole
+training step, run through workers/train.py's `run_epoch` (the loop every
+epoch runs: forward, loss, backward, SGD with the members' momentum buffers,
+weight decay and the learning rate of epoch 1 (not the initial one, so a
+stale rate shows), masks on weights and momentum, BatchNorm statistics, the
+write-back to the members), on probe copies of the members whose training
+set is their first batch, unaugmented (no random stream is touched):
 
-    for each member i, on one batch of its own (the first `batch_size`
-    training images, unaugmented: no random stream is touched):
-      solo  = the member's solo step   (its own module, the trial's dtype/autocast)
-      solo' = the same on the batch in reverse order (the same sums, added in another order)
-      fused = the fused step's slot i  (the same, through the fused program)
-      ref   = the member's solo step in float64
-    for every tensor t of a kind c (gradients, BatchNorm running means,
-    running variances, logits):
-      e_fused(t) = ||fused_t - ref_t|| / (S_c sqrt(numel_t))
-      e_solo(t)  = max over solo, solo' of ||solo_t - ref_t|| / (S_c sqrt(numel_t))
-      E_solo(c)  = the largest pooled error over kind c of any member's solo or
-                   solo' step, in the same units
-    pass  iff  e_fused(t) <= RATIO * max(e_solo(t), E_solo(c)) + FLOOR_ULPS * u   for every t
+    fused     the fused program, in the members' numerics (dtype, autocast)
+    fused64   the same fused program in float64
+    solo      each member's solo step, in its numerics, on its batch as given and reversed
+              (the same sums added in another order)
+    ref       each member's solo step in float64, as given and reversed
+    per member and tensor t of a kind c (parameter updates, momentum buffers,
+    BatchNorm running means, running variances, the loss):
+      e(x, t) = ||x_t - ref_t|| / (S_c sqrt(numel_t))
+    numerics: e(fused, t) <= R max(e(solo, t) over both orders, E_c) + 16 u
+    logic:    e(fused64, t) <= R max(e(ref reversed, t), E64_c) + 16 u64
 
 S_c is the RMS of the float64 values of kind c over the whole network, so
-errors are measured against the size of what is being summed, not against
-a tensor's own size: a tensor that is zero by cancellation (a BatchNorm
-bias whose shift the next BatchNorm removes, a running mean of standardised
-inputs) has solo and fused errors that are pure rounding noise, and its own
-norm would blow both up to meaningless ratios (1e9 measured in MobileNetV2).
-Pooling the solo error over a kind keeps one lucky draw (a scalar such as
-t-vMF's learned scale, whose solo rounding happens to be 1e-7) from failing
-a fused error that is no larger than the network's usual one.
+errors are measured against the size of what is summed, not against a
+tensor's own size (a BatchNorm bias that is zero by cancellation would blow
+both errors up to meaningless ratios); E_c is the largest pooled solo error
+of kind c over the members, so one lucky draw on a scalar does not set the
+bar. u is the unit roundoff of the arithmetic (2^-24 in float32, 2^-8 under
+bf16 autocast, 2^-53 in float64); the 16 u floor covers tensors that solo
+computes exactly.
 
-u is the unit roundoff of the arithmetic (2^-24 in float32, 2^-8 under bf16
-autocast). The rule says: fusion may not add more error than correct orders
-of the same sums already carry from their own rounding. Reordering a sum
-changes its rounding error by a factor of order one (both orders' errors are
-draws of the same size), so the solo error is measured in two orders (the
-batch as given and reversed: every batch reduction, the gradients' and the
-BatchNorm statistics', adds in another order) and over every member, and
-RATIO = 4 accepts the spread left. One draw is not enough: on a 2-core AMD
-EPYC (AVX2) a correct grouped MobileNetV2 failed a rule that took the solo
-step in one order of one member (a depthwise BatchNorm bias gradient, fused
-error 2.8e-5 against a pooled solo error of 5.6e-6: margin 1.13), while a real fusion bug (another
-member's data, mask, statistics or gradient) is off by the size of the
-tensor itself: e_fused ~ 1, orders of magnitude above any solo rounding.
-The floor covers tensors that solo computes exactly (e_solo = 0). A check
-that fails is not an error: the group tries the next strategy (grouped, then
-loop, then each member alone), says so in one line, and every committed
-round records the outcome (metrics key `fuse_check`) and its numerics.
+R is derived, not tuned: R = max(4, sqrt(L)), L the longest sum of the step
+(a batch's pixels, which BatchNorm statistics and weight gradients add up,
+or the largest fan-in; `reduction_length`). A sum of L terms has a rounding
+error of about sqrt(L) u times its terms in a typical order and at most
+L u times them in the worst (Higham's forward-error bound); another correct
+algorithm for the same sum (a grouped kernel's blocking, a fused BatchNorm's
+reduction) may land anywhere between, so a correct fused program stays
+within sqrt(L) of the solo error, while anything else (another member's
+data, mask, momentum or statistics, a wrong rate) is off by the size of the
+tensor itself. The logic check makes that decisive in every numerics: in
+float64 a correct program is within 1e-12 of the kind's RMS and a logic bug
+near 1, so it fails any mutation by 11 orders of magnitude or more, fp32 and
+bf16 programs alike (tests/workers/test_fusecheck.py mutates masks,
+momentum, the rate and the data on ResNet-18 and MobileNetV2 in both). The
+numerics check catches kernels that round worse than R times solo: in fp32
+an error above about R x 1e-6 of the kind's RMS; under bf16 autocast, whose
+own solo rounding of a single step is 2-300% of a kind's RMS on small
+networks, only gross breakage (non-finite or wildly wrong outputs): below
+that, bf16 rounding and a numerics bug cannot be told apart in one step. A
+check that fails is not an error: the group tries the next strategy
+(grouped, then loop, then each member alone), says so in one line, and
+every committed round records the outcome (metrics key `fuse_check`, with
+`logic` and `ratio`) and its numerics.
 
 Checks are cached per (architecture, shapes, K, strategy, device, dtype,
 autocast, torch version): in this process and, for the sweep, as one JSON
@@ -61,6 +68,7 @@ run record and `lth-sweep status` list.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -70,7 +78,7 @@ from typing import Optional, Sequence
 import torch
 
 from workers.fused import FusedTrainer, can_fuse, conv_strategy
-from workers.train import Solo, Trainer
+from workers.train import Solo, Trainer, run_epoch
 
 log = logging.getLogger("lth_sweep.fusecheck")
 
@@ -80,11 +88,12 @@ FUSABLE = [("imp", "resnet18"), ("imp", "resnet50"), ("imp", "vgg16"), ("imp", "
            ("imp", "vgg16_paper"), ("imp", "mobilenetv2_cifar"), ("full_conv", "resnet18"), ("harmonic", "resnet18"), ("tvmf_loss", "resnet18"),
            ("cosine_loss", "resnet18")]
 
-RATIO = 4.0
+RATIO = 4.0  # the least R: two correct orders' errors differ by a factor of order one
 FLOOR_ULPS = 16
-RULE = (f"per tensor: fused error <= {RATIO:g} x max(its solo error in two batch orders, the largest pooled solo "
-        f"error of its kind over the members) + {FLOOR_ULPS} ulp, errors vs the float64 step in units of the "
-        f"kind's RMS")
+RULE = (f"one whole step through run_epoch, in the members' numerics and in float64; per tensor: fused error <= "
+        f"R x max(its solo error in two batch orders, the largest pooled solo error of its kind over the members) "
+        f"+ {FLOOR_ULPS} ulp, R = max({RATIO:g}, sqrt(the step's longest sum)), errors vs the float64 solo step "
+        f"in units of the kind's RMS")
 
 # In this process: the same group shape on the same device is checked once.
 _CACHE: dict[str, dict] = {}
@@ -112,7 +121,7 @@ def check_key(trainers: Sequence[Trainer], strategy: str) -> dict:
     """What a check's outcome depends on (the cache key, readable)."""
     t0 = trainers[0]
     shapes = [(n, list(p.shape)) for n, p in t0.model.named_parameters()]
-    return {"arch": t0.spec.model.arch, "variant": type(t0.model).__name__,
+    return {"rule": 2, "arch": t0.spec.model.arch, "variant": type(t0.model).__name__,
             "shapes": hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:12],
             "K": len(trainers), "batch": t0.spec.train.batch_size,
             "image": list(t0.prep.x_train.shape[1:]), "losses": sorted({t.spec.prune.method for t in trainers}),
@@ -125,43 +134,58 @@ def _digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _clone(t: Trainer, dtype: Optional[torch.dtype] = None) -> Trainer:
-    """A throw-away copy of member t (its weights, masks and numerics); in `dtype` if given."""
+def _probe(t: Trainer, dtype: Optional[torch.dtype] = None, reverse: bool = False) -> Trainer:
+    """A throw-away copy of member t (weights, masks, momentum buffers, numerics;
+    in `dtype` if given) whose epoch is one step: its training set is its first
+    `batch_size` images (in reverse order with `reverse`: the same sums, added
+    in another order), unaugmented, so no random stream is touched."""
+    bs = t.spec.train.batch_size
+    x, y = t.prep.x_train[:bs], t.prep.y_train[:bs]
+    if reverse:
+        x, y = x.flip(0), y.flip(0)
+    return _copy(t, dtype, dataclasses.replace(t.prep, x_train=x, y_train=y, augment=lambda xb, gen: xb))
+
+
+def _copy(t: Trainer, dtype: Optional[torch.dtype] = None, prep=None) -> Trainer:
     model = copy.deepcopy(t.model)
     if dtype is not None:
         model.to(dtype)
-    c = Trainer(t.spec, t.prep, model, {n: m.detach().clone() for n, m in t.masks().items()})
+    c = Trainer(t.spec, prep or t.prep, model, {n: m.detach().clone() for n, m in t.masks().items()})
+    c.load_momentum(t.momentum_state())
     c.autocast = t.autocast and dtype is None
     c.channels_last = t.channels_last
     return c
 
 
-def _after_one_step(program, batches, reverse: bool = False) -> list[dict[str, torch.Tensor]]:
-    """Per member: the gradients, BatchNorm running statistics and logits of one
-    forward/backward of `program` on `batches` (no optimizer step); with
-    `reverse`, on each batch in reverse order (logits put back in batch order)."""
-    if reverse:
-        batches = [(x.flip(0), y.flip(0)) for x, y in batches]
-    ts = program.trainers
-    K, N, dev = len(ts), ts[0].prep.info.num_classes, program.device
-    program.begin(0.0)
-    ybs = [y.to(dev) for _, y in batches]
-    B = ybs[0].shape[0]
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=program.autocast):
-        out = program.forward([x for x, _ in batches]).view(B, K, N)
-        losses = [t.loss(out[:, i].contiguous(), ybs[i], N) for i, t in enumerate(ts)]
-    torch.stack(losses).sum().backward()
-    model = program.model if isinstance(program, FusedTrainer) else ts[0].model
-    sliced = isinstance(program, FusedTrainer)
-    found = [{"logits": (out[:, i].flip(0) if reverse else out[:, i]).detach().double()} for i in range(K)]
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            for i in range(K):
-                found[i][f"grad:{name}"] = (p.grad[i] if sliced else p.grad).detach().double()
-    for name, b in model.named_buffers():
-        if b is not None and b.is_floating_point() and name.endswith(("running_mean", "running_var")):
-            for i in range(K):
-                found[i][name] = (b[i] if sliced else b).detach().double()
+def _state(t: Trainer) -> dict[str, torch.Tensor]:
+    """Member t's trainable state in float64: parameters, momentum buffers, BatchNorm statistics."""
+    def f64(x):  # a copy even where x is float64 already: the step updates in place
+        return x.detach().to(torch.float64, copy=True)
+    out = {f"param:{n}": f64(p) for n, p in t.model.named_parameters()}
+    out.update({f"momentum:{n}": f64(b) for n, b in t.momentum_state().items()})
+    out.update({n: f64(b) for n, b in t.model.named_buffers()
+                if b is not None and b.is_floating_point() and n.endswith(("running_mean", "running_var"))})
+    return out
+
+
+def _after_one_step(program, epoch: int) -> list[dict[str, torch.Tensor]]:
+    """Per member of `program` (a FusedTrainer or a Solo of probes): what one
+    full training step through workers/train.py's `run_epoch` changed (the
+    loop every epoch runs: forward, loss, backward, SGD with momentum and
+    weight decay at the epoch's learning rate, masks on weights and momentum,
+    BatchNorm statistics, the write-back to the members): per parameter its
+    update, and the momentum buffers, BatchNorm statistics and loss after it."""
+    before = [_state(t) for t in program.trainers]
+    rows = run_epoch(program, 0, epoch)
+    found = []
+    for t, b, row in zip(program.trainers, before, rows):
+        if isinstance(row, BaseException):
+            raise row
+        after = _state(t)
+        step = {("update:" + n[6:] if n.startswith("param:") else n): v - b[n] if n.startswith("param:") else v
+                for n, v in after.items()}
+        step["loss"] = torch.tensor([row["loss"]], dtype=torch.float64)
+        found.append(step)
     return found
 
 
@@ -195,7 +219,8 @@ def pooled_errors(step: dict, ref: dict) -> dict[str, float]:
     return out
 
 
-def compare(fused: dict, solo, ref: dict, u: float, floor: Optional[dict[str, float]] = None) -> dict:
+def compare(fused: dict, solo, ref: dict, u: float, floor: Optional[dict[str, float]] = None,
+            ratio: float = RATIO) -> dict:
     """One member's errors under the rule (module docstring): the pooled
     fused and solo errors, and the tensor closest to failing (margin > 1 fails).
     `solo`: one solo step or several (correct orders; per tensor the largest
@@ -215,43 +240,65 @@ def compare(fused: dict, solo, ref: dict, u: float, floor: Optional[dict[str, fl
         for n in names:
             unit = scale * ref[n].numel() ** 0.5
             e_f, e_s = a_f[n] / unit, a_s[n] / unit
-            margin = e_f / (RATIO * max(e_s, E_s) + FLOOR_ULPS * u)
+            margin = e_f / (ratio * max(e_s, E_s) + FLOOR_ULPS * u)
             if margin > worst["margin"]:
                 worst = {"margin": margin, "tensor": n, "fused": e_f, "solo": e_s, "solo_pooled": E_s}
     return {"fused": pooled_f, "solo": pooled_s, "worst": worst}
 
 
-def self_check(trainers: Sequence[Trainer], strategy: str) -> dict:
-    """Run the check (module docstring) for these members fused with `strategy`."""
+def reduction_length(t: Trainer) -> int:
+    """The longest sum one training step of member t adds: over a batch's
+    pixels (BatchNorm statistics, a convolution's weight gradient) or over a
+    weight's fan-in (a convolution's or a linear's output)."""
+    x = t.prep.x_train
+    pixels = t.spec.train.batch_size * (x[0].numel() // x.shape[1])
+    fan_in = max((p[0].numel() for p in t.model.parameters() if p.dim() > 1), default=1)
+    return max(pixels, fan_in)
+
+
+def _judge(fused: list, steps: list, u: float, ratio: float) -> dict:
+    """Every member's fused step against its solo steps (steps[i] = (solos, ref))
+    under the rule, the solo errors pooled per kind over every member."""
+    floor: dict[str, float] = {}
+    for solos, ref in steps:
+        for s in solos:
+            for kind, e in pooled_errors(s, ref).items():
+                floor[kind] = max(floor.get(kind, 0.0), e)
+    worst = {"margin": -1.0}
+    e_fused = e_solo = 0.0
+    for i, (solos, ref) in enumerate(steps):
+        c = compare(fused[i], solos, ref, u, floor, ratio)
+        e_fused, e_solo = max(e_fused, c["fused"]), max(e_solo, c["solo"])
+        if c["worst"]["margin"] > worst["margin"]:
+            worst = {**c["worst"], "member": i}
+    return {"fused_error": e_fused, "solo_error": e_solo, "worst": worst}
+
+
+def self_check(trainers: Sequence[Trainer], strategy: str, epoch: int = 1) -> dict:
+    """Run the check (module docstring) for these members fused with `strategy`,
+    one step at `epoch`'s learning rate: in the members' numerics against the
+    float64 solo step, and the same program in float64 (its logic)."""
     t0 = time.perf_counter()
     dev = trainers[0].prep.device
     u = unit_roundoff(trainers[0])
+    ratio = max(RATIO, reduction_length(trainers[0]) ** 0.5)
+    f64 = torch.float64
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        bs = trainers[0].spec.train.batch_size
-        batches = [(t.prep.x_train[:bs], t.prep.y_train[:bs]) for t in trainers]
-        fused = _after_one_step(FusedTrainer([_clone(t) for t in trainers], conv=strategy), batches)
-        steps = []
-        for i, t in enumerate(trainers):
-            solos = [_after_one_step(Solo(_clone(t)), [batches[i]], reverse=r)[0] for r in (False, True)]
-            ref = _after_one_step(Solo(_clone(t, torch.float64)), [batches[i]])[0]
+        fused = _after_one_step(FusedTrainer([_probe(t) for t in trainers], conv=strategy), epoch)
+        fused64 = _after_one_step(FusedTrainer([_probe(t, f64) for t in trainers], conv=strategy), epoch)
+        steps, steps64 = [], []
+        for t in trainers:
+            solos = [_after_one_step(Solo(_probe(t, reverse=r)), epoch)[0] for r in (False, True)]
+            ref, ref_rev = (_after_one_step(Solo(_probe(t, f64, reverse=r)), epoch)[0] for r in (False, True))
             steps.append((solos, ref))
-        # The rounding that correct orders carry, pooled per kind over every member.
-        floor: dict[str, float] = {}
-        for solos, ref in steps:
-            for s in solos:
-                for kind, e in pooled_errors(s, ref).items():
-                    floor[kind] = max(floor.get(kind, 0.0), e)
-        worst = {"margin": -1.0}
-        e_fused = e_solo = 0.0
-        for i, (solos, ref) in enumerate(steps):
-            c = compare(fused[i], solos, ref, u, floor)
-            e_fused, e_solo = max(e_fused, c["fused"]), max(e_solo, c["solo"])
-            if c["worst"]["margin"] > worst["margin"]:
-                worst = {**c["worst"], "member": i}
+            steps64.append(([ref_rev], ref))
+        numerics = _judge(fused, steps, u, ratio)
+        logic = _judge(fused64, steps64, 2.0 ** -53, ratio)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    return {"passed": worst["margin"] <= 1.0, "strategy": strategy, "fused_error": e_fused,
-            "solo_error": e_solo, "worst": worst, "rule": RULE, "seconds": round(time.perf_counter() - t0, 3)}
+    passed = numerics["worst"]["margin"] <= 1.0 and logic["worst"]["margin"] <= 1.0
+    return {"passed": passed, "strategy": strategy, **numerics, "logic": logic, "ratio": round(ratio, 2),
+            "rule": RULE, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 class Fusion:
@@ -332,4 +379,4 @@ class Fusion:
 def pad_like(t: Trainer) -> Trainer:
     """A slot that only keeps a fused program's width: a copy of member t,
     fed t's data; its results are never read (see workers/group.py)."""
-    return _clone(t)
+    return _copy(t)

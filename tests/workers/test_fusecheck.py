@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from orchestrator.status import format_status, sweep_status
-from workers.fusecheck import RATIO, compare, self_check
+from bench.fuse_mutations import MUTATIONS, mutated
+from workers.fusecheck import FUSABLE, RATIO, compare, self_check
 from workers.fused import FusedTrainer
 from workers.group import run_group
 from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
@@ -47,17 +48,55 @@ def test_the_rule_judges_errors_by_the_size_of_what_was_summed():
     assert compare(drift, solo, ref, 2.0 ** -24)["worst"]["margin"] > 1.0  # 40x the solo rounding
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenetv2"])
-def test_fusion_passes_its_check_on_this_cpu_and_a_fusion_bug_does_not(arch, monkeypatch):
+def _members(arch, bf16):
+    """Three members as a round starts after training: one dense, two at density
+    0.6, each with momentum buffers of its own; in bf16 autocast if asked (CPU has it)."""
     ts = [member(seed=s, arch=arch, aug="basic", density=None if s == 0 else 0.6) for s in range(3)]
+    for t in ts:
+        t.train_epoch(0, 0)
+        t.autocast = bf16
+    return ts
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenetv2"])
+def test_the_whole_step_check_passes_a_correct_fusion_and_fails_every_mutation(arch, bf16):
+    """The check is one whole step (workers/fusecheck.py): a fusion that skips
+    one member's masks, swaps two members' momentum, keeps a stale learning
+    rate or feeds a member another's data fails it, in fp32 and under bf16
+    autocast, on a plain and on a depthwise network; the correct program
+    passes on both kernels."""
+    ts = _members(arch, bf16)
     for strategy in ("grouped", "loop"):
         o = self_check(ts, strategy)
         assert o["passed"], o
-        assert 0 <= o["fused_error"] < 0.05 and o["solo_error"] > 0
-    real = FusedTrainer.forward
-    monkeypatch.setattr(FusedTrainer, "forward", lambda self, xbs: real(self, [xbs[1], xbs[0], *xbs[2:]]))
-    o = self_check(ts, "grouped")
-    assert not o["passed"] and o["worst"]["member"] in (0, 1) and o["worst"]["margin"] > 100
+        assert o["solo_error"] > 0 and o["logic"]["worst"]["margin"] < 1e-3
+    for name in MUTATIONS:
+        with mutated(name):
+            o = self_check(ts, "grouped")
+        assert not o["passed"], name
+        # the float64 step tells a logic error from rounding by many orders of magnitude
+        assert o["logic"]["worst"]["margin"] > 1e6, (name, o["logic"]["worst"])
+        if not bf16:  # in fp32 the step in the training numerics sees it too
+            assert o["worst"]["margin"] > 100, (name, o["worst"])
+
+
+def test_the_allowance_grows_with_the_longest_sum_and_never_below_four():
+    from workers.fusecheck import reduction_length
+    t = member(arch="resnet18", batch=40)
+    pixels = 40 * t.prep.x_train[0, 0].numel()
+    fan_in = max(p[0].numel() for p in t.model.parameters() if p.dim() > 1)
+    assert reduction_length(t) == max(pixels, fan_in)
+    o = self_check([t, member(seed=1, arch="resnet18", batch=40)], "loop")
+    assert o["ratio"] == round(max(RATIO, reduction_length(t) ** 0.5), 2)
+
+
+@pytest.mark.parametrize("method,arch", FUSABLE)
+def test_every_fusable_network_passes_its_check_on_both_kernels(method, arch):
+    ts = [member(seed=s, method=method, arch=arch, density=None if s == 0 else 0.6) for s in range(2)]
+    for strategy in ("grouped", "loop"):
+        o = self_check(ts, strategy)
+        assert o["passed"], (strategy, o["worst"], o["logic"]["worst"])
 
 
 def test_a_group_whose_fusion_fails_its_check_falls_back_and_says_so(tmp_path, monkeypatch, caplog):
