@@ -22,7 +22,13 @@ def hand_bootstrap(d, cell_id, b):
     counts = [sum(1 for col in d.T if tuple(col) == p) for p in patterns]
     rng = np.random.Generator(np.random.PCG64([ST.BOOTSTRAP_SEED, int(cell_id, 16)]))
     pick = rng.integers(0, s, size=(b, s))
-    k = rng.multinomial(n, [c / n for c in counts], size=b)
+    if 3 * len(patterns) <= n:
+        k = rng.multinomial(n, [c / n for c in counts], size=b)
+    else:  # the images one by one, ordered by pattern
+        idx = rng.integers(0, n, size=(b, n), dtype=np.int32)
+        first = np.cumsum([0] + counts)
+        k = np.array([[int(((row >= first[p]) & (row < first[p + 1])).sum()) for p in range(len(patterns))]
+                      for row in idx])
     g = np.empty(b)
     for i in range(b):
         g[i] = sum(k[i, p] * np.mean([patterns[p][j] for j in pick[i]]) for p in range(len(patterns))) / n
@@ -165,8 +171,10 @@ def test_chunked_resamples_are_the_same_draws_bit_for_bit():
     whole bootstrap the same bounds: the draws are taken in the documented order and
     the sums are exact."""
     gen = np.random.default_rng(7)
-    for seeds in (1, 3, 6):
-        m, c = np.unique(_random_cell(gen, seeds).T, axis=0, return_counts=True)
+    branches = set()
+    for seeds, n in ((1, 300), (3, 300), (6, 300), (6, 40)):
+        m, c = np.unique(_random_cell(gen, seeds, n).T, axis=0, return_counts=True)
+        branches.add(3 * len(c) > n)  # the images drawn one by one, or as a multinomial
         whole = ST.resampled_gains(m, c, np.random.Generator(np.random.PCG64([1, 2])), 500, chunk_bytes=1 << 40)
         for chunk in (1, 8 * len(c) * 3, 8 * len(c) * 77):
             got = ST.resampled_gains(m, c, np.random.Generator(np.random.PCG64([1, 2])), 500, chunk_bytes=chunk)
@@ -174,11 +182,16 @@ def test_chunked_resamples_are_the_same_draws_bit_for_bit():
         # ... and the documented formula, one resample at a time, within float rounding
         rng = np.random.Generator(np.random.PCG64([1, 2]))
         pick = rng.integers(0, seeds, size=(500, seeds))
-        k = rng.multinomial(int(c.sum()), c / c.sum(), size=500)
+        if 3 * len(c) <= n:
+            k = rng.multinomial(n, c / n, size=500)
+        else:
+            idx = rng.integers(0, n, size=(500, n), dtype=np.int32)
+            k = np.stack([np.bincount(np.repeat(np.arange(len(c)), c)[row], minlength=len(c)) for row in idx])
         want = (k * m.astype(float)[:, pick].mean(axis=2).T).sum(axis=1) / c.sum()
         np.testing.assert_allclose(whole, want, rtol=0, atol=1e-15)
         key = (m.tobytes(), m.shape, tuple(int(x) for x in c), (3, 4), 500, 0.95)
         assert ST._bootstrap.__wrapped__(*key, chunk_bytes=64) == ST._bootstrap.__wrapped__(*key)
+    assert branches == {False, True}
 
 
 def test_never_narrower_than_the_seed_level_t_interval():
