@@ -17,10 +17,11 @@ write-back to the members), on probe copies of the members whose training
 set is their first batch, unaugmented (no random stream is touched):
 
     fused     the fused program, in the members' numerics (dtype, autocast)
-    fused64   the same fused program in float64
+    fused64   the same fused program in float64, on the first LOGIC_IMAGES images (its logic
+              does not depend on the batch's size; its memory does)
     solo      each member's solo step, in its numerics, on its batch as given and reversed
               (the same sums added in another order)
-    ref       each member's solo step in float64, as given and reversed
+    ref       each member's solo step in float64 (and on fused64's images, as given and reversed)
     per member and tensor t of a kind c (parameter updates, momentum buffers,
     BatchNorm running means, running variances, the loss):
       e(x, t) = ||x_t - ref_t|| / (S_c sqrt(numel_t))
@@ -88,6 +89,7 @@ FUSABLE = [("imp", "resnet18"), ("imp", "resnet50"), ("imp", "vgg16"), ("imp", "
            ("imp", "vgg16_paper"), ("imp", "mobilenetv2_cifar"), ("full_conv", "resnet18"), ("harmonic", "resnet18"), ("tvmf_loss", "resnet18"),
            ("cosine_loss", "resnet18")]
 
+LOGIC_IMAGES = 16  # per member, in the float64 run of the fused program
 RATIO = 4.0  # the least R: two correct orders' errors differ by a factor of order one
 FLOOR_ULPS = 16
 RULE = (f"one whole step through run_epoch, in the members' numerics and in float64; per tensor: fused error <= "
@@ -134,12 +136,14 @@ def _digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _probe(t: Trainer, dtype: Optional[torch.dtype] = None, reverse: bool = False) -> Trainer:
+def _probe(t: Trainer, dtype: Optional[torch.dtype] = None, reverse: bool = False,
+           images: Optional[int] = None) -> Trainer:
     """A throw-away copy of member t (weights, masks, momentum buffers, numerics;
     in `dtype` if given) whose epoch is one step: its training set is its first
-    `batch_size` images (in reverse order with `reverse`: the same sums, added
-    in another order), unaugmented, so no random stream is touched."""
-    bs = t.spec.train.batch_size
+    `batch_size` images (or `images`, fewer), in reverse order with `reverse`
+    (the same sums, added in another order), unaugmented, so no random stream
+    is touched."""
+    bs = min(t.spec.train.batch_size, images or t.spec.train.batch_size)
     x, y = t.prep.x_train[:bs], t.prep.y_train[:bs]
     if reverse:
         x, y = x.flip(0), y.flip(0)
@@ -158,9 +162,10 @@ def _copy(t: Trainer, dtype: Optional[torch.dtype] = None, prep=None) -> Trainer
 
 
 def _state(t: Trainer) -> dict[str, torch.Tensor]:
-    """Member t's trainable state in float64: parameters, momentum buffers, BatchNorm statistics."""
+    """Member t's trainable state in float64 on the host (the check's copies take
+    no device memory from the group): parameters, momentum buffers, BatchNorm statistics."""
     def f64(x):  # a copy even where x is float64 already: the step updates in place
-        return x.detach().to(torch.float64, copy=True)
+        return x.detach().to("cpu", torch.float64, copy=True)
     out = {f"param:{n}": f64(p) for n, p in t.model.named_parameters()}
     out.update({f"momentum:{n}": f64(b) for n, b in t.momentum_state().items()})
     out.update({n: f64(b) for n, b in t.model.named_buffers()
@@ -283,15 +288,20 @@ def self_check(trainers: Sequence[Trainer], strategy: str, epoch: int = 1) -> di
     u = unit_roundoff(trainers[0])
     ratio = max(RATIO, reduction_length(trainers[0]) ** 0.5)
     f64 = torch.float64
+    n = LOGIC_IMAGES
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         fused = _after_one_step(FusedTrainer([_probe(t) for t in trainers], conv=strategy), epoch)
-        fused64 = _after_one_step(FusedTrainer([_probe(t, f64) for t in trainers], conv=strategy), epoch)
+        # The logic does not depend on the batch's size: the float64 program, twice
+        # the size per weight, runs on a few images so that it needs less memory
+        # than the group's own training steps.
+        fused64 = _after_one_step(FusedTrainer([_probe(t, f64, images=n) for t in trainers], conv=strategy), epoch)
         steps, steps64 = [], []
         for t in trainers:
             solos = [_after_one_step(Solo(_probe(t, reverse=r)), epoch)[0] for r in (False, True)]
-            ref, ref_rev = (_after_one_step(Solo(_probe(t, f64, reverse=r)), epoch)[0] for r in (False, True))
+            ref = _after_one_step(Solo(_probe(t, f64)), epoch)[0]
+            ref_n, ref_n_rev = (_after_one_step(Solo(_probe(t, f64, r, n)), epoch)[0] for r in (False, True))
             steps.append((solos, ref))
-            steps64.append(([ref_rev], ref))
+            steps64.append(([ref_n_rev], ref_n))
         numerics = _judge(fused, steps, u, ratio)
         logic = _judge(fused64, steps64, 2.0 ** -53, ratio)
     if dev.type == "cuda":

@@ -70,7 +70,7 @@ def test_the_whole_step_check_passes_a_correct_fusion_and_fails_every_mutation(a
     for strategy in ("grouped", "loop"):
         o = self_check(ts, strategy)
         assert o["passed"], o
-        assert o["solo_error"] > 0 and o["logic"]["worst"]["margin"] < 1e-3
+        assert o["solo_error"] > 0 and o["logic"]["worst"]["margin"] < 0.05
     for name in MUTATIONS:
         with mutated(name):
             o = self_check(ts, "grouped")
