@@ -69,7 +69,7 @@ def fuse_checks(a) -> dict:
     """The self-check a fused group runs before training, for every
     architecture, both strategies and both arithmetics the trials use."""
     from workers.fusecheck import RULE, self_check
-    from .fused import make_members
+    from .members import make_members
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     case, k, width = ("quickstart", 2, 0.125) if a.smoke else ("cifar", 4, 1.0 if cuda else 0.25)
@@ -106,7 +106,7 @@ def _mutations(a, case: str, k: int, width: float, dev: torch.device, cuda: bool
     training, so that they carry momentum buffers of their own."""
     from workers.fusecheck import FUSABLE, self_check
     from .fuse_mutations import MUTATIONS, mutated
-    from .fused import make_members
+    from .members import make_members
     rows = []
     for method, arch in ([("imp", "resnet18")] if a.smoke else FUSABLE):
         for bf16 in (True, False):

@@ -22,7 +22,7 @@ def _packed_worker(device: str, share: float, width: float, epochs: int, barrier
     if dev.type == "cuda" and share < 1:
         torch.cuda.set_per_process_memory_fraction(share)  # what the driver does for packed trials
     if case is not None:
-        from .fused import make_members
+        from .members import make_members
         trainer = make_members(case, 1, width, dev, epochs + 1)[0]
     else:
         spec, prep, model, masks = setup(500, width, dev)

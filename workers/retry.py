@@ -41,7 +41,7 @@ from typing import Callable, Optional, TypeVar
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from workers.store import StorageError
+from workers.errors import StorageError
 
 T = TypeVar("T")
 

@@ -40,20 +40,12 @@ from typing import Iterable, Optional
 
 import pyarrow.fs as pafs
 
+# The storage errors live in workers/errors.py (workers/retry.py raises them too);
+# callers import them from here.
+from workers.errors import CorruptRound, StorageError, TakenOver  # noqa: F401
+
 MANIFEST = "MANIFEST.json"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class StorageError(Exception):
-    """A user-facing storage problem (bad URI, unwritable path...)."""
-
-
-class CorruptRound(Exception):
-    """A committed round whose files do not match its manifest."""
-
-
-class TakenOver(Exception):
-    """A newer attempt of the same lineage owns it now; this one must stop."""
 
 
 def check_name(kind: str, name: str) -> str:

@@ -1,6 +1,8 @@
-"""The report views of the built-in evaluations (workers/evaluations/): each
-evaluation's `views` calls its function here, so its figures and tables are
-placed, titled and skipped like the report's own.
+"""The report views of the evaluations (workers/evaluations/), placed, titled
+and skipped like the report's own: what each evaluation declares as data (its
+`views`: tables of means, rendered by `declared_views`), and the built-in
+evaluations' figures, registered here by name (BUILT_IN). The evaluations
+never import this side.
 
     robustness  Figure 3a, 3b, ...: one per suite column (acc_<suite>)
     probe       Table 4: linear probe, dense vs winning ticket
@@ -131,3 +133,32 @@ def fig_cka(cka: pd.DataFrame, trials: pd.DataFrame) -> Plot:
 
 def cka_views(report: ReportInputs) -> list[ReportView]:
     return [("Figure 6: CKA heatmaps", lambda: fig_cka(report.table("cka"), report.trials))]
+
+
+# --- by evaluation -------------------------------------------------------------------
+
+BUILT_IN = {"robustness": lambda report, ev: robustness_views(report, ev.labels),
+            "probe": lambda report, ev: probe_views(report),
+            "cka": lambda report, ev: cka_views(report)}
+
+
+def declared_views(report: ReportInputs, ev) -> list[ReportView]:
+    """The tables an evaluation declares (workers/evaluations/base.py `views`):
+    the means of `mean` per `by` over its table's rows."""
+    out = []
+    for v in ev.views:
+        by = [v["by"]] if isinstance(v["by"], str) else list(v["by"])
+
+        def build(v=v, by=by):
+            rows = report.table(v["table"])
+            need_columns(rows, v["table"], by + list(v["mean"]))
+            return Table(rows.groupby(by, as_index=False)[list(v["mean"])].mean(),
+                         v.get("caption", f"Mean {', '.join(v['mean'])} per {', '.join(by)}."))
+        out.append((v["title"], build))
+    return out
+
+
+def evaluation_views(report: ReportInputs, ev) -> list[ReportView]:
+    """Every view of evaluation `ev`: its built-in figures, then what it declares."""
+    built_in = BUILT_IN.get(ev.name)
+    return (built_in(report, ev) if built_in else []) + declared_views(report, ev)

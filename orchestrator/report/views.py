@@ -20,6 +20,7 @@ from workers.evaluations import EVALUATIONS
 from workers.store import SweepStore
 
 from . import figures
+from .evaluation_views import evaluation_views
 from .derive import (CAPACITY, accuracy_vs_density, capacity_bars, datasets_with, density_curves, finished,
                      gain_points, layer_density_lines, methods_table, size_points, trial_summary, with_size)
 from .items import Plot, ReportInputs, ReportItem, ReportView, Skip, Table, plot
@@ -281,5 +282,5 @@ def views(sweep: SweepStore, df: pd.DataFrame, select: str, ci: str = tables.DEF
         out.append((title, build))
         for ev in EVALUATIONS.values():
             if ev.report_after == key:
-                out += ev.views(report)
+                out += evaluation_views(report, ev)
     return out

@@ -78,14 +78,8 @@ class ToyDensity(Evaluation):
     def round_means(self, rows):
         return {(r["round"], "toy_sparsity"): 1 - r["density"] for r in rows}
 
-    def views(self, report):
-        from orchestrator.report.items import Table, need_columns
-
-        def build():
-            rows = report.table(self.table)
-            need_columns(rows, self.table, ["round", "density"])
-            return Table(rows.groupby("round", as_index=False)["density"].mean(), "Mean density per round.")
-        return [("Toy density per round", build)]
+    views = ({"title": "Toy density per round", "table": "toydensity", "by": "round", "mean": ["density"],
+              "caption": "Mean density per round."},)
 
 
 EVALUATION = register(ToyDensity())

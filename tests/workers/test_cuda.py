@@ -69,7 +69,7 @@ def test_fused_members_equal_their_solo_steps_on_cuda_and_every_fusion_bug_shows
     statistics, loss; in the numerics and in float64) on both kernels, and
     every bug of bench/fuse_mutations.py fails it. Nothing about speed."""
     from bench.fuse_mutations import MUTATIONS, mutated
-    from bench.fused import make_members
+    from bench.members import make_members
     from workers.fusecheck import self_check
     members = make_members("cifar", 4, 0.25, torch.device("cuda"), 3, bf16=bf16)
     for t in members:

@@ -12,13 +12,14 @@ asks for it (`analysis.<option>`) with what that key accepts and its default,
 which files the options ask for, which rounds it covers, how it computes them,
 its table (name, columns, row order), the results columns it fills per round,
 what it checks before a sweep starts (its data), which experiments it fits, and
-its views in `lth-sweep report`. The results table (orchestrator/results/) and
-the report (orchestrator/report/) loop over the registry, so adding one is its
-file plus its import line in __init__.py.
+its views in `lth-sweep report` (declared as data: the worker side never
+imports the report). The results table (orchestrator/results/) and the report
+(orchestrator/report/) loop over the registry, so adding one is its file plus
+its import line in __init__.py.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -78,13 +79,12 @@ class Evaluation:
     def check_experiment(self, datasets: list[str], opts_value, err) -> None:
         """Refuse an experiment this evaluation cannot evaluate (err(message))."""
 
-    def views(self, report) -> list[tuple[str, Callable[[], Any]]]:
-        """(title, builder) of each figure or table of `lth-sweep report`, given the
-        report's inputs (orchestrator/report/items.py `ReportInputs`: the results,
-        the trial summary, `report.table(name)`). A builder returns a `Plot` or a
-        `Table` and raises `Skip` when its data is not there; it runs lazily, so
-        one missing table skips that view only."""
-        return []
+    # Its report views, as data the report renders (orchestrator/report/evaluation_views.py;
+    # this side never imports the report): each {"title": ..., "table": its table,
+    # "by": column(s), "mean": [columns], "caption": ...} is a table of the means of
+    # `mean` per `by` over the table's rows, placed after the report view `report_after`.
+    # The built-in evaluations' figures are registered there by name (BUILT_IN).
+    views: tuple[dict, ...] = ()
 
 
 # name -> the evaluation; each file registers its own (register below).

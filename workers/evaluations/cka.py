@@ -40,9 +40,6 @@ class CKA(Evaluation):
                  "round_b": r.get("round_b"), "layer": r.get("layer"), "cka": r.get("cka")}
                 for r in doc.get("rows", [])]
 
-    def views(self, report):
-        from orchestrator.report.evaluation_views import cka_views
-        return cka_views(report)
 
 
 EVALUATION = register(CKA())

@@ -45,9 +45,6 @@ class Probe(Evaluation):
                     err(f"{target} has {data.dataset_info(target).channels} channel(s), "
                         f"{ds} models take {data.dataset_info(ds).channels}")
 
-    def views(self, report):
-        from orchestrator.report.evaluation_views import probe_views
-        return probe_views(report)
 
 
 EVALUATION = register(Probe())

@@ -90,9 +90,6 @@ class Robustness(Evaluation):
         if value and set(datasets) - set(DATASETS):
             err("CIFAR-10-C and CIFAR-10.2 evaluate CIFAR-10 models: datasets must be [cifar10]")
 
-    def views(self, report):
-        from orchestrator.report.evaluation_views import robustness_views
-        return robustness_views(report, self.labels)
 
 
 EVALUATION = register(Robustness())
