@@ -40,7 +40,11 @@ from workers.spec import RunOptions, TrialSpec
 
 log = logging.getLogger("lth_sweep.train")
 
-EVAL_BATCH = 1000
+EVAL_BATCH = 1000  # images per forward of an evaluation, and of BatchNorm recalibration (its statistics' batch)
+# On a CPU a forward of 1,000 images outgrows the caches: 100 at a time
+# classified a CIFAR test split 30% faster here (2-core Xeon, ResNet-18 at
+# width 0.25). Predictions do not depend on it; recalibration keeps EVAL_BATCH.
+CPU_EVAL_BATCH = 100
 SCHEDULES = ("cosine", "constant")  # the learning rate over a round's epochs (Trainer.lr_at)
 
 def pick_device(opts: RunOptions, where: dict) -> torch.device:
@@ -109,9 +113,10 @@ def classify(forward, x: torch.Tensor, info: data.DatasetInfo, device: torch.dev
     """The predicted class of every image of `x` (int64, on `device`), in large
     batches and without a device sync (the caller puts the model in eval mode)."""
     out = []
-    for b in range(0, x.shape[0], EVAL_BATCH):
+    step = EVAL_BATCH if device.type == "cuda" else CPU_EVAL_BATCH
+    for b in range(0, x.shape[0], step):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out.append(forward(_inputs(x[b:b + EVAL_BATCH], info, device, channels_last, dtype)).argmax(1))
+            out.append(forward(_inputs(x[b:b + step], info, device, channels_last, dtype)).argmax(1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=device)
 
 
