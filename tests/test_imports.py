@@ -144,7 +144,7 @@ def _cycles(within, graph=None) -> list[list[str]]:
 def test_the_graph_sees_the_imports_it_should():
     # The walker itself can fail: these edges exist.
     assert "workers.train" in GRAPH["workers.round"] and "workers.pruning" in GRAPH["workers.round"]
-    assert "pyarrow" in GRAPH["workers.store"]
+    assert "pyarrow" in GRAPH["workers.fs"]
     assert "orchestrator.grid" in GRAPH["orchestrator.driver"]
     assert _cycles(lambda m: True, {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles(lambda m: True, {"a": {"b"}, "b": set()}) == []
@@ -156,7 +156,7 @@ def test_a_worker_module_never_imports_the_driver_side(module):
     assert not {m for m in reach if m.startswith(("orchestrator", "bench"))}, module
     assert "pandas" not in reach, module
     # pyarrow only through the storage layer (the store and its retrying filesystem), built on pyarrow.fs.
-    storage = {"workers.store", "workers.retry"}
+    storage = {"workers.store", "workers.fs", "workers.lineage_store", "workers.retry"}
     assert "pyarrow" not in reach or storage & reach or module in storage, module
 
 
@@ -173,7 +173,7 @@ def test_no_import_cycle_with_the_imports_inside_functions_counted():
     graph, imports inside functions included (not `if TYPE_CHECKING:` ones), has
     none, and no worker module reaches the driver side even lazily."""
     # the walker sees inside functions, and not into `if TYPE_CHECKING:`
-    assert "workers.retry" in LAZY["workers.store"] and "workers.retry" not in GRAPH["workers.store"]
+    assert "workers.retry" in LAZY["workers.fs"] and "workers.retry" not in GRAPH["workers.fs"]
     assert "workers.spec" not in LAZY["workers.migrate"]
     assert _cycles(lambda m: True, LAZY) == []
     for module in (m for m in MODULES if m.startswith("workers")):

@@ -13,6 +13,7 @@ from tests.helpers import ROOT
 PACKAGES = ("orchestrator", "workers", "bench")
 MAX_PARAMS = 8
 MAX_LINES = 300
+MAX_ENGINE_LINES = 400
 
 
 def _files(*packages):
@@ -45,6 +46,15 @@ def test_an_orchestrator_module_is_short_or_says_why_it_is_one_concern(path):
         return
     doc = ast.get_docstring(ast.parse(text)) or ""
     assert "one concern" in doc, f"{path}: {text.count(chr(10))} lines and no docstring saying why it is one concern"
+
+
+@pytest.mark.parametrize("path", list(_files("orchestrator", "workers")))
+def test_no_module_of_the_engine_is_over_400_lines(path):
+    """A room of one concern reads top to bottom: past ~400 lines a module holds
+    two (the training loop apart from inference, the fused program apart from
+    its layers, the lineage store apart from the filesystem)."""
+    lines = open(os.path.join(ROOT, path)).read().count("\n")
+    assert lines <= MAX_ENGINE_LINES, f"{path}: {lines} lines; split it by concern"
 
 
 def test_the_finished_lineage_round_count_is_written_once():

@@ -16,7 +16,7 @@ from workers import data
 from workers.data import robustness as suites
 from workers.selection import winning_rounds
 from workers.spec import Rule
-from workers.train import accuracy
+from workers.inference import accuracy
 
 from .base import Evaluation, model_at, register
 
