@@ -1,6 +1,7 @@
 """Storage layout and the atomic round commit.
 
-Every path of a sweep is built here and nowhere else:
+Every path of a sweep is built here (the sweep's) and in workers/lineage_store.py
+(a lineage's), nowhere else:
 
     <storage>/<sweep>/
         sweep.json                       the trial list of the last `run` (for `status`)
