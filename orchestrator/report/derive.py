@@ -29,6 +29,8 @@ from workers.spec import DATASET_PARAMS
 CAPACITY = [name for name, m in METHODS.items() if m.control]  # in registry order
 # One (dataset, data size) cell; size_kind/size_x keep sizes in numeric order.
 SIZE = ["size_kind", "size_x", "size"]
+# The order of a figure's panels: dataset, network, then data size by number (not by cell id).
+BY_SIZE = ["dataset", "arch", "size_kind", "size_x"]
 # Cells without the axes a view compares along: the groups it draws or tabulates.
 NO_AUG, NO_SIZE = ("augmentation",), ("augmentation", "fraction", "images_per_class")
 
@@ -143,6 +145,7 @@ def density_curves(df: pd.DataFrame, select: str = selection.DEFAULT_SELECTION) 
     imp = with_size(imp.assign(cell_noaug=tables.cell_without(imp["cell"], NO_AUG)))
     c = over_seeds(imp, ["cell_noaug", "dataset", "arch", *SIZE, "augmentation", "round"],
                    ["density", "val_acc", "test_acc"])
+    c = c.sort_values(BY_SIZE + ["cell_noaug"], kind="stable")  # panels by size, by number
     ranked = c.rename(columns={"val_acc_mean": "val_acc", "test_acc_mean": "test_acc", "density_mean": "density"})
     best = selection.winners_frame(ranked, select, ["cell_noaug", "augmentation"])
     return pd.DataFrame({"panel": group_labels(c["cell_noaug"], c, ["dataset", "arch", "size"]),
@@ -220,6 +223,7 @@ def capacity_bars(trials: pd.DataFrame) -> pd.DataFrame:
     rows["order"] = rows["series"].map({s: i for i, s in enumerate(["dense", "winning ticket", *CAPACITY])})
     b = over_seeds(rows, ["cell_nomethodaug", "dataset", "arch", *SIZE, "augmentation", "order", "series"],
                    ["value"])
+    b = b.sort_values(BY_SIZE + ["cell_nomethodaug"], kind="stable")
     return pd.DataFrame({"panel": group_labels(b["cell_nomethodaug"], b, ["dataset", "arch", "size"]),
                          "group": b["augmentation"], "series": b["series"], "mean": 100 * b["value_mean"],
                          "std": 100 * b["value_std"]})
@@ -240,6 +244,7 @@ def layer_density_lines(df: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     overall = sparsest.groupby(group, dropna=False)["round_density"].mean()
     out = rows.groupby([*group, "position"], dropna=False, sort=True).agg(
         layer=("layer", "first"), density=("density", "mean")).reset_index()
+    out = out.sort_values(["dataset", "arch", "cell_nosize", "size_kind", "size_x", "position"], kind="stable")
     out["series"] = [f"train {s} (overall {100 * overall[k]:.3g}%)"
                      for s, k in zip(out["size"], out[group].itertuples(index=False))]
     out["panel"] = group_labels(out["cell_nosize"], out, ["dataset", "arch"])

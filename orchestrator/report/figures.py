@@ -5,7 +5,8 @@ already reduced to one row per point (accuracies and densities in percent, a
 `panel` column naming the subplot, a `series` column naming the line or bar).
 The selections (dense, winning ticket, aug*) live in derive.py, so what is
 drawn is what the tables say. A panel or a series appears in the order of its
-first row.
+first row (derive.py puts panels in order of dataset, network and data size,
+by number); every legend sits below its panel, outside the data.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def _colors(names) -> dict:
 
 def _grid(n: int, width: float = 4.6, height: float = 3.6, ncols: int = 3):
     ncols = min(n, ncols)
+    # Constrained layout makes room for what sits outside an axes (its legend below it).
     fig, axes = plt.subplots(math.ceil(n / ncols), ncols, figsize=(width * ncols, height * math.ceil(n / ncols)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -45,11 +47,18 @@ def _png(fig, title: str) -> bytes:
     try:
         # A one-panel figure is narrow: wrap a long title instead of cutting it.
         fig.suptitle(textwrap.fill(title, max(30, int(fig.get_figwidth() * 8))))
-        fig.tight_layout()
         fig.savefig(buf, format="png", dpi=100)
     finally:
         plt.close(fig)  # pyplot keeps every open figure alive otherwise
     return buf.getvalue()
+
+
+def _legend(ax, handles=None) -> None:
+    """The panel's legend below its axes, outside the data: "best" inside the
+    axes still covers points where the lines fill the panel."""
+    handles = handles if handles is not None else ax.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+              ncols=min(3, max(1, len(handles))), frameon=False)
 
 
 def _log_ticks(ax, values, label) -> None:
@@ -81,7 +90,7 @@ def accuracy_vs_density(curves: pd.DataFrame, title: str) -> bytes:
         _log_ticks(ax, p["density"], lambda d: f"{d:.3g}")
         ax.set(title=panel, xlabel="density (% of prunable weights left, log)", ylabel="test accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(handles=ax.get_legend_handles_labels()[0] + [star], fontsize=8)
+        _legend(ax, ax.get_legend_handles_labels()[0] + [star])
     return _png(fig, title)
 
 
@@ -91,7 +100,7 @@ def _size_axis(ax, p: pd.DataFrame, panel: str, ylabel: str) -> None:
     _log_ticks(ax, p["x"], dict(zip(p["x"], p["xtick"])).get)
     ax.set(title=panel, xlabel=p["xlabel"].iloc[0], ylabel=ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax)
 
 
 def against_size(points: pd.DataFrame, title: str, ylabel: str) -> bytes:
@@ -153,7 +162,7 @@ def grouped_bars(bars: pd.DataFrame, title: str) -> bytes:
         ax.set_xticks(range(len(groups)), groups)
         ax.set(title=panel, xlabel="augmentation", ylabel="test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend(ax)
     return _png(fig, title)
 
 
@@ -173,7 +182,7 @@ def layer_lines(lines: pd.DataFrame, title: str) -> bytes:
         ax.set(title=panel, xlabel="layer (model order)", ylabel="density (% of the layer's weights left)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend(ax)
     return _png(fig, title)
 
 

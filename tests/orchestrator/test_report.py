@@ -340,3 +340,48 @@ def test_trait_tables_take_their_datasets_from_the_registry():
     df = frame([dict(trial_id="m0", dataset="imagenet", round=0, density=1.0, val_acc=0.25, test_acc=0.24)])
     many = REP.table_many_class(REP.trial_summary(df))
     assert many.frame["dataset"].tolist() == ["imagenet"] and "cifar100, imagenet" in many.caption
+
+
+def _figures_drawn(monkeypatch, build) -> list:
+    """The matplotlib figures `build()` draws, laid out as saved, still open."""
+    from orchestrator.report import figures as FIG
+    drawn = []
+
+    def keep(fig, title):
+        fig.suptitle(title)
+        fig.canvas.draw()  # constrained layout and legends placed as in the PNG
+        drawn.append(fig)
+        return b""
+    monkeypatch.setattr(FIG, "_png", keep)
+    build()
+    return drawn
+
+
+def test_panels_go_by_data_size_in_numeric_order_and_legends_leave_the_data_alone(monkeypatch):
+    """Figure 1 of a study at 5, 10 and 50 images per class (cell ids order them
+    otherwise): its panels read 5, 10, 50, and no panel's legend overlaps the
+    panel's data area or any plotted point."""
+    import matplotlib.pyplot as plt
+    from orchestrator.report.views import fig_accuracy_density
+    rows = []
+    for per_class in (50, 10, 5):
+        for aug in ("none", "basic"):
+            tid = f"t{per_class}{aug}"
+            for k in range(3):
+                rows.append(dict(trial_id=tid, fraction=None, images_per_class=per_class, augmentation=aug,
+                                 round=k, density=0.8 ** k, val_acc=0.5 + 0.01 * k + per_class / 1000,
+                                 test_acc=0.5 + 0.02 * k))
+    df = frame(rows)
+    figs = _figures_drawn(monkeypatch, lambda: fig_accuracy_density(df, "val"))
+    assert len(figs) == 1
+    axes = [ax for ax in figs[0].axes if ax.get_visible() and ax.get_title()]
+    sizes = [int(t.split("train ")[1].split(" ")[0]) for t in (ax.get_title() for ax in axes)]
+    assert sizes == [5, 10, 50], [ax.get_title() for ax in axes]
+    renderer = figs[0].canvas.get_renderer()
+    for ax in axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert not legend.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+        for line in ax.get_lines():
+            xy = ax.transData.transform(line.get_xydata())
+            assert not any(legend.contains(x, y) for x, y in xy), (ax.get_title(), line.get_label())
+    plt.close("all")
