@@ -97,6 +97,10 @@ def _cell(v) -> str:
         return v
     if type(v) is int:
         return str(v)
+    if v is None:  # (without plain(), which imports pandas: `plan` has none to import)
+        return ""
+    if type(v) is float:
+        return "" if math.isnan(v) else f"{v:.4f}"
     if isinstance(v, (bytes, bytearray)):  # for people, a size: the bits are for programs
         return f"<{len(v)} bytes>"
     p = plain(v)
