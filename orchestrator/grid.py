@@ -122,7 +122,9 @@ def _interned(made: dict, cls, kw: dict):
     """One instance per distinct sub-spec: the trials of a grid share most of
     theirs, and each caches its canonical form (workers/spec.py)."""
     try:
-        key = (cls, frozenset((k, type(v), v) for k, v in kw.items()))  # 1, 1.0 and True stay apart
+        # In insertion order: a grid builds every trial's kw in one order (another
+        # order could only make a second, equal instance). 1, 1.0 and True stay apart.
+        key = (cls, tuple((k, type(v), v) for k, v in kw.items()))
         hash(key)
     except TypeError:  # a list value (an analysis section): its text
         key = (cls, repr(sorted(kw.items())))

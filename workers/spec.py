@@ -170,7 +170,25 @@ class TrialSpec:
     # times (grouping, costs, unit ids), each a canonical JSON of the whole spec.
     @functools.cached_property
     def _canonical_json(self) -> str:
-        return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        # json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")), byte
+        # for byte, assembled from each sub-spec's own canonical JSON, which is
+        # cached on it: a grid's trials share their sub-specs (orchestrator/grid.py).
+        items = []
+        for name, default in _defaults(TrialSpec):
+            v = getattr(self, name)
+            if default is not dataclasses.MISSING and v == default:
+                continue
+            if _is_spec(v):
+                text = v.__dict__.get("_canonical_json_text")
+                if text is None:
+                    nd = _non_default(v)
+                    text = "" if nd == {} else json.dumps(nd, sort_keys=True, separators=(",", ":"))
+                    object.__setattr__(v, "_canonical_json_text", text)
+                if text:
+                    items.append((name, text))
+            else:
+                items.append((name, json.dumps(_non_default(v))))
+        return "{" + ",".join(f'"{k}":{t}' for k, t in sorted(items)) + "}"
 
     def canonical_json(self) -> str:
         return self._canonical_json

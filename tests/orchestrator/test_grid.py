@@ -112,3 +112,15 @@ def test_gpus_are_kept_busy_across_buckets_before_groups_are_split(tmp_path, cap
     cpu.write_text(p.read_text().replace("resources: {gpu: 1, cpu: 1}", "resources: {gpu: 0, cpu: 1}\n"
                                          "    runtime: {fuse: 3}"))
     assert sizes(8, cpu) == [3, 3] == sizes(0, cpu)  # chunks of runtime.fuse: 3 + 1 per shape
+
+
+def test_a_trials_id_text_assembled_from_its_sub_specs_is_the_canonical_json():
+    """TrialSpec._canonical_json is built from its sub-specs' cached texts (a
+    grid's 10,000 trials share them): byte for byte the canonical dict's JSON,
+    so no trial id moves, for every trial of every shipped experiment."""
+    from tests.helpers import ROOT
+    cfg = load_config(f"{ROOT}/experiments.yaml")
+    trials = [t for exp in cfg["experiments"].values() for t in expand(exp)]
+    assert len(trials) > 100
+    for t in trials:
+        assert t.spec.canonical_json() == json.dumps(t.spec.canonical(), sort_keys=True, separators=(",", ":"))
