@@ -66,7 +66,7 @@ def test_rebuild_removes_shards_without_rows(store):
 
 
 def test_readers_read_the_folder_and_survive_a_killed_write(store, monkeypatch):
-    import workers.store as store_module
+    import workers.fs as store_module  # FS.write, the atomic write (os.replace), lives there
 
     tid = "ab00000000000001"
     commit(store, tid, 0)
