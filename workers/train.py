@@ -32,8 +32,7 @@ from safetensors.torch import save as st_save
 
 from workers import data
 from workers import pruning
-from workers.inference import (CPU_EVAL_BATCH, EVAL_BATCH, Evaluation, _inputs, accuracy,  # noqa: F401
-                               classify, recalibrate_bn)
+from workers.inference import Evaluation, _inputs, accuracy, classify, recalibrate_bn
 from workers.losses import LOSSES
 from workers.methods import get_method
 from workers.models import model_state  # noqa: F401  (re-exported: the state a round commits)
