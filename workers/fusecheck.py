@@ -136,7 +136,7 @@ def _digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _probe(t: Trainer, dtype: Optional[torch.dtype] = None, reverse: bool = False,
+def probe(t: Trainer, dtype: Optional[torch.dtype] = None, reverse: bool = False,
            images: Optional[int] = None) -> Trainer:
     """A throw-away copy of member t (weights, masks, momentum buffers, numerics;
     in `dtype` if given) whose epoch is one step: its training set is its first
@@ -290,16 +290,16 @@ def self_check(trainers: Sequence[Trainer], strategy: str, epoch: int = 1) -> di
     f64 = torch.float64
     n = LOGIC_IMAGES
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        fused = _after_one_step(FusedTrainer([_probe(t) for t in trainers], conv=strategy), epoch)
+        fused = _after_one_step(FusedTrainer([probe(t) for t in trainers], conv=strategy), epoch)
         # The logic does not depend on the batch's size: the float64 program, twice
         # the size per weight, runs on a few images so that it needs less memory
         # than the group's own training steps.
-        fused64 = _after_one_step(FusedTrainer([_probe(t, f64, images=n) for t in trainers], conv=strategy), epoch)
+        fused64 = _after_one_step(FusedTrainer([probe(t, f64, images=n) for t in trainers], conv=strategy), epoch)
         steps, steps64 = [], []
         for t in trainers:
-            solos = [_after_one_step(Solo(_probe(t, reverse=r)), epoch)[0] for r in (False, True)]
-            ref = _after_one_step(Solo(_probe(t, f64)), epoch)[0]
-            ref_n, ref_n_rev = (_after_one_step(Solo(_probe(t, f64, r, n)), epoch)[0] for r in (False, True))
+            solos = [_after_one_step(Solo(probe(t, reverse=r)), epoch)[0] for r in (False, True)]
+            ref = _after_one_step(Solo(probe(t, f64)), epoch)[0]
+            ref_n, ref_n_rev = (_after_one_step(Solo(probe(t, f64, r, n)), epoch)[0] for r in (False, True))
             steps.append((solos, ref))
             steps64.append(([ref_n_rev], ref_n))
         numerics = _judge(fused, steps, u, ratio)
@@ -353,6 +353,14 @@ class Fusion:
                         outcome["key"]["autocast"] or outcome["key"]["dtype"], "fused", w["fused"], w["solo"],
                         w["member"], w["tensor"], nxt)
         return None, {"fuse_check": {**outcome, "fell_back_from": tried}}
+
+    def unchecked(self, trainers: list[Trainer], width: int) -> bool:
+        """Whether `width` slots of these members would still run their check
+        (workers/memory.py counts its copies only then)."""
+        t0, ts = trainers[0], list(trainers[:width])
+        first = conv_strategy(self.opts.fuse_conv, t0.prep.device, t0.prep.info.image_size)
+        digest = _digest(check_key(ts + [t0] * (width - len(ts)), first))
+        return digest not in _CACHE and self._read(digest) is None
 
     def check(self, members: list[Trainer], strategy: str) -> dict:
         key = check_key(members, strategy)

@@ -42,7 +42,9 @@ from typing import Callable, Optional
 
 import torch
 
-from workers.fusecheck import Fusion
+from workers import memory
+from workers.fused import can_fuse
+from workers.fusecheck import LOGIC_IMAGES, Fusion, probe
 from workers.context import LineageContext
 from workers.methods import get_method
 from workers.round import RoundRun, copy_round
@@ -170,7 +172,14 @@ def _train(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fus
     slots = [(m, run) for m, run in slots if m.error is None]
     if not slots:
         return {}
-    program = info = None
+    fit = _fit(k, [run.trainer for _, run in slots], width, fusion)
+    if fit < width:
+        out: dict[str, dict] = {}
+        for i in range(0, len(slots), fit):
+            part = slots[i:i + fit]
+            out.update(_narrowed(_train(k, part, min(fit, len(part)), fusion, why), width, "memory plan"))
+        return out
+    program = info = failure = None
     try:
         program, info = fusion.program([run.trainer for _, run in slots], width)
         if program is not None:
@@ -178,7 +187,13 @@ def _train(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fus
     except TakenOver:
         raise
     except Exception as e:  # the fused program's, not a member's (those are caught per member)
-        return _refused(k, slots, width, fusion, e)
+        failure = (is_oom(e), f"{type(e).__name__}: {e}")
+    if failure is not None:
+        # Out here, not in the except clause: there the exception's traceback
+        # keeps the failed program's and the check's tensors alive, and the
+        # split would run out of memory on what its own failure left behind.
+        program = None
+        return _refused(k, slots, width, fusion, *failure)
     if program is None:
         if width > 1 and why is None and not (info.get("fuse_check") or {}).get("passed", True):
             why = "check failed"
@@ -195,8 +210,24 @@ def _train(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fus
     return out
 
 
+def _fit(k: int, trainers: list, width: int, fusion: Fusion) -> int:
+    """The widest program of at most `width` slots whose training, and check
+    while it has not run, fit in the device's free memory (workers/memory.py)."""
+    dev = trainers[0].prep.device
+    if width <= 1 or memory.available(dev) is None or can_fuse(trainers) is not None:
+        return width
+    step, step64, state64 = memory.steps(trainers[0], probe, LOGIC_IMAGES)
+    free = memory.available(dev)  # after the measurement, whose memory is free again
+    fit = memory.widest(len(trainers), width, free, step, step64, state64, lambda w: fusion.unchecked(trainers, w))
+    if fit < width:
+        log.warning("round %d: %d slots fused need %.2f GiB with the self-check's copies, %.2f GiB free on %s; "
+                    "fusing %d at a time", k, width, memory.need(len(trainers), width, step, step64, state64) / 2 ** 30,
+                    free / 2 ** 30, dev, fit)
+    return fit
+
+
 def _refused(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fusion,
-             e: Exception) -> dict[str, dict]:
+             oom: bool, error: str) -> dict[str, dict]:
     """A fused program that could not be built, checked or trained: out of
     memory splits it in halves (down to each member alone); anything else
     trains its members alone. The round goes on from each member's last
@@ -204,19 +235,26 @@ def _refused(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: F
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     who = ", ".join(m.trial_id for m, _ in slots)
-    why = "out of memory" if is_oom(e) else f"error: {type(e).__name__}"
-    if not is_oom(e) or width <= 2:
+    why = "out of memory" if oom else f"error: {error.split(':', 1)[0]}"
+    if not oom or width <= 2:
         log.warning("round %d: %s with %d lineages fused (%s); each of them trains alone", k,
-                    "out of memory" if is_oom(e) else f"the fused program failed ({type(e).__name__}: {e})",
-                    width, who)
+                    "out of memory" if oom else f"the fused program failed ({error})", width, who)
         return _train(k, slots, 1, fusion, why)
     half = (width + 1) // 2
     log.warning("round %d: out of memory with %d lineages fused on one device (%s); splitting into groups "
                 "of %d", k, width, who, half)
     out: dict[str, dict] = {}
     for part in (slots[:half], slots[half:]):
-        out.update(_train(k, part, min(half, len(part)), fusion, why))
+        out.update(_narrowed(_train(k, part, min(half, len(part)), fusion, why), width, why))
     return out
+
+
+def _narrowed(records: dict[str, dict], width: int, why: str) -> dict[str, dict]:
+    """The records of a part of a group of `width` that trained apart: each
+    round names the group it was cut from and why (the outermost cut)."""
+    for rec in records.values():
+        rec["numerics"]["narrowed"] = {"from": width, "why": why}
+    return records
 
 
 def _epochs(k: int, slots: list[tuple[Member, RoundRun]], program) -> None:

@@ -115,3 +115,39 @@ def test_packed_processes_share_the_gpu():
     from bench.packed import bench_packed
     out = bench_packed("cuda", trials=2, width=0.25, epochs=2)
     assert out["_packed"]["trials"] == 2 and out["_packed"]["packed_images_per_s"] is not None
+
+
+
+@cuda
+def test_a_group_sized_to_a_cuda_memory_cap_fuses_under_it_without_running_out(tmp_path, monkeypatch):
+    """The plan of workers/memory.py on the device itself: a per-process cap
+    (as Ray's trainable sets one) that fits the check of two slots but not of
+    three; a group of four fuses two at a time, checked, and nothing runs out
+    (tests/workers/test_memory.py is the same on the CPU's meter)."""
+    from workers import memory
+    from workers.group import run_group
+    dev = torch.device("cuda")
+    total = torch.cuda.mem_get_info(dev)[1]
+    real_steps = memory.steps
+
+    def steps(t, probe, images):  # the cap: what the members hold now, plus two slots' check
+        step, step64, state64 = out = real_steps(t, probe, images)
+        cap = torch.cuda.memory_allocated(dev) + memory.need(2, 2, step, step64, state64) + step // 2
+        assert memory.need(3, 3, step, step64, state64) > cap - torch.cuda.memory_allocated(dev)
+        torch.cuda.set_per_process_memory_fraction(cap / total, dev)
+        return out
+
+    monkeypatch.setattr(memory, "steps", steps)
+    root = _cifar_like(tmp_path / "data")
+    specs = [_spec(seed=s) for s in range(4)]
+    st = SweepStore(str(tmp_path / "runs"), "s")
+    try:
+        got = run_group([(s, st.lineage(s.trial_id)) for s in specs],
+                        RunOptions(data_root=root, device="cuda", fuse_conv="grouped"))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, dev)
+    rounds = [m for rows in got.values() for m in rows]
+    assert len(rounds) == 12
+    for r in rounds:
+        assert r["numerics"]["fused"] == 2 and r["numerics"]["narrowed"] == {"from": 4, "why": "memory plan"}
+        assert r["fuse_check"]["passed"], r["fuse_check"]

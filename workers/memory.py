@@ -1,0 +1,160 @@
+"""How many members of a group fit on their device, the self-check's copies counted.
+
+    fit = widest(trainers, width, available(device))   # width, or fewer when they do not fit
+
+A fused program of K slots needs, beyond the members' own state (already on
+the device when a round starts), what is alive at its peak. Its two phases
+do not overlap (the check's programs are dropped before training builds its
+own), and the pads live through both:
+
+    check     K probes (copies of the members) + the fused program of K slots
+              (its copy of their state, gradients, the batch's activations):
+              2K steps of one member; its float64 logic program on LOGIC_IMAGES
+              images the same in float64: 2K float64 steps
+    training  the fused program: K steps of one member
+    pads      K - n copies of a member (n members training)
+
+    need(K) = margin * (max(2K step, 2K step64) + (K - n) step) [+ (7K + 2) state64 on the host]
+
+On a CPU the device is the host, so the check's float64 copies of the
+members' state (workers/fusecheck.py `_state`: 7 per slot are kept until the
+judgement, 2 more in flight) count too: `state64`, the bytes of one member's
+parameters, momentum buffers and BatchNorm statistics in float64. On CUDA
+they are host memory (for ResNet-18 at K=8 about 10 GB of it) and not planned.
+
+`step` is measured, not modelled: the peak bytes one solo training step of a
+probe copy of the first member adds (its copy of the state, gradients, the
+batch's activations and the kernels' scratch), at the real batch in the
+member's numerics; `step64` the same for the float64 probe on LOGIC_IMAGES
+images. On CUDA the allocator's own peak counter measures it; elsewhere a
+dispatch-mode meter counts the bytes of every tensor storage alive (`Meter`).
+A fused kernel may need more scratch than K solo kernels (a grouped
+convolution's workspace), hence `margin` (1.25). Measured once per member
+shape and numerics in a process. tests/workers/test_memory.py shows the
+estimate above the peak it measures for the check and a fused epoch, and a
+group sized to a cap training fused under that cap without running out.
+
+Running out of memory anyway (another process took the device, a kernel
+needed more scratch) still splits the group in halves (workers/group.py).
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from workers.train import Solo, run_epoch
+
+MARGIN = 1.25
+
+_STEPS: dict[tuple, tuple[int, int, int]] = {}
+
+
+class Meter(TorchDispatchMode):
+    """The bytes of tensor storage alive that were made while it is active, and
+    their peak. With `cap`, an allocation that would go past it raises
+    torch.OutOfMemoryError, as a device would (tests use it as a memory cap on
+    CPU). Storages made before it started are not counted."""
+
+    def __init__(self, cap: Optional[int] = None):
+        super().__init__()
+        self.cap, self.live, self.peak = cap, 0, 0
+        self._sizes: dict[int, int] = {}
+
+    def reset_peak(self) -> int:
+        self.peak = self.live
+        return self.live
+
+    def _track(self, t: torch.Tensor) -> None:
+        s = t.untyped_storage()
+        key, n = s.data_ptr(), s.nbytes()
+        if n == 0 or key in self._sizes:
+            return
+        if self.cap is not None and self.live + n > self.cap:
+            del t, s  # this op's output is dropped with the error
+            raise torch.OutOfMemoryError(f"out of memory: {n} bytes more than the cap of {self.cap}")
+        self._sizes[key] = n
+        self.live += n
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(s, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                self._track(t)
+        return out
+
+
+def available(device: torch.device) -> Optional[int]:
+    """Bytes this process can still allocate on `device`: on CUDA what the
+    device has free plus what the caching allocator holds unused, within the
+    per-process fraction Ray's trainable sets; None elsewhere (host memory is
+    not planned: no cap to plan to)."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
+    return int(min(free + reserved - allocated, fraction * total - allocated))
+
+
+def _peak(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes fn allocates beyond what was alive when it started."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with Meter() as m:
+        fn()
+    return m.peak
+
+
+def steps(t, probe: Callable, logic_images: int) -> tuple[int, int, int]:
+    """(step, step64, state64) of member t (module docstring), measured once per shape
+    and numerics: one training step of `probe(t)` (workers/fusecheck.py's
+    probe copy, whose epoch is its first batch) and of its float64 probe on
+    `logic_images` images."""
+    dev = t.prep.device
+    key = (t.spec.model, t.spec.data.dataset, t.spec.train, tuple(t.prep.x_train.shape[1:]), str(dev),
+           t.autocast, t.channels_last, str(t.dtype))
+    if key not in _STEPS:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            one = _peak(lambda: run_epoch(Solo(probe(t)), 0, 1), dev)
+            f64 = _peak(lambda: run_epoch(Solo(probe(t, torch.float64, images=logic_images)), 0, 1), dev)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        state = [p for p in t.model.parameters()] + list(t.momentum_state().values()) + [
+            b for n, b in t.model.named_buffers() if n.endswith(("running_mean", "running_var"))]
+        state64 = 8 * sum(x.numel() for x in state) if dev.type == "cpu" else 0
+        _STEPS[key] = (one, f64, state64)
+    return _STEPS[key]
+
+
+def need(members: int, width: int, step: int, step64: int, state64: int = 0, check: bool = True) -> int:
+    """Bytes a fused program of `width` slots for `members` members needs
+    beyond their own state (module docstring); without `check`, training only."""
+    peak = max(2 * width * step, 2 * width * step64) + (7 * width + 2) * state64 if check else width * step
+    return int(MARGIN * (peak + max(0, width - members) * step))
+
+
+def widest(members: int, width: int, free: Optional[int], step: int, step64: int, state64: int,
+           unchecked: Callable[[int], bool]) -> int:
+    """The widest program, at most `width` slots and at least 1, whose `need`
+    fits in `free` bytes, counting the check's copies where `unchecked(k)`
+    (its outcome for k slots is not known yet); `width` when free is None."""
+    if free is None or width <= 1:
+        return width
+    k = width
+    while k > 1 and need(min(members, k), k, step, step64, state64, unchecked(k)) > free:
+        k -= 1
+    return k
