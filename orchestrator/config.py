@@ -23,7 +23,7 @@ from workers import data
 from workers.evaluations import EVALUATIONS
 from workers.methods import METHODS
 from workers.models import ARCHS
-from workers.spec import PruneSpec, RunOptions, TrainSpec, spec_fields
+from workers.spec import PruneSpec, Rule, RunOptions, TrainSpec, spec_fields
 
 
 class ConfigError(Exception):
@@ -47,6 +47,19 @@ SCALARS: dict[str, Any] = {f.metadata["scalar"]: checker(f.metadata["rule"]) for
 SCALARS["description"] = lambda v: None if isinstance(v, str) else f"{v!r} is not a string"
 # Experiment trackers that follow every run of the experiment (orchestrator/trackers.py).
 SCALARS["trackers"] = names(choice(lambda: registry_keys("orchestrator.trackers:TRACKERS")))
+# What the experiments.yaml reference (orchestrator/schema_doc.py) says of the keys
+# defined here rather than by a spec field or an evaluation: (section or "", key) ->
+# (what a value may be: a Rule or words, one sentence). A key without one fails tests/test_docs.py.
+KEY_HELP: dict[tuple[str, str], tuple[Any, str]] = {
+    ("resources", "gpu"): (Rule(float, lo=0), "GPUs each trial asks Ray for; a fraction packs several trials "
+                                              "on one GPU."),
+    ("resources", "cpu"): (Rule(float, lo=0, lo_open=True), "CPUs each trial asks Ray for."),
+    ("resources", "by_fraction"): ("a mapping of fraction -> {gpu, cpu}", "Per training fraction, the gpu and "
+                                   "cpu of that fraction's trials instead, e.g. {0.01: {gpu: 0.25, cpu: 1}}."),
+    ("", "description"): ("text", "What the experiment is for, in words; no command reads it."),
+    ("", "trackers"): (Rule(str, choices="orchestrator.trackers:TRACKERS", many=True),
+                       "Experiment trackers every run of this experiment sends its lineages to, as `run --tracker`."),
+}
 # Keys of earlier versions whose meaning moved, with where it went.
 MOVED = {
     "selection": "the winning ticket's selection is chosen at query time now, on the same lineages: "

@@ -20,39 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+from workers.specfield import Rule, spec_field  # noqa: F401 (the spec's users import Rule from here)
+
 ID_LEN = 16  # hex chars of sha256: 64 bits, collision-free for any real sweep
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What a value of a spec field may be, for orchestrator/config.py to check:
-    its type, bounds (open or closed) and, by "module:NAME", the registry its
-    value must be a key of (resolved by the checker, so no registry is
-    imported here). `many`: a list of such values without duplicates."""
-    kind: type
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    lo_open: bool = False
-    hi_open: bool = False
-    choices: Optional[str] = None
-    many: bool = False
-
-
-def spec_field(default: Any = dataclasses.MISSING, *, rule: Rule, yaml: Optional[tuple[str, str]] = None,
-               axis: Optional[str] = None, scalar: Optional[str] = None, column: bool = False,
-               shown: bool = False) -> Any:
-    """A spec field with what the rest of the project derives from it:
-
-    yaml    (section, key) that sets it in experiments.yaml (e.g. ("train", "epochs"))
-    axis    the yaml list that makes it a grid axis (e.g. "datasets")
-    scalar  a top-level yaml key that sets it for every trial (e.g. "arch")
-    column  a column of the results table (a round's metrics may override it:
-            a method that builds its own network per round records its width)
-    shown   a column of every comparison table (the rest are shown where cells differ)
-    """
-    meta = {"rule": rule, "yaml": yaml, "axis": axis, "scalar": scalar, "column": column, "shown": shown}
-    return field(default=default, metadata=meta)
-
 
 _POSITIVE = Rule(float, lo=0, lo_open=True)
 _UNIT = Rule(float, lo=0, hi=1, lo_open=True)
@@ -67,16 +37,22 @@ DATASET_PARAMS = ("imbalance",)
 @dataclass(frozen=True)
 class DataSpec:
     dataset: str = spec_field(rule=Rule(str, choices="workers.data:DATASETS"), axis="datasets", column=True,
-                              shown=True)
-    # A parameter of the dataset itself (DatasetInfo.params): cifar100_lt's
-    # imbalance factor n_min / n_max.
-    imbalance: Optional[float] = spec_field(None, rule=_UNIT, axis="imbalances", column=True)
-    # Exactly one of fraction / images_per_class sizes the training subset.
-    fraction: Optional[float] = spec_field(None, rule=_UNIT, axis="fractions", column=True, shown=True)
+                              shown=True, help="The dataset to train and test on, read from its real on-disk "
+                              "layout under the data root (`digits` ships with scikit-learn; required).")
+    imbalance: Optional[float] = spec_field(None, rule=_UNIT, axis="imbalances", column=True,
+                                            help="cifar100_lt only: the imbalance factor n_min / n_max of its "
+                                                 "long tail (class c keeps int(500 f^(c/99)) training images).")
+    fraction: Optional[float] = spec_field(None, rule=_UNIT, axis="fractions", column=True, shown=True,
+                                           help="The training subset as a class-stratified fraction of the "
+                                                "training split, fixed by seed (this or images_per_class).")
     images_per_class: Optional[int] = spec_field(None, rule=Rule(int, lo=1), axis="images_per_class",
-                                                 column=True, shown=True)
+                                                 column=True, shown=True,
+                                                 help="The training subset as this many images per class, "
+                                                      "fixed by seed (this or fractions).")
     augmentation: str = spec_field("none", rule=Rule(str, choices="workers.data:AUGMENTATIONS"),
-                                   axis="augmentations", column=True, shown=True)
+                                   axis="augmentations", column=True, shown=True,
+                                   help="The augmentation of training batches, on the trial's device: `basic` "
+                                        "crops and flips where labels allow; the others build on it.")
 
     def params(self) -> dict:
         """The dataset's own parameters that this spec sets (passed to its loader)."""
@@ -86,29 +62,39 @@ class DataSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     arch: str = spec_field("resnet18", rule=Rule(str, choices="workers.models:ARCHS"), axis="archs",
-                           scalar="arch", column=True, shown=True)
-    width: float = spec_field(1.0, rule=_POSITIVE, yaml=("model", "width"), column=True)
+                           scalar="arch", column=True, shown=True,
+                           help="The network (`arch:` one for every trial, `archs:` a grid axis); "
+                                "`vgg16_paper` and `mobilenetv2_cifar` are the paper's released layouts.")
+    width: float = spec_field(1.0, rule=_POSITIVE, yaml=("model", "width"), column=True,
+                              help="Multiplies every channel count of the network (pretrained inits need 1).")
     init: str = spec_field("random", rule=Rule(str, choices="workers.models.inits:INITS"), yaml=("model", "init"),
-                           column=True)
-    # How random weights start (workers/models/variants.py INIT_SCHEMES): torchvision
-    # (the default: every lineage before this field keeps its id), pytorch, or
-    # paper (the released code's, per architecture). Pretrained inits load over it.
+                           column=True, help="Where the weights start: `random` (by the init scheme), or "
+                           "pretrained `imagenet` (torchvision's file) or `simclr` (runtime.init_path) over it.")
+    # torchvision is the default so that every lineage from before this field keeps its id.
     init_scheme: str = spec_field("torchvision", rule=Rule(str, choices="workers.models.variants:INIT_SCHEMES"),
-                                  axis="init_schemes", column=True)
+                                  axis="init_schemes", column=True,
+                                  help="How random weights start: `torchvision` (Kaiming-normal fan_out convs), "
+                                       "`pytorch` (PyTorch's own) or `paper` (the released code's, per network).")
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    epochs: int = spec_field(200, rule=Rule(int, lo=1), yaml=("train", "epochs"))
-    batch_size: int = spec_field(100, rule=Rule(int, lo=1), yaml=("train", "batch_size"))
-    lr: float = spec_field(0.1, rule=_POSITIVE, yaml=("train", "lr"))
-    momentum: float = spec_field(0.9, rule=Rule(float, lo=0, hi=1), yaml=("train", "momentum"))
-    weight_decay: float = spec_field(0.0005, rule=Rule(float, lo=0), yaml=("train", "weight_decay"))
+    epochs: int = spec_field(200, rule=Rule(int, lo=1), yaml=("train", "epochs"),
+                             help="The final epoch of every round: round 0 trains this many epochs.")
+    batch_size: int = spec_field(100, rule=Rule(int, lo=1), yaml=("train", "batch_size"),
+                                 help="Training images per SGD step.")
+    lr: float = spec_field(0.1, rule=_POSITIVE, yaml=("train", "lr"), help="SGD's learning rate at epoch 0.")
+    momentum: float = spec_field(0.9, rule=Rule(float, lo=0, hi=1), yaml=("train", "momentum"),
+                                 help="SGD's momentum (reset at every rewind).")
+    weight_decay: float = spec_field(0.0005, rule=Rule(float, lo=0), yaml=("train", "weight_decay"),
+                                     help="SGD's weight decay, on every parameter (BatchNorm and biases too).")
     schedule: str = spec_field("cosine", rule=Rule(str, choices="workers.train:SCHEDULES"),
-                               yaml=("train", "schedule"))
-    # Only take effect on CUDA; on CPU training is always fp32.
-    bf16: bool = spec_field(True, rule=Rule(bool), yaml=("train", "bf16"))
-    channels_last: bool = spec_field(True, rule=Rule(bool), yaml=("train", "channels_last"))
+                               yaml=("train", "schedule"), help="The learning rate over a round's epochs, "
+                               "set per epoch: `cosine` (to 0 at `epochs`) or `constant`.")
+    bf16: bool = spec_field(True, rule=Rule(bool), yaml=("train", "bf16"),
+                            help="Train under bfloat16 autocast on CUDA (a CPU always trains in fp32).")
+    channels_last: bool = spec_field(True, rule=Rule(bool), yaml=("train", "channels_last"),
+                                     help="Feed batches as channels_last on CUDA (a CPU always gets NCHW).")
 
 
 RETRAIN = ("rest", "paper_code")
@@ -117,17 +103,23 @@ RETRAIN = ("rest", "paper_code")
 @dataclass(frozen=True)
 class PruneSpec:
     method: str = spec_field("imp", rule=Rule(str, choices="workers.methods:METHODS"), axis="methods",
-                             column=True, shown=True)
-    rounds: int = spec_field(16, rule=Rule(int, lo=0), yaml=("imp", "rounds"))
-    rate: float = spec_field(0.2, rule=Rule(float, lo=0, hi=1, lo_open=True, hi_open=True), yaml=("imp", "rate"))
-    rewind_epoch: int = spec_field(2, rule=Rule(int, lo=0), yaml=("imp", "rewind_epoch"))
+                             column=True, shown=True,
+                             help="What the lineage runs: `imp`, or IMP with one named change (workers/methods/).")
+    rounds: int = spec_field(16, rule=Rule(int, lo=0), yaml=("imp", "rounds"),
+                             help="Pruning rounds after the dense round 0.")
+    rate: float = spec_field(0.2, rule=Rule(float, lo=0, hi=1, lo_open=True, hi_open=True), yaml=("imp", "rate"),
+                             help="The share of the remaining prunable weights pruned per round: round k "
+                                  "has density (1 - rate)^k.")
+    rewind_epoch: int = spec_field(2, rule=Rule(int, lo=0), yaml=("imp", "rewind_epoch"),
+                                   help="Every round after the first restarts from round 0's full state after "
+                                        "this many epochs (below train.epochs).")
     prunable: str = spec_field("conv", rule=Rule(str, choices="workers.pruning:PRUNABLE_SETS"),
-                               yaml=("imp", "prunable"))
-    # What a round after a rewind trains (README, differences from the released code):
-    # "rest": from `rewind_epoch` to the final epoch, so every round ends where
-    # round 0 did (the cosine reaches 0); "paper_code": the paper's released code,
-    # all `epochs` again from the rewind, the cosine run on past its period.
-    retrain: str = spec_field("rest", rule=Rule(str, choices="workers.spec:RETRAIN"), yaml=("imp", "retrain"))
+                               yaml=("imp", "prunable"), help="The weights IMP prunes: every Conv2d weight "
+                               "(`conv`), or those and the Linear weights (`conv+linear`).")
+    # Why both exist: docs/imp.md, differences from the released code.
+    retrain: str = spec_field("rest", rule=Rule(str, choices="workers.spec:RETRAIN"), yaml=("imp", "retrain"),
+                              help="What a round after a rewind trains: `rest` (from rewind_epoch to epochs) "
+                                   "or `paper_code` (all epochs again, as the released code does).")
 
 
 # Images per class held out of the training split (outside the subset) to
@@ -144,12 +136,13 @@ class EvalSpec:
     """How every round is measured. Which round is the winning ticket is
     decided at query time (`--select val|test`), never here: both protocols
     read the same lineages."""
-    val_per_class: int = spec_field(DEFAULT_VAL_PER_CLASS, rule=Rule(int, lo=0), yaml=("eval", "val_per_class"))
-    # Reset BatchNorm's running statistics with a no-grad pass over the
-    # training subset (no augmentation, cumulative average) before each
-    # evaluation: in short rounds they lag the weights and handicap whichever
-    # round trained least.
-    bn_recalibrate: bool = spec_field(False, rule=Rule(bool), yaml=("eval", "bn_recalibrate"), column=True)
+    val_per_class: int = spec_field(DEFAULT_VAL_PER_CLASS, rule=Rule(int, lo=0), yaml=("eval", "val_per_class"),
+                                    help="Training images per class held out of the subset, on which every "
+                                         "round records val_acc: the winning ticket's selection budget.")
+    # Short rounds' running statistics lag the weights, handicapping whichever round trained least.
+    bn_recalibrate: bool = spec_field(False, rule=Rule(bool), yaml=("eval", "bn_recalibrate"), column=True,
+                                      help="Recompute BatchNorm's running statistics over the training subset "
+                                           "(no augmentation) before each evaluation.")
 
 
 @dataclass(frozen=True)
@@ -159,7 +152,9 @@ class TrialSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     prune: PruneSpec = field(default_factory=PruneSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
-    seed: int = spec_field(0, rule=Rule(int, lo=0), axis="seeds", column=True)
+    seed: int = spec_field(0, rule=Rule(int, lo=0), axis="seeds", column=True,
+                           help="The training seed: it fixes the subset, the held-out images, the initial "
+                                "weights, the data order and the augmentation draws.")
 
     # --- identity -------------------------------------------------------
     def canonical(self) -> dict:
@@ -243,29 +238,35 @@ class TrialSpec:
 @dataclass(frozen=True)
 class RunOptions:
     """How a lineage runs; never part of its identity."""
-    data_root: Optional[str] = spec_field(None, rule=Rule(str), scalar="data_root")
-    # Rolling mid-round checkpoint every N epochs (0: never) and/or every S
-    # seconds of training (0: never). Neither changes the result: epochs are
-    # reseeded from (seed, round, epoch), so resuming at an epoch is exact.
-    checkpoint_every: int = spec_field(0, rule=Rule(int, lo=0), yaml=("runtime", "checkpoint_every"))
-    checkpoint_interval_s: float = spec_field(600.0, rule=Rule(float, lo=0), yaml=("runtime", "checkpoint_interval_s"))
-    # Evaluate val/test every N epochs (0: at the end of each round only).
-    eval_every: int = spec_field(0, rule=Rule(int, lo=0), yaml=("runtime", "eval_every"))
+    data_root: Optional[str] = spec_field(None, rule=Rule(str), scalar="data_root",
+                                          help="Where datasets are read from (unset: $LTH_DATA_ROOT, else "
+                                               "~/.cache/lth-sweep/data).")
+    # Neither checkpoint cadence changes the result: epochs are reseeded from
+    # (seed, round, epoch), so resuming at an epoch is exact.
+    checkpoint_every: int = spec_field(0, rule=Rule(int, lo=0), yaml=("runtime", "checkpoint_every"),
+                                       help="A rolling mid-round checkpoint every N epochs (0: never).")
+    checkpoint_interval_s: float = spec_field(600.0, rule=Rule(float, lo=0), yaml=("runtime", "checkpoint_interval_s"),
+                                              help="A mid-round checkpoint every S seconds of training (0: never).")
+    eval_every: int = spec_field(0, rule=Rule(int, lo=0), yaml=("runtime", "eval_every"),
+                                 help="Also record val/test accuracy every N epochs in the round's history "
+                                      "(0: only at the end of each round).")
     device: Optional[str] = None  # None: CUDA when present, else CPU
-    # Datasets with at most this many training images live on the device.
-    max_device_images: int = spec_field(2_000_000, rule=Rule(int, lo=0), yaml=("runtime", "max_device_images"))
-    # torch.compile the training/eval forward (worth it for long rounds on
-    # CUDA; the first epoch pays the compile). The backend is for tests.
-    compile: bool = spec_field(False, rule=Rule(bool), yaml=("runtime", "compile"))
+    max_device_images: int = spec_field(2_000_000, rule=Rule(int, lo=0), yaml=("runtime", "max_device_images"),
+                                        help="A training split of at most this many images is held on the "
+                                             "training device; a larger one stays in host memory.")
+    # The first epoch pays the compile. The backend is for tests.
+    compile: bool = spec_field(False, rule=Rule(bool), yaml=("runtime", "compile"),
+                               help="torch.compile the training and evaluation forward (for long rounds on CUDA).")
     compile_backend: str = "inductor"
-    # Train up to this many same-shape lineages as one fused program on one
-    # device (workers/group.py). None: 8 for trials that ask for a GPU, 1 (no
-    # fusion) on CPU, where fusion measured slower at 32 px (README, Performance).
-    fuse: Optional[int] = spec_field(None, rule=Rule(int, lo=1), yaml=("runtime", "fuse"))
-    # How fused convolutions run (workers/fused.py): auto, grouped (one conv with
-    # groups K) or loop (each member's own conv: the solo kernels and, on CPU, bits).
+    # None: 1 (no fusion) on CPU, where fusion measured slower at 32 px (docs/performance.md).
+    fuse: Optional[int] = spec_field(None, rule=Rule(int, lo=1), yaml=("runtime", "fuse"),
+                                     help="At most this many same-shape lineages train as one fused program on "
+                                          "one device (unset: 8 for trials that ask for a GPU, 1 on CPU).")
+    # loop is each member's own conv: the solo kernels and, on CPU, the solo bits.
     fuse_conv: str = spec_field("auto", rule=Rule(str, choices="workers.fused:CONV_STRATEGIES"),
-                                yaml=("runtime", "fuse_conv"))
+                                yaml=("runtime", "fuse_conv"), help="How fused convolutions run: `grouped` "
+                                "(one conv with groups K), `loop` (each member's own) or `auto` (grouped on "
+                                "CUDA and up to 16 px on CPU, else loop).")
     # Train in float64 (not a yaml option: the equivalence tests, where fused and
     # solo must agree to 1e-12, and reference runs; ~10x slower).
     float64: bool = False
@@ -274,9 +275,9 @@ class RunOptions:
     # the lineage stops (workers/context.py PrecisionChange). Not a yaml
     # option: `lth-sweep run --allow-precision-change`, a decision per run.
     allow_precision_change: bool = False
-    # Where init weights live (model.init imagenet: the torchvision file or its
-    # folder, default the torch hub cache; simclr: the state dict file).
-    init_path: Optional[str] = spec_field(None, rule=Rule(str), yaml=("runtime", "init_path"))
+    init_path: Optional[str] = spec_field(None, rule=Rule(str), yaml=("runtime", "init_path"),
+                                          help="model.init's weights: torchvision's file or folder for `imagenet` "
+                                               "(unset: the torch hub cache), the state-dict file for `simclr`.")
     # Evaluations after the lineage: the yaml's `analysis:` mapping as sorted
     # (key, value) pairs, e.g. (("cka", True), ("probe", ("cifar100",))). Each
     # registered evaluation (workers/evaluations/) declares its key, what it

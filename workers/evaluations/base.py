@@ -36,6 +36,7 @@ class Evaluation:
     option: str = ""                     # its yaml key: `analysis.<option>`
     rule: Rule = Rule(bool)              # what that key accepts (orchestrator/config.py checks it)
     default: Any = False                 # its value when the yaml leaves the key out
+    help: str = ""                       # one sentence for the experiments.yaml reference (docs)
     table: str = ""                      # the Parquet table its rows go to (orchestrator/results/)
     columns: dict[str, str] = {}         # that table's columns beyond sweep/trial_id: name -> arrow type
     sort_keys: tuple[str, ...] = ("trial_id",)  # the table's row order within a shard (a stable sort)

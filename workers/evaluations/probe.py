@@ -15,6 +15,7 @@ class Probe(Evaluation):
     name, table = "probe", "probe"
     option = "probe"
     rule, default = Rule(str, choices="workers.data:DATASETS", many=True), ()
+    help = "A linear probe of the frozen dense network and winning tickets, fitted on each of these datasets."
     columns = {"round": "int64", "target": "string", "accuracy": "double"}
     sort_keys = ("trial_id", "round")
     report_after = "table3"

@@ -41,6 +41,8 @@ class Robustness(Evaluation):
     name, table = "robustness", "robustness"
     option = "robustness"
     rule, default = Rule(str, choices="workers.evaluations.robustness:SUITES", many=True), ()
+    help = ("CIFAR-10 trials only: accuracy on these suites at the rounds nearest densities 1.0, 0.41, 0.13, "
+            "0.044 and at the winning tickets.")
     columns = {"round": "int64", "suite": "string", "corruption": "string", "severity": "int64",
                "accuracy": "double"}
     sort_keys = ("trial_id", "round")
