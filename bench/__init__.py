@@ -3,7 +3,7 @@
 Every figure compares the project's code with a baseline doing the same work
 on the same machine, so the numbers travel across machines better than
 seconds do. Nothing here is asserted by tests (timings are not test
-material); the README quotes a run with the machine named. One file per
+material); docs/performance.md quotes a run with the machine named. One file per
 family of figures, each importing the engine's public functions:
 
     engine.py        train_loop_ratio, epoch_overhead_frac, eval_train_ratio, checkpoint_frac
@@ -18,7 +18,7 @@ family of figures, each importing the engine's public functions:
     scale.py         --scale N ...: the driver's cost per trial at N trials (not in the default run)
     calibrate.py     --calibrate: the throughput table `plan` costs with (writes it; no keys)
     gpu_check.py     bench/gpu_check.sh: the CUDA tests, fusion self-checks and figures in one JSON
-    init_study.py    `python -m bench.init_study`: the README's init table (not a bench key)
+    init_study.py    `python -m bench.init_study`: docs/imp.md's init table (not a bench key)
     intervals.py     bootstrap_cell_s, bootstrap_cell_peak_mb (one cell of 30 seeds x 10,000 test
                      images at B = 20,000); `python -m bench.intervals`: the interval's coverage table
 

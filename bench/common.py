@@ -50,7 +50,7 @@ def trial_process_start_s(run: dict, df, slots: int) -> float:
 def run_experiment(experiment: str, storage: str) -> int:
     """`lth-sweep run -e <experiment>` of ./experiments.yaml (resuming what is
     there), timed; returns its exit status. The studies whose tables are in the
-    README (bench/init_study.py, bench/digits_study.py) run through this."""
+    documentation (bench/init_study.py, bench/digits_study.py) run through this."""
     import subprocess
     import sys
     t0 = time.time()
@@ -63,7 +63,7 @@ def run_experiment(experiment: str, storage: str) -> int:
 
 def write_output(path, parts: list[str]) -> None:
     """Print `parts`, one per line, and write them to `path` (None: print only):
-    a study's committed output (bench/results/), which the README quotes and
+    a study's committed output (bench/results/), which the documentation quotes and
     tests/test_readme_claims.py reads its numbers back from."""
     text = "\n".join(parts) + "\n"
     print(text, end="")

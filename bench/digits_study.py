@@ -1,4 +1,4 @@
-"""The README's digits_study table and figure: `digits_study` of
+"""The digits_study table and figure (docs/statistics.md; the figure heads the README): `digits_study` of
 ./experiments.yaml (does a winning ticket beat its dense network on scarce
 digits? 5 seeds), run and summarised by the project's own compare().
 
@@ -6,8 +6,8 @@ digits? 5 seeds), run and summarised by the project's own compare().
     python -m bench.digits_study --no-run   # only the table and the figure, from a finished sweep
 
 What it prints is also written to bench/results/digits_study.md (--out), which
-is committed: the README quotes it, and tests/test_readme_claims.py reads the
-README's numbers back from it.
+is committed: docs/statistics.md quotes it, and tests/test_readme_claims.py reads
+that page's numbers back from it.
 
 The table has one row per grid cell (training images per class x
 augmentation): dense and winning-ticket test accuracy (mean ± sd over the

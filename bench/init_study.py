@@ -6,8 +6,8 @@ torchvision's), as paired differences between the schemes.
     python -m bench.init_study --no-run   # only the table, from a finished sweep
 
 What it prints is also written to bench/results/init_study.md (--out), which is
-committed: the README quotes it, and tests/test_readme_claims.py reads the
-README's numbers back from it.
+committed: docs/imp.md quotes it, and tests/test_readme_claims.py reads that
+page's numbers back from it.
 
 For each training size and seed, the lineage under one scheme is paired with
 the same grid point under the other (same data subset, augmentation draws
@@ -59,7 +59,7 @@ def _mean_ci(x) -> tuple[float, float, float, float]:
 
 
 def table(p: pd.DataFrame) -> str:
-    """The README's init table: per size, each scheme's means, and the paired
+    """docs/imp.md's init table: per size, each scheme's means, and the paired
     differences with their interval, p and Holm-adjusted p over the table's
     differences (one family: the 3 sizes x dense, ticket, gain)."""
     from orchestrator.stats import holm

@@ -68,7 +68,7 @@ def _coverage(seeds: int, shared: float = 0.7, shift: float = 0.02, reps: int = 
 
 
 def coverage_table(reps: int = 400, seed_counts=(2, 3, 5, 10)) -> list[dict]:
-    """Every regime x pass rate x seed count (the README's coverage table)."""
+    """Every regime x pass rate x seed count (the coverage table orchestrator/stats.py quotes)."""
     rows = []
     for rate, p in PASS_RATES:
         for name, shared, shift in REGIMES:

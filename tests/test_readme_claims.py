@@ -16,7 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = re.compile(r"<!-- claims: (\S+) -->\n(.*?)<!-- /claims -->", re.S)
 DECIMAL = re.compile(r"(?<![\w.])([+-]?)(\d+\.\d+)")
-# every study whose numbers the README states; a block that disappears fails here
+# every study whose numbers the README or a docs page states; a block that disappears fails here
 STUDIES = {"bench/results/digits_study.md", "bench/results/init_study.md"}
 
 

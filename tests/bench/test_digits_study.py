@@ -1,4 +1,4 @@
-"""bench/digits_study.py: the README's table is compare()'s numbers, and the
+"""bench/digits_study.py: docs/statistics.md's table is compare()'s numbers, and the
 cells it names as surviving are exactly those with p_holm below 0.05."""
 import pandas as pd
 

@@ -1,4 +1,4 @@
-"""bench/init_study.py: the README's init table is a paired difference between schemes."""
+"""bench/init_study.py: docs/imp.md's init table is a paired difference between schemes."""
 import math
 
 import pandas as pd

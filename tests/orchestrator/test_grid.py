@@ -66,7 +66,7 @@ def test_every_shipped_experiment_plans_with_the_product_of_its_axes(capsys):
         schemes = {t["init_scheme"] for t in json.loads(out)["trials"]}
         if name == "init_study":
             assert schemes == {"paper", "torchvision"}
-        elif name in ("quickstart", "digits_study"):  # as their README results were run
+        elif name in ("quickstart", "digits_study"):  # as their published results were run (README, docs/)
             assert schemes == {"torchvision"}, name
         else:
             assert schemes == {"paper"}, name
