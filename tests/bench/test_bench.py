@@ -87,7 +87,8 @@ def test_the_gpu_check_runs_end_to_end(tmp_path):
     assert all(r["epochs"] >= 1 for r in res["lineage"]["rounds"])
     assert {"train_loop_ratio", "fused_speedup"} <= set(res["bench"])
     checks = res["fuse_checks"]["checks"]  # kept, with their figures, whether or not all passed
-    assert {(c["method"], c["arch"]) for c in checks} == set(__import__("workers.fusecheck").fusecheck.FUSABLE)
+    from bench.gpu_check import SMOKE_FUSABLE
+    assert {(c["method"], c["arch"]) for c in checks} == set(SMOKE_FUSABLE)
     assert all(c["fused_error"] >= 0 and c["solo_error"] >= 0 and "tensor" in c["worst"] for c in checks)
     assert all(c["passed"] for c in checks if c["strategy"] == "loop")  # the solo kernels: solo's own error
     # Whether this CPU's rounding passes the grouped kernels' check is not this test's to assert;
@@ -120,6 +121,7 @@ def test_the_gpu_check_fails_when_a_self_check_fails(tmp_path, monkeypatch, caps
         out = real(members, strategy)
         return {**out, "passed": out["passed"] and strategy != "grouped"}
     monkeypatch.setattr(fusecheck, "self_check", failing)
+    monkeypatch.setattr(gpu_check, "SMOKE_FUSABLE", [("imp", "resnet18")])  # one network shows the exit
     out = tmp_path / "g.json"
     rc = gpu_check.main(["--smoke", "--only", "fuse_checks", "--out", str(out)])
     res = json.loads(out.read_text())

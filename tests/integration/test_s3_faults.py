@@ -5,13 +5,19 @@ s3proxy.py (threads of this process, on loopback): the CLI's processes (the
 driver, its Ray, the trials) reach S3 only through the proxy, which answers
 bursts of `503 SlowDown`, drops connections before forwarding a request,
 after forwarding it (the PUT lands, the answer is lost) and half-way through
-an answer, and goes down for 30 s during a round commit and during a results
-table write. The sweep must end as an uninterrupted local one does (the same
+an answer, and goes down for OUTAGE_S seconds during a round commit and
+during a results table write. The sweep must end as an uninterrupted local one does (the same
 table), with every round committed exactly once (the proxy's log of the PUTs
 that landed: a round trained or committed a second time would carry other
 bytes) and every committed file verifying. An outage longer than the retry
 budget stops the run with one line naming the storage failure, and the same
 command afterwards resumes from the committed rounds.
+
+OUTAGE_S (LTH_TEST_OUTAGE_S, default 8) is longer than the SDK's own three
+attempts, so our retries carry every outage; the full version, outages of
+30 s as a real S3 brown-out lasts, is `LTH_TEST_OUTAGE_S=30 pytest
+tests/integration/test_s3_faults.py` (about 2.5 min instead of 1). The
+retry budget of the second test scales with it (a sixth of it; 5 s at 30).
 """
 import hashlib
 import json
@@ -26,6 +32,8 @@ from tests.integration.test_s3 import (BUCKET, S3_YAML, _manifest_keys, assert_r
                                        local_reference, s3, s3_env)
 
 pytestmark = pytest.mark.ray
+
+OUTAGE_S = float(os.environ.get("LTH_TEST_OUTAGE_S", "8"))
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +82,13 @@ def test_sweep_survives_slowdowns_dropped_connections_and_outages(s3_env, proxy,
             "/round_0/MANIFEST.json" in p) and "/partial/" not in p, times=1)),
         "answer cut half-way": proxy.add(Fault("truncate_response", requests("/round_0/MANIFEST.json", "GET"),
                                                times=4)),
-        # 30 s down, from the first PUT of a round-1 manifest (a commit) ...
-        "outage in a commit": proxy.add(Fault("outage", puts("/round_1/MANIFEST.json"), seconds=30)),
+        # OUTAGE_S down, from the first PUT of a round-1 manifest (a commit) ...
+        "outage in a commit": proxy.add(Fault("outage", puts("/round_1/MANIFEST.json"), seconds=OUTAGE_S)),
         # ... and from the first PUT of the results table once a round is committed
         # (the driver adding that round's rows).
         "outage in a table write": proxy.add(Fault("outage", lambda m, p: puts("/results/")(m, p) and any(
             e["method"] == "PUT" and e["status"] == 200 and "/MANIFEST.json" in e["path"]
-            and "/partial/" not in e["path"] for e in proxy.log), seconds=30)),
+            and "/partial/" not in e["path"] for e in proxy.log), seconds=OUTAGE_S)),
     }
     env = _env(s3_env, proxy)
     r = cli("run", "-e", "tiny", "--num-cpus", "2", "--storage", storage, cwd=tmp_path, env=env, process=True,
@@ -114,8 +122,9 @@ def test_outage_past_the_retry_budget_stops_with_one_line_then_resumes(s3_env, p
     (tmp_path / "experiments.yaml").write_text(S3_YAML)
     proxy.clear()
     proxy.wait_outages_over()
-    outage = proxy.add(Fault("outage", puts("/round_1/MANIFEST.json"), seconds=15))
-    env = _env(s3_env, proxy, LTH_S3_RETRY_BUDGET_S="5")
+    # Three retry budgets long: the trial's calls and the driver's give up.
+    outage = proxy.add(Fault("outage", puts("/round_1/MANIFEST.json"), seconds=OUTAGE_S / 2))
+    env = _env(s3_env, proxy, LTH_S3_RETRY_BUDGET_S=f"{OUTAGE_S / 6:g}")
     cmd = ("run", "-e", "tiny", "--num-cpus", "2", "--max-failures", "0", "--storage", storage)
 
     r = cli(*cmd, cwd=tmp_path, env=env, process=True, timeout=300)

@@ -34,7 +34,8 @@ import pytest
 
 from tests.helpers import ROOT, RUN_ENV, TINY_YAML, cli, manifests, uninterrupted_rows
 
-pytestmark = pytest.mark.ray
+# One worker starts the one test cluster (its daemons, ports and munge socket).
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("slurm")]
 
 SCRIPT = os.path.join(ROOT, "docker", "slurm", "lth-sweep.sbatch")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "scancel", "sinfo")
