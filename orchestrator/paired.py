@@ -21,6 +21,7 @@ import pyarrow as pa
 from orchestrator import stats
 from orchestrator.results import Frame, ResultsError, sql_over_frames
 from workers import selection
+from workers.migrate import OLD_FRAME_COLUMNS
 from workers.spec import SHOWN
 
 FIXED = list(SHOWN)  # shown for every cell; tables.py shows any other field where cells differ
@@ -34,8 +35,7 @@ T_MISMATCH = "t over seeds (per-image predictions disagree with test_acc)"
 T_SPLITS = "t over seeds (its seeds were tested on different test splits)"
 CELL_COLUMNS = ("cell", "cell_id", "lineage_rounds")
 # Columns a frame from an older lth-sweep may lack, read as null.
-_OPTIONAL = {"val_per_class": "BIGINT", "test_correct": "BLOB", "test_images": "BIGINT", "bn_recalibrate": "BOOLEAN",
-             "fused_with": "VARCHAR", "fallback": "VARCHAR"}
+_OPTIONAL = OLD_FRAME_COLUMNS
 
 
 def _names(frame: Frame) -> list[str]:

@@ -10,6 +10,11 @@ Forms handled:
   is measured alike; its rows say so (`old_round_row`).
 - such a lineage trained on a dataset whose labels a mirror changes (digits,
   CLaMM) with an augmentation that mirrored it then is redone from round 0.
+- a spec with rewind_epoch >= epochs (refused by today's config) rewinds to
+  the dense round's end state (`rewind_state`).
+- a results frame written before some columns existed reads them as null
+  (`OLD_FRAME_COLUMNS`); shards of an older schema version are derived again
+  from the manifests (`shards_outdated`).
 """
 from __future__ import annotations
 
@@ -78,3 +83,22 @@ def old_round_row(stored: dict, row: dict, cell: Optional[dict]) -> tuple[dict, 
     if cell is not None and old != _OLD_DEFAULT:
         cell = {**cell, "legacy_selection": old}
     return row, cell
+
+
+# Columns a results frame from an older lth-sweep may lack, read as null (their SQL types).
+OLD_FRAME_COLUMNS = {"val_per_class": "BIGINT", "test_correct": "BLOB", "test_images": "BIGINT",
+                     "bn_recalibrate": "BOOLEAN", "fused_with": "VARCHAR", "fallback": "VARCHAR"}
+
+
+def rewind_state(k: int, rewind, end_state):
+    """The state later rounds rewind to: the one saved at rewind_epoch, or, for
+    a spec whose rewind_epoch >= epochs (older specs: never saved), round 0's
+    end state (`end_state()`)."""
+    return end_state() if k == 0 and rewind is None else rewind
+
+
+def shards_outdated(version: int, current: int) -> bool:
+    """Shards an older lth-sweep wrote lack what this one derives from the
+    manifests (the grid cell, the validation budget, which val_acc were really
+    held out): the table is then derived again from the manifests."""
+    return version < current

@@ -21,6 +21,7 @@ from safetensors.torch import load as st_load
 
 from workers import checkpoint, predictions, pruning
 from workers.context import check_precision
+from workers.migrate import rewind_state
 from workers.methods import RoundStart
 from workers.store import CorruptRound
 from workers.train import Trainer, model_state, save_tensors
@@ -104,8 +105,7 @@ class RoundRun:
         """Evaluate the trained round and commit it; returns its metrics."""
         ctx, k, start = self.ctx, self.k, self.start
         train_s = time.perf_counter() - self.t0
-        if k == 0 and self.rewind is None:  # rewind_epoch >= epochs (older specs): the end state
-            self.rewind = model_state(start.model)
+        self.rewind = rewind_state(k, self.rewind, lambda: model_state(start.model))
         ev = self.trainer.evaluate(("train", "val", "test"), keep=True, predict=predictions.SPLITS)
         accs = ev.accs
         predicted = {s: t.numpy() for s, t in ev.predicted.items()}

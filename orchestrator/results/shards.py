@@ -27,6 +27,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from orchestrator.formatting import first_line
+from workers.migrate import shards_outdated
 from workers.store import SweepStore
 
 from . import rowfiles
@@ -122,7 +123,7 @@ def results_dataset(sweep_store: SweepStore, kind: str = "results") -> Union[pad
     folder = sweep_store.table_dir(kind)
     names = sweep_store.fs.listdir(folder)
     ds, version = _checked_dataset(sweep_store, [f"{folder}/{n}" for n in names if not _is_hidden(n)], kind)
-    if version < SCHEMA_VERSION and kind in ("results", "layers"):
+    if shards_outdated(version, SCHEMA_VERSION) and kind in ("results", "layers"):
         return tables_for(sweep_store, sweep_store.trial_ids())[kind]
     if rowfiles.ROWS in names:
         # Rounds appended since the last compaction (a run going on, or killed): they
