@@ -34,8 +34,7 @@ import pytest
 
 from tests.helpers import ROOT, RUN_ENV, TINY_YAML, cli, manifests, uninterrupted_rows
 
-# One worker starts the one test cluster (its daemons, ports and munge socket).
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.ray
 
 SCRIPT = os.path.join(ROOT, "docker", "slurm", "lth-sweep.sbatch")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "scancel", "sinfo")
@@ -49,6 +48,18 @@ GRACE_S = 20
 # lands mid-sweep.
 SLURM_YAML = TINY_YAML.replace("[0.1, 0.2]", "[0.1]").replace("epochs: 3,", "epochs: 25,")
 METRICS = ["density", "val_acc", "test_acc", "train_acc"]
+
+
+def _ray_port_block() -> int:
+    """The first of this test cluster's Ray ports. Each xdist worker may run a
+    test cluster of its own, and both number their first job 1, whose block
+    the script would derive alike (20210): two Ray heads on one port. So each
+    worker's cluster passes its own block (LTH_RAY_PORT, as a user may):
+    210 ports from 22100 + 210 x the worker's number, clear of Ray's worker
+    ports (10002-19999) and of the ephemeral range its other ports come from."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    n = int(worker[2:]) if worker[2:].isdigit() else 0
+    return 22100 + 210 * (n % 40)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -101,7 +112,7 @@ class Slurm:
         # Nothing of an outer Slurm (CI inside a Slurm job) or Ray leaks in.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "RAY_"))}
         self.env.update(SLURM_CONF=self.conf, LTH_SLURM_TEST=self.marker,
-                        PATH=SBIN_PATH)
+                        PATH=SBIN_PATH, LTH_RAY_PORT=str(_ray_port_block()))
         self.procs: dict[str, subprocess.Popen] = {}
 
     def cmd(self, *args, check=True, timeout=30) -> str:
