@@ -59,8 +59,8 @@ def pytest_configure(config):
 # 2026-12-07): xdist then hands the long tests out while the short ones can
 # still fill the other worker's gaps, and the two workers end together
 # instead of one idling through the last long test (that imbalance cost a
-# third of the suite's wall time). `--dist loadgroup --no-loadscope-reorder`
-# (pyproject.toml) hands out one test at a time in this order.
+# third of the suite's wall time). `--dist loadfile --no-loadscope-reorder`
+# (pyproject.toml) hands out one module at a time in this order.
 SLOW_FIRST = ["integration/test_slurm.py", "bench/test_bench.py", "integration/test_chaos.py",
               "integration/test_s3_faults.py", "integration/test_sweep.py", "workers/test_fusecheck.py",
               "integration/test_cluster_nodes.py", "workers/test_group.py", "integration/test_s3.py",
