@@ -161,7 +161,7 @@ def _copy(t: Trainer, dtype: Optional[torch.dtype] = None, prep=None) -> Trainer
     return c
 
 
-def _state(t: Trainer) -> dict[str, torch.Tensor]:
+def state_copy(t: Trainer) -> dict[str, torch.Tensor]:
     """Member t's trainable state in float64 on the host (the check's copies take
     no device memory from the group): parameters, momentum buffers, BatchNorm statistics."""
     def f64(x):  # a copy even where x is float64 already: the step updates in place
@@ -180,13 +180,13 @@ def _after_one_step(program, epoch: int) -> list[dict[str, torch.Tensor]]:
     weight decay at the epoch's learning rate, masks on weights and momentum,
     BatchNorm statistics, the write-back to the members): per parameter its
     update, and the momentum buffers, BatchNorm statistics and loss after it."""
-    before = [_state(t) for t in program.trainers]
+    before = [state_copy(t) for t in program.trainers]
     rows = run_epoch(program, 0, epoch)
     found = []
     for t, b, row in zip(program.trainers, before, rows):
         if isinstance(row, BaseException):
             raise row
-        after = _state(t)
+        after = state_copy(t)
         step = {("update:" + n[6:] if n.startswith("param:") else n): v - b[n] if n.startswith("param:") else v
                 for n, v in after.items()}
         step["loss"] = torch.tensor([row["loss"]], dtype=torch.float64)

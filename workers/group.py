@@ -44,7 +44,7 @@ import torch
 
 from workers import memory
 from workers.fused import can_fuse
-from workers.fusecheck import LOGIC_IMAGES, Fusion, probe
+from workers.fusecheck import LOGIC_IMAGES, Fusion, probe, state_copy
 from workers.context import LineageContext
 from workers.methods import get_method
 from workers.round import RoundRun, copy_round
@@ -216,7 +216,7 @@ def _fit(k: int, trainers: list, width: int, fusion: Fusion) -> int:
     dev = trainers[0].prep.device
     if width <= 1 or memory.available(dev) is None or can_fuse(trainers) is not None:
         return width
-    step, step64, state64 = memory.steps(trainers[0], probe, LOGIC_IMAGES)
+    step, step64, state64 = memory.steps(trainers[0], probe, LOGIC_IMAGES, state_copy)
     free = memory.available(dev)  # after the measurement, whose memory is free again
     fit = memory.widest(len(trainers), width, free, step, step64, state64, lambda w: fusion.unchecked(trainers, w))
     if fit < width:

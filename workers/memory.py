@@ -17,7 +17,7 @@ own), and the pads live through both:
     need(K) = margin * (max(2K step, 2K step64) + (K - n) step) [+ (7K + 2) state64 on the host]
 
 On a CPU the device is the host, so the check's float64 copies of the
-members' state (workers/fusecheck.py `_state`: 7 per slot are kept until the
+members' state (workers/fusecheck.py `state_copy`: 7 per slot are kept until the
 judgement, 2 more in flight) count too: `state64`, the bytes of one member's
 parameters, momentum buffers and BatchNorm statistics in float64. On CUDA
 they are host memory (for ResNet-18 at K=8 about 10 GB of it) and not planned.
@@ -119,11 +119,12 @@ def _peak(fn: Callable[[], object], device: torch.device) -> int:
     return m.peak
 
 
-def steps(t, probe: Callable, logic_images: int) -> tuple[int, int, int]:
+def steps(t, probe: Callable, logic_images: int, state_copy: Callable) -> tuple[int, int, int]:
     """(step, step64, state64) of member t (module docstring), measured once per shape
     and numerics: one training step of `probe(t)` (workers/fusecheck.py's
     probe copy, whose epoch is its first batch) and of its float64 probe on
-    `logic_images` images."""
+    `logic_images` images; state64 the bytes of `state_copy(t)`, the check's
+    float64 copy of a member's state (on a CPU device only)."""
     dev = t.prep.device
     key = (t.spec.model, t.spec.data.dataset, t.spec.train, tuple(t.prep.x_train.shape[1:]), str(dev),
            t.autocast, t.channels_last, str(t.dtype))
@@ -133,9 +134,7 @@ def steps(t, probe: Callable, logic_images: int) -> tuple[int, int, int]:
             f64 = _peak(lambda: run_epoch(Solo(probe(t, torch.float64, images=logic_images)), 0, 1), dev)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        state = [p for p in t.model.parameters()] + list(t.momentum_state().values()) + [
-            b for n, b in t.model.named_buffers() if n.endswith(("running_mean", "running_var"))]
-        state64 = 8 * sum(x.numel() for x in state) if dev.type == "cpu" else 0
+        state64 = sum(x.nbytes for x in state_copy(t).values()) if dev.type == "cpu" else 0
         _STEPS[key] = (one, f64, state64)
     return _STEPS[key]
 

@@ -130,8 +130,8 @@ def test_a_group_sized_to_a_cuda_memory_cap_fuses_under_it_without_running_out(t
     total = torch.cuda.mem_get_info(dev)[1]
     real_steps = memory.steps
 
-    def steps(t, probe, images):  # the cap: what the members hold now, plus two slots' check
-        step, step64, state64 = out = real_steps(t, probe, images)
+    def steps(t, probe, images, state_copy):  # the cap: what the members hold now, plus two slots' check
+        step, step64, state64 = out = real_steps(t, probe, images, state_copy)
         cap = torch.cuda.memory_allocated(dev) + memory.need(2, 2, step, step64, state64) + step // 2
         assert memory.need(3, 3, step, step64, state64) > cap - torch.cuda.memory_allocated(dev)
         torch.cuda.set_per_process_memory_fraction(cap / total, dev)

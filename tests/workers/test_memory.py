@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from workers import memory
-from workers.fusecheck import LOGIC_IMAGES, probe, self_check
+from workers.fusecheck import LOGIC_IMAGES, probe, self_check, state_copy
 from workers.fused import FusedTrainer
 from workers.group import run_group
 from workers.spec import DataSpec, ModelSpec, PruneSpec, RunOptions, TrainSpec, TrialSpec
@@ -52,7 +52,7 @@ def _members(arch):
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenetv2"])
 def test_the_plan_is_above_what_the_check_and_a_fused_epoch_use_and_not_far_above(arch):
     ts = _members(arch)
-    step, step64, state64 = memory.steps(ts[0], probe, LOGIC_IMAGES)
+    step, step64, state64 = memory.steps(ts[0], probe, LOGIC_IMAGES, state_copy)
     with memory.Meter() as m:
         assert self_check(ts, "loop")["passed"]
     check_peak = m.peak
@@ -75,7 +75,7 @@ def _capped_run(tmp_path, monkeypatch, count_check: bool):
     """Four lineages as one group under a cap that fits the check of two fused
     slots (with their pads' room to spare) but not of three."""
     probe_member = member(seed=0, batch=40, epochs=2)
-    step, step64, state64 = memory.steps(probe_member, probe, LOGIC_IMAGES)
+    step, step64, state64 = memory.steps(probe_member, probe, LOGIC_IMAGES, state_copy)
     budget = memory.need(2, 2, step, step64, state64, check=True) + step // 2
     assert memory.need(3, 3, step, step64, state64, check=True) > budget
     meter = memory.Meter()
