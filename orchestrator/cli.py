@@ -49,10 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         return p
 
+    def adaptive_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--adaptive", metavar="start=N,step=N,max=N,effect=X",
+                       help="adaptive seeds instead of the experiment's seeds: add seeds only to cells whose "
+                            "claim is open (as seeds: {adaptive: ...} in the yaml)")
+        p.add_argument("--budget-gpu-h", type=float, metavar="H",
+                       help="with adaptive seeds: at most H estimated device-hours in all (as plan estimates "
+                            "them); extra seeds go to the cells closest to resolving")
+
     p = verb("plan", "expand the grid; start nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--num-gpus", type=float,
                    help="plan the fused groups for a cluster of N GPUs (default: this machine's)")
+    adaptive_flags(p)
 
     p = verb("run", "run or resume a sweep (the same command does both)")
     p.add_argument("--address", help="Ray cluster address ('auto' inside a cluster); default: start a local Ray")
@@ -74,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a lineage whose committed rounds ran in another precision than this run would "
                         "(e.g. bf16 on a GPU, now fp32 on a CPU); without it such a lineage stops with one line. "
                         "Its results cell then names both (e.g. precision bf16+fp32)")
+    adaptive_flags(p)
 
     p = verb("status", "progress of a sweep, from storage (and the yaml: trials it names and storage lacks)")
     p.add_argument("--json", action="store_true")
+    adaptive_flags(p)
 
     p = verb("query", "query the results table")
     g = p.add_mutually_exclusive_group()

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator import adaptive
 from orchestrator.checkers import by_fraction, checker, choice, names, number_in, registry_keys
 from orchestrator.formatting import number
 
@@ -172,7 +173,12 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
             err(p, MOVED[k])
         if k not in EXPERIMENT_KEYS:
             err(p, f"unknown key; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
-        if k in AXES:
+        if k == "seeds" and isinstance(v, dict):
+            # The adaptive form (orchestrator/adaptive.py): seeds added per cell while its claim is open.
+            msg = adaptive.check(v)
+            if msg:
+                err(p, msg)
+        elif k in AXES:
             if not isinstance(v, list) or not v:
                 err(p, f"must be a non-empty list, got {v!r}")
             check = AXES[k]

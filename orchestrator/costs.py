@@ -203,7 +203,7 @@ def estimate(trials: list, table: Optional[dict] = None) -> dict:
     else:
         device, source = ASSUMED["device"], "assumed"
     return {"train_images": train, "eval_images": evals, "device_hours": round(seconds / 3600, 4),
-            "device": device, "source": source, "images_per_s": speeds}
+            "device_s": seconds, "device": device, "source": source, "images_per_s": speeds}
 
 
 def write_table(table: dict, path: Optional[str] = None) -> str:

@@ -59,12 +59,17 @@ def _axes(exp: dict) -> list[tuple[str, list]]:
                 out.append(("size", [(n, v) for n in _SIZE for v in exp.get(axis_of[n], [])]))
             continue
         scalar = f.metadata.get("scalar")
-        out.append((f.name, exp.get(axis_of[f.name]) or ([exp[scalar]] if scalar in exp else [f.default])))
+        values = exp.get(axis_of[f.name])
+        if isinstance(values, dict):  # adaptive seeds: every seed a cell may get (orchestrator/adaptive.py)
+            values = list(range(values["adaptive"]["max"]))
+        out.append((f.name, values or ([exp[scalar]] if scalar in exp else [f.default])))
     return out
 
 
 def expand(exp: dict) -> list[Trial]:
-    """All trials of one validated experiment (see orchestrator.config)."""
+    """All trials of one validated experiment (see orchestrator.config); with
+    adaptive seeds, every trial the experiment may run (seeds 0 .. max - 1 of
+    every cell; `first_batch` and orchestrator/adaptive.py pick from them)."""
     fixed: dict[str, dict] = {part: {} for part in _PARTS}
     options: dict = {}
     for part, f in spec_fields():
@@ -230,3 +235,12 @@ def cost_estimate(trials: list[Trial]) -> dict:
     return {"trials": len(trials), "rounds": sum(t.spec.num_rounds for t in trials),
             "gpus": sum(t.resources["gpu"] for t in trials), "cpus": sum(t.resources["cpu"] for t in trials),
             **est}
+
+
+def first_batch(exp: dict, trials: list[Trial]) -> list[Trial]:
+    """What a `run` starts with: every trial, or with adaptive seeds the first
+    `start` seeds of every cell."""
+    seeds = exp.get("seeds")
+    if not isinstance(seeds, dict):
+        return trials
+    return [t for t in trials if t.spec.seed < seeds["adaptive"]["start"]]

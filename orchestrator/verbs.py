@@ -3,6 +3,7 @@ read the yaml or the sweep, call the engine, print. Heavy imports (Ray, pandas,
 torch) stay inside the verb that needs them."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -20,12 +21,39 @@ def _experiment(args) -> dict:
     if args.experiment not in cfg["experiments"]:
         raise UsageError(f"lth-sweep: error: {path}: no experiment {args.experiment!r}; "
                          f"known: {', '.join(cfg['experiments'])}")
-    return cfg["experiments"][args.experiment]
+    exp = cfg["experiments"][args.experiment]
+    flag, budget = getattr(args, "adaptive", None), getattr(args, "budget_gpu_h", None)
+    if flag is not None:
+        from orchestrator import adaptive
+        try:
+            exp = {**exp, "seeds": adaptive.parse_flag(flag)}
+        except ValueError as e:
+            raise UsageError(f"lth-sweep {args.cmd}: {e}") from None
+        msg = adaptive.check(exp["seeds"])
+        if msg:
+            raise UsageError(f"lth-sweep {args.cmd}: --adaptive: {msg}")
+    if budget is not None:
+        if not isinstance(exp.get("seeds"), dict):
+            raise UsageError(f"lth-sweep {args.cmd}: --budget-gpu-h goes with adaptive seeds "
+                             "(seeds: {adaptive: ...} in the yaml, or --adaptive)")
+        if not budget > 0:
+            raise UsageError(f"lth-sweep {args.cmd}: --budget-gpu-h must be > 0")
+    return exp
 
 
 def _trials(args):
+    """The experiment's trials; with adaptive seeds, those its decisions so far
+    plan (from storage: orchestrator/adaptive.py)."""
     from orchestrator.grid import expand
-    return expand(_experiment(args))
+    exp = _experiment(args)
+    trials = expand(exp)
+    from orchestrator import adaptive
+    settings = adaptive.settings_of(exp)
+    if settings is None:
+        return trials
+    from workers.store import SweepStore
+    sweep = SweepStore(args.storage, args.name or args.experiment)
+    return adaptive.plan_from_storage(sweep, trials, settings, getattr(args, "budget_gpu_h", None))[0]
 
 
 def _sweep(args, must_exist: bool):
@@ -41,8 +69,18 @@ def cmd_plan(args) -> int:
     from orchestrator.grid import cost_estimate
     from workers.store import check_name
     check_name("sweep", args.name or args.experiment)
-    trials = _trials(args)
+    from orchestrator import adaptive
+    from orchestrator.grid import expand, first_batch
+    exp = _experiment(args)
+    settings = adaptive.settings_of(exp)
+    every = expand(exp)
+    trials = first_batch(exp, every)
     cost = cost_estimate(trials)
+    spread = None
+    if settings:
+        costs = adaptive.cell_costs(every)
+        _budget(settings, costs, args)
+        spread = adaptive.cost_range(settings, costs, args.budget_gpu_h)
     import torch
     from orchestrator.grid import units
     gpus = args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()
@@ -55,7 +93,8 @@ def cmd_plan(args) -> int:
                           "trials": [{**t.row(), "fused_group": group_of.get(t.trial_id)} for t in trials],
                           "groups": [{"group": u.unit_id, "trials": [t.trial_id for t in u.trials],
                                       "resources": u.resources} for u in groups],
-                          "gpus": gpus, "cost": cost}))
+                          "gpus": gpus, "cost": cost,
+                          **({"adaptive": {**dataclasses.asdict(settings), **spread}} if settings else {})}))
         return 0
     from orchestrator.formatting import format_records
     rows = [{**{k: v for k, v in t.row().items() if k != "resources"},
@@ -74,7 +113,17 @@ def cmd_plan(args) -> int:
     spent = f"~{hours:.3g} device-hours" if hours >= 0.1 else _minutes(hours)
     print(f"estimate: {spent} on {cost['device']}, at training images/s: {speeds}"
           + ("" if cost["source"] == "calibrated" else "; `lth-sweep bench --calibrate` measures this machine"))
+    if settings:
+        print(adaptive.plan_lines(settings, spread))
     return 0
+
+
+def _budget(settings, costs: dict, args) -> None:
+    from orchestrator import adaptive
+    try:
+        adaptive.check_budget(settings, costs, args.budget_gpu_h)
+    except ValueError as e:
+        raise UsageError(f"lth-sweep {args.cmd}: {e}") from None
 
 
 def _minutes(hours: float) -> str:
@@ -93,22 +142,29 @@ def cmd_run(args) -> int:
         v = getattr(args, flag)
         if v is not None and v < 0:
             raise UsageError(f"lth-sweep run: --{flag.replace('_', '-')} must be >= 0")
+    from orchestrator import adaptive
     from orchestrator.grid import expand
     from orchestrator.trackers import check, names_of
     exp = _experiment(args)
+    settings = adaptive.settings_of(exp)
     trials = expand(exp)
     if args.allow_precision_change:  # a RunOptions field: not part of any trial's id
-        import dataclasses
         trials = [dataclasses.replace(t, options=dataclasses.replace(t.options, allow_precision_change=True))
                   for t in trials]
     trackers = names_of(args.tracker, exp.get("trackers"))
     check(trackers)
-    rc = run_sweep(SweepRequest(
+    request = SweepRequest(
         trials=trials, experiment=args.experiment, sweep_name=name, storage=args.storage,
         address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         wait_s=max(0.0, args.wait_for_nodes), plain=True if args.plain else None,
-        trackers=tuple(trackers), verify=args.verify))
+        trackers=tuple(trackers), verify=args.verify)
+    if settings:
+        _budget(settings, adaptive.cell_costs(trials), args)
+        # Batch after batch, seeds only where a cell's claim is open (orchestrator/adaptive.py).
+        rc, trials = adaptive.run(request, settings, args.budget_gpu_h)
+    else:
+        rc = run_sweep(request)
     sweep = _sweep(args, must_exist=True)
     from orchestrator.results import format_frame, load_results
     from orchestrator.tables import compare, family, notes, protocol_line
@@ -123,11 +179,16 @@ def cmd_run(args) -> int:
         print(f"\n{cells} grid cells: {where}")
         return rc
     df = load_results(sweep)
+    if settings:
+        df = df[df["trial_id"].isin({t.trial_id for t in trials})]
     if len(df):
         table = compare(df, "val")
+        extra: list[str] = []
+        if settings:
+            table, extra = adaptive.with_sequences(table, df, sweep)
         print(f"\nDense (round 0) vs winning ticket, test accuracy. {protocol_line('val', df)} {family(table)}")
         print(format_frame(_shown(table), "table"))
-        for line in notes(table, "val"):
+        for line in [*extra, *notes(table, "val")]:
             print(f"note: {line}")
         print(f"\n{where}")
     return rc
@@ -187,8 +248,15 @@ def cmd_query(args) -> int:
         if args.winning_tickets:
             df = winning_tickets(rows, args.select)
         elif args.compare:
+            from orchestrator import adaptive
+            state = adaptive.read_state(sweep)
+            if state:  # an adaptive sweep: its planned seeds, and the confidence sequences beside
+                rows = adaptive.planned_rows(rows, state)
             df = compare(rows, args.select, args.ci)
-            remarks = notes(df, args.select)
+            extra: list[str] = []
+            if state:
+                df, extra = adaptive.with_sequences(df, rows, sweep)
+            remarks = [*extra, *notes(df, args.select)]
             header += " " + family(df)
         elif args.power:
             effect = DEFAULT_EFFECT if args.effect is None else args.effect
