@@ -36,11 +36,18 @@ confidence sequence needs nothing more, but on a range of 2 it cannot
 resolve a gain below ~0.3 within 15 seeds (its width carries a term of about
 range * log(2/alpha) / n), so it would resolve nothing this tool is for.
 
-`g` (PRIOR_G) is where the test spends its power: the prior of the effect in
-units of the seed-to-seed sd. The digits study's resolved cells have gains of
-2-4 sd (bench/results/digits_study.md); g = 4 (a prior sd of 2) puts the
-power there and lets a 4-sd gain resolve at 5 seeds at alpha 0.05 for one
-cell (the earliest: `earliest()`).
+`g` (PRIOR_G) is where the test spends its power: the prior variance of the
+effect in units of the seed-to-seed sd. g = 4 (a prior sd of 2 sds) resolves
+a gain of 3 sds within 7 seeds in more than 95% of cells
+(tests/orchestrator/test_sequential.py), and one cell can resolve from 4
+seeds on (`earliest()`; 5 at g = 1). A larger g lets very large effects
+resolve a batch sooner and costs power on moderate ones.
+
+With a `margin` (orchestrator/adaptive.py) a cell also resolves when its
+whole interval lies within effect +- margin: no gain worth the margin. That
+claim rests on the same coverage (every cell's sequence covers its mean at
+every n at once, with probability 1 - alpha over the family), so it keeps the
+same error.
 """
 from __future__ import annotations
 

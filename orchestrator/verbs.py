@@ -47,13 +47,13 @@ def _trials(args):
     from orchestrator.grid import expand
     exp = _experiment(args)
     trials = expand(exp)
-    from orchestrator import adaptive
+    from orchestrator import adaptive, adaptive_run
     settings = adaptive.settings_of(exp)
     if settings is None:
         return trials
     from workers.store import SweepStore
     sweep = SweepStore(args.storage, args.name or args.experiment)
-    return adaptive.plan_from_storage(sweep, trials, settings, getattr(args, "budget_gpu_h", None))[0]
+    return adaptive_run.plan_from_storage(sweep, trials, settings, getattr(args, "budget_gpu_h", None))[0]
 
 
 def _sweep(args, must_exist: bool):
@@ -69,7 +69,7 @@ def cmd_plan(args) -> int:
     from orchestrator.grid import cost_estimate
     from workers.store import check_name
     check_name("sweep", args.name or args.experiment)
-    from orchestrator import adaptive
+    from orchestrator import adaptive, adaptive_run
     from orchestrator.grid import expand, first_batch
     exp = _experiment(args)
     settings = adaptive.settings_of(exp)
@@ -78,7 +78,7 @@ def cmd_plan(args) -> int:
     cost = cost_estimate(trials)
     spread = None
     if settings:
-        costs = adaptive.cell_costs(every)
+        costs = adaptive_run.cell_costs(every)
         _budget(settings, costs, args)
         spread = adaptive.cost_range(settings, costs, args.budget_gpu_h)
     import torch
@@ -114,7 +114,8 @@ def cmd_plan(args) -> int:
     print(f"estimate: {spent} on {cost['device']}, at training images/s: {speeds}"
           + ("" if cost["source"] == "calibrated" else "; `lth-sweep bench --calibrate` measures this machine"))
     if settings:
-        print(adaptive.plan_lines(settings, spread))
+        from orchestrator.adaptive_views import plan_lines
+        print(plan_lines(settings, spread))
     return 0
 
 
@@ -142,7 +143,7 @@ def cmd_run(args) -> int:
         v = getattr(args, flag)
         if v is not None and v < 0:
             raise UsageError(f"lth-sweep run: --{flag.replace('_', '-')} must be >= 0")
-    from orchestrator import adaptive
+    from orchestrator import adaptive, adaptive_run
     from orchestrator.grid import expand
     from orchestrator.trackers import check, names_of
     exp = _experiment(args)
@@ -160,9 +161,9 @@ def cmd_run(args) -> int:
         wait_s=max(0.0, args.wait_for_nodes), plain=True if args.plain else None,
         trackers=tuple(trackers), verify=args.verify)
     if settings:
-        _budget(settings, adaptive.cell_costs(trials), args)
+        _budget(settings, adaptive_run.cell_costs(trials), args)
         # Batch after batch, seeds only where a cell's claim is open (orchestrator/adaptive.py).
-        rc, trials = adaptive.run(request, settings, args.budget_gpu_h)
+        rc, trials = adaptive_run.run(request, settings, args.budget_gpu_h)
     else:
         rc = run_sweep(request)
     sweep = _sweep(args, must_exist=True)
@@ -185,7 +186,8 @@ def cmd_run(args) -> int:
         table = compare(df, "val")
         extra: list[str] = []
         if settings:
-            table, extra = adaptive.with_sequences(table, df, sweep)
+            from orchestrator.adaptive_views import with_sequences
+            table, extra = with_sequences(table, df, sweep)
         print(f"\nDense (round 0) vs winning ticket, test accuracy. {protocol_line('val', df)} {family(table)}")
         print(format_frame(_shown(table), "table"))
         for line in [*extra, *notes(table, "val")]:
@@ -248,14 +250,14 @@ def cmd_query(args) -> int:
         if args.winning_tickets:
             df = winning_tickets(rows, args.select)
         elif args.compare:
-            from orchestrator import adaptive
+            from orchestrator import adaptive, adaptive_views
             state = adaptive.read_state(sweep)
             if state:  # an adaptive sweep: its planned seeds, and the confidence sequences beside
-                rows = adaptive.planned_rows(rows, state)
+                rows = adaptive_views.planned_rows(rows, state)
             df = compare(rows, args.select, args.ci)
             extra: list[str] = []
             if state:
-                df, extra = adaptive.with_sequences(df, rows, sweep)
+                df, extra = adaptive_views.with_sequences(df, rows, sweep)
             remarks = [*extra, *notes(df, args.select)]
             header += " " + family(df)
         elif args.power:

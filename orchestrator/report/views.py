@@ -13,7 +13,7 @@ from typing import Callable
 
 import pandas as pd
 
-from orchestrator import stats, tables
+from orchestrator import adaptive_views, stats, tables
 from orchestrator.formatting import MISSING, fixed, interval, p_text, pm, value_text
 from orchestrator.results import load_layers
 from workers.evaluations import EVALUATIONS
@@ -117,26 +117,6 @@ def table_compare(df: pd.DataFrame, select: str, ci: str = tables.DEFAULT_CI) ->
                + tables.family(c))
     remarks = tables.notes(c, select)
     return Table(show_compare(c), caption + (" Note: " + "; ".join(remarks) + "." if remarks else ""))
-
-
-def table_adaptive(report: ReportInputs) -> Table:
-    """An adaptive sweep's decisions (orchestrator/adaptive.py): per cell the
-    seeds run, whether its claim resolved and at how many seeds, its
-    anytime-valid confidence sequence, and the fixed-n interval beside it."""
-    from orchestrator import adaptive
-    state = adaptive.read_state(report.sweep)
-    if state is None:
-        raise Skip("the sweep's seeds are fixed (not adaptive)")
-    rows = adaptive.planned_rows(report.results, state)
-    c, remarks = adaptive.with_sequences(tables.compare(rows, "val"), rows, report.sweep)
-    shown = pd.DataFrame({
-        "dataset": c["dataset"], "data size": with_size(c)["size"], "augmentation": c["augmentation"],
-        "method": c["method"], "arch": c["arch"], "seeds": c["n_seeds"], "decision": c["decision"],
-        "resolved at": c["resolved_at"].map(value_text), "gain": c["gain"].map(fixed),
-        "anytime-valid interval (adaptive)": [interval(lo, hi) for lo, hi in zip(c["cs_low"], c["cs_high"])],
-        "fixed-n 95% interval": [interval(lo, hi) for lo, hi in zip(c["gain_ci_low"], c["gain_ci_high"])],
-    })
-    return Table(shown, "Adaptive seeds, decided on held-out selection. " + " ".join(remarks))
 
 
 def table_power(df: pd.DataFrame, select: str, effect: float = 0.02) -> Table:
@@ -264,7 +244,7 @@ def core_views(report: ReportInputs) -> list[tuple[str, str, Callable[[], Report
         ("compare", "Dense vs winning ticket per grid cell, paired over seeds",
          lambda: table_compare(df, select, ci)),
         ("adaptive", "Adaptive seeds: which claims resolved, and at how many seeds",
-         lambda: table_adaptive(report)),
+         lambda: adaptive_views.table_adaptive(report)),
         ("power", "How many seeds: the gains each cell can detect", lambda: table_power(df, select)),
         ("protocols", "Both selection protocols side by side", lambda: table_protocols(df, ci)),
         ("table1", "Table 1: methods x datasets, dense + aug* vs winning ticket + aug*",

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from orchestrator import adaptive, sequential
+from orchestrator import adaptive, adaptive_run, sequential
 from orchestrator.config import validate
 from orchestrator.grid import expand
 from tests.helpers import RUN_ENV, cli, manifests, table
@@ -90,7 +90,7 @@ def test_seeds_go_to_the_open_cell_and_a_killed_run_resumes_to_the_same_table(tm
 
     r = cli("run", "-e", "tiny", *_adaptive(effect), *shared_ray, cwd=first)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    names = adaptive.cell_names(_trials("start=4,max=6"))
+    names = adaptive_run.cell_names(_trials("start=4,max=6"))
     lines = r.stdout.splitlines()
     # The run names the cell that gets more seeds, and why; and the one that does not.
     assert any(names[open_cell] in ln and "holds" in ln and "2 seeds more (6)" in ln for ln in lines), r.stdout

@@ -145,3 +145,20 @@ def test_a_bad_adaptive_form_is_one_line_exit_2(tmp_path, seeds, flag, message):
         assert r.returncode == 2, (verb, r.stdout, r.stderr)
         assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "runs").exists()
+
+
+def test_a_margin_also_resolves_a_cell_whose_interval_lies_inside_it():
+    """No gain worth `margin` is a claim too: a cell whose gains stay near the
+    effect resolves once its whole interval is inside effect +- margin, and
+    without a margin it runs to max."""
+    rng = np.random.default_rng(5)
+    flat = list(rng.normal(0.0, 0.004, 9))
+    with_margin = Settings(start=3, step=2, max=9, effect=0.0, margin=0.02)
+    state, _ = run_to_end({"flat": flat, "clear": CLEAR}, settings=with_margin)
+    assert state["flat"].status == RESOLVED and state["flat"].n < 9
+    assert state["flat"].claim == "gain within 0 +- 0.02"
+    v = state["flat"].verdict
+    assert -0.02 <= v.low and v.high <= 0.02 and not v.resolved
+    assert state["clear"].claim == "gain > 0"
+    without, _ = run_to_end({"flat": flat, "clear": CLEAR})
+    assert without["flat"].status == AT_MAX and without["flat"].claim is None

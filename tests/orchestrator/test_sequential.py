@@ -13,47 +13,16 @@ from scipy import integrate, stats as sps
 
 from orchestrator import sequential as seq
 
+from bench.adaptive_study import (SIM_MAX as MOST, SIM_START as START, SIM_STEP as STEP, anytime, fixed_n_t,
+                                  null_accuracies, null_gaussian, share_resolved as share_wrongly_resolved)
+
 ALPHA = seq.ALPHA
-N_CELLS = 2000
-START, STEP, MOST = 3, 2, 15
-
-
-def null_gaussian(rng):
-    """Per-seed gains of cells without an effect: each cell its own seed-to-seed sd."""
-    sd = rng.uniform(0.005, 0.05, size=(N_CELLS, 1))
-    return rng.normal(0.0, 1.0, size=(N_CELLS, MOST)) * sd
-
-
-def null_accuracies(rng, images=1000):
-    """Closer to a real cell: each seed trains a dense network and a ticket whose
-    accuracies share the seed's draw (the same training subset) and come from the
-    same distribution (no gain), each then measured on `images` test images;
-    the gain is the difference of two binomial accuracies, discrete and bounded."""
-    level = rng.uniform(0.3, 0.95, size=(N_CELLS, 1))
-    spread = rng.uniform(0.005, 0.04, size=(N_CELLS, 1))
-    seed_effect = rng.normal(0, 1, size=(N_CELLS, MOST)) * spread
-    acc = np.clip(level + seed_effect, 0.01, 0.99)
-    dense = rng.binomial(images, np.clip(acc + rng.normal(0, 1, acc.shape) * spread / 2, 0.01, 0.99)) / images
-    ticket = rng.binomial(images, np.clip(acc + rng.normal(0, 1, acc.shape) * spread / 2, 0.01, 0.99)) / images
-    return ticket - dense
-
-
-def share_wrongly_resolved(gains, rule) -> float:
-    hits = [seq.first_resolved(row, START, STEP, MOST, rule) is not None for row in gains]
-    return float(np.mean(hits))
-
-
-def anytime(g):
-    return seq.confidence_sequence(g, 0.0, ALPHA).resolved
-
-
-def fixed_n_t(g):
-    return seq.t_excludes(g, 0.0, ALPHA)
+N_CELLS = 2000  # bench/adaptive_study.py's simulation, whose numbers the README quotes
 
 
 @pytest.mark.parametrize("null", [null_gaussian, null_accuracies])
 def test_adaptive_stopping_keeps_false_claims_at_or_below_alpha(null):
-    gains = null(np.random.default_rng(20261207))
+    gains = null(np.random.default_rng(20261207), N_CELLS)
     share = share_wrongly_resolved(gains, anytime)
     assert share <= ALPHA, f"{share:.3f} of {N_CELLS} null cells resolved under the confidence sequence"
 
@@ -62,7 +31,7 @@ def test_adaptive_stopping_keeps_false_claims_at_or_below_alpha(null):
 def test_the_fixed_n_interval_stopped_at_first_exclusion_inflates_false_claims(null):
     """What the test above would see with the ordinary t interval in its place:
     it fails that test by a wide margin (about 3x alpha here)."""
-    gains = null(np.random.default_rng(20261207))
+    gains = null(np.random.default_rng(20261207), N_CELLS)
     share = share_wrongly_resolved(gains, fixed_n_t)
     assert share > 2 * ALPHA, f"{share:.3f}"
 
