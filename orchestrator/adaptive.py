@@ -145,7 +145,8 @@ class Cell:
     def row(self) -> dict:
         v = self.verdict
         return {"seeds_planned": self.n, "decision": self.status, "resolved": self.status == RESOLVED,
-                "resolved_at": self.resolved_at, "claim": self.claim, "cs_low": v.low if v else None, "cs_high": v.high if v else None,
+                "resolved_at": self.resolved_at, "claim": self.claim,
+                "cs_low": v.low if v else None, "cs_high": v.high if v else None,
                 "log_e": v.log_e if v else None}
 
 

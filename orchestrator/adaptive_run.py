@@ -54,7 +54,8 @@ def counts_line(state: dict[str, Cell]) -> str:
     for cell in state.values():
         by[cell.status] = by.get(cell.status, 0) + 1
     lineages = sum(cell.n for cell in state.values())
-    return f"{lineages} lineages planned over {len(state)} cells; " + ", ".join(f"{v} {k}" for k, v in sorted(by.items()))
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(by.items()))
+    return f"{lineages} lineages planned over {len(state)} cells; {counts}"
 
 
 def stored_gains(sweep) -> dict[str, Optional[float]]:

@@ -2,7 +2,7 @@
 produced them. A block of README.md (or of a page under docs/) between
 `<!-- claims: PATH -->` and `<!-- /claims -->` quotes PATH, a study's committed
 output (bench/results/, written by `python -m bench.digits_study` and
-`python -m bench.init_study`): each of its table rows must be a line of PATH,
+`python -m bench.init_study`, `python -m bench.adaptive_study`): each of its table rows must be a line of PATH,
 and each decimal number in its prose must be one of PATH's numbers as printed
 or rounded to the README's digits, as is or in points (x 100), with its sign
 where the README writes one. Integers (seeds, rows, images, dates) are not
@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = re.compile(r"<!-- claims: (\S+) -->\n(.*?)<!-- /claims -->", re.S)
 DECIMAL = re.compile(r"(?<![\w.])([+-]?)(\d+\.\d+)")
 # every study whose numbers the README or a docs page states; a block that disappears fails here
-STUDIES = {"bench/results/digits_study.md", "bench/results/init_study.md"}
+STUDIES = {"bench/results/digits_study.md", "bench/results/init_study.md", "bench/results/adaptive_study.md"}
 
 
 def _pages():

@@ -6,9 +6,8 @@ the sha256 of the spec's canonical JSON with every field that is at its
 default left out, so adding a new field with a default never changes the id
 (and so never moves) an existing trial's storage folder.
 
-Things that change *how* a trial runs but not *what* it computes (data root,
-checkpoint cadence, evaluation cadence, device) live in `RunOptions` and are
-never hashed.
+Things that change *how* a trial runs but not *what* it computes (data root, checkpoint
+cadence, evaluation cadence, device) live in `RunOptions` and are never hashed.
 """
 from __future__ import annotations
 
@@ -153,8 +152,9 @@ class TrialSpec:
     prune: PruneSpec = field(default_factory=PruneSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     seed: int = spec_field(0, rule=Rule(int, lo=0), axis="seeds", column=True,
-                           help="The training seed: it fixes the subset, the held-out images, the initial "
-                                "weights, the data order and the augmentation draws.")
+                           help="The training seed (subset, held-out images, init, data order, augmentations). "
+                                "A list, or {adaptive: {start, step, max, effect, margin, alpha}}: seeds added "
+                                "per cell while its claim is open.")
 
     # --- identity -------------------------------------------------------
     def canonical(self) -> dict:
