@@ -310,6 +310,7 @@ def test_report_order_and_titles_with_the_evaluations_views_in_place(paper):
         "Figure 5: layer-wise density of the sparsest ticket",
         "Figure 6: CKA heatmaps",
         "Dense vs winning ticket per grid cell, paired over seeds",
+        "Adaptive seeds: which claims resolved, and at how many seeds",
         "How many seeds: the gains each cell can detect",
         "Both selection protocols side by side",
         "Table 1: methods x datasets, dense + aug* vs winning ticket + aug*",
