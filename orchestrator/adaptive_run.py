@@ -106,8 +106,9 @@ def run(request, settings: Settings, budget: Optional[float]) -> tuple[int, list
             # run_sweep ended well, yet a lineage of the batch is not finished in the table.
             log("adaptive seeds: the last batch ended without finishing its lineages; stopping (re-run to resume)")
             return 1, plan
-        last = ids
-        rc = run_sweep(dataclasses.replace(request, trials=plan))
+        first, last = last is None, ids
+        # --verify scrubs storage once, before the first batch; later batches read what it left
+        rc = run_sweep(dataclasses.replace(request, trials=plan, verify=request.verify and first))
         write_state(sweep, settings, cells, costs, budget)
         if rc:
             return rc, plan
