@@ -19,8 +19,14 @@ def cell_costs(trials: list) -> dict[str, float]:
 
 
 def planned(trials: list, state: dict[str, Cell]) -> list:
-    """The trials of the decided plan: seeds 0 .. n - 1 of every cell."""
-    return [t for t in trials if t.spec.seed < state[t.spec.cell_id].n]
+    """The trials of the decided plan: seeds 0 .. n - 1 of every cell, and the
+    lineage each parent-built trial is made from (same_layer_sparse's imp
+    lineage of the same seed), whatever its own cell decided."""
+    from workers.methods import METHODS, parent_spec
+    ids = {t.trial_id for t in trials if t.spec.seed < state[t.spec.cell_id].n}
+    ids |= {parent_spec(t.spec).trial_id for t in trials
+            if t.trial_id in ids and METHODS[t.spec.prune.method].parent}
+    return [t for t in trials if t.trial_id in ids]
 
 
 def cell_names(trials: list) -> dict[str, str]:

@@ -46,14 +46,14 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from workers import pruning
+from workers import migrate, pruning
 from workers.store import CorruptRound, LineageStore
 
 FORMAT = "lth-sweep.sparse-round"
 VERSION = 1
 META = "lth-sweep"  # the safetensors metadata key of the header: {"format", "version", "layout"}
 WEIGHTS = "weights.sparse.safetensors"  # this format
-DENSE = "weights.safetensors"           # rounds committed before it: the whole state
+DENSE = migrate.OLD_DENSE              # rounds committed before it: the whole state
 MASK = "mask.safetensors"
 REWIND = "rewind.safetensors"           # round 0's rewind state, whole (it is not masked)
 
@@ -157,9 +157,7 @@ def round_files(state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) 
 def weight_files(manifest: dict) -> list[str]:
     """The files that hold a committed round's network, in whichever format it has."""
     have = manifest["files"]
-    if WEIGHTS in have:
-        return [WEIGHTS, MASK]
-    return [DENSE] + ([MASK] if MASK in have else [])
+    return [WEIGHTS, MASK] if WEIGHTS in have else migrate.old_weight_files(have, MASK)
 
 
 def load_files(store: LineageStore, k: int) -> dict[str, bytes]:
@@ -175,7 +173,7 @@ def decode_files(files: dict[str, bytes]) -> tuple[dict, Optional[dict]]:
     masks = pruning.unpack_masks(st_load(files[MASK])) if MASK in files else None
     if WEIGHTS in files:
         return decode(files[WEIGHTS], masks or {}), masks
-    return st_load(files[DENSE]), masks
+    return migrate.old_weights(files), masks
 
 
 def read_weights(store: LineageStore, k: int) -> tuple[dict, Optional[dict]]:

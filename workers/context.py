@@ -17,7 +17,7 @@ from workers import data
 from workers import pruning
 from workers.methods import ParentMissing, get_method, parent_spec
 from workers.rng import PRUNE, seed_for
-from workers.migrate import validation_rule
+from workers.migrate import held_out_fraction
 from workers.spec import RunOptions, TrialSpec
 from workers.store import CorruptRound, LineageStore
 from workers.train import numerics_of, pick_device, precision_of, prepare
@@ -55,7 +55,7 @@ class LineageContext:
         where.setdefault("node", socket.gethostname())
         where.setdefault("gpu_ids", [])
         ctx = cls(spec, store, opts or RunOptions(), where)
-        old_rule = validation_rule(spec, store)  # an old sweep's lineage keeps its validation images
+        held_out = held_out_fraction(spec, store)  # an old sweep's lineage keeps its validation images
         store.write_spec(spec.to_dict())
         if ctx.method.parent:
             ctx.parent = _finished_parent(spec, store)
@@ -71,7 +71,7 @@ class LineageContext:
                               for k, man in store.manifests().items() if k < ctx.done},
                         numerics_of(spec, ctx.device, dtype))
         ctx.token = store.claim(where)
-        ctx.prep = prepare(spec, ctx.opts, ctx.device, old_rule)
+        ctx.prep = prepare(spec, ctx.opts, ctx.device, held_out)
         # float64 only for equivalence checks (RunOptions.float64): the same
         # initial values, exactly widened.
         ctx.model = ctx.method.model(spec, ctx.info, ctx.opts).to(

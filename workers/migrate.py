@@ -15,6 +15,8 @@ Forms handled:
 - a results frame written before some columns existed reads them as null
   (`OLD_FRAME_COLUMNS`); shards of an older schema version are derived again
   from the manifests (`shards_outdated`).
+- a round committed before the sparse round format holds its whole state in
+  one file (`old_weight_files`, `old_weights`; workers/checkpoint.py).
 """
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ if TYPE_CHECKING:  # the spec module reads specs through upgrade_spec: no import
     from workers.store import LineageStore
 
 log = logging.getLogger("lth_sweep.migrate")
+
+# Rounds committed before the sparse round format (workers/checkpoint.py) hold the
+# whole state in one plain safetensors file, beside the same mask file.
+OLD_DENSE = "weights.safetensors"
 
 OLD_SELECTION = "selection"
 # What those trials used when they did not say.
@@ -45,6 +51,14 @@ def old_validation(stored: Optional[dict]) -> Optional[dict]:
         return None
     sel = stored[OLD_SELECTION]
     return {"selection": sel.get("selection", "val"), "val_fraction": float(sel.get("val_fraction", 0.1))}
+
+
+def held_out_fraction(spec: "TrialSpec", store: "LineageStore") -> Optional[float]:
+    """The share of each class's images an old val-selected lineage in `store`
+    keeps holding out (it measures on the images it started with), None for
+    today's per-class budget (workers/train.py `prepare`)."""
+    old = validation_rule(spec, store)
+    return old["val_fraction"] if old and old["selection"] == "val" else None
 
 
 def validation_rule(spec: "TrialSpec", store: "LineageStore") -> Optional[dict]:
@@ -102,3 +116,15 @@ def shards_outdated(version: int, current: int) -> bool:
     manifests (the grid cell, the validation budget, which val_acc were really
     held out): the table is then derived again from the manifests."""
     return version < current
+
+
+def old_weight_files(files: dict, mask: str) -> list[str]:
+    """The weight files of a round committed before the sparse format: the
+    whole state and, where the round has one, its masks."""
+    return [OLD_DENSE] + ([mask] if mask in files else [])
+
+
+def old_weights(files: dict) -> dict:
+    """The state of such a round from its loaded files (plain safetensors)."""
+    from safetensors.torch import load
+    return load(files[OLD_DENSE])

@@ -77,15 +77,14 @@ class Prepared:
 
 
 def prepare(spec: TrialSpec, opts: RunOptions, device: torch.device,
-            old_rule: Optional[dict] = None) -> Prepared:
-    """The trial's data on `device`. `old_rule` is the validation rule of a
-    lineage started before the budget was per class (workers/migrate.py):
-    such a lineage keeps measuring on the images it started with."""
+            val_fraction: Optional[float] = None) -> Prepared:
+    """The trial's data on `device`. `val_fraction`: the held-out share an old
+    lineage keeps measuring on (workers/migrate.py `held_out_fraction`)."""
     info, train, test = data.load_dataset(spec.data.dataset, opts.data_root, **spec.data.params())
     tr_idx, va_idx = data.stratified_split(
         train.y, fraction=spec.data.fraction, images_per_class=spec.data.images_per_class, seed=spec.seed,
         val_per_class=spec.eval.val_per_class,
-        val_fraction=old_rule["val_fraction"] if old_rule and old_rule["selection"] == "val" else None)
+        val_fraction=val_fraction)
     on = device if train.x.shape[0] <= opts.max_device_images else torch.device("cpu")
     return Prepared(
         info=info,

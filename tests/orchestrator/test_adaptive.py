@@ -162,3 +162,27 @@ def test_a_margin_also_resolves_a_cell_whose_interval_lies_inside_it():
     assert state["clear"].claim == "gain > 0"
     without, _ = run_to_end({"flat": flat, "clear": CLEAR})
     assert without["flat"].status == AT_MAX and without["flat"].claim is None
+
+
+def test_a_parent_built_trial_brings_its_parent_lineage_into_the_plan():
+    """same_layer_sparse is made from the imp lineage of its grid point and seed:
+    where its cell gets a seed that the imp cell (resolved) does not, the imp
+    lineage of that seed is planned too, or the child could not run."""
+    import yaml
+
+    from orchestrator.adaptive import by_cell
+    from orchestrator.adaptive_run import planned
+    from orchestrator.config import validate
+    from orchestrator.grid import expand
+    doc = yaml.safe_load(ADAPTIVE_YAML.replace("images_per_class: [5, 50]", "images_per_class: [5]"))
+    doc["experiments"]["tiny"]["methods"] = ["imp", "same_layer_sparse"]
+    trials = expand(validate(doc)["experiments"]["tiny"])
+    cells = by_cell(trials)
+    method = {c: next(t.spec.prune.method for t in trials if t.spec.cell_id == c) for c in cells}
+    imp = next(c for c in cells if method[c] == "imp")
+    child = next(c for c in cells if method[c] == "same_layer_sparse")
+    gains = {imp: finished(CLEAR, 5), child: finished(NOTHING, 5)}
+    state, _ = decide(gains, S)
+    assert state[imp].n == 5 and state[child].n == 7
+    plan = {t.trial_id for t in planned(trials, state)}
+    assert plan == set(cells[imp][:7]) | set(cells[child][:7])
