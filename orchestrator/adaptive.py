@@ -125,6 +125,23 @@ def parse_flag(text: str) -> dict:
     return {"adaptive": out}
 
 
+def with_flags(exp: dict, flag: Optional[str], budget: Optional[float]) -> dict:
+    """`exp` with `--adaptive` in place of its seeds; ValueError (one line) for a
+    bad flag, or a `--budget-gpu-h` that is not positive or has no adaptive seeds."""
+    if flag is not None:
+        exp = {**exp, "seeds": parse_flag(flag)}
+        msg = check(exp["seeds"])
+        if msg:
+            raise ValueError(f"--adaptive: {msg}")
+    if budget is not None:
+        if not isinstance(exp.get("seeds"), dict):
+            raise ValueError("--budget-gpu-h goes with adaptive seeds (seeds: {adaptive: ...} in the yaml, "
+                             "or --adaptive)")
+        if not budget > 0:
+            raise ValueError("--budget-gpu-h must be > 0")
+    return exp
+
+
 # --- decisions ---------------------------------------------------------------------
 
 OPEN, RESOLVED, AT_MAX, BUDGET, NO_CLAIM, WAITING = ("open", "resolved", "open at max", "open: budget spent",
@@ -265,4 +282,11 @@ def write_state(sweep, settings: Settings, cells: dict[str, list[str]], costs: d
 def read_state(sweep) -> Optional[dict]:
     """The sweep's adaptive settings, None for a sweep with fixed seeds."""
     got = sweep.read_json(STATE_FILE)
-    return got if isinstance(got, dict) and "settings" in got else None
+    return got if isinstance(got, dict) and got.get("settings") else None
+
+
+def forget_state(sweep) -> None:
+    """A fixed-seed `run` of a sweep that was adaptive: its tables show every
+    seed again (the adaptive sweep's lineages stay; they are ordinary trials)."""
+    if read_state(sweep) is not None:
+        sweep.write_json(STATE_FILE, {"settings": None})

@@ -22,22 +22,11 @@ def _experiment(args) -> dict:
         raise UsageError(f"lth-sweep: error: {path}: no experiment {args.experiment!r}; "
                          f"known: {', '.join(cfg['experiments'])}")
     exp = cfg["experiments"][args.experiment]
-    flag, budget = getattr(args, "adaptive", None), getattr(args, "budget_gpu_h", None)
-    if flag is not None:
-        from orchestrator import adaptive
-        try:
-            exp = {**exp, "seeds": adaptive.parse_flag(flag)}
-        except ValueError as e:
-            raise UsageError(f"lth-sweep {args.cmd}: {e}") from None
-        msg = adaptive.check(exp["seeds"])
-        if msg:
-            raise UsageError(f"lth-sweep {args.cmd}: --adaptive: {msg}")
-    if budget is not None:
-        if not isinstance(exp.get("seeds"), dict):
-            raise UsageError(f"lth-sweep {args.cmd}: --budget-gpu-h goes with adaptive seeds "
-                             "(seeds: {adaptive: ...} in the yaml, or --adaptive)")
-        if not budget > 0:
-            raise UsageError(f"lth-sweep {args.cmd}: --budget-gpu-h must be > 0")
+    from orchestrator import adaptive
+    try:  # --adaptive replaces the experiment's seeds; --budget-gpu-h needs adaptive ones
+        exp = adaptive.with_flags(exp, getattr(args, "adaptive", None), getattr(args, "budget_gpu_h", None))
+    except ValueError as e:
+        raise UsageError(f"lth-sweep {args.cmd}: {e}") from None
     return exp
 
 
@@ -167,6 +156,8 @@ def cmd_run(args) -> int:
     else:
         rc = run_sweep(request)
     sweep = _sweep(args, must_exist=True)
+    if not settings:
+        adaptive.forget_state(sweep)  # a fixed-seed run: the tables show every seed again
     from orchestrator.results import format_frame, load_results
     from orchestrator.tables import compare, family, notes, protocol_line
     flags = f"-e {args.experiment}" + (f" --name {args.name}" if args.name else "") + \

@@ -136,3 +136,15 @@ def test_seeds_go_to_the_open_cell_and_a_killed_run_resumes_to_the_same_table(tm
     assert a[["trial_id", "round", *METRICS]].equals(b[["trial_id", "round", *METRICS]])
     q2 = cli("query", "-e", "tiny", "--compare", "--format", "json", cwd=killed)
     assert json.loads(q2.stdout) == json.loads(q.stdout)
+
+    # A fixed sweep of the same cells in the same folder reuses the adaptive lineages
+    # (ordinary trials) and trains only the seeds it lacks; its tables show every seed.
+    before = manifests(first / "runs")
+    (first / "experiments.yaml").write_text(YAML.replace("seeds: [0, 1, 2, 3]", "seeds: [0, 1, 2, 3, 4, 5]"))
+    r = cli("run", "-e", "tiny", *shared_ray, cwd=first)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    after = manifests(first / "runs")
+    assert all(after[k] == v for k, v in before.items())
+    assert {t for t, _ in after} - {t for t, _ in before} == set(by_cell[resolved][4:6])
+    q = json.loads(cli("query", "-e", "tiny", "--compare", "--format", "json", cwd=first).stdout)
+    assert [row["n_seeds"] for row in q] == [6, 6] and "seeds_planned" not in q[0]

@@ -186,3 +186,15 @@ def test_a_parent_built_trial_brings_its_parent_lineage_into_the_plan():
     assert state[imp].n == 5 and state[child].n == 7
     plan = {t.trial_id for t in planned(trials, state)}
     assert plan == set(cells[imp][:7]) | set(cells[child][:7])
+
+
+def test_a_fixed_seed_run_after_an_adaptive_one_shows_every_seed_again(tmp_path):
+    from workers.store import SweepStore
+    sweep = SweepStore(str(tmp_path), "s")
+    adaptive.write_state(sweep, S, {"c": ["t0", "t1", "t2"]}, {"c": 1.0}, None)
+    assert adaptive.read_state(sweep)["settings"]["start"] == 3
+    adaptive.forget_state(sweep)
+    assert adaptive.read_state(sweep) is None
+    adaptive.forget_state(sweep)  # nothing to forget: nothing written
+    assert adaptive.read_state(SweepStore(str(tmp_path), "other")) is None
+    assert not (tmp_path / "other").exists()
