@@ -9,6 +9,7 @@
     power(df, effect=0.02)                              # per cell: smallest detectable gain, seeds 0.02 needs
     power(df, effect=0.02, ci="t")                      # the same from the seed-level paired t-test
     compare(df, select="test")                          # the paper's protocol, on the same lineages
+    adaptive("runs", "digits_adaptive")                 # an adaptive sweep: decisions, anytime-valid intervals
     protocols(df)                                       # both side by side, with the selection bias
     predictions("runs", "digits_study", trial_id, 3)    # one row per held-out and test image of round 3
     report("runs", "digits_study", "report-digits")     # the figures and tables, as `lth-sweep report`
@@ -55,6 +56,25 @@ def compare(df: pd.DataFrame, select: str = DEFAULT_SELECTION, ci: str = _tables
     interval (ci="bootstrap": seeds and test images; "t": seeds only), p_value,
     p_holm (Holm over the rows) and prob_ticket_better."""
     return _tables.compare(df, select, ci)
+
+
+def adaptive(storage: str, sweep: str, select: str = DEFAULT_SELECTION,
+             ci: str = _tables.DEFAULT_CI) -> pd.DataFrame:
+    """An adaptive sweep's compare table, as `query --compare` prints it: the
+    seeds its decisions planned, and per cell seeds_planned, decision, resolved,
+    resolved_at, claim and the anytime-valid interval (cs_low, cs_high) beside
+    the fixed-n one. The note naming them is the table's `attrs["note"]`."""
+    from orchestrator import adaptive as _adaptive
+    from orchestrator.adaptive_views import planned_rows, with_sequences
+    from orchestrator.results import ResultsError
+    st = _sweep(storage, sweep)
+    state = _adaptive.read_state(st)
+    if state is None:
+        raise ResultsError(f"sweep {sweep!r} has fixed seeds (no adaptive decisions): use compare()")
+    rows = planned_rows(_results_dataset(st), state)
+    table, notes = with_sequences(_tables.compare(rows, select, ci), rows, st)
+    table.attrs["note"] = " ".join(notes)
+    return table
 
 
 def power(df: pd.DataFrame, select: str = DEFAULT_SELECTION, effect: float = 0.02,

@@ -115,6 +115,9 @@ def test_seeds_go_to_the_open_cell_and_a_killed_run_resumes_to_the_same_table(tm
     assert not (got[4]["cs_low"] <= effect <= got[4]["cs_high"])
     assert got[6]["n_seeds"] == 6 and got[6]["decision"] in ("resolved", "open at max")
     assert got[6]["gain_ci_low"] is not None  # the fixed-n interval beside the sequence
+    from orchestrator.api import adaptive as api_adaptive  # the notebook's view: the same table
+    t = api_adaptive(str(first / "runs"), "tiny").set_index("cell_id")
+    assert {c: int(t.loc[c, "seeds_planned"]) for c in t.index} == {c: r["seeds_planned"] for c, r in rows.items()}
 
     # The same adaptive command, killed (SIGKILL, the process group) once the open cell's
     # 5th seed has committed a round, then run again: the same decisions, the same table.
