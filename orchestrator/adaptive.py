@@ -67,8 +67,9 @@ class Settings:
         return None
 
 
-def check(value) -> Optional[str]:
-    """Why `{adaptive: {...}}` is not a valid adaptive seeds form, or None."""
+def check(value, partial: bool = False) -> Optional[str]:
+    """Why `{adaptive: {...}}` is not a valid adaptive seeds form, or None.
+    `partial`: a part that `defaults:` completes (no key is required yet)."""
     if set(value) != {"adaptive"} or not isinstance(value["adaptive"], dict):
         return ("must be a list of seeds or {adaptive: {start: N, step: N, max: N, effect: X, alpha: X}}, "
                 f"got {value!r}")
@@ -76,7 +77,7 @@ def check(value) -> Optional[str]:
     unknown = sorted(set(a) - set(KEYS))
     if unknown:
         return f"unknown key {unknown[0]!r}; allowed: {', '.join(KEYS)}"
-    for k in ("start", "max"):
+    for k in () if partial else ("start", "max"):
         if k not in a:
             return f"{k} is required"
     for k, v in a.items():
@@ -84,12 +85,12 @@ def check(value) -> Optional[str]:
             isinstance(v, (int, float)) and not isinstance(v, bool)
         if not ok:
             return f"{k}: {v!r} is not {'an integer' if KEYS[k] is int else 'a number'}"
-    if a["start"] < 2:
+    if a.get("start", 2) < 2:
         return f"start: {a['start']} seeds give no interval; it must be at least 2"
     if a.get("step", DEFAULTS["step"]) < 1:
         return f"step: {a['step']} must be at least 1"
-    if a["max"] < a["start"]:
-        return f"max: {a['max']} is below start ({a['start']})"
+    if "max" in a and a["max"] < a.get("start", 2):
+        return f"max: {a['max']} is below start ({a.get('start', 2)})"
     if not -1 < a.get("effect", 0.0) < 1:
         return f"effect: {a['effect']} is outside (-1, 1) (a gain in accuracy)"
     if "margin" in a and not 0 < a["margin"] < 1:

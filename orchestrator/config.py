@@ -175,7 +175,7 @@ def _check_experiment(body: dict, path: str, err, partial: bool) -> None:
             err(p, f"unknown key; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
         if k == "seeds" and isinstance(v, dict):
             # The adaptive form (orchestrator/adaptive.py): seeds added per cell while its claim is open.
-            msg = adaptive.check(v)
+            msg = adaptive.check(v, partial)
             if msg:
                 err(p, msg)
         elif k in AXES:

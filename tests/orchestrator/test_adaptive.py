@@ -198,3 +198,27 @@ def test_a_fixed_seed_run_after_an_adaptive_one_shows_every_seed_again(tmp_path)
     adaptive.forget_state(sweep)  # nothing to forget: nothing written
     assert adaptive.read_state(SweepStore(str(tmp_path), "other")) is None
     assert not (tmp_path / "other").exists()
+
+
+def test_adaptive_seeds_in_defaults_merge_under_each_experiment(tmp_path):
+    (tmp_path / "experiments.yaml").write_text("""
+defaults:
+  seeds: {adaptive: {start: 3, max: 7}}
+  resources: {gpu: 0, cpu: 1}
+experiments:
+  a: {datasets: [digits], fractions: [0.1]}
+  b: {datasets: [digits], fractions: [0.1], seeds: [0, 1]}
+  c: {datasets: [digits], fractions: [0.1], seeds: {adaptive: {max: 9}}}
+""")
+    got = {}
+    for e in "abc":
+        r = cli("plan", "-e", e, "--json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        got[e] = json.loads(r.stdout)
+    assert got["a"]["count"] == 3 and got["a"]["adaptive"]["max"] == 7
+    assert got["b"]["count"] == 2 and "adaptive" not in got["b"]
+    assert got["c"]["adaptive"]["start"] == 3 and got["c"]["adaptive"]["max"] == 9
+    text = (tmp_path / "experiments.yaml").read_text()  # the merged form is what must be valid
+    (tmp_path / "experiments.yaml").write_text(text.replace("{max: 9}", "{max: 2}"))
+    r = cli("plan", "-e", "a", cwd=tmp_path)
+    assert r.returncode == 2 and "experiments.c.seeds: max: 2 is below start (3)" in r.stderr, r.stderr
