@@ -282,12 +282,26 @@ def write_state(sweep, settings: Settings, cells: dict[str, list[str]], costs: d
 
 def read_state(sweep) -> Optional[dict]:
     """The sweep's adaptive settings, None for a sweep with fixed seeds."""
-    got = sweep.read_json(STATE_FILE)
-    return got if isinstance(got, dict) and got.get("settings") else None
+    try:
+        got = sweep.read_json(STATE_FILE)
+        state = got if isinstance(got, dict) and got.get("settings") else None
+        if state is not None:
+            Settings(**state["settings"]), dict(state["cells"]), dict(state["costs"])
+        return state
+    except (ValueError, TypeError, KeyError) as e:  # a torn or hand-edited file: say which, once
+        from orchestrator.results import ResultsError
+        where = sweep.fs.to_uri(sweep.path(STATE_FILE))
+        raise ResultsError(f"{where} is not an adaptive sweep's state ({type(e).__name__}); re-run the sweep's "
+                           "`lth-sweep run` command to write it again") from None
 
 
 def forget_state(sweep) -> None:
     """A fixed-seed `run` of a sweep that was adaptive: its tables show every
     seed again (the adaptive sweep's lineages stay; they are ordinary trials)."""
-    if read_state(sweep) is not None:
-        sweep.write_json(STATE_FILE, {"settings": None})
+    from orchestrator.results import ResultsError
+    try:
+        if read_state(sweep) is None:
+            return
+    except ResultsError:
+        pass  # unreadable: replaced
+    sweep.write_json(STATE_FILE, {"settings": None})

@@ -198,6 +198,12 @@ def test_a_fixed_seed_run_after_an_adaptive_one_shows_every_seed_again(tmp_path)
     adaptive.forget_state(sweep)  # nothing to forget: nothing written
     assert adaptive.read_state(SweepStore(str(tmp_path), "other")) is None
     assert not (tmp_path / "other").exists()
+    (tmp_path / "s" / "adaptive.json").write_text('{"settings": {"start": 3')  # torn
+    from orchestrator.results import ResultsError
+    with pytest.raises(ResultsError, match="is not an adaptive sweep's state"):
+        adaptive.read_state(sweep)
+    adaptive.forget_state(sweep)  # a fixed-seed run replaces it
+    assert adaptive.read_state(sweep) is None
 
 
 def test_adaptive_seeds_in_defaults_merge_under_each_experiment(tmp_path):
