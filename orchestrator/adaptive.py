@@ -226,27 +226,6 @@ def decide(cells: dict[str, dict[int, Optional[float]]], settings: Settings, cos
             return state, True
 
 
-def cost_range(settings: Settings, costs: dict[str, float], budget: Optional[float] = None) -> dict:
-    """The least and the most the study can cost: every cell resolved at the
-    first batch where a claim can resolve at all (sequential.earliest), and
-    every cell run to `max` (or the budget, if lower)."""
-    per_cell = sum(costs.values())
-    first = sequential.earliest(settings.alpha, len(costs))
-    least = next((n for n in settings.checkpoints() if n >= first), settings.max)
-    high = settings.max * per_cell
-    return {"cells": len(costs), "earliest": first, "lineages_min": least * len(costs),
-            "lineages_max": settings.max * len(costs), "device_hours_min": least * per_cell,
-            "device_hours_max": high if budget is None else min(high, budget), "budget_gpu_h": budget}
-
-
-def check_budget(settings: Settings, costs: dict[str, float], budget: Optional[float]) -> None:
-    """A budget below the first batch (every cell at `start` seeds) is refused: ValueError."""
-    first = settings.start * sum(costs.values())
-    if budget is not None and budget < first:
-        raise ValueError(f"--budget-gpu-h {budget:g} is below the first batch's estimate ({first:.3g} device-hours "
-                         f"for {settings.start} seeds of each of {len(costs)} cells)")
-
-
 # --- from storage ------------------------------------------------------------------
 
 def gains_by_trial(frame) -> dict[str, Optional[float]]:

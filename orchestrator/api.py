@@ -121,9 +121,9 @@ def predictions(storage: str, sweep: str, trial_id: str, round: int) -> pd.DataF
     except CorruptRound as e:
         raise ResultsError(f"{e} (`lth-sweep verify` names every damaged file)") from None
     if arrays is None:
-        raise ResultsError(f"round {round} of trial {trial_id} has no per-image predictions: it was committed "
-                           "by an lth-sweep older than predictions.safetensors (its accuracies stand; a new "
-                           "sweep records them)")
+        from workers.migrate import NO_PREDICTIONS
+        raise ResultsError(f"round {round} of trial {trial_id} has no per-image predictions: it was "
+                           f"{NO_PREDICTIONS} (its accuracies stand; a new sweep records them)")
     parts = []
     for split in ("val", "test"):
         label, pred = arrays[f"{split}_label"].astype(np.int64), arrays[f"{split}_pred"].astype(np.int64)

@@ -24,6 +24,7 @@ from workers import data
 from workers.evaluations import EVALUATIONS
 from workers.methods import METHODS
 from workers.models import ARCHS
+from workers.migrate import MOVED_KEYS
 from workers.spec import PruneSpec, Rule, RunOptions, TrainSpec, spec_fields
 
 
@@ -61,13 +62,8 @@ KEY_HELP: dict[tuple[str, str], tuple[Any, str]] = {
     ("", "trackers"): (Rule(str, choices="orchestrator.trackers:TRACKERS", many=True),
                        "Experiment trackers every run of this experiment sends its lineages to, as `run --tracker`."),
 }
-# Keys of earlier versions whose meaning moved, with where it went.
-MOVED = {
-    "selection": "the winning ticket's selection is chosen at query time now, on the same lineages: "
-                 "`lth-sweep query --compare --select test` (the paper's protocol) or --select val "
-                 "(the default); remove this key",
-    "val_fraction": "the validation budget is images per class now: eval: {val_per_class: N}",
-}
+# Keys of earlier versions whose meaning moved, with where it went (workers/migrate.py).
+MOVED = MOVED_KEYS
 EXPERIMENT_KEYS = set(AXES) | set(SECTIONS) | set(SCALARS)
 TOP_KEYS = {"defaults", "experiments"}
 

@@ -39,6 +39,7 @@ from orchestrator.paired import (BOOT_IMAGES, CIS, DEFAULT_CI, FIXED, T_NO_PREDI
 from orchestrator.results import Frame, ResultsError, sql_over_frames
 from orchestrator.stats import CONFIDENCE, t_interval
 from workers import selection
+from workers.migrate import NO_PREDICTIONS
 from workers.spec import cell_fields
 
 
@@ -321,8 +322,8 @@ def notes(table: pd.DataFrame, select: str) -> list[str]:
         out.append(f"{len(flat)} cell(s) have the same paired gain in every seed: no t interval (it would have "
                    "zero width); --ci bootstrap also resamples the test images")
     if (method == T_NO_PREDICTIONS).any():
-        out.append("rounds committed without per-image predictions (an older lth-sweep) get the seed-level t "
-                   "interval (ci_method)")
+        out.append(f"rounds without per-image predictions ({NO_PREDICTIONS}) get the seed-level t interval "
+                   "(ci_method)")
     return out
 
 

@@ -69,7 +69,7 @@ def cmd_plan(args) -> int:
     if settings:
         costs = adaptive_run.cell_costs(every)
         _budget(settings, costs, args)
-        spread = adaptive.cost_range(settings, costs, args.budget_gpu_h)
+        spread = adaptive_run.cost_range(settings, costs, args.budget_gpu_h)
     import torch
     from orchestrator.grid import units
     gpus = args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()
@@ -109,9 +109,9 @@ def cmd_plan(args) -> int:
 
 
 def _budget(settings, costs: dict, args) -> None:
-    from orchestrator import adaptive
+    from orchestrator import adaptive_run
     try:
-        adaptive.check_budget(settings, costs, args.budget_gpu_h)
+        adaptive_run.check_budget(settings, costs, args.budget_gpu_h)
     except ValueError as e:
         raise UsageError(f"lth-sweep {args.cmd}: {e}") from None
 

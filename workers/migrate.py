@@ -17,6 +17,10 @@ Forms handled:
   from the manifests (`shards_outdated`).
 - a round committed before the sparse round format holds its whole state in
   one file (`old_weight_files`, `old_weights`; workers/checkpoint.py).
+- experiments.yaml keys whose meaning moved are refused with where it went
+  (`MOVED_KEYS`, orchestrator/config.py); rounds committed before per-image
+  predictions were recorded are named as such where a table or the API
+  meets one (`NO_PREDICTIONS`).
 """
 from __future__ import annotations
 
@@ -32,6 +36,16 @@ log = logging.getLogger("lth_sweep.migrate")
 # Rounds committed before the sparse round format (workers/checkpoint.py) hold the
 # whole state in one plain safetensors file, beside the same mask file.
 OLD_DENSE = "weights.safetensors"
+
+# experiments.yaml keys of earlier versions whose meaning moved, with where it went.
+MOVED_KEYS = {
+    "selection": "the winning ticket's selection is chosen at query time now, on the same lineages: "
+                 "`lth-sweep query --compare --select test` (the paper's protocol) or --select val "
+                 "(the default); remove this key",
+    "val_fraction": "the validation budget is images per class now: eval: {val_per_class: N}",
+}
+# Rounds without per-image predictions were committed by a version before predictions.safetensors.
+NO_PREDICTIONS = "committed by an lth-sweep older than predictions.safetensors"
 
 OLD_SELECTION = "selection"
 # What those trials used when they did not say.

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from orchestrator import adaptive, sequential
+from orchestrator import adaptive, adaptive_run, sequential
 from orchestrator.adaptive import AT_MAX, BUDGET, NO_CLAIM, RESOLVED, WAITING, Settings, decide
 from tests.helpers import cli
 
@@ -84,12 +84,12 @@ def test_a_cell_without_paired_seeds_makes_no_claim_and_gets_none():
 
 def test_cost_range_and_budget_check():
     costs = {"a": 0.5, "b": 0.25}
-    r = adaptive.cost_range(S, costs)
+    r = adaptive_run.cost_range(S, costs)
     assert (r["lineages_min"], r["lineages_max"]) == (10, 18)  # 5 seeds (the earliest batch for 2 cells), 9
     assert r["device_hours_min"] == pytest.approx(5 * 0.75) and r["device_hours_max"] == pytest.approx(9 * 0.75)
-    assert adaptive.cost_range(S, costs, budget=4.0)["device_hours_max"] == 4.0
+    assert adaptive_run.cost_range(S, costs, budget=4.0)["device_hours_max"] == 4.0
     with pytest.raises(ValueError, match="below the first batch"):
-        adaptive.check_budget(S, costs, 2.0)
+        adaptive_run.check_budget(S, costs, 2.0)
 
 
 ADAPTIVE_YAML = """
