@@ -169,18 +169,26 @@ class Cell:
 
 
 def decide(cells: dict[str, dict[int, Optional[float]]], settings: Settings, costs: Optional[dict] = None,
-           budget: Optional[float] = None) -> tuple[dict[str, Cell], bool]:
+           budget: Optional[float] = None, parents: Optional[dict[str, str]] = None) -> tuple[dict[str, Cell], bool]:
     """Replay the batches from the finished lineages' gains.
 
     `cells`: cell_id -> {seed: gain} of the cell's *finished* lineages (None for
     a finished lineage without a ticket/dense pair). `costs`: cell_id -> device-hours
-    of one of its lineages (with `budget`). Returns (cell_id -> Cell, finished):
-    `finished` when no cell waits for lineages and none gets more."""
+    of one of its lineages (with `budget`); `parents`: a parent-built cell -> the
+    cell its lineages are made from, whose lineages of the same seeds it needs (and
+    the budget pays for). Returns (cell_id -> Cell, finished): `finished` when no
+    cell waits for lineages and none gets more."""
     m = len(cells)
     threshold = m / settings.alpha
     ladder = settings.checkpoints()
     state = {c: Cell(n=settings.start) for c in cells}
-    spent = sum(settings.start * (costs or {}).get(c, 0.0) for c in cells)
+
+    def spent() -> float:
+        n = {c: cell.n for c, cell in state.items()}
+        for child, parent in (parents or {}).items():
+            if parent in n:
+                n[parent] = max(n[parent], state[child].n)
+        return sum(k * (costs or {}).get(c, 0.0) for c, k in n.items())
     while True:
         wanting = []
         for c, cell in state.items():
@@ -214,13 +222,12 @@ def decide(cells: dict[str, dict[int, Optional[float]]], settings: Settings, cos
         wanting.sort(key=lambda c: (math.log(threshold) - state[c].verdict.log_e, c))
         granted = 0
         for c in wanting:
-            nxt = ladder[ladder.index(state[c].n) + 1]
-            extra = (nxt - state[c].n) * (costs or {}).get(c, 0.0)
-            if budget is not None and spent + extra > budget + 1e-12:
-                state[c].status = BUDGET
+            now = state[c].n
+            state[c].n = ladder[ladder.index(now) + 1]
+            if budget is not None and spent() > budget + 1e-12:
+                state[c].n, state[c].status = now, BUDGET
                 continue
-            spent += extra
-            state[c].n, state[c].status = nxt, WAITING
+            state[c].status = WAITING
             granted += 1
         if not granted:
             return state, True
@@ -252,11 +259,12 @@ def cell_gains(cells: dict[str, list[str]], gains: dict[str, Optional[float]]) -
 
 
 def write_state(sweep, settings: Settings, cells: dict[str, list[str]], costs: dict[str, float],
-                budget: Optional[float]) -> None:
+                budget: Optional[float], parents: Optional[dict[str, str]] = None) -> None:
     """What query and report need to replay the decisions without the yaml: the
-    settings, each cell's lineages by seed and their cost (derived; the rounds decide)."""
+    settings, each cell's lineages by seed, their cost and the cells parent-built
+    ones are made from (derived; the rounds decide)."""
     sweep.write_json(STATE_FILE, {"settings": asdict(settings), "cells": cells, "costs": costs,
-                                  "budget_gpu_h": budget})
+                                  "budget_gpu_h": budget, "parents": parents or {}})
 
 
 def read_state(sweep) -> Optional[dict]:

@@ -101,10 +101,16 @@ def stored_gains(sweep) -> dict[str, Optional[float]]:
     return gains_by_trial(rows)
 
 
+def parent_cells(trials: list) -> dict[str, str]:
+    """A parent-built trial's cell -> the cell of the lineages it is made from."""
+    from workers.methods import METHODS, parent_spec
+    return {t.spec.cell_id: parent_spec(t.spec).cell_id for t in trials if METHODS[t.spec.prune.method].parent}
+
+
 def plan_from_storage(sweep, trials: list, settings: Settings, budget: Optional[float]):
     """(the trials the decisions so far plan, cell -> Cell, finished), replayed from storage."""
     cells, costs = by_cell(trials), cell_costs(trials)
-    state, finished = decide(cell_gains(cells, stored_gains(sweep)), settings, costs, budget)
+    state, finished = decide(cell_gains(cells, stored_gains(sweep)), settings, costs, budget, parent_cells(trials))
     return planned(trials, state), state, finished
 
 
@@ -118,17 +124,17 @@ def run(request, settings: Settings, budget: Optional[float]) -> tuple[int, list
     from workers.store import SweepStore
     trials = request.trials
     sweep = SweepStore(request.storage, request.sweep_name)
-    cells, costs, names = by_cell(trials), cell_costs(trials), cell_names(trials)
+    cells, costs, names, parents = by_cell(trials), cell_costs(trials), cell_names(trials), parent_cells(trials)
     last, before = None, {}
     while True:
-        state, finished = decide(cell_gains(cells, stored_gains(sweep)), settings, costs, budget)
+        state, finished = decide(cell_gains(cells, stored_gains(sweep)), settings, costs, budget, parents)
         plan = planned(trials, state)
         log(f"{settings.words()}: {counts_line(state)}")
         for line in changes(state, before, names, settings.effect):
             print(line, flush=True)
         before = {c: (cell.n, cell.status) for c, cell in state.items()}
         if finished:
-            write_state(sweep, settings, cells, costs, budget)
+            write_state(sweep, settings, cells, costs, budget, parents)
             return 0, plan
         ids = sorted(t.trial_id for t in plan)
         if ids == last:
@@ -138,6 +144,6 @@ def run(request, settings: Settings, budget: Optional[float]) -> tuple[int, list
         first, last = last is None, ids
         # --verify scrubs storage once, before the first batch; later batches read what it left
         rc = run_sweep(dataclasses.replace(request, trials=plan, verify=request.verify and first))
-        write_state(sweep, settings, cells, costs, budget)
+        write_state(sweep, settings, cells, costs, budget, parents)
         if rc:
             return rc, plan

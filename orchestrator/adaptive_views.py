@@ -12,7 +12,7 @@ SEQUENCE_COLUMNS = ["seeds_planned", "decision", "resolved", "resolved_at", "cla
 def _replay(frame, state: dict) -> dict[str, Cell]:
     settings = Settings(**state["settings"])
     gains = cell_gains(state["cells"], gains_by_trial(frame))
-    return decide(gains, settings, state["costs"], state.get("budget_gpu_h"))[0]
+    return decide(gains, settings, state["costs"], state.get("budget_gpu_h"), state.get("parents"))[0]
 
 
 def planned_rows(frame, state: dict):

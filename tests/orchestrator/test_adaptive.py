@@ -228,3 +228,18 @@ experiments:
     (tmp_path / "experiments.yaml").write_text(text.replace("{max: 9}", "{max: 2}"))
     r = cli("plan", "-e", "a", cwd=tmp_path)
     assert r.returncode == 2 and "experiments.c.seeds: max: 2 is below start (3)" in r.stderr, r.stderr
+
+
+def test_the_budget_pays_for_the_parent_lineages_a_child_cell_pulls_in():
+    """same_layer_sparse's cell open, its imp cell resolved: the child's next
+    step needs 2 imp lineages too, so a budget that fits the child's lineages
+    alone does not grant it."""
+    gains = {"imp": finished(CLEAR, 5), "child": finished(NOTHING, 5)}
+    costs = {"imp": 1.0, "child": 1.0}
+    parents = {"child": "imp"}
+    state, _ = decide(gains, S, costs, budget=10.0 + 2.0, parents=parents)  # 5 + 5 spent; +2 child only
+    assert state["child"].status == BUDGET and state["child"].n == 5
+    state, _ = decide(gains, S, costs, budget=10.0 + 4.0, parents=parents)  # +2 child, +2 imp lineages
+    assert state["child"].status == WAITING and state["child"].n == 7
+    state, _ = decide(gains, S, costs, budget=12.0)  # without the relation the child alone fits
+    assert state["child"].n == 7
