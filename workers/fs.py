@@ -81,19 +81,11 @@ class FS:
     _counts_lock = __import__("threading").Lock()
 
     @classmethod
-    def _count(cls, op: str, written: int = 0, read: int = 0) -> None:
+    def _count(cls, key: str, n: int = 1, written: int = 0, read: int = 0) -> None:
         with cls._counts_lock:
-            c = cls._counts
-            c[op] = c.get(op, 0) + 1
-            if written:
-                c["bytes_written"] = c.get("bytes_written", 0) + written
-            if read:
-                c["bytes_read"] = c.get("bytes_read", 0) + read
-
-    @classmethod
-    def _add(cls, key: str, n: int) -> None:
-        with cls._counts_lock:
-            cls._counts[key] = cls._counts.get(key, 0) + n
+            for k, v in ((key, n), ("bytes_written", written), ("bytes_read", read)):
+                if v:
+                    cls._counts[k] = cls._counts.get(k, 0) + v
 
     @classmethod
     def counters(cls, since: Optional[dict] = None) -> dict:
@@ -184,16 +176,15 @@ class FS:
         return sorted(i.base_name for i in infos)
 
     def delete_dir(self, path: str) -> None:
-        self._count("delete")
-        try:
-            self.fs.delete_dir(path)
-        except (FileNotFoundError, OSError):
-            pass
+        self._delete(self.fs.delete_dir, path)
 
     def delete_file(self, path: str) -> None:
+        self._delete(self.fs.delete_file, path)
+
+    def _delete(self, delete, path: str) -> None:
         self._count("delete")
         try:
-            self.fs.delete_file(path)
+            delete(path)
         except (FileNotFoundError, OSError):
             pass
 

@@ -45,7 +45,7 @@ class _CountingWriter(io.RawIOBase):
                 self._inner.close()
             finally:
                 FS._count("tune_write")
-                FS._add("tune_bytes_written", self._n)
+                FS._count("tune_bytes_written", self._n)
                 super().close()
 
 
