@@ -44,6 +44,20 @@ def _dumps(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, indent=1, default=str).encode()
 
 
+def _sealed(body: dict, files: dict[str, bytes]) -> dict:
+    """A manifest: `body`, every file's sha256 and size, and its own sha256."""
+    body = {**body, "files": {n: {"sha256": sha256(b), "bytes": len(b)} for n, b in files.items()}}
+    return {**body, "manifest_sha256": _manifest_digest(body)}
+
+
+def prefix(rounds) -> int:
+    """How many of `rounds` (round numbers) run contiguously from round 0."""
+    k = 0
+    while k in rounds:
+        k += 1
+    return k
+
+
 class LineageStore:
     """The storage of one trial's IMP lineage."""
 
@@ -73,10 +87,8 @@ class LineageStore:
     def read_analysis(self, name: str) -> Optional[dict]:
         try:
             doc = json.loads(self.fs.read(self.analysis_path(name)))
-        except FileNotFoundError:
+        except (ValueError, OSError):  # absent, torn or unreadable: computed again
             return None
-        except (ValueError, OSError):
-            return None  # torn or unreadable: computed again
         return doc if isinstance(doc, dict) else None
 
     def analyses(self) -> list[str]:
@@ -90,10 +102,7 @@ class LineageStore:
             self.fs.write(path, _dumps(spec_dict))
 
     def read_spec(self) -> Optional[dict]:
-        try:
-            doc = json.loads(self.fs.read(f"{self.dir}/spec.json"))
-        except (FileNotFoundError, OSError, ValueError):
-            return None
+        doc = self.read_marker("spec.json")
         return doc if isinstance(doc, dict) else None
 
     def claim(self, info: dict) -> str:
@@ -146,15 +155,8 @@ class LineageStore:
         self.fs.delete_file(f"{d}/{MANIFEST}")
         for name, data in files.items():
             self.fs.write(f"{d}/{name}", data)
-        body = {
-            "trial_id": self.trial_id,
-            "round": k,
-            "metrics": metrics,
-            "spec": spec,
-            "files": {n: {"sha256": sha256(b), "bytes": len(b)} for n, b in files.items()},
-            "committed_at": time.time(),
-        }
-        manifest = {**body, "manifest_sha256": _manifest_digest(body)}
+        manifest = _sealed({"trial_id": self.trial_id, "round": k, "metrics": metrics, "spec": spec,
+                            "committed_at": time.time()}, files)
         self.fs.write(f"{d}/{MANIFEST}", _dumps(manifest))
         self._point(k, manifest["manifest_sha256"])
         return manifest
@@ -184,10 +186,7 @@ class LineageStore:
         return doc
 
     def _write_pointer(self, rounds: dict[int, str]) -> None:
-        k = 0
-        while k in rounds:
-            k += 1
-        self.write_marker(self.POINTER, {"prefix": k, "rounds": {str(j): d for j, d in sorted(rounds.items())}})
+        self.write_marker(self.POINTER, {"prefix": prefix(rounds), "rounds": {str(j): d for j, d in sorted(rounds.items())}})
 
     def _point(self, k: int, digest: str) -> None:
         """Round k was just committed: the pointer keeps the rounds before it, adds k."""
@@ -213,10 +212,13 @@ class LineageStore:
             return None
         return _parse_manifest(raw)
 
+    def _listed_rounds(self, folder: str) -> list[int]:
+        """The k of every round_<k> entry of `folder`."""
+        return [int(m.group(1)) for m in (re.fullmatch(r"round_(\d+)", n) for n in self.fs.listdir(folder)) if m]
+
     def manifests(self) -> dict[int, dict]:
         """Every intact committed round of this trial: {round: manifest}."""
-        rounds = [int(m.group(1)) for m in (re.fullmatch(r"round_(\d+)", n) for n in self.fs.listdir(self.dir)) if m]
-        return self.read_manifests(rounds)
+        return self.read_manifests(self._listed_rounds(self.dir))
 
     READ_THREADS = 16  # an object store answers each read in tens of ms: a lineage's rounds at once
 
@@ -235,28 +237,28 @@ class LineageStore:
 
     def committed_prefix(self) -> int:
         """Number of rounds committed contiguously from round 0."""
-        done = self.manifests()
-        k = 0
-        while k in done:
-            k += 1
-        return k
+        return prefix(self.manifests())
 
     def load_round(self, k: int, names: Iterable[str]) -> dict[str, bytes]:
         """Read files of a committed round, verifying each against the manifest."""
         man = self.read_manifest(k)
         if man is None:
             raise CorruptRound(f"round {k} of trial {self.trial_id} has no intact manifest")
+        return self._verified(self.round_dir(k), man["files"], names, f"round {k} of trial {self.trial_id}")
+
+    def _verified(self, folder: str, listed: dict, names: Iterable[str], what: str) -> dict[str, bytes]:
+        """The files `names` of `folder`, each checked against its entry in a manifest's `listed` files."""
         out = {}
         for name in names:
-            want = man["files"].get(name)
+            want = listed.get(name)
             if want is None:
-                raise CorruptRound(f"round {k} of trial {self.trial_id}: {name} is not in its manifest")
+                raise CorruptRound(f"{what}: {name} is not in its manifest")
             try:
-                data = self.fs.read(f"{self.round_dir(k)}/{name}")
+                data = self.fs.read(f"{folder}/{name}")
             except (FileNotFoundError, OSError):
-                raise CorruptRound(f"round {k} of trial {self.trial_id}: {name} is missing") from None
+                raise CorruptRound(f"{what}: {name} is missing") from None
             if sha256(data) != want["sha256"]:
-                raise CorruptRound(f"round {k} of trial {self.trial_id}: {name} fails its sha256 check")
+                raise CorruptRound(f"{what}: {name} fails its sha256 check")
             out[name] = data
         return out
 
@@ -310,21 +312,14 @@ class LineageStore:
 
     def manifests_any(self) -> list[int]:
         """Rounds that have a manifest file at all (intact or not)."""
-        out = []
-        for name in self.fs.listdir(self.dir):
-            m = re.fullmatch(r"round_(\d+)", name)
-            if m and self.fs.exists(f"{self.round_dir(int(m.group(1)))}/{MANIFEST}"):
-                out.append(int(m.group(1)))
-        return out
+        return [j for j in self._listed_rounds(self.dir) if self.fs.exists(f"{self.round_dir(j)}/{MANIFEST}")]
 
     # --- rolling mid-round checkpoint -------------------------------------
     def save_partial(self, k: int, epoch: int, files: dict[str, bytes], meta: dict) -> None:
         d = f"{self.partial_dir(k)}/epoch_{epoch}"
         for name, data in files.items():
             self.fs.write(f"{d}/{name}", data)
-        body = {"round": k, "epoch": epoch, "meta": meta,
-                "files": {n: {"sha256": sha256(b), "bytes": len(b)} for n, b in files.items()}}
-        self.fs.write(f"{d}/{MANIFEST}", _dumps({**body, "manifest_sha256": _manifest_digest(body)}))
+        self.fs.write(f"{d}/{MANIFEST}", _dumps(_sealed({"round": k, "epoch": epoch, "meta": meta}, files)))
         # Only the newest checkpoint is kept: older ones are now redundant.
         for name in self.fs.listdir(self.partial_dir(k)):
             if name != f"epoch_{epoch}":
@@ -340,13 +335,7 @@ class LineageStore:
                 man = _parse_manifest(self.fs.read(f"{d}/{MANIFEST}"))
                 if man is None:
                     continue
-                files = {}
-                for name, want in man["files"].items():
-                    data = self.fs.read(f"{d}/{name}")
-                    if sha256(data) != want["sha256"]:
-                        raise CorruptRound(name)
-                    files[name] = data
-                return e, files, man["meta"]
+                return e, self._verified(d, man["files"], man["files"], d), man["meta"]
             except (FileNotFoundError, OSError, CorruptRound, KeyError):
                 continue
         return None
@@ -357,7 +346,6 @@ class LineageStore:
     def clear_partials_before(self, k: int) -> None:
         """Drop mid-round checkpoints of rounds already committed (a kill
         between a round's commit and its checkpoint's removal leaves one)."""
-        for name in self.fs.listdir(f"{self.dir}/partial"):
-            m = re.fullmatch(r"round_(\d+)", name)
-            if m and int(m.group(1)) < k:
-                self.clear_partial(int(m.group(1)))
+        for j in self._listed_rounds(f"{self.dir}/partial"):
+            if j < k:
+                self.clear_partial(j)
