@@ -17,7 +17,7 @@ from workers import data
 from workers import pruning
 from workers.methods import ParentMissing, get_method, parent_spec
 from workers.rng import PRUNE, seed_for
-from workers.migrate import held_out_fraction
+from workers.migrate import held_out_fraction, rounds_with_numerics
 from workers.spec import RunOptions, TrialSpec
 from workers.store import CorruptRound, LineageStore
 from workers.train import numerics_of, pick_device, precision_of, prepare
@@ -117,10 +117,9 @@ def check_precision(ctx: LineageContext, recorded: dict, attempt: dict, what: st
     """Stop (PrecisionChange) when rounds of `recorded` ({round: numerics}) ran
     in another precision than `attempt` would, unless the options allow it:
     the seeds of a cell are replicates of one arithmetic, and a lineage that
-    mixes two would silently be one of neither. Rounds that recorded no
-    numerics (older sweeps) are not known to differ."""
+    mixes two would silently be one of neither (old rounds without numerics: migrate)."""
     now = precision_of(attempt)
-    known = {k: n for k, n in sorted(recorded.items()) if precision_of(n) is not None}
+    known = rounds_with_numerics(recorded, precision_of)
     if all(precision_of(n) == now for n in known.values()):
         return
     runs: list[list] = []  # [first, last, precision, device] of consecutive rounds alike

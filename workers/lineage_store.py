@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 from workers.errors import CorruptRound, TakenOver
 from workers.fs import check_name
+from workers.migrate import rounds_without_pointer
 
 if TYPE_CHECKING:
     from workers.store import SweepStore
@@ -184,6 +185,14 @@ class LineageStore:
         except (TypeError, ValueError):
             return None
         return doc
+
+    def pointer(self) -> dict:
+        """The committed pointer; a lineage without one is read from its manifests (and given one)."""
+        p = self.read_pointer()
+        if p is None:
+            rounds = rounds_without_pointer(self)
+            p = {"prefix": prefix(rounds), "rounds": rounds}
+        return p
 
     def _write_pointer(self, rounds: dict[int, str]) -> None:
         self.write_marker(self.POINTER, {"prefix": prefix(rounds), "rounds": {str(j): d for j, d in sorted(rounds.items())}})

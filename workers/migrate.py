@@ -21,9 +21,16 @@ Forms handled:
   (`MOVED_KEYS`, orchestrator/config.py); rounds committed before per-image
   predictions were recorded are named as such where a table or the API
   meets one (`NO_PREDICTIONS`).
+- a lineage committed before the committed pointer (COMMITTED.json) is read
+  from its manifests and given one (`rounds_without_pointer`).
+- rounds committed before rounds recorded their numerics are not known to
+  differ from any precision (`rounds_with_numerics`).
+- an old-selection trial's cell carries `legacy_selection`, a field beyond
+  today's sub-specs (`legacy_cell_fields`).
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Optional
 
@@ -123,6 +130,27 @@ def rewind_state(k: int, rewind, end_state):
     a spec whose rewind_epoch >= epochs (older specs: never saved), round 0's
     end state (`end_state()`)."""
     return end_state() if k == 0 and rewind is None else rewind
+
+
+def rounds_without_pointer(lineage: "LineageStore") -> dict[int, str]:
+    """{round: manifest digest} of a lineage without COMMITTED.json (committed by an lth-sweep older
+    than the pointer, or never started): read from its manifests once, its pointer written for next time."""
+    manifests = lineage.manifests()
+    if manifests:
+        lineage.sync_pointer(manifests)
+    return {j: m["manifest_sha256"] for j, m in manifests.items()}
+
+
+def rounds_with_numerics(recorded: dict, precision_of) -> dict:
+    """{round: numerics} in round order, less the rounds whose `precision_of` is None: rounds committed
+    before rounds recorded their numerics are not known to differ from any precision."""
+    return {k: n for k, n in sorted(recorded.items()) if precision_of(n) is not None}
+
+
+def legacy_cell_fields(cell: dict, parts) -> dict:
+    """A cell's keys beyond today's sub-spec `parts` as fields (a dict as its JSON): the
+    `legacy_selection` of an old-selection trial's cell (`old_round_row`)."""
+    return {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in cell.items() if k not in parts}
 
 
 def shards_outdated(version: int, current: int) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+from workers.migrate import legacy_cell_fields, upgrade_spec
 from workers.specfield import Rule, spec_field  # noqa: F401 (the spec's users import Rule from here)
 
 ID_LEN = 16  # hex chars of sha256: 64 bits, collision-free for any real sweep
@@ -199,8 +200,7 @@ class TrialSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialSpec":
-        from workers.migrate import upgrade_spec  # a spec as stored, in any version's form
-        d = upgrade_spec(d)
+        d = upgrade_spec(d)  # a spec as stored, in any version's form
         kinds = {f.name: f.type for f in fields(cls)}
         parts: dict[str, Any] = {}
         for name, sub in (("data", DataSpec), ("model", ModelSpec), ("train", TrainSpec),
@@ -327,10 +327,7 @@ def cell_fields(cell: dict) -> dict[str, Any]:
             if "float" in str(f.type) and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)  # the canonical form spells 1.0 as 1
             out[name] = v
-    for k, v in cell.items():  # e.g. a legacy trial's selection protocol
-        if k not in _SUBSPECS:
-            out[k] = v if not isinstance(v, dict) else json.dumps(v, sort_keys=True)
-    return out
+    return {**out, **legacy_cell_fields(cell, _SUBSPECS)}
 
 
 _DEFAULTS: dict[type, list[tuple[str, Any]]] = {}

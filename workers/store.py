@@ -117,29 +117,14 @@ class SweepStore:
 
     def pointers(self, trial_ids: Iterable[str], threads: int = 32) -> dict[str, dict]:
         """Each lineage's committed pointer ({"prefix": k, "rounds": {round: manifest
-        digest}}), read `threads` at a time: one small read per lineage however many
-        rounds it has. A lineage without one (never started, or committed before
-        pointers existed) is read from its manifests once, and its pointer written."""
+        digest}}, LineageStore.pointer), read `threads` at a time: one small read per
+        lineage however many rounds it has."""
         from concurrent.futures import ThreadPoolExecutor
-
-        def one(tid: str) -> dict:
-            lin = self.lineage(tid)
-            p = lin.read_pointer()
-            if p is None:
-                manifests = lin.manifests()
-                if manifests:
-                    lin.sync_pointer(manifests)
-                rounds = {j: m["manifest_sha256"] for j, m in manifests.items()}
-                k = 0
-                while k in rounds:
-                    k += 1
-                p = {"prefix": k, "rounds": rounds}
-            return p
         tids = list(dict.fromkeys(trial_ids))
         if not tids:
             return {}
         with ThreadPoolExecutor(max(1, min(threads, len(tids)))) as pool:
-            return dict(zip(tids, pool.map(one, tids)))
+            return dict(zip(tids, pool.map(lambda tid: self.lineage(tid).pointer(), tids)))
 
     def write_json(self, name: str, obj) -> None:
         self.fs.write(self.path(name), _dumps(obj))
