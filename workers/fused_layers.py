@@ -23,13 +23,19 @@ from workers.losses import TvMFHead, at_least_fp32, full_precision, tvmf_similar
 from workers.models.variants import HarmonicConv2d
 
 
+def _layout(x: torch.Tensor):
+    """channels_last for a 4-D tensor laid out so (and not also contiguous), else contiguous."""
+    return torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format
+
+
 def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """[K, *shape] in the members' layout: slice i has member i's strides, and
     for channels_last 4-D members the [K*O, I, h, w] view a grouped conv uses
     is channels_last too. (The layout steers the CPU conv's algorithm: keeping
     it is what keeps `conv="loop"` on the solo kernels.)"""
     t0 = tensors[0]
-    if t0.dim() == 4 and not t0.is_contiguous() and t0.is_contiguous(memory_format=torch.channels_last):
+    if _layout(t0) == torch.channels_last:
         K, (O, I, h, w) = len(tensors), t0.shape
         out = torch.empty((K, O, h, w, I), dtype=t0.dtype, device=t0.device).permute(0, 1, 4, 2, 3)
     else:
@@ -40,26 +46,17 @@ def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def _param(members: Sequence[nn.Module], name: str) -> Optional[nn.Parameter]:
-    ps = [getattr(m, name) for m in members]
-    if ps[0] is None:
-        return None
-    return nn.Parameter(_stack([p.detach() for p in ps]), requires_grad=ps[0].requires_grad)
+def _params(fused: nn.Module, members: Sequence[nn.Module], *names: str) -> None:
+    """The members' parameters `names` stacked as the fused layer's (None where theirs are None)."""
+    for name in names:
+        ps = [getattr(m, name) for m in members]
+        fused.register_parameter(name, None if ps[0] is None else nn.Parameter(
+            _stack([p.detach() for p in ps]), requires_grad=ps[0].requires_grad))
 
 
-def _weight_and_bias(fused: nn.Module, members: Sequence[nn.Module]) -> None:
-    """The members' `weight` and `bias` (or none) stacked as the fused layer's parameters."""
-    fused.weight = _param(members, "weight")
-    bias = _param(members, "bias")
-    if bias is None:
-        fused.register_parameter("bias", None)
-    else:
-        fused.bias = bias
-
-
-def _layout(x: torch.Tensor):
-    return torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last) else torch.contiguous_format
+def _each(t: Optional[torch.Tensor], K: int) -> Sequence[Optional[torch.Tensor]]:
+    """A stacked parameter's K member slices (K Nones for none)."""
+    return [None] * K if t is None else t.unbind(0)
 
 
 def _slices(x: torch.Tensor, K: int) -> list[torch.Tensor]:
@@ -92,17 +89,24 @@ def _cat(outs: list[torch.Tensor]) -> torch.Tensor:
     return outs[0] if len(outs) == 1 else _CatDenseGrad.apply(*outs)
 
 
-class FusedConv2d(nn.Module):
+class _Fused(nn.Module):
+    """K members' layer of one type, fused with `strategy`; `copied`: the settings read from the first."""
+    copied: tuple[str, ...] = ()
+
+    def __init__(self, members: Sequence[nn.Module], strategy: str = "grouped"):
+        super().__init__()
+        self.K, self.strategy = len(members), strategy
+        for name in self.copied:
+            setattr(self, name, getattr(members[0], name))
+
+
+class FusedConv2d(_Fused):
     """K members' Conv2d on [B, K*C_in, H, W] -> [B, K*C_out, H', W']."""
+    copied = ("in_channels", "out_channels", "groups", "stride", "padding", "dilation")
 
     def __init__(self, members: Sequence[nn.Conv2d], strategy: str = "grouped"):
-        super().__init__()
-        m = members[0]
-        self.K = len(members)
-        self.in_channels, self.out_channels, self.groups = m.in_channels, m.out_channels, m.groups
-        self.stride, self.padding, self.dilation = m.stride, m.padding, m.dilation
-        _weight_and_bias(self, members)
-        self.strategy = strategy
+        super().__init__(members, strategy)
+        _params(self, members, "weight", "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         K = self.K
@@ -110,16 +114,15 @@ class FusedConv2d(nn.Module):
             b = None if self.bias is None else self.bias.flatten()
             return F.conv2d(x, self.weight.flatten(0, 1), b, self.stride, self.padding, self.dilation,
                             self.groups * K)
-        bs = [None] * K if self.bias is None else self.bias.unbind(0)
         return _cat([F.conv2d(xi, w, b, self.stride, self.padding, self.dilation, self.groups)
-                     for xi, w, b in zip(_slices(x, K), self.weight.unbind(0), bs)])
+                     for xi, w, b in zip(_slices(x, K), self.weight.unbind(0), _each(self.bias, K))])
 
     def extra_repr(self) -> str:
         return (f"K={self.K}, {self.in_channels}, {self.out_channels}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, strategy={self.strategy}")
 
 
-class FusedBatchNorm2d(nn.Module):
+class FusedBatchNorm2d(_Fused):
     """K members' BatchNorm2d as one over K*C channels: per-member batch and
     running statistics (the buffers are [K, C]; the kernel updates their
     [K*C] views in place, exactly as each solo BatchNorm updates its own).
@@ -127,35 +130,22 @@ class FusedBatchNorm2d(nn.Module):
     kernel: the CPU kernel's vector loop depends on the channel count, so a
     call over K*C channels (MobileNetV2's 2-4 channel blocks: 6-12) rounds
     the tail differently from K calls over C."""
+    copied = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 
     def __init__(self, members: Sequence[nn.BatchNorm2d], strategy: str = "grouped"):
-        super().__init__()
-        m = members[0]
-        self.strategy = strategy
-        self.K, self.num_features = len(members), m.num_features
-        self.eps, self.momentum = m.eps, m.momentum
-        self.affine, self.track_running_stats = m.affine, m.track_running_stats
-        if m.affine:
-            self.weight, self.bias = _param(members, "weight"), _param(members, "bias")
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if m.track_running_stats:
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                self.register_buffer(name, _stack([getattr(x, name) for x in members]))
-        else:
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                self.register_buffer(name, None)
+        super().__init__(members, strategy)
+        _params(self, members, "weight", "bias")  # None without affine
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            self.register_buffer(name, _stack([getattr(x, name) for x in members])
+                                 if self.track_running_stats else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # nn.BatchNorm2d.forward with momentum a float (FusedTrainer refuses None).
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
         use_batch = self.training or not self.track_running_stats
-        rm = None if self.running_mean is None else self.running_mean.view(-1)
-        rv = None if self.running_var is None else self.running_var.view(-1)
-        w = None if self.weight is None else self.weight.view(-1)
-        b = None if self.bias is None else self.bias.view(-1)
+        rm, rv, w, b = (None if t is None else t.view(-1)
+                        for t in (self.running_mean, self.running_var, self.weight, self.bias))
         if self.strategy != "loop" or self.K == 1:
             return F.batch_norm(x, rm, rv, w, b, use_batch, self.momentum, self.eps)
         parts = [None if t is None else t.chunk(self.K) for t in (rm, rv, w, b)]
@@ -163,95 +153,75 @@ class FusedBatchNorm2d(nn.Module):
                                   self.eps) for i, xi in enumerate(_slices(x, self.K))])
 
 
-class FusedLinear(nn.Module):
+class FusedLinear(_Fused):
     """K members' Linear: [B, K*F] -> [B, K*N]: one batched matmul ("grouped"),
     or each member's own F.linear ("loop", the solo kernel)."""
+    copied = ("in_features", "out_features")
 
     def __init__(self, members: Sequence[nn.Linear], strategy: str = "grouped"):
-        super().__init__()
-        m = members[0]
-        self.K, self.in_features, self.out_features = len(members), m.in_features, m.out_features
-        self.strategy = strategy
-        _weight_and_bias(self, members)
+        super().__init__(members, strategy)
+        _params(self, members, "weight", "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
         if self.strategy == "loop":
-            bs = [None] * self.K if self.bias is None else self.bias.unbind(0)
             return _cat([F.linear(xi, w, b) for xi, w, b in
-                         zip(_slices(x.reshape(B, -1), self.K), self.weight.unbind(0), bs)])
+                         zip(_slices(x.reshape(B, -1), self.K), self.weight.unbind(0), _each(self.bias, self.K))])
         xk = x.reshape(B, self.K, self.in_features).transpose(0, 1)  # [K, B, F]
         wt = self.weight.transpose(1, 2)  # [K, F, N]
         out = torch.bmm(xk, wt) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), xk, wt)
         return out.transpose(0, 1).reshape(B, self.K * self.out_features)
 
 
-class FusedTvMFHead(nn.Module):
+class FusedTvMFHead(_Fused):
     """K members' TvMFHead (learned or fixed scale): [B, K*F] -> [B, K*N]."""
+    copied = ("in_features", "out_features", "kappa", "fixed_scale")
 
     def __init__(self, members: Sequence[TvMFHead], strategy: str = "grouped"):
-        super().__init__()
-        m = members[0]
-        self.K, self.in_features, self.out_features = len(members), m.in_features, m.out_features
-        self.strategy = strategy
-        self.kappa, self.fixed_scale = m.kappa, m.fixed_scale
-        self.weight = _param(members, "weight")
-        if m.fixed_scale is None:
-            self.scale_raw = _param(members, "scale_raw")  # [K, 1]
-        else:
-            self.register_parameter("scale_raw", None)
+        super().__init__(members, strategy)
+        _params(self, members, "weight", "scale_raw")  # scale_raw [K, 1], None for a fixed scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x):  # as TvMFHead: the cosine in fp32 under autocast
-            return self._forward(at_least_fp32(x))
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        B = x.shape[0]
-        if self.strategy == "loop":  # TvMFHead.forward, member by member
-            ss = ([self.fixed_scale] * self.K if self.scale_raw is None
-                  else (1.0 + F.softplus(self.scale_raw)).unbind(0))
-            return _cat([s * tvmf_similarity(F.linear(F.normalize(xi, dim=1), F.normalize(at_least_fp32(w), dim=1))
-                                             .clamp(-1.0, 1.0), self.kappa)
-                         for xi, w, s in zip(_slices(x.reshape(B, -1), self.K), self.weight.unbind(0), ss)])
-        xk = F.normalize(x.reshape(B, self.K, self.in_features), dim=2).transpose(0, 1)  # [K, B, F]
-        wk = F.normalize(at_least_fp32(self.weight), dim=2)  # [K, N, F]
-        cos = torch.bmm(xk, wk.transpose(1, 2)).clamp(-1.0, 1.0)  # [K, B, N]
-        sim = tvmf_similarity(cos, self.kappa)
-        if self.scale_raw is None:
-            out = self.fixed_scale * sim
-        else:
-            # Each member's scale times its own [B, N] similarities, as solo: the
-            # scale's gradient is then the solo reduction over B*N terms. One
-            # broadcast multiply over [K, B, N] reduces it in another order, whose
-            # rounding was 3-8x solo's (the fusion self-check's rule is 4x).
-            out = torch.stack([(1.0 + F.softplus(r)) * m for r, m in zip(self.scale_raw, sim.unbind(0))])
-        return out.transpose(0, 1).reshape(B, self.K * self.out_features)
+            x = at_least_fp32(x)
+            B = x.shape[0]
+            if self.strategy == "loop":  # TvMFHead.forward, member by member
+                ss = ([self.fixed_scale] * self.K if self.scale_raw is None
+                      else (1.0 + F.softplus(self.scale_raw)).unbind(0))
+                return _cat([s * tvmf_similarity(F.linear(F.normalize(xi, dim=1),
+                                                          F.normalize(at_least_fp32(w), dim=1)).clamp(-1.0, 1.0),
+                                                 self.kappa)
+                             for xi, w, s in zip(_slices(x.reshape(B, -1), self.K), self.weight.unbind(0), ss)])
+            xk = F.normalize(x.reshape(B, self.K, self.in_features), dim=2).transpose(0, 1)  # [K, B, F]
+            wk = F.normalize(at_least_fp32(self.weight), dim=2)  # [K, N, F]
+            sim = tvmf_similarity(torch.bmm(xk, wk.transpose(1, 2)).clamp(-1.0, 1.0), self.kappa)  # [K, B, N]
+            if self.scale_raw is None:
+                out = self.fixed_scale * sim
+            else:
+                # Each member's scale times its own [B, N] similarities, as solo: the
+                # scale's gradient is then the solo reduction over B*N terms. One
+                # broadcast multiply over [K, B, N] reduces it in another order, whose
+                # rounding was 3-8x solo's (the fusion self-check's rule is 4x).
+                out = torch.stack([(1.0 + F.softplus(r)) * m for r, m in zip(self.scale_raw, sim.unbind(0))])
+            return out.transpose(0, 1).reshape(B, self.K * self.out_features)
 
 
-class FusedHarmonicConv2d(nn.Module):
+class FusedHarmonicConv2d(_Fused):
     """K members' HarmonicConv2d: the fixed DCT stage is one depthwise conv over
     K*C_in channels (the basis is the same constant in every member), then the
     members' 1x1 mixes as a FusedConv2d."""
+    copied = ("in_channels", "out_channels", "stride", "padding")
 
     def __init__(self, members: Sequence[HarmonicConv2d], strategy: str = "grouped"):
-        super().__init__()
-        m = members[0]
-        self.K, self.in_channels, self.out_channels = len(members), m.in_channels, m.out_channels
-        self.stride, self.padding = m.stride, m.padding
-        self.strategy = strategy
-        self.register_buffer("basis", m.basis.detach().clone())  # shared, never trained
+        super().__init__(members, strategy)
+        self.register_buffer("basis", members[0].basis.detach().clone())  # shared, never trained
         self.mix = FusedConv2d([x.mix for x in members], strategy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.strategy == "loop":  # HarmonicConv2d.forward's DCT stage per member
-            c = self.in_channels
-            w = self.basis.to(x.dtype).repeat(c, 1, 1, 1)
-            y = _cat([F.conv2d(xi, w, None, self.stride, self.padding, groups=c)
-                      for xi in _slices(x, self.K)])
-            return self.mix(y)
-        n = self.K * self.in_channels
+        loop = self.strategy == "loop"  # HarmonicConv2d.forward's DCT stage per member
+        n = self.in_channels if loop else self.K * self.in_channels
         w = self.basis.to(x.dtype).repeat(n, 1, 1, 1)
+        if loop:
+            return self.mix(_cat([F.conv2d(xi, w, None, self.stride, self.padding, groups=n)
+                                  for xi in _slices(x, self.K)]))
         return self.mix(F.conv2d(x, w, None, self.stride, self.padding, groups=n))
-
-
-# --- building the fused model --------------------------------------------------------
