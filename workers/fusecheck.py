@@ -3,24 +3,21 @@
     fusion = Fusion(opts, sweep)                       # one per run_group: the checks' cache
     program, info = fusion.program(trainers, width)    # a FusedTrainer that passed, or None (alone)
 
-Fused kernels (a grouped conv over K members, BatchNorm over K*C channels,
-batched matmul heads) add in another order than each member's own kernels.
-In exact arithmetic they compute the same step; in floating point they
-differ by rounding, and how much depends on the device, its libraries, the
-dtype and the network. No CI machine has every GPU, so before a fused
-program trains it checks itself where it runs. The check is one whole
-training step, run through workers/train.py's `run_epoch` (the loop every
-epoch runs: forward, loss, backward, SGD with the members' momentum buffers,
-weight decay and the learning rate of epoch 1 (not the initial one, so a
-stale rate shows), masks on weights and momentum, BatchNorm statistics, the
-write-back to the members), on probe copies of the members whose training
-set is their first batch, unaugmented (no random stream is touched):
+Fused kernels (a grouped conv, BatchNorm over K*C channels, batched matmul
+heads) add in another order than each member's own: the same step in exact
+arithmetic, other rounding in floating point, by how much depending on the
+device, its libraries, the dtype and the network. No CI machine has every
+GPU, so a fused program checks itself where it runs, on one whole training
+step through workers/train.py's `run_epoch` (SGD with the members' momentum
+buffers, weight decay and epoch 1's learning rate, so a stale rate shows;
+masks on weights and momentum; BatchNorm statistics; the write-back), on
+probe copies of the members whose training set is their first batch,
+unaugmented (no random stream is touched):
 
     fused     the fused program, in the members' numerics (dtype, autocast)
-    fused64   the same fused program in float64, on the first LOGIC_IMAGES images (its logic
+    fused64   the same program in float64 on the first LOGIC_IMAGES images (its logic
               does not depend on the batch's size; its memory does)
-    solo      each member's solo step, in its numerics, on its batch as given and reversed
-              (the same sums added in another order)
+    solo      each member's solo step in its numerics, on its batch as given and reversed
     ref       each member's solo step in float64 (and on fused64's images, as given and reversed)
     per member and tensor t of a kind c (parameter updates, momentum buffers,
     BatchNorm running means, running variances, the loss):
@@ -28,43 +25,33 @@ set is their first batch, unaugmented (no random stream is touched):
     numerics: e(fused, t) <= R max(e(solo, t) over both orders, E_c) + 16 u
     logic:    e(fused64, t) <= R max(e(ref reversed, t), E64_c) + 16 u64
 
-S_c is the RMS of the float64 values of kind c over the whole network, so
-errors are measured against the size of what is summed, not against a
-tensor's own size (a BatchNorm bias that is zero by cancellation would blow
-both errors up to meaningless ratios); E_c is the largest pooled solo error
-of kind c over the members, so one lucky draw on a scalar does not set the
-bar. u is the unit roundoff of the arithmetic (2^-24 in float32, 2^-8 under
-bf16 autocast, 2^-53 in float64); the 16 u floor covers tensors that solo
-computes exactly.
+S_c, the RMS of kind c's float64 values over the network, measures errors
+against the size of what is summed (a BatchNorm bias that is zero by
+cancellation would blow a tensor's own ratio up); E_c, the largest pooled
+solo error of kind c over the members, keeps one lucky draw on a scalar from
+setting the bar; u is the unit roundoff (2^-24 fp32, 2^-8 under bf16
+autocast, 2^-53 float64), and 16 u covers tensors solo computes exactly.
 
-R is derived, not tuned: R = max(4, sqrt(L)), L the longest sum of the step
-(a batch's pixels, which BatchNorm statistics and weight gradients add up,
-or the largest fan-in; `reduction_length`). A sum of L terms has a rounding
-error of about sqrt(L) u times its terms in a typical order and at most
-L u times them in the worst (Higham's forward-error bound); another correct
-algorithm for the same sum (a grouped kernel's blocking, a fused BatchNorm's
-reduction) may land anywhere between, so a correct fused program stays
-within sqrt(L) of the solo error, while anything else (another member's
-data, mask, momentum or statistics, a wrong rate) is off by the size of the
-tensor itself. The logic check makes that decisive in every numerics: in
-float64 a correct program is within 1e-12 of the kind's RMS and a logic bug
-near 1, so it fails any mutation by 11 orders of magnitude or more, fp32 and
-bf16 programs alike (tests/workers/test_fusecheck.py mutates masks,
-momentum, the rate and the data on ResNet-18 and MobileNetV2 in both). The
-numerics check catches kernels that round worse than R times solo: in fp32
-an error above about R x 1e-6 of the kind's RMS; under bf16 autocast, whose
-own solo rounding of a single step is 2-300% of a kind's RMS on small
-networks, only gross breakage (non-finite or wildly wrong outputs): below
-that, bf16 rounding and a numerics bug cannot be told apart in one step. A
-check that fails is not an error: the group tries the next strategy
-(grouped, then loop, then each member alone), says so in one line, and
-every committed round records the outcome (metrics key `fuse_check`, with
-`logic` and `ratio`) and its numerics.
+R = max(4, sqrt(L)) is derived, not tuned: L is the step's longest sum
+(`reduction_length`). A sum of L terms rounds by about sqrt(L) u times its
+terms in a typical order and at most L u in the worst (Higham's bound);
+another correct algorithm (a grouped kernel's blocking, a fused BatchNorm's
+reduction) lands anywhere between, while a logic bug (another member's data,
+mask, momentum or statistics, a wrong rate) is off by the tensor's own size.
+In float64 a correct program is within 1e-12 of the RMS and a bug near 1, so
+the logic check is decisive in every numerics (tests/workers/test_fusecheck.py
+mutates masks, momentum, the rate and the data, in fp32 and bf16). The
+numerics check catches kernels that round worse than R x solo: in fp32 above
+about R x 1e-6 of the RMS; under bf16 autocast, whose solo rounding of one
+step is 2-300% of the RMS on small networks, only gross breakage. A failed
+check is not an error: the group tries the next strategy (grouped, loop,
+each member alone), says so in one line, and every committed round records
+the outcome (metrics key `fuse_check`, with `logic` and `ratio`).
 
-Checks are cached per (architecture, shapes, K, strategy, device, dtype,
-autocast, torch version): in this process and, for the sweep, as one JSON
-file per key under `<sweep>/fuse_checks/` (workers/store.py), which the
-run record and `lth-sweep status` list.
+Outcomes are cached per (architecture, shapes, K, strategy, device, dtype,
+autocast, torch version): in the process and as one JSON file per key under
+`<sweep>/fuse_checks/` (workers/store.py), which the run record and
+`lth-sweep status` list.
 """
 from __future__ import annotations
 
@@ -85,9 +72,9 @@ log = logging.getLogger("lth_sweep.fusecheck")
 
 # Every shipped (method, architecture) whose lineages fuse (a method built from
 # another lineage never does): what the equivalence tests and gpu_check cover.
-FUSABLE = [("imp", "resnet18"), ("imp", "resnet50"), ("imp", "vgg16"), ("imp", "mobilenetv2"),
-           ("imp", "vgg16_paper"), ("imp", "mobilenetv2_cifar"), ("full_conv", "resnet18"), ("harmonic", "resnet18"), ("tvmf_loss", "resnet18"),
-           ("cosine_loss", "resnet18")]
+FUSABLE = [("imp", "resnet18"), ("imp", "resnet50"), ("imp", "vgg16"), ("imp", "mobilenetv2"), ("imp", "vgg16_paper"),
+           ("imp", "mobilenetv2_cifar"), ("full_conv", "resnet18"), ("harmonic", "resnet18"),
+           ("tvmf_loss", "resnet18"), ("cosine_loss", "resnet18")]
 
 LOGIC_IMAGES = 16  # per member, in the float64 run of the fused program
 RATIO = 4.0  # the least R: two correct orders' errors differ by a factor of order one
@@ -99,12 +86,6 @@ RULE = (f"one whole step through run_epoch, in the members' numerics and in floa
 
 # In this process: the same group shape on the same device is checked once.
 _CACHE: dict[str, dict] = {}
-
-
-def fallbacks(first: str) -> list[str]:
-    """The strategies to try, in order, starting at `first`: grouped, then loop
-    (the members' own kernels); after them, each member trains alone."""
-    return ["grouped", "loop"] if first == "grouped" else ["loop"]
 
 
 def unit_roundoff(t: Trainer) -> float:
@@ -137,12 +118,9 @@ def _digest(key: dict) -> str:
 
 
 def probe(t: Trainer, dtype: Optional[torch.dtype] = None, reverse: bool = False,
-           images: Optional[int] = None) -> Trainer:
-    """A throw-away copy of member t (weights, masks, momentum buffers, numerics;
-    in `dtype` if given) whose epoch is one step: its training set is its first
-    `batch_size` images (or `images`, fewer), in reverse order with `reverse`
-    (the same sums, added in another order), unaugmented, so no random stream
-    is touched."""
+          images: Optional[int] = None) -> Trainer:
+    """A throw-away copy of member t (in `dtype` if given) whose epoch is one step on its first
+    batch (or `images`, fewer), reversed with `reverse`, unaugmented: no random stream is touched."""
     bs = min(t.spec.train.batch_size, images or t.spec.train.batch_size)
     x, y = t.prep.x_train[:bs], t.prep.y_train[:bs]
     if reverse:
@@ -151,6 +129,7 @@ def probe(t: Trainer, dtype: Optional[torch.dtype] = None, reverse: bool = False
 
 
 def _copy(t: Trainer, dtype: Optional[torch.dtype] = None, prep=None) -> Trainer:
+    """A copy of member t: weights, masks, momentum buffers and numerics (in `dtype` if given)."""
     model = copy.deepcopy(t.model)
     if dtype is not None:
         model.to(dtype)
@@ -174,12 +153,8 @@ def state_copy(t: Trainer) -> dict[str, torch.Tensor]:
 
 
 def _after_one_step(program, epoch: int) -> list[dict[str, torch.Tensor]]:
-    """Per member of `program` (a FusedTrainer or a Solo of probes): what one
-    full training step through workers/train.py's `run_epoch` changed (the
-    loop every epoch runs: forward, loss, backward, SGD with momentum and
-    weight decay at the epoch's learning rate, masks on weights and momentum,
-    BatchNorm statistics, the write-back to the members): per parameter its
-    update, and the momentum buffers, BatchNorm statistics and loss after it."""
+    """Per member of `program` (a FusedTrainer or a Solo of probes), after one step through
+    `run_epoch`: each parameter's update, and the momentum buffers, BatchNorm statistics and loss."""
     before = [state_copy(t) for t in program.trainers]
     rows = run_epoch(program, 0, epoch)
     found = []
@@ -194,14 +169,11 @@ def _after_one_step(program, epoch: int) -> list[dict[str, torch.Tensor]]:
     return found
 
 
-def _kind(name: str) -> str:
-    return name.split(":")[0] if ":" in name else name.rsplit(".", 1)[-1]
-
-
 def _kinds(ref: dict) -> dict[str, list[str]]:
+    """The tensors' names by kind: update, momentum, running_mean, running_var, loss."""
     kinds: dict[str, list[str]] = {}
     for name in ref:
-        kinds.setdefault(_kind(name), []).append(name)
+        kinds.setdefault(name.split(":")[0] if ":" in name else name.rsplit(".", 1)[-1], []).append(name)
     return kinds
 
 
@@ -226,11 +198,9 @@ def pooled_errors(step: dict, ref: dict) -> dict[str, float]:
 
 def compare(fused: dict, solo, ref: dict, u: float, floor: Optional[dict[str, float]] = None,
             ratio: float = RATIO) -> dict:
-    """One member's errors under the rule (module docstring): the pooled
-    fused and solo errors, and the tensor closest to failing (margin > 1 fails).
-    `solo`: one solo step or several (correct orders; per tensor the largest
-    error counts); `floor`: per kind, the pooled solo error of every member
-    (default: this member's own)."""
+    """One member's errors under the rule (module docstring): the pooled fused and solo errors, and
+    the tensor closest to failing (margin > 1 fails). `solo`: one solo step or several (correct orders:
+    per tensor the largest error counts); `floor`: per kind, every member's pooled solo error."""
     solos = solo if isinstance(solo, (list, tuple)) else [solo]
     own = [pooled_errors(s, ref) for s in solos]
     worst = {"margin": -1.0}
@@ -252,9 +222,8 @@ def compare(fused: dict, solo, ref: dict, u: float, floor: Optional[dict[str, fl
 
 
 def reduction_length(t: Trainer) -> int:
-    """The longest sum one training step of member t adds: over a batch's
-    pixels (BatchNorm statistics, a convolution's weight gradient) or over a
-    weight's fan-in (a convolution's or a linear's output)."""
+    """The longest sum one step of member t adds: a batch's pixels (BatchNorm statistics, a
+    convolution's weight gradient) or a weight's fan-in (a convolution's or a linear's output)."""
     x = t.prep.x_train
     pixels = t.spec.train.batch_size * (x[0].numel() // x.shape[1])
     fan_in = max((p[0].numel() for p in t.model.parameters() if p.dim() > 1), default=1)
@@ -262,8 +231,7 @@ def reduction_length(t: Trainer) -> int:
 
 
 def _judge(fused: list, steps: list, u: float, ratio: float) -> dict:
-    """Every member's fused step against its solo steps (steps[i] = (solos, ref))
-    under the rule, the solo errors pooled per kind over every member."""
+    """Every member's fused step against its (solo steps, float64 step) in `steps`, under the rule."""
     floor: dict[str, float] = {}
     for solos, ref in steps:
         for s in solos:
@@ -280,9 +248,7 @@ def _judge(fused: list, steps: list, u: float, ratio: float) -> dict:
 
 
 def self_check(trainers: Sequence[Trainer], strategy: str, epoch: int = 1) -> dict:
-    """Run the check (module docstring) for these members fused with `strategy`,
-    one step at `epoch`'s learning rate: in the members' numerics against the
-    float64 solo step, and the same program in float64 (its logic)."""
+    """The check (module docstring) of these members fused with `strategy`, one step at `epoch`'s rate."""
     t0 = time.perf_counter()
     dev = trainers[0].prep.device
     u = unit_roundoff(trainers[0])
@@ -291,9 +257,8 @@ def self_check(trainers: Sequence[Trainer], strategy: str, epoch: int = 1) -> di
     n = LOGIC_IMAGES
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         fused = _after_one_step(FusedTrainer([probe(t) for t in trainers], conv=strategy), epoch)
-        # The logic does not depend on the batch's size: the float64 program, twice
-        # the size per weight, runs on a few images so that it needs less memory
-        # than the group's own training steps.
+        # The float64 program, twice the bytes per weight, runs on a few images: it
+        # then needs less memory than the group's own training steps.
         fused64 = _after_one_step(FusedTrainer([probe(t, f64, images=n) for t in trainers], conv=strategy), epoch)
         steps, steps64 = [], []
         for t in trainers:
@@ -321,9 +286,8 @@ class Fusion:
         self.said: set[str] = set()     # failed checks already said
 
     def program(self, trainers: list[Trainer], width: int) -> tuple[Optional[FusedTrainer], dict]:
-        """`trainers` (this round's members) fused with pads up to `width`, or
-        (None, info) when they train alone. `info` is what each member's
-        round records: {"fuse_check": outcome} (absent when no fusion was tried)."""
+        """`trainers` (this round's members) fused with pads up to `width`, or None (alone),
+        and what each member's round records: {"fuse_check": outcome} where fusion was tried."""
         if width <= 1:
             return None, {}
         reason = can_fuse(trainers)
@@ -332,11 +296,13 @@ class Fusion:
                 self.refused.add(reason)
                 log.warning("%d lineages train unfused: %s", len(trainers), reason)
             return None, {}
-        members = trainers + [pad_like(trainers[0]) for _ in range(width - len(trainers))]
+        # A pad keeps the program's width: a copy of a member, fed its data, never read (workers/group.py).
+        members = trainers + [_copy(trainers[0]) for _ in range(width - len(trainers))]
         t0 = members[0]
         first = conv_strategy(self.opts.fuse_conv, t0.prep.device, t0.prep.info.image_size)
+        order = ["grouped", "loop"] if first == "grouped" else ["loop"]  # loop: the members' own kernels
         tried = []
-        for strategy in fallbacks(first):
+        for strategy in order:
             outcome = self.check(members, strategy)
             tried.append(strategy)
             if outcome["passed"]:
@@ -347,7 +313,7 @@ class Fusion:
                 continue
             self.said.add(outcome["digest"])  # once per group shape, not every round
             w = outcome["worst"]
-            nxt = fallbacks(first)[len(tried)] if len(tried) < len(fallbacks(first)) else "each member alone"
+            nxt = order[len(tried)] if len(tried) < len(order) else "each member alone"
             log.warning("fusion self-check failed: %s %s K=%d on %s %s: %s error %.2e vs solo %.2e (member %d, "
                         "%s); training with %s", outcome["key"]["arch"], strategy, width, outcome["key"]["device"],
                         outcome["key"]["autocast"] or outcome["key"]["dtype"], "fused", w["fused"], w["solo"],
@@ -355,8 +321,7 @@ class Fusion:
         return None, {"fuse_check": {**outcome, "fell_back_from": tried}}
 
     def unchecked(self, trainers: list[Trainer], width: int) -> bool:
-        """Whether `width` slots of these members would still run their check
-        (workers/memory.py counts its copies only then)."""
+        """Whether `width` slots of these members would still run their check (memory.py counts it)."""
         t0, ts = trainers[0], list(trainers[:width])
         first = conv_strategy(self.opts.fuse_conv, t0.prep.device, t0.prep.info.image_size)
         digest = _digest(check_key(ts + [t0] * (width - len(ts)), first))
@@ -392,9 +357,3 @@ class Fusion:
             self.sweep.write_json(self.sweep.fuse_check_name(digest), outcome)
         except OSError as e:  # the cache is an optimisation; the outcome is in every round anyway
             log.warning("fusion self-check not cached (%s)", e)
-
-
-def pad_like(t: Trainer) -> Trainer:
-    """A slot that only keeps a fused program's width: a copy of member t,
-    fed t's data; its results are never read (see workers/group.py)."""
-    return _copy(t)

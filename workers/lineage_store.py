@@ -195,7 +195,8 @@ class LineageStore:
         return p
 
     def _write_pointer(self, rounds: dict[int, str]) -> None:
-        self.write_marker(self.POINTER, {"prefix": prefix(rounds), "rounds": {str(j): d for j, d in sorted(rounds.items())}})
+        self.write_marker(self.POINTER, {"prefix": prefix(rounds),
+                                         "rounds": {str(j): d for j, d in sorted(rounds.items())}})
 
     def _point(self, k: int, digest: str) -> None:
         """Round k was just committed: the pointer keeps the rounds before it, adds k."""
