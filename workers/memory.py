@@ -1,46 +1,30 @@
 """How many members of a group fit on their device, the self-check's copies counted.
 
-    fit = widest(trainers, width, available(device))   # width, or fewer when they do not fit
+    step, step64, state64 = steps(t, probe, LOGIC_IMAGES, state_copy)   # measured once per shape
+    fit = widest(members, width, available(device), step, step64, state64, unchecked)   # width, or fewer
 
-A fused program of K slots needs, beyond the members' own state (already on
-the device when a round starts), what is alive at its peak. Its two phases
-do not overlap (the check's programs are dropped before training builds its
-own), and the pads live through both:
-
-    check     K probes (copies of the members) + the fused program of K slots
-              (its copy of their state, gradients, the batch's activations):
-              2K steps of one member; its float64 logic program on LOGIC_IMAGES
-              images the same in float64: 2K float64 steps
-    training  the fused program: K steps of one member
-    pads      K - n copies of a member (n members training)
+A fused program of K slots (n of them members, the rest pads) needs, beyond
+the members' own state already on the device, what is alive at its peak:
 
     need(K) = margin * (max(2K step, 2K step64) + (K - n) step) [+ (7K + 2) state64 on the host]
 
-On a CPU the device is the host, so the check's float64 copies of the
-members' state (workers/fusecheck.py `state_copy`: 7 per slot are kept until the
-judgement, 2 more in flight) count too: `state64`, the bytes of one member's
-parameters, momentum buffers and BatchNorm statistics in float64. On CUDA
-they are host memory (for ResNet-18 at K=8 about 10 GB of it) and not planned.
-
-`step` is measured, not modelled: the peak bytes one solo training step of a
-probe copy of the first member adds (its copy of the state, gradients, the
-batch's activations and the kernels' scratch), at the real batch in the
-member's numerics; `step64` the same for the float64 probe on LOGIC_IMAGES
-images. On CUDA the allocator's own peak counter measures it; elsewhere a
-dispatch-mode meter counts the bytes of every tensor storage alive (`Meter`).
-A fused kernel may need more scratch than K solo kernels (a grouped
-convolution's workspace), hence `margin` (1.25). Measured once per member
-shape and numerics in a process. tests/workers/test_memory.py shows the
-estimate above the peak it measures for the check and a fused epoch, and a
-group sized to a cap training fused under that cap without running out.
-
-Running out of memory anyway (another process took the device, a kernel
-needed more scratch) still splits the group in halves (workers/group.py).
+The check (K probes and the fused program: 2K steps of one member; its
+float64 logic program the same in float64) and training (K steps) do not
+overlap, and the pads live through both. On a CPU the device is the host, so
+the check's float64 copies of the members' state (fusecheck.state_copy: 7
+per slot kept until the judgement, 2 more in flight) count as `state64`; on
+CUDA they are host memory (ResNet-18 at K=8: about 10 GB) and not planned.
+`step` is measured, not modelled: the peak bytes one solo step of a probe
+adds (state copy, gradients, activations, the kernels' scratch), by the
+CUDA allocator's peak counter or, elsewhere, a dispatch-mode meter (`Meter`);
+`margin` (1.25) covers a fused kernel's larger scratch (a grouped conv's
+workspace). tests/workers/test_memory.py shows the estimate above the peak
+it measures. Running out anyway still splits the group (workers/group.py).
 """
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -54,19 +38,13 @@ _STEPS: dict[tuple, tuple[int, int, int]] = {}
 
 
 class Meter(TorchDispatchMode):
-    """The bytes of tensor storage alive that were made while it is active, and
-    their peak. With `cap`, an allocation that would go past it raises
-    torch.OutOfMemoryError, as a device would (tests use it as a memory cap on
-    CPU). Storages made before it started are not counted."""
+    """The bytes of tensor storage made while it is active that are alive, and their peak. With `cap`,
+    an allocation past it raises torch.OutOfMemoryError, as a device would (tests' memory cap on CPU)."""
 
     def __init__(self, cap: Optional[int] = None):
         super().__init__()
         self.cap, self.live, self.peak = cap, 0, 0
         self._sizes: dict[int, int] = {}
-
-    def reset_peak(self) -> int:
-        self.peak = self.live
-        return self.live
 
     def _track(self, t: torch.Tensor) -> None:
         s = t.untyped_storage()
@@ -93,10 +71,8 @@ class Meter(TorchDispatchMode):
 
 
 def available(device: torch.device) -> Optional[int]:
-    """Bytes this process can still allocate on `device`: on CUDA what the
-    device has free plus what the caching allocator holds unused, within the
-    per-process fraction Ray's trainable sets; None elsewhere (host memory is
-    not planned: no cap to plan to)."""
+    """Bytes this process can still allocate on `device`: on CUDA what is free plus what the caching
+    allocator holds unused, within Ray's per-process fraction; None elsewhere (no cap to plan to)."""
     if device.type != "cuda":
         return None
     free, total = torch.cuda.mem_get_info(device)
@@ -120,11 +96,9 @@ def _peak(fn: Callable[[], object], device: torch.device) -> int:
 
 
 def steps(t, probe: Callable, logic_images: int, state_copy: Callable) -> tuple[int, int, int]:
-    """(step, step64, state64) of member t (module docstring), measured once per shape
-    and numerics: one training step of `probe(t)` (workers/fusecheck.py's
-    probe copy, whose epoch is its first batch) and of its float64 probe on
-    `logic_images` images; state64 the bytes of `state_copy(t)`, the check's
-    float64 copy of a member's state (on a CPU device only)."""
+    """(step, step64, state64) of member t (module docstring), measured once per shape and numerics:
+    one step of fusecheck's `probe(t)` and of its float64 probe on `logic_images` images; state64 the
+    bytes of `state_copy(t)` (on a CPU device only)."""
     dev = t.prep.device
     key = (t.spec.model, t.spec.data.dataset, t.spec.train, tuple(t.prep.x_train.shape[1:]), str(dev),
            t.autocast, t.channels_last, str(t.dtype))
@@ -140,17 +114,15 @@ def steps(t, probe: Callable, logic_images: int, state_copy: Callable) -> tuple[
 
 
 def need(members: int, width: int, step: int, step64: int, state64: int = 0, check: bool = True) -> int:
-    """Bytes a fused program of `width` slots for `members` members needs
-    beyond their own state (module docstring); without `check`, training only."""
+    """Bytes `width` slots for `members` members need (module docstring); without `check`, training only."""
     peak = max(2 * width * step, 2 * width * step64) + (7 * width + 2) * state64 if check else width * step
     return int(MARGIN * (peak + max(0, width - members) * step))
 
 
 def widest(members: int, width: int, free: Optional[int], step: int, step64: int, state64: int,
            unchecked: Callable[[int], bool]) -> int:
-    """The widest program, at most `width` slots and at least 1, whose `need`
-    fits in `free` bytes, counting the check's copies where `unchecked(k)`
-    (its outcome for k slots is not known yet); `width` when free is None."""
+    """The widest program (1 to `width` slots) whose `need` fits in `free` bytes, the check counted where
+    `unchecked(k)` (its outcome for k slots is not known yet); `width` when free is None."""
     if free is None or width <= 1:
         return width
     k = width
