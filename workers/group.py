@@ -2,37 +2,35 @@
 
     results = run_group([(spec, store), ...], opts, where, on_round)
 
-Every lineage trains here: `run_lineage` (workers/lineage.py) is a group of
-one. Each member is an ordinary lineage: its own storage, owner token,
-method, data, seeds and masks; each of its rounds is committed under its own
-trial id by `RoundRun.commit` (workers/round.py), the one commit path, with
-the numerics it ran with and, when fused, `fused_with` (the trial ids it was
-trained with) and `fuse_check` (workers/fusecheck.py). Only the epochs are
-shared: every epoch runs through workers/train.py's one loop, as `Solo` for
-a member alone or as a FusedTrainer (workers/fused.py) for two or more,
-after the fusion self-check passed on this device.
+Every lineage trains here (`run_lineage`, workers/lineage.py, is a group of
+one). Each member keeps its own storage, owner token, method, data, seeds and
+masks, and each of its rounds is committed under its own trial id by
+`RoundRun.commit` (workers/round.py), the one commit path, with the numerics
+it ran with and, when fused, `fused_with` (the trial ids it trained with) and
+`fuse_check` (workers/fusecheck.py). Only the epochs are shared: they run
+through workers/train.py's one loop, as `Solo` for a member alone or as a
+FusedTrainer (workers/fused.py) for two or more once the fusion self-check
+passed on this device.
 
-Determinism. A fused program always has the group's width K: a member that
-is not training this round (it finished, failed, or committed the round
-before a kill) leaves its slot to a pad (a copy of a member that trains, fed
-that member's batches, never read back), and a member resumed from a later
-epoch trains its slot from the earliest one without keeping the result until
-it reaches its own. So every fused step of a group has the same shapes, and a
-member's bits never depend on which of the others are training, which makes
-a resumed fused sweep equal an uninterrupted one bit for bit on CPU. The pads
-cost compute, never preparation: a finished member is not rebuilt. A change
-of the group itself (another `runtime.fuse`, another cluster size, a split
-after running out of memory) may change bits, never correctness.
+Determinism. A fused program always has the group's width K: a member not
+training this round (finished, failed, or committed before a kill) leaves
+its slot to a pad (a copy of a training member, fed its batches, never read
+back), and a member resumed at a later epoch trains its slot from the
+earliest one without keeping the result until it reaches its own. Every
+fused step thus has the same shapes and a member's bits never depend on
+which others train, so a resumed fused sweep equals an uninterrupted one bit
+for bit on CPU. Pads cost compute, never preparation (a finished member is
+not rebuilt). A change of the group itself (another `runtime.fuse`, cluster
+size, a split after running out of memory) may change bits, never correctness.
 
-Failure. A member whose own part fails (its data, its start, its
-augmentation, its loss, a non-finite loss, its commit) leaves the group
-with a FAILED marker naming the cause; the others go on and keep everything
-they committed. `run_group` raises at the end if any member failed, so the
-scheduler retries the group: committed rounds are skipped, finished members
-are not trained again, the failed member tries again. A group of one raises
-its member's own exception. Out of memory while a fused program is built,
-checked or trained splits it in halves, down to each member alone, and the
-round goes on from the members' last completed epoch.
+Failure. A member whose own part fails (its data, start, augmentation, loss,
+a non-finite loss, its commit) leaves the group with a FAILED marker naming
+the cause; the others go on and keep what they committed. `run_group` raises
+at the end if any member failed, so the scheduler retries the group
+(committed rounds skipped, finished members not trained again); a group of
+one raises its member's own exception. Out of memory while a fused program
+is built, checked or trained splits it in halves, down to each member alone,
+and the round goes on from the members' last completed epoch.
 """
 from __future__ import annotations
 
@@ -73,10 +71,6 @@ class Member:
         return self.store.trial_id
 
     @property
-    def next_round(self) -> int:
-        return self.ctx.done
-
-    @property
     def training(self) -> bool:
         return self.error is None and self.ctx is not None and self.ctx.done < self.spec.num_rounds
 
@@ -95,8 +89,8 @@ def run_group(members: list[tuple[TrialSpec, LineageStore]], opts: Optional[RunO
             m.ctx.on_epoch = on_epoch
     fusion = Fusion(opts, group[0].store.sweep if group else None)
     while any(m.training for m in group):
-        k = min(m.next_round for m in group if m.training)
-        _round(k, [m for m in group if m.training and m.next_round == k], len(group), fusion, on_round)
+        k = min(m.ctx.done for m in group if m.training)
+        _round(k, [m for m in group if m.training and m.ctx.done == k], len(group), fusion, on_round)
     failed = [m for m in group if m.error is not None]
     if len(group) == 1 and failed:
         raise failed[0].error
@@ -164,21 +158,16 @@ def _report(m: Member, metrics: Optional[dict], on_round) -> None:
 
 def _train(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fusion,
            why: Optional[str] = None) -> dict[str, dict]:
-    """The epochs of round k for every slot, fused in a program of `width` slots
-    when that passes its self-check, else each alone. Returns what each
-    member's round records about how it trained; a member of a fused group that
-    trained outside its program records why in its numerics (`fallback`: "check
-    failed", "out of memory", "error: <type>"; `why` carries it down a split)."""
+    """The epochs of round k for every slot, fused in a program of `width` slots when that passes its
+    self-check, else each alone. Returns what each member's round records about how it trained; one
+    that trained outside its group's program records why (numerics `fallback`: "check failed", "out of
+    memory", "error: <type>"; `why` carries it down a split)."""
     slots = [(m, run) for m, run in slots if m.error is None]
     if not slots:
         return {}
     fit = _fit(k, [run.trainer for _, run in slots], width, fusion)
     if fit < width:
-        out: dict[str, dict] = {}
-        for i in range(0, len(slots), fit):
-            part = slots[i:i + fit]
-            out.update(_narrowed(_train(k, part, min(fit, len(part)), fusion, why), width, "memory plan"))
-        return out
+        return _in_parts(k, slots, fit, width, fusion, why, "memory plan")
     program = info = failure = None
     try:
         program, info = fusion.program([run.trainer for _, run in slots], width)
@@ -228,10 +217,9 @@ def _fit(k: int, trainers: list, width: int, fusion: Fusion) -> int:
 
 def _refused(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fusion,
              oom: bool, error: str) -> dict[str, dict]:
-    """A fused program that could not be built, checked or trained: out of
-    memory splits it in halves (down to each member alone); anything else
-    trains its members alone. The round goes on from each member's last
-    completed epoch (the members' own state is written back per epoch)."""
+    """A fused program that could not be built, checked or trained: out of memory splits it in halves
+    (down to each member alone), anything else trains its members alone, each from its last completed
+    epoch (the members' own state is written back per epoch)."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     who = ", ".join(m.trial_id for m, _ in slots)
@@ -243,24 +231,25 @@ def _refused(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: F
     half = (width + 1) // 2
     log.warning("round %d: out of memory with %d lineages fused on one device (%s); splitting into groups "
                 "of %d", k, width, who, half)
+    return _in_parts(k, slots, half, width, fusion, why, why)
+
+
+def _in_parts(k: int, slots: list[tuple[Member, RoundRun]], size: int, width: int, fusion: Fusion,
+              why: Optional[str], cut: str) -> dict[str, dict]:
+    """Round k of `slots` trained in parts of `size`: each round records the group of `width` it was
+    cut from and why (`cut`; the outermost cut wins)."""
     out: dict[str, dict] = {}
-    for part in (slots[:half], slots[half:]):
-        out.update(_narrowed(_train(k, part, min(half, len(part)), fusion, why), width, why))
+    for i in range(0, len(slots), size):
+        part = slots[i:i + size]
+        for tid, rec in _train(k, part, min(size, len(part)), fusion, why).items():
+            rec["numerics"]["narrowed"] = {"from": width, "why": cut}
+            out[tid] = rec
     return out
 
 
-def _narrowed(records: dict[str, dict], width: int, why: str) -> dict[str, dict]:
-    """The records of a part of a group of `width` that trained apart: each
-    round names the group it was cut from and why (the outermost cut)."""
-    for rec in records.values():
-        rec["numerics"]["narrowed"] = {"from": width, "why": why}
-    return records
-
-
 def _epochs(k: int, slots: list[tuple[Member, RoundRun]], program) -> None:
-    """Train every slot's remaining epochs of round k. A slot trains from the
-    first epoch any slot is at; until it reaches its own (resumed) epoch it
-    only fills its place."""
+    """Every slot's remaining epochs of round k. A slot trains from the first epoch any slot is at;
+    until it reaches its own (resumed) epoch it only fills its place."""
     runs = [run for _, run in slots]
     joined: set[int] = set()
     for epoch in range(min(run.epoch for run in runs), max(run.end for run in runs)):
@@ -268,7 +257,7 @@ def _epochs(k: int, slots: list[tuple[Member, RoundRun]], program) -> None:
         if not active:
             continue
         if program is None:
-            results = {i: _alone(slots[i][0], runs[i], k, epoch) for i in active}
+            results = {i: _guard(slots[i][0], lambda r=runs[i]: r.trainer.train_epoch(k, epoch)) for i in active}
         else:
             fresh = [i for i in active if i not in joined]
             if fresh:  # a slot that waited for its own epoch starts from its own state
@@ -284,16 +273,11 @@ def _epochs(k: int, slots: list[tuple[Member, RoundRun]], program) -> None:
                 _guard(m, lambda i=i, ep=ep: runs[i].after_epoch(epoch, ep))
 
 
-def _alone(m: Member, run: RoundRun, k: int, epoch: int) -> Optional[dict]:
-    return _guard(m, lambda: run.trainer.train_epoch(k, epoch))
-
-
 def fuse_key(spec: TrialSpec) -> Optional[tuple]:
-    """What lineages must share to be fused: the network's shapes (dataset, its
-    parameters and subset size, architecture, width, the method's variant and
-    head), the training schedule and the round structure. Augmentation, seed,
-    loss, pruning rule, init and evaluation may differ. None: never fused (a
-    method built from another lineage starts from that one's rounds)."""
+    """What lineages must share to be fused: the network's shapes (dataset, its parameters and subset
+    size, architecture, width, the method's variant and head), the training schedule and the round
+    structure; augmentation, seed, loss, pruning rule, init and evaluation may differ. None: never
+    fused (a method built from another lineage starts from that one's rounds)."""
     method = get_method(spec.prune.method)
     if method.parent:
         return None
