@@ -4,35 +4,24 @@ trains it.
 
     model = fuse_models([m_a, m_b, ...], conv="grouped")   # K solo modules -> one module
 
-Why not torch.func.vmap. The torch.func docs ("Patching Batch Norm") say
-BatchNorm's in-place running-stat update is unsupported under vmap when the
-input is batched and the buffers are not, and every documented fix
-(track_running_stats=False, replace_all_batch_norm_modules_) drops the
-running statistics, which eval mode needs here. With *stacked* buffers
-(stack_module_state + functional_call) the update does go through, per
-member and exactly (checked while writing this), but vmap then lowers each
-conv to a grouped conv anyway, the profile of a K=8 ResNet-18 step shows
-extra layout copies and per-BatchNorm multiplies/adds on top (a vmapped step
-ran 4x as long as the 8 solo ones on CPU), and nothing in it can be steered:
-memory format, conv algorithm. So the members are fused explicitly, HFTA
-style (Wang et al., "Horizontally Fused Training Array", MLSys 2021):
-
-- activations are [B, K*C, H, W]: member i owns channels [i*C, (i+1)*C);
-- Conv2d(C, O, groups=g): one conv with groups K*g over the concatenated
-  channels, weight [K, O, C/g, k, k] viewed as [K*O, ...] (`conv="grouped"`),
-  or the members' own convs on their channel slices (`conv="loop"`);
-- BatchNorm2d(C): one BatchNorm over K*C channels, which gives per-member
-  batch statistics and per-member running statistics ([K, C] buffers whose
-  [K*C] views the kernel updates in place, as each solo BatchNorm does);
-- Linear / TvMFHead: a batched matmul over the members (or, "loop", theirs);
-- HarmonicConv2d: the fixed DCT stage as one depthwise conv (or per member),
-  the learned 1x1 mix as a fused conv;
-- parameter-free layers (ReLU, pools, zero padding) act per channel already.
-
-A container module (ResNet, BasicBlock, Sequential, ...) keeps its own
-forward; every leaf must have a fused form (`can_fuse` names one that does
-not). Member i's loss depends on member i's parameters only, so the gradient
-of the summed per-member mean losses is, member by member, the solo gradient.
+Why not torch.func.vmap. Its docs ("Patching Batch Norm") leave BatchNorm's
+in-place running-stat update unsupported when the input is batched and the
+buffers are not, and every documented fix drops the running statistics,
+which eval mode needs here. With *stacked* buffers (stack_module_state +
+functional_call) the update does go through, per member and exactly, but
+vmap then lowers each conv to a grouped conv anyway, a K=8 ResNet-18 step
+showed extra layout copies and per-BatchNorm multiplies/adds (4x as long as
+the 8 solo steps on CPU), and nothing in it can be steered: memory format,
+conv algorithm. So the members are fused explicitly, HFTA style (Wang et
+al., "Horizontally Fused Training Array", MLSys 2021): activations are
+[B, K*C, H, W], member i owning channels [i*C, (i+1)*C); each leaf with
+parameters has a fused form (a conv with groups K*g or the members' own convs
+on their slices, BatchNorm over K*C channels, batched matmul heads, ...:
+workers/fused_layers.py); parameter-free layers (ReLU, pools, zero padding)
+act per channel already; a container (ResNet, BasicBlock, Sequential, ...)
+keeps its own forward over fused children. Member i's loss depends on member
+i's parameters only, so the gradient of the summed per-member losses is,
+member by member, the solo gradient.
 """
 from __future__ import annotations
 
@@ -52,23 +41,22 @@ __all__ = ["CONV_STRATEGIES", "FuseError", "conv_strategy", "fuse_models"]
 
 CONV_STRATEGIES = ("auto", "grouped", "loop")
 
-# Layers with no parameters that act on each channel (or only on H, W): they
-# are already correct on channel-concatenated members.
+# Parameter-free layers that act on each channel (or only on H, W): already
+# correct on channel-concatenated members.
 _PER_CHANNEL = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, MaxPoolIfLarge, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
                 nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.Identity)
 # Layers that draw from the global RNG in training: each member would need
 # its own stream, which one fused call cannot give.
 _STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.RReLU)
-
-
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+# The leaves with parameters, by type: their fused form.
+_FUSED = {nn.Conv2d: FusedConv2d, nn.BatchNorm2d: FusedBatchNorm2d, nn.Linear: FusedLinear, TvMFHead: FusedTvMFHead,
+          HarmonicConv2d: FusedHarmonicConv2d}
 
 
 class FuseError(ValueError):
     """Members that cannot be fused (one-line reason)."""
 
-
-# --- fused layers ------------------------------------------------------------------
 
 def _leaf_reason(mods: Sequence[nn.Module], path: str) -> Optional[str]:
     """Why the same-path modules of the members cannot be fused as a leaf, or None."""
@@ -95,9 +83,6 @@ def _leaf_reason(mods: Sequence[nn.Module], path: str) -> Optional[str]:
     return None
 
 
-_LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, TvMFHead, HarmonicConv2d, nn.Flatten)
-
-
 def _structure_reason(mods: Sequence[nn.Module], path: str = "") -> Optional[str]:
     m = mods[0]
     where = path or "<model>"
@@ -113,7 +98,7 @@ def _structure_reason(mods: Sequence[nn.Module], path: str = "") -> Optional[str
               for x in mods]
     if any(s != shapes[0] for s in shapes):
         return f"{where}: parameter/buffer shapes differ between members"
-    if type(m) in _LEAVES:
+    if type(m) in _FUSED or type(m) is nn.Flatten:
         return _leaf_reason(mods, path)
     if type(m) in _PER_CHANNEL:
         return None
@@ -134,16 +119,8 @@ def _structure_reason(mods: Sequence[nn.Module], path: str = "") -> Optional[str
 def _fuse(mods: Sequence[nn.Module], strategy: str) -> nn.Module:
     m = mods[0]
     t = type(m)
-    if t is nn.Conv2d:
-        return FusedConv2d(mods, strategy)
-    if t is nn.BatchNorm2d:
-        return FusedBatchNorm2d(mods, strategy)
-    if t is nn.Linear:
-        return FusedLinear(mods, strategy)
-    if t is TvMFHead:
-        return FusedTvMFHead(mods, strategy)
-    if t is HarmonicConv2d:
-        return FusedHarmonicConv2d(mods, strategy)
+    if t in _FUSED:
+        return _FUSED[t](mods, strategy)
     if t in _PER_CHANNEL or t is nn.Flatten:
         return copy.deepcopy(m)  # parameter-free
     # A container: its own forward, the fused children. A shallow copy shares
@@ -160,13 +137,10 @@ SMALL_IMAGE = 16  # px: on CPU, "auto" fuses grouped up to this size
 
 
 def conv_strategy(conv: str, device: torch.device, image_size: Optional[int] = None) -> str:
-    """The strategy "auto" stands for (others are returned as they are).
-    CUDA: grouped, one conv that fills the GPU K small convs leave idle (HFTA).
-    CPU, measured with bench/fused.py (ResNet-18, K = 4 and 8): on 8 px
-    images the step is per-op overhead, and grouped runs 1.15-1.7x solo while
-    loop (chunk + K convs + cat) runs 0.7-1.2x; on 32 px oneDNN's grouped
-    conv is slower than the K solo convs (grouped 0.4-0.9x, loop 0.7-0.8x),
-    so loop there, which is also the solo kernels (the solo bits)."""
+    """The strategy "auto" stands for (others are returned as they are). CUDA: grouped, one conv that
+    fills the GPU K small convs leave idle (HFTA). CPU (bench/fused.py, ResNet-18, K = 4 and 8): on 8 px
+    images a step is per-op overhead, grouped runs 1.15-1.7x solo and loop 0.7-1.2x; on 32 px oneDNN's
+    grouped conv is slower (0.4-0.9x, loop 0.7-0.8x), so loop there: the solo kernels, the solo bits."""
     if conv not in CONV_STRATEGIES:
         raise ValueError(f"unknown conv strategy {conv!r}; known: {list(CONV_STRATEGIES)}")
     if conv != "auto":
@@ -177,10 +151,8 @@ def conv_strategy(conv: str, device: torch.device, image_size: Optional[int] = N
 
 
 def fuse_models(models: Sequence[nn.Module], conv: str = "auto") -> nn.Module:
-    """One module computing all `models` on channel-concatenated inputs:
-    [B, K*C, H, W] -> [B, K*N]. Parameters and buffers are [K, *shape] copies
-    of the members' (same names). Raises FuseError (a ValueError) when they
-    cannot be fused."""
+    """One module computing all `models` on channel-concatenated inputs, [B, K*C, H, W] -> [B, K*N], its
+    parameters and buffers [K, *shape] copies of the members' (same names); FuseError if they do not fuse."""
     if not models:
         raise FuseError("no models to fuse")
     reason = _structure_reason(list(models))
