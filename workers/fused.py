@@ -5,9 +5,9 @@
     # the members' own modules and optimizers now hold the trained state:
     trainer_a.momentum_state(), trainer_a.model.state_dict(), trainer_a.accuracy(x, y), ...
 
-The fused network (how each layer fuses, why not vmap, the numerics of the
-grouped and loop kernels) is workers/fused_net.py and workers/fused_layers.py; this module is the
-program: which members can fuse, the fused copy of their state (parameters,
+The fused network (how each layer fuses, why not vmap, the kernels' numerics)
+is workers/fused_net.py and workers/fused_layers.py; this module is the
+program: which members fuse, the fused copy of their state (parameters,
 BatchNorm buffers, SGD momentum), its steps and the write-back.
 """
 from __future__ import annotations
@@ -25,15 +25,12 @@ from workers.train import Trainer, run_epoch
 __all__ = ["CONV_STRATEGIES", "FuseError", "FusedTrainer", "can_fuse", "conv_strategy", "fuse_models"]
 
 
-# --- the trainer ---------------------------------------------------------------------
-
 _SGD_KEYS = ("momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach", "differentiable",
              "fused")
 
 
 def can_fuse(trainers: Sequence[Trainer]) -> Optional[str]:
-    """Why these solo Trainers cannot be trained as one fused program (a
-    one-line reason), or None when they can."""
+    """Why these solo Trainers cannot train as one fused program (one line), or None when they can."""
     ts = list(trainers)
     if not ts:
         return "no members"
@@ -96,22 +93,12 @@ def _has_momentum(t: Trainer) -> bool:
 class FusedTrainer:
     """K solo `Trainer`s trained as one program; see the module docstring.
 
-    The fused state is a copy: it is read from the members at construction
-    (and by `reload()`), and written back to the members' modules and SGD
-    momentum buffers at the end of every `train_epoch` (and by `sync_back()`),
-    so everything downstream (checkpoints, evaluation, pruning) keeps using
-    the members' own objects. Between those two points, do not change the
-    members: that would be lost at the next write-back.
-
-    `conv`: "grouped" (one conv with groups K*g), "loop" (K convs on the
-    members' channel slices, the solo kernels), or "auto" (`conv_strategy`:
-    grouped on CUDA and for small images on CPU, else loop). The attribute
-    `channels_last` is the layout the fused batch runs in: the one the
-    members' solo networks run in.
-
-    Uses of the members: spec, prep, model, forward (must be the model),
-    opt (one SGD param group), masker.params / masker.masks, names, sparse,
-    loss, lr_at, autocast, channels_last and _inputs (for K=1).
+    The fused state is a copy, read from the members at construction (and by
+    `reload()`) and written back to their modules and SGD momentum buffers at
+    the end of every `train_epoch` (and by `sync_back()`), so everything
+    downstream (checkpoints, evaluation, pruning) keeps using the members' own
+    objects; a change to a member in between is lost at the next write-back.
+    `conv`: "grouped", "loop" or "auto" (`conv_strategy`).
     """
 
     def __init__(self, trainers: Sequence[Trainer], conv: str = "auto"):
@@ -123,8 +110,7 @@ class FusedTrainer:
         self.K = len(self.trainers)
         self.device = t0.prep.device
         self.autocast = t0.autocast
-        # The layout solo runs in: channels_last where the trainer asks for it
-        # (CUDA), else NCHW (workers.data.normalize); can_fuse checked they agree.
+        # The layout the members' solo networks run in (can_fuse checked they agree).
         self.channels_last = t0.channels_last
         self.conv = conv_strategy(conv, self.device, t0.prep.info.image_size)
         self.model = fuse_models([t.model for t in self.trainers], self.conv)
@@ -145,18 +131,17 @@ class FusedTrainer:
         self.sparse = any(t.sparse for t in self.trainers)
         self.reload()
 
-    # --- state --------------------------------------------------------------------
+    def _slots(self, which) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(fused slot, member tensor) of every parameter and stacked buffer of the members `which`."""
+        return [(f[i], ms[i].detach()) for f, ms in self._params + self._buffers for i in which]
+
     @torch.no_grad()
     def reload(self, members: Optional[Sequence[int]] = None) -> None:
         """(Re)read members' parameters, BatchNorm buffers and SGD momentum buffers
         into their slots of the fused copy (all members, and their masks, by default)."""
         which = range(self.K) if members is None else list(members)
-        dst, src = [], []
-        for f, ms in self._params + self._buffers:
-            for i in which:
-                dst.append(f[i])
-                src.append(ms[i].detach())
-        torch._foreach_copy_(dst, src)
+        pairs = self._slots(which)
+        torch._foreach_copy_([f for f, _ in pairs], [m for _, m in pairs])
         if members is None:
             self._masks = []
             for p, ms in zip(self._mask_params, self._mask_members):
@@ -189,11 +174,8 @@ class FusedTrainer:
         buffers) and their own `opt` momentum buffers (one foreach copy); all
         members by default."""
         which = range(self.K) if members is None else list(members)
-        dst, src = [], []
-        for f, ms in self._params + self._buffers:
-            for i in which:
-                dst.append(ms[i].detach())
-                src.append(f[i])
+        pairs = self._slots(which)
+        dst, src = [m for _, m in pairs], [f for f, _ in pairs]
         for f, ms in self._params:
             buf = self.opt.state.get(f, {}).get("momentum_buffer")
             if buf is None:
@@ -208,11 +190,6 @@ class FusedTrainer:
                 src.append(buf[i])
         torch._foreach_copy_(dst, src)
 
-    def _apply_masks(self) -> None:
-        """MaskApplier.apply for all members: weights, then momentum buffers."""
-        pruning.apply_masks(self._mask_params, self._masks, self.opt)
-
-    # --- training -------------------------------------------------------------------
     def _inputs(self, xbs: list[torch.Tensor]) -> torch.Tensor:
         """The members' uint8 batches -> normalised [B, K*C, H, W] on the device."""
         if self.K == 1:  # exactly the solo input, layout included
@@ -229,7 +206,7 @@ class FusedTrainer:
         x = x.to(self.trainers[0].dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    # --- the program run_epoch drives (workers/train.py) ------------------------
+    # --- the program run_epoch drives (workers/train.py's Solo has the same) ----------
     def begin(self, lr: float) -> None:
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -248,17 +225,14 @@ class FusedTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        if self.sparse:
-            self._apply_masks()
+        if self.sparse:  # MaskApplier.apply for all members: weights, then momentum buffers
+            pruning.apply_masks(self._mask_params, self._masks, self.opt)
 
-    def end(self, active: list[int]) -> None:
-        self.sync_back(active)
+    end = sync_back  # hands the trained state to the `active` members
 
     def train_epoch(self, round_k: int, epoch: int, active: Optional[Sequence[int]] = None) -> list:
-        """`[t.train_epoch(round_k, epoch) for t in trainers]`, fused, through the
-        one epoch loop (workers/train.py `run_epoch`): a member that fails has
-        its exception in its entry. Writes back to the `active` members (all by
-        default) at the end. An inactive member's slot still trains (its result
-        is dropped): every step keeps the group's shapes, so an active member's
-        bits never depend on which others are active."""
+        """`[t.train_epoch(round_k, epoch) for t in trainers]`, fused, through `run_epoch` (a failed
+        member's entry is its exception), written back to the `active` members (default all). An
+        inactive member's slot still trains, its result dropped: every step keeps the group's shapes,
+        so an active member's bits never depend on which others are active."""
         return run_epoch(self, round_k, epoch, None if active is None else list(active))
