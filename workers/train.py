@@ -10,14 +10,11 @@ No storage and no Ray here: workers/round.py drives a Trainer through a round
 
 One epoch loop (`run_epoch`) trains every lineage, alone or fused: it owns
 each member's epoch stream (`EpochStream`: the seeded data order and
-augmentation draws), the learning rate, the losses, the result rows and the
-failures of one member; a *program* owns the arithmetic of a step. A lone
-Trainer is the program `Solo` (its own module and optimizer); K fused
-members are workers/fused.py's `FusedTrainer`. Nothing about how a lineage
-trains exists twice.
-
-Every epoch reseeds from (seed, round, epoch) (workers/rng.py), so resuming at
-an epoch boundary computes the same bits as never stopping (on CPU).
+augmentation draws), the learning rate, the losses, the result rows and a
+member's failures; a *program* owns a step's arithmetic: `Solo` for a lone
+Trainer, workers/fused.py's `FusedTrainer` for K fused members. Every epoch
+reseeds from (seed, round, epoch) (workers/rng.py), so resuming at an epoch
+boundary computes the same bits as never stopping (on CPU).
 """
 from __future__ import annotations
 
@@ -145,18 +142,12 @@ class Trainer:
         return accuracy(self.forward, x, y, self.prep.info, self.prep.device, self.autocast,
                         self.channels_last, self.dtype)
 
-    def recalibrate_bn(self) -> None:
-        recalibrate_bn(self.model, self.forward, self.prep.x_train, self.prep.info, self.prep.device,
-                       self.autocast, self.channels_last, self.dtype)
-
     @torch.no_grad()
     def evaluate(self, splits: tuple[str, ...], keep: bool, predict: tuple[str, ...] = ()) -> Evaluation:
-        """Accuracy on each of `splits` (train/val/test) and, for those in
-        `predict`, every image's predicted class and label, with one device
-        sync for all of it. With `eval.bn_recalibrate`, measured after
-        recalibrating BatchNorm on the training subset: kept when `keep` (the
-        end of a round: the committed weights are the measured ones), else
-        undone (mid-round: training continues from its own state)."""
+        """Accuracy on each of `splits` (train/val/test) and, for those in `predict`, every image's
+        predicted class and label, with one device sync. With `eval.bn_recalibrate`, measured after
+        recalibrating BatchNorm on the training subset: kept when `keep` (a round's end: the committed
+        weights are the measured ones), else undone (mid-round: training goes on from its own state)."""
         p = self.prep
         tensors = {"train": (p.x_train, p.y_train), "val": (p.x_val, p.y_val), "test": (p.x_test, p.y_test)}
         saved = None
@@ -164,7 +155,8 @@ class Trainer:
             if not keep:
                 saved = {k: v.clone() for k, v in self.model.state_dict().items()
                          if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-            self.recalibrate_bn()
+            recalibrate_bn(self.model, self.forward, p.x_train, p.info, p.device, self.autocast, self.channels_last,
+                           self.dtype)
         self.model.eval()
         dev = p.device
         preds = {s: classify(self.forward, tensors[s][0], p.info, dev, self.autocast, self.channels_last, self.dtype)
@@ -201,7 +193,6 @@ class Trainer:
             if name in bufs:
                 self.opt.state[p]["momentum_buffer"] = bufs[name].to(p.device, p.dtype).clone(
                     memory_format=torch.preserve_format)
-
 
     def masks(self) -> dict[str, torch.Tensor]:
         """{name: 0/1 mask} of the prunable weights (the masker's own tensors)."""
@@ -261,12 +252,9 @@ class EpochStream:
 
 
 class Solo:
-    """The program of one lineage alone: its own module and optimizer.
-
-    A program (this, or workers/fused.py's FusedTrainer for K members) is what
-    `run_epoch` drives: `trainers`, `device`, `autocast`, `begin(lr)`,
-    `forward(xbs) -> [B, K*N]`, `step(loss)` (backward, SGD, masks) and
-    `end(active)` (hand the trained state to the members)."""
+    """The program of one lineage alone: its own module and optimizer. A program (this, or a
+    FusedTrainer) is what `run_epoch` drives: `trainers`, `device`, `autocast`, `begin(lr)`,
+    `forward(xbs) -> [B, K*N]`, `step(loss)` (backward, SGD, masks), `end(active)` (the hand-back)."""
 
     def __init__(self, trainer: Trainer):
         self.trainers = [trainer]
@@ -295,13 +283,11 @@ class Solo:
 
 
 def run_epoch(program, round_k: int, epoch: int, active: Optional[list[int]] = None) -> list:
-    """One epoch of every member of `program`, each with its own epoch stream,
-    loss, masks and statistics. Returns one entry per member: {loss, acc,
-    images}, or the exception that member failed with (its augmentation, its
-    loss, a non-finite loss); a failed member's slot is fed another member's
-    batch for the rest of the epoch and its state is never handed back, so
-    the others train on, their bits unchanged (no slot's values reach
-    another's). The state goes back to the `active` members (default all)."""
+    """One epoch of every member of `program`, each with its own stream, loss, masks and statistics:
+    per member {loss, acc, images}, or the exception it failed with (augmentation, loss, a non-finite
+    loss). A failed member's slot is fed another's batch for the rest of the epoch and never handed
+    back, so the others train on, their bits unchanged (no slot's values reach another's). The state
+    goes back to the `active` members (default all)."""
     ts = program.trainers
     K, t0 = len(ts), ts[0]
     n, N = t0.prep.x_train.shape[0], t0.prep.info.num_classes
