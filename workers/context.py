@@ -1,8 +1,5 @@
-"""What every round of one lineage shares (`LineageContext`): its spec and
-store, its data on the device, its network, and the verified files of its
-committed rounds. Opening one verifies storage, redoes what is corrupt and
-claims the lineage; methods (workers/methods/) read committed rounds through it.
-"""
+"""What every round of one lineage shares (`LineageContext`). Opening one verifies storage, redoes what
+is corrupt and claims the lineage; methods (workers/methods/) read committed rounds through it."""
 from __future__ import annotations
 
 import logging
@@ -114,10 +111,9 @@ class LineageContext:
 
 
 def check_precision(ctx: LineageContext, recorded: dict, attempt: dict, what: str = "") -> None:
-    """Stop (PrecisionChange) when rounds of `recorded` ({round: numerics}) ran
-    in another precision than `attempt` would, unless the options allow it:
-    the seeds of a cell are replicates of one arithmetic, and a lineage that
-    mixes two would silently be one of neither (old rounds without numerics: migrate)."""
+    """Stop (PrecisionChange) when rounds of `recorded` ({round: numerics}) ran in another precision
+    than `attempt` would, unless the options allow it: the seeds of a cell are replicates of one
+    arithmetic, and a lineage mixing two would silently be one of neither."""
     now = precision_of(attempt)
     known = rounds_with_numerics(recorded, precision_of)
     if all(precision_of(n) == now for n in known.values()):
@@ -154,11 +150,9 @@ def _finished_parent(spec: TrialSpec, store: LineageStore) -> LineageStore:
 
 
 def _verified_prefix(store: LineageStore) -> tuple[int, dict]:
-    """Committed rounds to trust: the contiguous prefix whose files we will
-    read again (round 0's rewind state, the newest round's weights and mask)
-    verify against their manifests. A corrupt round is redone from the round
-    before it, never silently from round 0. Returns the prefix length and the
-    files it read ({"rewind": ..., k - 1: ...}), so they are not read twice."""
+    """(length, files read) of the committed prefix to trust: the one whose files read again (round 0's
+    rewind state, the newest round's weights and mask) verify. A corrupt round is redone from the round
+    before it, never silently from round 0; the files ({"rewind": ..., k - 1: ...}) are not read twice."""
     while True:
         k = store.committed_prefix()
         if k == 0:

@@ -34,8 +34,7 @@ def open_fs(uri: str) -> tuple[pafs.FileSystem, str, bool]:
     if uri.startswith("file://"):
         return pafs.LocalFileSystem(), os.path.abspath(uri[len("file://"):]), True
     if uri.startswith("s3://"):
-        # Endpoint/region/credentials come from the standard AWS variables;
-        # AWS_ENDPOINT_URL points at S3-compatible servers (MinIO, moto, Ceph).
+        # Endpoint, region and credentials: the standard AWS variables (AWS_ENDPOINT_URL: MinIO, moto, Ceph).
         rest = uri[len("s3://"):].strip("/")
         kwargs = {}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -46,16 +45,13 @@ def open_fs(uri: str) -> tuple[pafs.FileSystem, str, bool]:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             kwargs["region"] = region
-        # Retries, explicitly: the SDK's per request, then ours per operation
-        # with a time budget (workers/retry.py): an outage of a minute or two
-        # costs time, not a trial. FS.fs stays a real pyarrow FileSystem.
+        # Retries: the SDK's per request, then ours per operation with a time budget (workers/retry.py),
+        # so an outage of a minute or two costs time, not a trial; FS.fs stays a pyarrow FileSystem.
         from workers import retry
-        # allow_delayed_open=True: an object written whole in one call is one PutObject,
-        # not a multipart upload of 3 requests (create, part, complete): a round commit
-        # is mostly small files, and each request is a round trip to S3.
-        # background_writes=False: the retrying layer PUTs a whole buffered object
-        # at close, in the caller's thread (no upload queued on pyarrow's I/O pool,
-        # which copy_files' own threads may be filling: apache/arrow#32372).
+        # allow_delayed_open: an object written whole is one PutObject, not a 3-request multipart
+        # upload (a round commit is mostly small files). background_writes=False: the retrying layer
+        # PUTs a buffered object at close in the caller's thread, not on pyarrow's I/O pool, which
+        # copy_files' own threads may be filling (apache/arrow#32372).
         kwargs.update(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=retry.SDK_ATTEMPTS),
                       connect_timeout=retry.CONNECT_TIMEOUT_S, request_timeout=retry.REQUEST_TIMEOUT_S,
                       background_writes=False, allow_delayed_open=True)
@@ -74,9 +70,8 @@ def open_fs(uri: str) -> tuple[pafs.FileSystem, str, bool]:
 class FS:
     """The handful of operations the project needs, over pyarrow.fs."""
 
-    # Operations by kind (write, read, exists, listdir, delete, move) and bytes
-    # moved, process-wide over every FS of this process: the driver records
-    # what a run cost (RUN.json), bench --scale reports it per round.
+    # Operations by kind and bytes moved over every FS of this process: what a run cost (RUN.json,
+    # bench --scale per round).
     _counts: dict = {}
     _counts_lock = __import__("threading").Lock()
 

@@ -107,13 +107,9 @@ class LineageStore:
         return doc if isinstance(doc, dict) else None
 
     def claim(self, info: dict) -> str:
-        """Make this attempt the lineage's owner; returns its token.
-
-        When Tune restarts a trial elsewhere (a lost node, a retried actor),
-        the old attempt may still be alive for a moment. Every commit first
-        checks the token (`check_owner`), so the stale attempt stops instead of
-        committing the same round a second time.
-        """
+        """Make this attempt the lineage's owner; returns its token. A trial Tune restarts elsewhere (a
+        lost node, a retried actor) may leave the old attempt alive for a moment: every commit checks the
+        token first (`check_owner`), so the stale attempt stops instead of committing a round twice."""
         token = uuid.uuid4().hex
         self.write_marker("OWNER.json", {**info, "token": token, "time": time.time()})
         return token
@@ -163,19 +159,15 @@ class LineageStore:
         return manifest
 
     # --- the committed pointer (derived from the manifests) --------------
-    # A restart needs each lineage's committed prefix. Reading every manifest is
-    # rounds x lineages sequential requests (about 220,000 at the paper's whole
-    # grid on S3); the pointer is one small object per lineage, written after
-    # each manifest. A manifest always wins: the lineage that resumes reads its
-    # manifests and rewrites a pointer that disagrees (sync_pointer), and
-    # `verify` checks both. A kill between the manifest and the pointer leaves
-    # the pointer one round behind: the lineage is resumed, finds the round
-    # committed and moves on.
+    # A restart needs each lineage's committed prefix: reading every manifest is rounds x lineages
+    # sequential requests (about 220,000 at the paper's whole grid on S3), the pointer one small object
+    # per lineage, written after each manifest. A manifest always wins: a resuming lineage rewrites a
+    # pointer that disagrees (sync_pointer), `verify` checks both, and a kill between manifest and
+    # pointer leaves the pointer one round behind (the resumed lineage finds the round and moves on).
     POINTER = "COMMITTED.json"
 
     def read_pointer(self) -> Optional[dict]:
-        """{"prefix": k, "rounds": {round: manifest_sha256}}, or None (absent, torn, or
-        a sweep written before pointers)."""
+        """{"prefix": k, "rounds": {round: manifest_sha256}}, or None (absent or torn)."""
         doc = self.read_marker(self.POINTER)
         if (not isinstance(doc, dict) or not isinstance(doc.get("prefix"), int)
                 or not isinstance(doc.get("rounds"), dict)):
@@ -233,9 +225,8 @@ class LineageStore:
     READ_THREADS = 16  # an object store answers each read in tens of ms: a lineage's rounds at once
 
     def read_manifests(self, rounds: Iterable[int]) -> dict[int, dict]:
-        """{round: manifest} of the given rounds that are committed and intact, read
-        concurrently on an object store (17 sequential reads cost a resumed lineage,
-        and the driver appending its first round, a second or more behind 20 ms)."""
+        """{round: manifest} of the given rounds that are committed and intact, read concurrently on an
+        object store (17 sequential reads cost a resumed lineage a second or more behind 20 ms)."""
         rounds = sorted(set(rounds))
         if self.fs.local or len(rounds) < 2:
             got = [self.read_manifest(k) for k in rounds]
@@ -273,9 +264,8 @@ class LineageStore:
         return out
 
     def read_predictions(self, k: int) -> Optional[dict]:
-        """Committed round k's per-image predictions ({val,test}_{pred,label}:
-        numpy arrays), verified against its manifest; None for a round
-        committed before rounds recorded them. Raises CorruptRound like load_round."""
+        """Committed round k's per-image predictions ({val,test}_{pred,label}: numpy arrays), verified
+        (CorruptRound like load_round); None for a round committed before rounds recorded them."""
         from workers import predictions
         man = self.read_manifest(k)
         if man is not None and predictions.FILE not in man["files"]:
@@ -283,9 +273,8 @@ class LineageStore:
         return predictions.decode(self.load_round(k, [predictions.FILE])[predictions.FILE])
 
     def verify_round(self, k: int) -> tuple[int, list[tuple[str, str]]]:
-        """Re-check committed round k against its manifest, streaming each file:
-        (files checked, the manifest included; [(file, problem)], empty when
-        everything verifies)."""
+        """Committed round k re-checked against its manifest, streaming each file: (files checked, the
+        manifest included; [(file, problem)], empty when everything verifies)."""
         try:
             raw = self.fs.read(f"{self.round_dir(k)}/{MANIFEST}")
         except (FileNotFoundError, OSError):
@@ -307,10 +296,8 @@ class LineageStore:
         return 1 + len(man["files"]), problems
 
     def invalidate_from(self, k: int) -> list[int]:
-        """Un-commit round k and every later round (they were derived from it).
-
-        The manifests are renamed, not deleted, so what happened stays visible.
-        """
+        """Un-commit round k and every later round (derived from it): their manifests are renamed, not
+        deleted, so what happened stays visible."""
         gone = []
         for j in sorted(self.manifests_any()):
             if j >= k:

@@ -26,10 +26,9 @@ a truncated file or a flipped bit is detected rather than trusted. Data files
 are written first, the manifest last (big_vision's pattern); on a local/NFS
 path the manifest lands by fsync + rename, on S3 a single PUT is atomic.
 
-Everything goes through pyarrow.fs, so a local path and `s3://bucket/prefix`
-share one code path (only the atomic write differs): workers/fs.py. A lineage's
-reads and writes are workers/lineage_store.py; this module is the layout and the
-sweep's part.
+A local path and `s3://bucket/prefix` share one pyarrow.fs code path (only the
+atomic write differs): workers/fs.py. A lineage's reads and writes are
+workers/lineage_store.py; this module is the layout and the sweep's part.
 """
 from __future__ import annotations
 
@@ -38,8 +37,7 @@ from typing import Iterable
 
 import pyarrow.fs as pafs
 
-# The storage errors live in workers/errors.py, the filesystem in workers/fs.py and a
-# lineage's part in workers/lineage_store.py; callers import them all from here.
+# Callers import the storage errors, the filesystem and a lineage's part from here.
 from workers.errors import CorruptRound, StorageError, TakenOver  # noqa: F401
 from workers.fs import FS, _SAFE_NAME, check_name, open_fs  # noqa: F401
 from workers.lineage_store import (MANIFEST, _ROUND_MANIFEST, LineageStore, _dumps, _manifest_digest,  # noqa: F401
@@ -80,9 +78,8 @@ class SweepStore:
         return self.path("_tune")
 
     def listing(self) -> dict[str, dict]:
-        """One recursive listing of trials/: per trial id, {"rounds": {k: mtime_s}
-        (rounds with a manifest file), "heartbeat": mtime_s, "failed": bool,
-        "spec": bool}. On S3 that is a few paged LIST calls, not several per trial."""
+        """One recursive listing of trials/: per trial id, {"rounds": {k: mtime_s} (rounds with a manifest
+        file), "heartbeat": mtime_s, "failed": bool, "spec": bool}; on S3 a few paged LISTs, not some per trial."""
         base = self.path("trials")
         try:
             infos = self.fs.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
