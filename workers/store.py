@@ -6,18 +6,14 @@ Every path of a sweep is built here (the sweep's) and in workers/lineage_store.p
     <storage>/<sweep>/
         sweep.json                       the trial list of the last `run` (for `status`)
         trials/<trial_id>/spec.json      the full trial spec
-        trials/<trial_id>/round_<k>/     weights.sparse.safetensors (the surviving weights
-                                         and every unpruned tensor, workers/checkpoint.py;
-                                         rounds committed before it: weights.safetensors,
-                                         the dense state), mask.safetensors,
-                                         [rewind.safetensors in round 0], metrics.json,
-                                         predictions.safetensors (workers/predictions.py),
+        trials/<trial_id>/round_<k>/     weights.sparse.safetensors (workers/checkpoint.py),
+                                         mask.safetensors, [rewind.safetensors in round 0],
+                                         metrics.json, predictions.safetensors,
                                          MANIFEST.json (written last, atomically)
         trials/<trial_id>/partial/round_<k>/epoch_<e>/   rolling mid-round checkpoint
         trials/<trial_id>/HEARTBEAT.json / FAILED.json
-        trials/<trial_id>/COMMITTED.json the committed prefix and its manifests' digests,
-                                         written after each manifest (derived: a
-                                         restart reads it instead of every manifest)
+        trials/<trial_id>/COMMITTED.json the committed prefix and its manifests' digests
+                                         (derived: a restart reads it, not every manifest)
         results/  layers/                Parquet, derived from the manifests
 
 A round exists only if its MANIFEST.json exists and verifies: the manifest
@@ -39,9 +35,8 @@ import pyarrow.fs as pafs
 
 # Callers import the storage errors, the filesystem and a lineage's part from here.
 from workers.errors import CorruptRound, StorageError, TakenOver  # noqa: F401
-from workers.fs import FS, _SAFE_NAME, check_name, open_fs  # noqa: F401
-from workers.lineage_store import (MANIFEST, _ROUND_MANIFEST, LineageStore, _dumps, _manifest_digest,  # noqa: F401
-                                   _parse_manifest, sha256)
+from workers.fs import FS, _SAFE_NAME, check_name
+from workers.lineage_store import MANIFEST, _ROUND_MANIFEST, LineageStore, _dumps  # noqa: F401
 
 
 class SweepStore:
