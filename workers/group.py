@@ -2,35 +2,30 @@
 
     results = run_group([(spec, store), ...], opts, where, on_round)
 
-Every lineage trains here (`run_lineage`, workers/lineage.py, is a group of
-one). Each member keeps its own storage, owner token, method, data, seeds and
-masks, and each of its rounds is committed under its own trial id by
-`RoundRun.commit` (workers/round.py), the one commit path, with the numerics
-it ran with and, when fused, `fused_with` (the trial ids it trained with) and
-`fuse_check` (workers/fusecheck.py). Only the epochs are shared: they run
-through workers/train.py's one loop, as `Solo` for a member alone or as a
-FusedTrainer (workers/fused.py) for two or more once the fusion self-check
-passed on this device.
+Every lineage trains here. Each member keeps its own storage, owner token,
+method, data, seeds and masks; each of its rounds is committed under its own
+trial id by `RoundRun.commit` (workers/round.py) with its numerics and, when
+fused, `fused_with` and `fuse_check` (workers/fusecheck.py). Only the epochs
+are shared, through workers/train.py's one loop: `Solo` for a member alone,
+a FusedTrainer (workers/fused.py) for two or more once the self-check passed.
 
 Determinism. A fused program always has the group's width K: a member not
-training this round (finished, failed, or committed before a kill) leaves
-its slot to a pad (a copy of a training member, fed its batches, never read
+training this round (finished, failed, committed before a kill) leaves its
+slot to a pad (a copy of a training member, fed its batches, never read
 back), and a member resumed at a later epoch trains its slot from the
-earliest one without keeping the result until it reaches its own. Every
-fused step thus has the same shapes and a member's bits never depend on
-which others train, so a resumed fused sweep equals an uninterrupted one bit
-for bit on CPU. Pads cost compute, never preparation (a finished member is
-not rebuilt). A change of the group itself (another `runtime.fuse`, cluster
-size, a split after running out of memory) may change bits, never correctness.
+earliest one, keeping nothing until it reaches its own. Every step thus has
+the same shapes and a member's bits never depend on which others train: a
+resumed fused sweep equals an uninterrupted one bit for bit on CPU. Only a
+change of the group itself (`runtime.fuse`, cluster size, an out-of-memory
+split) may change bits, never correctness.
 
-Failure. A member whose own part fails (its data, start, augmentation, loss,
-a non-finite loss, its commit) leaves the group with a FAILED marker naming
-the cause; the others go on and keep what they committed. `run_group` raises
-at the end if any member failed, so the scheduler retries the group
-(committed rounds skipped, finished members not trained again); a group of
-one raises its member's own exception. Out of memory while a fused program
-is built, checked or trained splits it in halves, down to each member alone,
-and the round goes on from the members' last completed epoch.
+Failure. A member whose own part fails (data, start, augmentation, loss, a
+non-finite loss, commit) leaves the group with a FAILED marker; the others go
+on. `run_group` raises at the end if any failed (a group of one: its member's
+own exception), so the scheduler retries it: committed rounds are skipped,
+finished members not retrained. Out of memory while a fused program is
+built, checked or trained splits it in halves, down to each member alone,
+from the members' last completed epoch.
 """
 from __future__ import annotations
 
