@@ -79,17 +79,11 @@ class LineageStore:
         return f"{self.dir}/partial/round_{k}"
 
     # --- evaluations after the lineage (workers/evaluations/) ----------
-    def analysis_path(self, name: str) -> str:
-        return f"{self.dir}/analysis/{check_name('analysis', name)}.json"
-
     def write_analysis(self, name: str, doc: dict) -> None:
-        self.fs.write(self.analysis_path(name), _dumps(doc))
+        self.write_marker(f"analysis/{check_name('analysis', name)}.json", doc)
 
     def read_analysis(self, name: str) -> Optional[dict]:
-        try:
-            doc = json.loads(self.fs.read(self.analysis_path(name)))
-        except (ValueError, OSError):  # absent, torn or unreadable: computed again
-            return None
+        doc = self.read_marker(f"analysis/{check_name('analysis', name)}.json")  # absent or torn: computed again
         return doc if isinstance(doc, dict) else None
 
     def analyses(self) -> list[str]:
@@ -123,7 +117,7 @@ class LineageStore:
                             f"(node {owner.get('node')}); this attempt stops without committing")
 
     def heartbeat(self, info: dict) -> None:
-        self.fs.write(f"{self.dir}/HEARTBEAT.json", _dumps({**info, "time": time.time()}))
+        self.write_marker("HEARTBEAT.json", {**info, "time": time.time()})
 
     def read_marker(self, name: str) -> Optional[dict]:
         try:
