@@ -20,7 +20,7 @@ from workers import data
 from workers import pruning
 from workers.fused_net import (CONV_STRATEGIES, FuseError, _structure_reason, conv_strategy,  # noqa: F401
                                fuse_models)
-from workers.train import Trainer, run_epoch
+from workers.train import Solo, Trainer, run_epoch
 
 __all__ = ["CONV_STRATEGIES", "FuseError", "FusedTrainer", "can_fuse", "conv_strategy", "fuse_models"]
 
@@ -211,9 +211,7 @@ class FusedTrainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         for t in self.trainers:  # as the solo loop leaves them
-            for g in t.opt.param_groups:
-                g["lr"] = lr
-            t.model.train()
+            Solo(t).begin(lr)
         self.model.train()
 
     def forward(self, xbs: list[torch.Tensor]) -> torch.Tensor:
