@@ -4,54 +4,43 @@
     program, info = fusion.program(trainers, width)    # a FusedTrainer that passed, or None (alone)
 
 Fused kernels (a grouped conv, BatchNorm over K*C channels, batched matmul
-heads) add in another order than each member's own: the same step in exact
-arithmetic, other rounding in floating point, by how much depending on the
-device, its libraries, the dtype and the network. No CI machine has every
-GPU, so a fused program checks itself where it runs, on one whole training
-step through workers/train.py's `run_epoch` (SGD with the members' momentum
-buffers, weight decay and epoch 1's learning rate, so a stale rate shows;
-masks on weights and momentum; BatchNorm statistics; the write-back), on
-probe copies of the members whose training set is their first batch,
-unaugmented (no random stream is touched):
+heads) add in another order than each member's own: the same step, other
+rounding, by how much depending on the device, its libraries, the dtype and
+the network. No CI machine has every GPU, so a fused program checks itself
+where it runs: one whole step through workers/train.py's `run_epoch` (SGD
+with momentum and weight decay at epoch 1's rate, so a stale rate shows;
+masks; BatchNorm statistics; the write-back) on probe copies of the members
+whose training set is their first batch, unaugmented (no random stream is
+touched):
 
     fused     the fused program, in the members' numerics (dtype, autocast)
-    fused64   the same program in float64 on the first LOGIC_IMAGES images (its logic
-              does not depend on the batch's size; its memory does)
+    fused64   the same in float64 on the first LOGIC_IMAGES images (its logic does not depend on the batch size)
     solo      each member's solo step in its numerics, on its batch as given and reversed
     ref       each member's solo step in float64 (and on fused64's images, as given and reversed)
-    per member and tensor t of a kind c (parameter updates, momentum buffers,
-    BatchNorm running means, running variances, the loss):
+    per member and tensor t of a kind c (updates, momentum, BatchNorm means and variances, the loss):
       e(x, t) = ||x_t - ref_t|| / (S_c sqrt(numel_t))
     numerics: e(fused, t) <= R max(e(solo, t) over both orders, E_c) + 16 u
     logic:    e(fused64, t) <= R max(e(ref reversed, t), E64_c) + 16 u64
 
-S_c, the RMS of kind c's float64 values over the network, measures errors
-against the size of what is summed (a BatchNorm bias that is zero by
-cancellation would blow a tensor's own ratio up); E_c, the largest pooled
-solo error of kind c over the members, keeps one lucky draw on a scalar from
-setting the bar; u is the unit roundoff (2^-24 fp32, 2^-8 under bf16
-autocast, 2^-53 float64), and 16 u covers tensors solo computes exactly.
-
-R = max(4, sqrt(L)) is derived, not tuned: L is the step's longest sum
-(`reduction_length`). A sum of L terms rounds by about sqrt(L) u times its
-terms in a typical order and at most L u in the worst (Higham's bound);
-another correct algorithm (a grouped kernel's blocking, a fused BatchNorm's
-reduction) lands anywhere between, while a logic bug (another member's data,
-mask, momentum or statistics, a wrong rate) is off by the tensor's own size.
-In float64 a correct program is within 1e-12 of the RMS and a bug near 1, so
-the logic check is decisive in every numerics (tests/workers/test_fusecheck.py
-mutates masks, momentum, the rate and the data, in fp32 and bf16). The
-numerics check catches kernels that round worse than R x solo: in fp32 above
-about R x 1e-6 of the RMS; under bf16 autocast, whose solo rounding of one
-step is 2-300% of the RMS on small networks, only gross breakage. A failed
-check is not an error: the group tries the next strategy (grouped, loop,
-each member alone), says so in one line, and every committed round records
-the outcome (metrics key `fuse_check`, with `logic` and `ratio`).
-
+S_c (the RMS of kind c's float64 values) measures errors against the size of
+what is summed, not a tensor's own (a BatchNorm bias zero by cancellation);
+E_c (the largest pooled solo error of kind c over the members) keeps one
+lucky draw on a scalar from setting the bar; u is the unit roundoff, 16 u
+covers tensors solo computes exactly. R = max(4, sqrt(L)), L the step's
+longest sum (`reduction_length`), is derived, not tuned: a sum of L terms
+rounds by about sqrt(L) u in a typical order, at most L u in the worst
+(Higham), and another correct algorithm lands between, while a logic bug
+(another member's data, mask, momentum or statistics, a wrong rate) is off
+by the tensor's own size. In float64 a correct program is within 1e-12 of
+the RMS and a bug near 1, so the logic check is decisive in every numerics
+(tests/workers/test_fusecheck.py mutates masks, momentum, the rate, the
+data); the numerics check catches kernels that round worse than R x solo
+(in fp32 about R x 1e-6 of the RMS; under bf16, whose solo rounding of one
+step is 2-300% of it, only gross breakage). A failed check is no error: the
+group tries the next strategy (grouped, loop, each member alone), says so in
+one line, and every round records the outcome (metrics key `fuse_check`).
 Outcomes are cached per (architecture, shapes, K, strategy, device, dtype,
-autocast, torch version): in the process and as one JSON file per key under
-`<sweep>/fuse_checks/` (workers/store.py), which the run record and
-`lth-sweep status` list.
+autocast, torch version) in the process and in `<sweep>/fuse_checks/`.
 """
 from __future__ import annotations
 
@@ -88,27 +77,16 @@ RULE = (f"one whole step through run_epoch, in the members' numerics and in floa
 _CACHE: dict[str, dict] = {}
 
 
-def unit_roundoff(t: Trainer) -> float:
-    if t.autocast:
-        return 2.0 ** -8
-    return {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24}.get(t.dtype, 2.0 ** -8)
-
-
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return device.type
-
-
 def check_key(trainers: Sequence[Trainer], strategy: str) -> dict:
     """What a check's outcome depends on (the cache key, readable)."""
-    t0 = trainers[0]
+    t0, dev = trainers[0], trainers[0].prep.device
     shapes = [(n, list(p.shape)) for n, p in t0.model.named_parameters()]
+    device = f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else dev.type
     return {"rule": 2, "arch": t0.spec.model.arch, "variant": type(t0.model).__name__,
             "shapes": hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:12],
             "K": len(trainers), "batch": t0.spec.train.batch_size,
             "image": list(t0.prep.x_train.shape[1:]), "losses": sorted({t.spec.prune.method for t in trainers}),
-            "strategy": strategy, "device": device_label(t0.prep.device),
+            "strategy": strategy, "device": device,
             "dtype": str(t0.dtype).replace("torch.", ""), "autocast": "bfloat16" if t0.autocast else None,
             "channels_last": t0.channels_last, "torch": torch.__version__}
 
@@ -251,7 +229,8 @@ def self_check(trainers: Sequence[Trainer], strategy: str, epoch: int = 1) -> di
     """The check (module docstring) of these members fused with `strategy`, one step at `epoch`'s rate."""
     t0 = time.perf_counter()
     dev = trainers[0].prep.device
-    u = unit_roundoff(trainers[0])
+    u = 2.0 ** -8 if trainers[0].autocast else {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24}.get(
+        trainers[0].dtype, 2.0 ** -8)  # the unit roundoff of the members' arithmetic
     ratio = max(RATIO, reduction_length(trainers[0]) ** 0.5)
     f64 = torch.float64
     n = LOGIC_IMAGES
