@@ -5,6 +5,7 @@ needs (`FS`: atomic writes, reads, listings, deletes, moves) and the
 process-wide counts of them that a run records (RUN.json) and bench reports."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -101,10 +102,7 @@ class FS:
         return "/".join([self.root.rstrip("/")] + [p.strip("/") for p in parts if p])
 
     def to_uri(self, path: str) -> str:
-        if self.local:
-            return path
-        prefix = self.uri.split("://", 1)[0]
-        return f"{prefix}://{path}"
+        return path if self.local else f"{self.uri.split('://', 1)[0]}://{path}"
 
     def write(self, path: str, data: bytes) -> None:
         """Write a whole file atomically: readers see the old or the new bytes."""
@@ -123,10 +121,8 @@ class FS:
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
             except BaseException:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(tmp)
-                except OSError:
-                    pass
                 raise
         else:
             with self.fs.open_output_stream(path) as f:
@@ -178,10 +174,8 @@ class FS:
 
     def _delete(self, delete, path: str) -> None:
         self._count("delete")
-        try:
+        with contextlib.suppress(FileNotFoundError, OSError):
             delete(path)
-        except (FileNotFoundError, OSError):
-            pass
 
     def move(self, src: str, dst: str) -> None:
         self._count("move")
