@@ -230,7 +230,6 @@ class FusedTrainer:
 
     def train_epoch(self, round_k: int, epoch: int, active: Optional[Sequence[int]] = None) -> list:
         """`[t.train_epoch(round_k, epoch) for t in trainers]`, fused, through `run_epoch` (a failed
-        member's entry is its exception), written back to the `active` members (default all). An
-        inactive member's slot still trains, its result dropped: every step keeps the group's shapes,
-        so an active member's bits never depend on which others are active."""
+        member's entry is its exception), written back to the `active` members (default all); an
+        inactive member's slot still trains (workers/group.py: why)."""
         return run_epoch(self, round_k, epoch, None if active is None else list(active))

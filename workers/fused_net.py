@@ -19,9 +19,7 @@ parameters has a fused form (a conv with groups K*g or the members' own convs
 on their slices, BatchNorm over K*C channels, batched matmul heads, ...:
 workers/fused_layers.py); parameter-free layers (ReLU, pools, zero padding)
 act per channel already; a container (ResNet, BasicBlock, Sequential, ...)
-keeps its own forward over fused children. Member i's loss depends on member
-i's parameters only, so the gradient of the summed per-member losses is,
-member by member, the solo gradient.
+keeps its own forward over fused children.
 """
 from __future__ import annotations
 

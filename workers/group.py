@@ -3,11 +3,9 @@
     results = run_group([(spec, store), ...], opts, where, on_round)
 
 Every lineage trains here. Each member keeps its own storage, owner token,
-method, data, seeds and masks; each of its rounds is committed under its own
-trial id by `RoundRun.commit` (workers/round.py) with its numerics and, when
-fused, `fused_with` and `fuse_check` (workers/fusecheck.py). Only the epochs
-are shared, through workers/train.py's one loop: `Solo` for a member alone,
-a FusedTrainer (workers/fused.py) for two or more once the self-check passed.
+method, data, seeds and masks, and commits its rounds under its own trial id
+(workers/round.py) with, when fused, `fused_with` and `fuse_check`. Only the
+epochs are shared (workers/train.py's one loop, fused once the self-check passed).
 
 Determinism. A fused program always has the group's width K: a member not
 training this round (finished, failed, committed before a kill) leaves its

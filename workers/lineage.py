@@ -1,12 +1,10 @@
 """One IMP lineage: start -> train -> evaluate -> commit, per round.
 
 `run_lineage(spec, store)` is a plain function (no Ray) that the Tune trainable
-wraps and tests call. It is a group of one (workers/group.py): a lone lineage
-and a fused member run the same round loop, epoch loop and commit. Resume is
-free because every phase first looks at storage: committed rounds are skipped
-(after verifying the files the next round reads), a round in flight goes on
-from its newest mid-round checkpoint (workers/round.py). How a round starts
-is the trial's method's (workers/methods/); how it trains and commits is not.
+wraps and tests call: a group of one (workers/group.py). Resume is free because
+every phase first looks at storage: committed rounds are skipped (after
+verifying the files the next round reads), a round in flight goes on from its
+newest mid-round checkpoint (workers/round.py).
 """
 from __future__ import annotations
 

@@ -5,9 +5,8 @@
         run.after_epoch(epoch, run.trainer.train_epoch(k, epoch))
     metrics = run.commit(extra)               # evaluate, write the files, manifest last
 
-workers/group.py is that loop, for one lineage or several fused: every round
-of every lineage is committed by `RoundRun.commit` (or, taken over from
-another lineage, by `copy_round`).
+workers/group.py is that loop, for one lineage or several fused; a round taken
+over from another lineage is committed by `copy_round`.
 """
 from __future__ import annotations
 
