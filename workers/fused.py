@@ -223,8 +223,13 @@ class FusedTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        if self.sparse:  # MaskApplier.apply for all members: weights, then momentum buffers
-            pruning.apply_masks(self._mask_params, self._masks, self.opt)
+        if self.sparse:
+            self._apply_masks()
+
+    def _apply_masks(self) -> None:
+        """MaskApplier.apply for all members: weights, then momentum buffers (bench/fuse_mutations.py
+        patches it)."""
+        pruning.apply_masks(self._mask_params, self._masks, self.opt)
 
     end = sync_back  # hands the trained state to the `active` members
 
