@@ -114,7 +114,6 @@ class FusedTrainer:
         self.channels_last = t0.channels_last
         self.conv = conv_strategy(conv, self.device, t0.prep.info.image_size)
         self.model = fuse_models([t.model for t in self.trainers], self.conv)
-        self.num_classes = t0.prep.info.num_classes
         # (fused tensor [K, ...], [member tensors]) by name: parameters, then stacked buffers.
         fp, fb = dict(self.model.named_parameters()), dict(self.model.named_buffers())
         mparams = [dict(t.model.named_parameters()) for t in self.trainers]
