@@ -1,7 +1,7 @@
 """Fixtures every test folder shares (helpers to import live in tests/helpers.py)."""
 import pytest
 
-from tests.helpers import RUN_ENV, TINY_YAML, uninterrupted
+from tests.helpers import RUN_ENV, TINY_YAML, built_once, uninterrupted
 
 
 @pytest.fixture
@@ -12,9 +12,11 @@ def tiny_yaml(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory, shared_ray):
-    """One uninterrupted sweep of TINY_YAML, shared by the tests that compare against it."""
-    return uninterrupted(tmp_path_factory.mktemp("ref"), TINY_YAML, ray=shared_ray)
+def reference(tmp_path_factory, request):
+    """One uninterrupted sweep of TINY_YAML, shared by the tests that compare
+    against it (built once per pytest run, whichever xdist worker asks first)."""
+    return built_once(tmp_path_factory, "reference",
+                      lambda d: uninterrupted(d, TINY_YAML, ray=request.getfixturevalue("shared_ray"))[1])
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +55,14 @@ def pytest_configure(config):
     # and in-process lineages then compute with the threading the trials use.
     import torch
     torch.set_num_threads(1)
+    # The same for every process a test starts (gpu_check, bench, a CLI driver,
+    # a plain lineage process) and that inherits this environment: with a
+    # thread per core each of them spins both cores while the other xdist
+    # worker's Ray trials want them (gpu_check's smoke run: 20 s alone, 150 s
+    # in the suite). Ray's trial processes get 1 from Ray already.
+    import os
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
 
 
 # The slowest modules first, slowest first (pytest --durations=0 on the 2-core VM,

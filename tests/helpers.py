@@ -110,6 +110,30 @@ def manifests(storage, sweep="tiny"):
             for k, m in st.lineage(t).manifests().items()}
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """`build(folder)` once per pytest run, shared by the xdist workers: a
+    sweep several modules read is built by the first worker that asks for it
+    (under a file lock), and the others wait on the lock and read the same
+    folder instead of building their own (a tiny sweep is 20-40 s of a 2-core
+    machine). `build` returns a CompletedProcess (or None); the same comes
+    back to every caller. Readers must not change the folder."""
+    from filelock import FileLock
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's root, above each worker's own basetemp
+    d = base / "built-once" / name
+    done = d / "built.json"
+    d.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d) + ".lock"):
+        if not done.exists():
+            r = build(d / "out")
+            saved = None if r is None else {"args": list(map(str, r.args)), "returncode": r.returncode,
+                                            "stdout": r.stdout, "stderr": r.stderr}
+            done.write_text(json.dumps(saved))
+    saved = json.loads(done.read_text())
+    return d / "out", None if saved is None else subprocess.CompletedProcess(**saved)
+
+
 def uninterrupted(d, yaml_text, ray=("--num-cpus", "2")):
     """Run experiment `tiny` of `yaml_text` once, to the end, in folder d (`ray`: the
     run's Ray flags, by default a local Ray of its own)."""
@@ -120,10 +144,14 @@ def uninterrupted(d, yaml_text, ray=("--num-cpus", "2")):
     return d, r
 
 
-def uninterrupted_rows(d, yaml_text, ray=("--num-cpus", "2")) -> list:
-    """`query --format json` of an uninterrupted run of `yaml_text` in folder d: the
-    rows a run that was killed, stopped or faulted must end with."""
-    d, _ = uninterrupted(d, yaml_text, ray=ray)
+def uninterrupted_rows(request, yaml_text) -> list:
+    """`query --format json` of an uninterrupted run of `yaml_text` (on the tests'
+    shared Ray, built once per pytest run for each yaml): the rows a run that
+    was killed, stopped or faulted must end with."""
+    import hashlib
+    name = "ref-" + hashlib.sha256(yaml_text.encode()).hexdigest()[:12]
+    d, _ = built_once(request.getfixturevalue("tmp_path_factory"), name,
+                      lambda d: uninterrupted(d, yaml_text, ray=request.getfixturevalue("shared_ray"))[1])
     q = cli("query", "-e", "tiny", "--format", "json", cwd=d)
     assert q.returncode == 0, q.stderr
     return json.loads(q.stdout)

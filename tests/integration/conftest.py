@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from tests.helpers import TINY_YAML, cli
+from tests.helpers import TINY_YAML, built_once, cli
 
 # Two lineages of 3 rounds, in a yaml that is not ./experiments.yaml, under a
 # sweep name that is not the experiment's, on storage that is not ./runs, with
@@ -18,9 +18,13 @@ def shared_flags(d):
 
 @pytest.fixture(scope="session")
 def swept(tmp_path_factory):
-    """(folder, the run's CompletedProcess): `plan` then `run` with the shared flags."""
-    d = tmp_path_factory.mktemp("shared")
-    (d / "conf").mkdir()
+    """(folder, the run's CompletedProcess): `plan` then `run` with the shared flags
+    (built once per pytest run, whichever xdist worker asks first)."""
+    return built_once(tmp_path_factory, "swept", _sweep)
+
+
+def _sweep(d):
+    (d / "conf").mkdir(parents=True)
     (d / "conf" / "my.yaml").write_text(SHARED_YAML + "    trackers: [tensorboard]\n")
     r = cli("plan", *shared_flags(d), cwd=d)
     assert r.returncode == 0, r.stderr
@@ -28,4 +32,4 @@ def swept(tmp_path_factory):
     r = cli("run", *shared_flags(d), "--num-cpus", "2", "--tracker", "mlflow", "--tracker", "wandb", cwd=d, env=env,
             timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return d, r
+    return r

@@ -113,8 +113,8 @@ def test_store_primitives_on_s3(s3_env, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def local_reference(tmp_path_factory, shared_ray):
-    return uninterrupted_rows(tmp_path_factory.mktemp("local"), S3_YAML, ray=shared_ray)
+def local_reference(request):
+    return uninterrupted_rows(request, S3_YAML)
 
 
 def _by_key(rows):

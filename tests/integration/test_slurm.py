@@ -269,7 +269,7 @@ def _stop(s: Slurm) -> None:
             p.terminate()
     for p in s.procs.values():
         try:
-            p.wait(timeout=15)
+            p.wait(timeout=5)  # this Slurm's state is thrown away: no need to wait long for a clean stop
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=15)
@@ -278,12 +278,15 @@ def _stop(s: Slurm) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    shutil.rmtree(s.dir, ignore_errors=True)
+    if os.environ.get("LTH_KEEP_SLURM"):  # its logs and the jobs' output, to read after a run
+        print(f"\nthe test Slurm's folder, kept (LTH_KEEP_SLURM): {s.dir}")
+    else:
+        shutil.rmtree(s.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def slurm_reference(tmp_path_factory, shared_ray):
-    return uninterrupted_rows(tmp_path_factory.mktemp("slurm-ref"), SLURM_YAML, ray=shared_ray)
+def slurm_reference(request):
+    return uninterrupted_rows(request, SLURM_YAML)
 
 
 def _env_setup() -> str:
@@ -419,8 +422,8 @@ PREEMPT_YAML = SLURM_YAML.replace("resources: {gpu: 0, cpu: 1}", "resources: {gp
 
 
 @pytest.fixture(scope="module")
-def preempt_reference(tmp_path_factory, shared_ray):
-    return uninterrupted_rows(tmp_path_factory.mktemp("preempt-ref"), PREEMPT_YAML, ray=shared_ray)
+def preempt_reference(request):
+    return uninterrupted_rows(request, PREEMPT_YAML)
 
 
 def test_a_preempted_gpu_sweep_is_requeued_once_by_slurm_and_resumes(slurm, preempt_reference, tmp_path):
@@ -432,7 +435,9 @@ def test_a_preempted_gpu_sweep_is_requeued_once_by_slurm_and_resumes(slurm, pree
     job resumes from storage to the uninterrupted table."""
     yaml, storage = tmp_path / "experiments.yaml", tmp_path / "runs"
     yaml.write_text(PREEMPT_YAML)
+    t0 = time.monotonic()
     job, output, fail = _submit_and_wait_for_a_commit(slurm, tmp_path, "--partition=low", "--gpus-per-node=2")
+    t_commit = time.monotonic()
     r = slurm.cmd("sbatch", "--parsable", "--partition=high", "--nodes=1", "--gpus-per-node=2",
                   f"--output={tmp_path}/high.out", "--wrap", "sleep 5")
     high = r.strip().split(";")[0]
@@ -443,8 +448,22 @@ def test_a_preempted_gpu_sweep_is_requeued_once_by_slurm_and_resumes(slurm, pree
             fail("the job was not preempted")
         time.sleep(0.5)
     first = output()
+    t_preempted = time.monotonic()
     assert f"job {job} (restart 0): 2 node(s) [n1 n2], 1 CPU and 2 GPU each" in first, first[-3000:]
+    while slurm.job(job).get("Restarts") != "1":
+        if time.monotonic() > deadline:
+            fail("the preempted job was not requeued")
+        time.sleep(0.5)
+    t_requeued = time.monotonic()
+    while slurm.job(job).get("JobState") != "RUNNING":
+        if time.monotonic() > deadline:
+            fail("the requeued job did not start again")
+        time.sleep(0.5)
+    t_restarted = time.monotonic()
     info = _until_completed(slurm, job, fail, 300 + GRACE_S)
+    print(f"\nslurm job {job}: first commit {t_commit - t0:.0f}s after sbatch, preempted {t_preempted - t_commit:.1f}s "
+          f"after the high job's sbatch, requeued {t_requeued - t_preempted:.0f}s later (GraceTime {GRACE_S}s), "
+          f"running again {t_restarted - t_requeued:.0f}s later, completed {time.monotonic() - t_restarted:.0f}s later")
     text = output()
     assert slurm.job(high).get("JobState") == "COMPLETED"
     assert info["Restarts"] == "1" and info["ExitCode"] == "0:0", info  # one requeue: Slurm's
