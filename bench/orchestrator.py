@@ -96,7 +96,7 @@ experiments:
     datasets: [digits]
     fractions: [0.2, 0.3]
     augmentations: [none, basic]
-    seeds: [0, 1]
+    seeds: {seeds}
     model: {{width: 0.5}}
     train: {{epochs: {epochs}, batch_size: 50, lr: 0.05}}
     imp: {{rounds: 1, rewind_epoch: 1}}
@@ -171,13 +171,13 @@ def _plain(d: str, slots: int, env: dict) -> dict:
             "per_slot": [len(rep["ran"]) for rep in reports], "torch_threads": reports[0]["threads"]}
 
 
-def bench_orchestrator(epochs: int = 45, slots: int = 2) -> dict:
-    """8 lineages (~30 s each at 45 epochs) on `slots` CPU slots, twice: as a user
-    runs them (`lth-sweep run`, a local Ray with `slots` CPUs) and by run_lineage
-    in `slots` plain processes."""
+def bench_orchestrator(epochs: int = 45, slots: int = 2, seeds: int = 2) -> dict:
+    """4 x `seeds` lineages (8: ~30 s each at 45 epochs) on `slots` CPU slots, twice:
+    as a user runs them (`lth-sweep run`, a local Ray with `slots` CPUs) and by
+    run_lineage in `slots` plain processes."""
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "experiments.yaml"), "w") as f:
-            f.write(ORCH_YAML.format(epochs=epochs))
+            f.write(ORCH_YAML.format(epochs=epochs, seeds=list(range(seeds))))
         env = {**os.environ, "LTH_DEVICE": "cpu", "RAY_AIR_NEW_OUTPUT": "0"}
         # Both sides start from warm file caches (python, torch, the engine's modules).
         subprocess.run([sys.executable, "-c", "import torch, workers.lineage, ray.tune"], env=env, check=True)

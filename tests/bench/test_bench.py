@@ -45,14 +45,14 @@ def test_bench_json_has_the_contract_keys(tmp_path):
 
 @pytest.mark.ray
 def test_orchestrator_benchmark_runs_the_sweep_and_the_plain_processes():
-    """--full's step at 2 epochs: the same 8 lineages through `lth-sweep run` and
-    through run_lineage in 2 plain one-thread processes; both ratios and what each
-    side's one-time costs were."""
+    """--full's step at 2 epochs and one seed: the same 4 lineages through `lth-sweep
+    run` and through run_lineage in 2 plain one-thread processes; both ratios and
+    what each side's one-time costs were."""
     from bench.orchestrator import bench_orchestrator
-    res = bench_orchestrator(epochs=2)
+    res = bench_orchestrator(epochs=2, seeds=1)
     assert res["orchestrator_overhead_ratio"] > 0 and res["orchestrator_overhead_ratio_steady"] > 0
     d = res["_orchestrator"]
-    assert d["lineages"] == 8 and sum(d["plain"]["lineages_per_slot"]) == 8 and d["plain"]["torch_threads"] == 1
+    assert d["lineages"] == 4 and sum(d["plain"]["lineages_per_slot"]) == 4 and d["plain"]["torch_threads"] == 1
     for side in ("sweep", "plain"):
         assert 0 < d[side]["steady_s"] < d[side]["wall_s"]
         assert all(v is None or v >= 0 for v in d[side]["one_time"].values())
@@ -100,14 +100,19 @@ def test_the_gpu_check_runs_end_to_end(tmp_path):
         assert res["cuda_tests"]["rc"] == 0 and any("skipped" in line for line in res["cuda_tests"]["summary"])
 
 
-def test_the_gpu_check_fails_when_it_checked_nothing(tmp_path):
+def test_the_gpu_check_fails_when_it_checked_nothing(tmp_path, capsys):
     """No CUDA test collected, or a lineage round that trained no epoch, is a
-    failure of the check, not a pass."""
+    failure of the check, not a pass. (In this process: the script's own exit
+    status is test_the_gpu_check_runs_end_to_end's.)"""
+    from bench import gpu_check
     (tmp_path / "empty").mkdir()
-    r, res = _gpu_check(tmp_path, "--only", "cuda_tests", "--tests", str(tmp_path / "empty"))
-    assert r.returncode == 1 and res["failed"] == ["cuda_tests"] and "no CUDA tests" in res["cuda_tests"]["error"]
-    r, res = _gpu_check(tmp_path, "--only", "lineage", "--lineage-epochs", "1")
-    assert r.returncode == 1 and res["failed"] == ["lineage"] and "trained no epoch" in res["lineage"]["error"]
+    out = tmp_path / "g.json"
+    rc = gpu_check.main(["--smoke", "--out", str(out), "--only", "cuda_tests", "--tests", str(tmp_path / "empty")])
+    res = json.loads(out.read_text())
+    assert rc == 1 and res["failed"] == ["cuda_tests"] and "no CUDA tests" in res["cuda_tests"]["error"]
+    rc = gpu_check.main(["--smoke", "--out", str(out), "--only", "lineage", "--lineage-epochs", "1"])
+    res = json.loads(out.read_text())
+    assert rc == 1 and res["failed"] == ["lineage"] and "trained no epoch" in res["lineage"]["error"]
 
 
 def test_the_gpu_check_fails_when_a_self_check_fails(tmp_path, monkeypatch, capsys):

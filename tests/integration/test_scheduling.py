@@ -22,7 +22,7 @@ experiments:
     fractions: [0.05, 0.9]
     methods: [imp, same_layer_sparse]
     model: {width: 0.125}
-    train: {epochs: 14, batch_size: 20, lr: 0.05}
+    train: {epochs: 8, batch_size: 20, lr: 0.05}
     imp: {rounds: 1, rewind_epoch: 1}
     eval: {val_per_class: 5}
     resources: {gpu: 0, cpu: 1}

@@ -6,13 +6,14 @@ support, so `NodeName=... Port=...` with `slurmd -N` gives a two-node cluster
 on one machine) from a generated slurm.conf in a temporary folder. The test
 submits the project's own sbatch script with `sbatch`, exactly as a user does:
 the Ray head on n1, a Ray worker on n2 through `srun -w n2`, the driver with
-`--address`. After the first committed round it sends what a time limit's
-`--signal=B:TERM@...` (or a preemption notice) sends, SIGTERM to the batch
-shell (`scancel --batch --signal=TERM`): the shell forwards it to the driver,
-which stops gracefully (exit 130), Ray is stopped, and the job requeues
-itself; the requeued job runs the same command and resumes from storage. The
-result must equal an uninterrupted sweep's, row for row, bit for bit on CPU,
-with no round trained twice.
+`--address`. After the first committed round a job of a higher partition
+preempts it (Slurm requeues it after GraceTime); once the requeued job's sweep
+runs, the test sends what a time limit's `--signal=B:TERM@...` sends, SIGTERM
+to the batch shell (`scancel --batch --signal=TERM`): the shell forwards it to
+the driver, which stops gracefully (exit 130), Ray is stopped, and the job
+requeues itself; the job requeued again runs the same command and resumes
+from storage to the end. The result must equal an uninterrupted sweep's, row
+for row, bit for bit on CPU, with no round trained twice.
 
 Skipped (visibly) only where the Slurm binaries are missing, or where this is
 not root (slurmd must be); daemons that are there but do not start are a
@@ -284,11 +285,6 @@ def _stop(s: Slurm) -> None:
         shutil.rmtree(s.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def slurm_reference(request):
-    return uninterrupted_rows(request, SLURM_YAML)
-
-
 def _env_setup() -> str:
     """LTH_ENV_SETUP for the job: the virtual environment running these tests
     (CI's clone has its own), else this interpreter's folder first on PATH."""
@@ -343,69 +339,12 @@ def _until_completed(slurm, job, fail, seconds: float) -> dict:
     return info
 
 
-def test_sbatch_sweep_stopped_by_sigterm_requeues_and_resumes(slurm, slurm_reference, tmp_path):
-    yaml, storage = tmp_path / "experiments.yaml", tmp_path / "runs"
-    yaml.write_text(SLURM_YAML)
-    t0 = time.monotonic()
-    # 1. Running on both nodes; SIGTERM to the batch shell after the first commit.
-    job, output, fail = _submit_and_wait_for_a_commit(slurm, tmp_path)
-    t_commit = time.monotonic()
-    slurm.cmd("scancel", "--batch", "--signal=TERM", job)
-
-    # 2. The driver stops gracefully, Ray stops, the job requeues itself.
-    deadline = time.monotonic() + 120
-    while "requeueing job" not in output():
+def _wait_for(what: str, pred, fail, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not pred():
         if time.monotonic() > deadline:
-            fail("the job did not requeue itself after SIGTERM")
+            fail(what)
         time.sleep(0.2)
-    t_stopped = time.monotonic()
-    first = output()
-    before = manifests(storage)
-    assert 1 <= len(before) < 6, f"the stop did not land mid-sweep: {len(before)} of 6 rounds committed"
-    assert "got SIGTERM: stopping the sweep gracefully" in first
-    assert "stopped; committed rounds are safe. Re-run the same command to resume." in first
-    assert "lth-sweep run exited with status 130" in first, first[-3000:]
-    assert "sweep finished" not in first
-
-    # 3. The requeued job runs the same command and resumes from storage.
-    info = _until_completed(slurm, job, fail, 240)
-    t_done = time.monotonic()
-    print(f"\nslurm job {job}: first commit {t_commit - t0:.0f}s after sbatch, stopped and requeued "
-          f"{t_stopped - t_commit:.1f}s after SIGTERM, completed {t_done - t_stopped:.0f}s later")
-    text = output()
-    second = text[len(first):]
-    assert info["Restarts"] == "1" and info["ExitCode"] == "0:0", info
-    assert f"job {job} (restart 1): 2 node(s) [n1 n2], 1 CPU and 0 GPU each" in second, second[-3000:]
-    assert f"already done; rounds committed {len(before)}/6" in second, second[-3000:]
-    assert "lth-sweep run exited with status 0" in second and "sweep finished" in second
-    # Ray was stopped: no process of the job is left (the driver, Ray, the trials).
-    deadline = time.monotonic() + 30
-    while left := _job_processes(slurm.marker, job):
-        if time.monotonic() > deadline:
-            fail(f"processes of job {job} still run after it completed: {left}")
-        time.sleep(0.5)
-
-    # 4. Nothing committed before the stop was trained again; every round is
-    #    whole; the table equals an uninterrupted sweep's, row for row.
-    after = manifests(storage)
-    assert {k: after[k] for k in before} == before, "a round committed before the stop was trained again"
-    assert len(after) == 6
-    flags = ["-c", str(yaml), "-e", "tiny", "--storage", str(storage)]
-    v = cli("verify", *flags, cwd=tmp_path)
-    assert v.returncode == 0, v.stdout + v.stderr
-    q = cli("query", *flags, "--format", "json", cwd=tmp_path)
-    assert q.returncode == 0, q.stderr
-    rows = json.loads(q.stdout)
-    got = {(r["trial_id"], r["round"]): r for r in rows}
-    ref = {(r["trial_id"], r["round"]): r for r in slurm_reference}
-    assert len(rows) == len(got) == 6, "duplicate (trial_id, round) rows"
-    assert got.keys() == ref.keys()
-    for k in ref:
-        assert [got[k][m] for m in METRICS] == [ref[k][m] for m in METRICS], k  # bit for bit on CPU
-    # Both runs had both Slurm nodes in their Ray (the worker joined through srun).
-    assert first.count("Ray up in") == 1 and second.count("Ray up in") == 1
-    assert re.search(r"Ray up in \S+: 2 CPU, 0 GPU", first) and re.search(r"Ray up in \S+: 2 CPU, 0 GPU", second)
-    assert len({r["node"].rsplit(":", 1)[1] for r in rows}) >= 2
 
 
 def _rows(yaml, storage, cwd) -> dict:
@@ -426,52 +365,92 @@ def preempt_reference(request):
     return uninterrupted_rows(request, PREEMPT_YAML)
 
 
-def test_a_preempted_gpu_sweep_is_requeued_once_by_slurm_and_resumes(slurm, preempt_reference, tmp_path):
-    """Real preemption: the sweep runs in the preemptible partition on GPU nodes,
-    submitted as documented (--gpus-per-node); a job of the higher partition takes
-    a node mid-sweep. Slurm stops the job's steps (the Ray nodes) at once and
-    requeues the job at the end of its grace time; the script neither ends the
-    job early nor requeues it itself, so it is requeued once, and the requeued
-    job resumes from storage to the uninterrupted table."""
+def test_a_preempted_then_sigterm_stopped_sweep_is_requeued_each_time_and_resumes(slurm, preempt_reference,
+                                                                                   tmp_path):
+    """One job, submitted as documented (--gpus-per-node) to the preemptible partition,
+    stopped twice and resumed from storage each time:
+
+    1. Real preemption: a job of the higher partition takes a node mid-sweep. Slurm
+       stops the job's steps (the Ray nodes) at once and requeues the job at the
+       end of its grace time; the script neither ends the job early nor requeues
+       it itself.
+    2. The requeued job is stopped by what a time limit's `--signal=B:TERM@...` (or
+       an operator) sends, SIGTERM to the batch shell (`scancel --batch
+       --signal=TERM`): the shell forwards it to the driver, which stops gracefully
+       (exit 130), Ray is stopped, and the job requeues itself.
+    3. The job requeued again runs the same command to the end.
+
+    The table equals an uninterrupted sweep's, row for row (bit for bit on CPU),
+    with no committed round trained twice. (The two stops were two tests, each a
+    job and an uninterrupted reference of its own: merged, one job shows both and
+    that restarts add up.)"""
     yaml, storage = tmp_path / "experiments.yaml", tmp_path / "runs"
     yaml.write_text(PREEMPT_YAML)
     t0 = time.monotonic()
     job, output, fail = _submit_and_wait_for_a_commit(slurm, tmp_path, "--partition=low", "--gpus-per-node=2")
     t_commit = time.monotonic()
+
+    # 1. Preempted by a job of the higher partition; Slurm requeues it after GraceTime.
     r = slurm.cmd("sbatch", "--parsable", "--partition=high", "--nodes=1", "--gpus-per-node=2",
                   f"--output={tmp_path}/high.out", "--wrap", "sleep 5")
     high = r.strip().split(";")[0]
-
-    deadline = time.monotonic() + 240 + GRACE_S
-    while "is being preempted" not in output():
-        if time.monotonic() > deadline:
-            fail("the job was not preempted")
-        time.sleep(0.5)
-    first = output()
+    _wait_for("the job was not preempted", lambda: "is being preempted" in output(), fail, 240 + GRACE_S)
     t_preempted = time.monotonic()
-    assert f"job {job} (restart 0): 2 node(s) [n1 n2], 1 CPU and 2 GPU each" in first, first[-3000:]
-    while slurm.job(job).get("Restarts") != "1":
-        if time.monotonic() > deadline:
-            fail("the preempted job was not requeued")
-        time.sleep(0.5)
+    _wait_for("the preempted job was not requeued", lambda: slurm.job(job).get("Restarts") == "1", fail,
+              120 + GRACE_S)
     t_requeued = time.monotonic()
-    while slurm.job(job).get("JobState") != "RUNNING":
-        if time.monotonic() > deadline:
-            fail("the requeued job did not start again")
-        time.sleep(0.5)
+    first = output()
+    assert f"job {job} (restart 0): 2 node(s) [n1 n2], 1 CPU and 2 GPU each" in first, first[-3000:]
+    assert "requeueing job" not in first and "scontrol requeue" not in first  # the requeue is Slurm's
+    assert "sweep finished" not in first
+    preempted = manifests(storage)
+    assert 1 <= len(preempted) < 6, f"the preemption did not land mid-sweep: {len(preempted)} of 6 rounds committed"
+
+    # 2. The requeued job resumes; as soon as its sweep runs on Ray, SIGTERM to its batch shell.
+    _wait_for("the requeued job's sweep did not start",
+              lambda: f"already done; rounds committed {len(preempted)}/6" in (o := output()[len(first):])
+              and "Ray up in" in o, fail, 240)
     t_restarted = time.monotonic()
-    info = _until_completed(slurm, job, fail, 300 + GRACE_S)
-    print(f"\nslurm job {job}: first commit {t_commit - t0:.0f}s after sbatch, preempted {t_preempted - t_commit:.1f}s "
-          f"after the high job's sbatch, requeued {t_requeued - t_preempted:.0f}s later (GraceTime {GRACE_S}s), "
-          f"running again {t_restarted - t_requeued:.0f}s later, completed {time.monotonic() - t_restarted:.0f}s later")
-    text = output()
-    assert slurm.job(high).get("JobState") == "COMPLETED"
-    assert info["Restarts"] == "1" and info["ExitCode"] == "0:0", info  # one requeue: Slurm's
-    assert "requeueing job" not in text and "scontrol requeue" not in text
-    second = text[len(first):]
+    slurm.cmd("scancel", "--batch", "--signal=TERM", job)
+    _wait_for("the job did not requeue itself after SIGTERM", lambda: "requeueing job" in output()[len(first):],
+              fail, 120)
+    t_stopped = time.monotonic()
+    second = output()[len(first):]
+    stopped = manifests(storage)
+    assert len(stopped) < 6, "the SIGTERM came after the sweep's end"
     assert f"job {job} (restart 1): 2 node(s) [n1 n2], 1 CPU and 2 GPU each" in second, second[-3000:]
-    assert "lth-sweep run exited with status 0" in second and "sweep finished" in second
-    assert re.search(r"Ray up in \S+: 2 CPU, 4 GPU", second), second[-3000:]
+    assert "got SIGTERM: stopping the sweep gracefully" in second
+    assert "stopped; committed rounds are safe. Re-run the same command to resume." in second
+    assert "lth-sweep run exited with status 130" in second, second[-3000:]
+    assert "sweep finished" not in second
+    assert {k: stopped[k] for k in preempted} == preempted, "a round committed before the preemption was trained again"
+
+    # 3. Requeued again, the job runs to the end and leaves no process behind.
+    info = _until_completed(slurm, job, fail, 300)
+    t_done = time.monotonic()
+    print(f"\nslurm job {job}: first commit {t_commit - t0:.0f}s after sbatch; preempted {t_preempted - t_commit:.1f}s "
+          f"after the high job's sbatch, requeued {t_requeued - t_preempted:.0f}s later (GraceTime {GRACE_S}s); "
+          f"sweep running again {t_restarted - t_requeued:.0f}s later, stopped and requeued "
+          f"{t_stopped - t_restarted:.1f}s after SIGTERM; completed {t_done - t_stopped:.0f}s later")
+    text = output()
+    third = text[len(first) + len(second):]
+    assert slurm.job(high).get("JobState") == "COMPLETED"
+    assert info["Restarts"] == "2" and info["ExitCode"] == "0:0", info
+    assert f"job {job} (restart 2): 2 node(s) [n1 n2], 1 CPU and 2 GPU each" in third, third[-3000:]
+    assert f"already done; rounds committed {len(stopped)}/6" in third, third[-3000:]
+    assert "lth-sweep run exited with status 0" in third and "sweep finished" in third
+    deadline = time.monotonic() + 30
+    while left := _job_processes(slurm.marker, job):  # the driver, Ray, the trials
+        if time.monotonic() > deadline:
+            fail(f"processes of job {job} still run after it completed: {left}")
+        time.sleep(0.5)
+    # Every run had both Slurm nodes and their GPUs in its Ray (the worker joined through srun).
+    for part in (first, second, third):
+        assert part.count("Ray up in") == 1 and re.search(r"Ray up in \S+: 2 CPU, 4 GPU", part), part[-3000:]
+
+    after = manifests(storage)
+    assert {k: after[k] for k in stopped} == stopped, "a round committed before the SIGTERM was trained again"
+    assert len(after) == 6
     v = cli("verify", "-c", str(yaml), "-e", "tiny", "--storage", str(storage), cwd=tmp_path)
     assert v.returncode == 0, v.stdout + v.stderr
     got, ref = _rows(yaml, storage, tmp_path), {(r["trial_id"], r["round"]): r for r in preempt_reference}
@@ -482,6 +461,7 @@ def test_a_preempted_gpu_sweep_is_requeued_once_by_slurm_and_resumes(slurm, pree
         assert {c: v for c, v in got[k].items() if c not in skip} == \
             {c: v for c, v in ref[k].items() if c not in skip}, k
     assert {got[k]["gpu_ids"] for k in got} <= {"0", "1"}, "Ray pinned each lineage to one of a node's GPUs"
+    assert len({r["node"].rsplit(":", 1)[1] for r in got.values()}) >= 2
 
 
 def test_sbatch_script_parses_and_keeps_its_contract():
