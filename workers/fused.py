@@ -5,10 +5,8 @@
     # the members' own modules and optimizers now hold the trained state:
     trainer_a.momentum_state(), trainer_a.model.state_dict(), trainer_a.accuracy(x, y), ...
 
-The fused network (how each layer fuses, why not vmap, the kernels' numerics)
-is workers/fused_net.py and workers/fused_layers.py; this module is the
-program: which members fuse, the fused copy of their state (parameters,
-BatchNorm buffers, SGD momentum), its steps and the write-back.
+The fused network is workers/fused_net.py and workers/fused_layers.py; this
+module is which members fuse, the fused copy of their state, its steps and the write-back.
 """
 from __future__ import annotations
 
@@ -18,15 +16,22 @@ import torch
 
 from workers import data
 from workers import pruning
-from workers.fused_net import (CONV_STRATEGIES, FuseError, _structure_reason, conv_strategy,  # noqa: F401
-                               fuse_models)
+from workers.fused_net import FuseError, _structure_reason, conv_strategy, fuse_models
 from workers.train import Solo, Trainer, run_epoch
 
-__all__ = ["CONV_STRATEGIES", "FuseError", "FusedTrainer", "can_fuse", "conv_strategy", "fuse_models"]
+__all__ = ["FuseError", "FusedTrainer", "can_fuse", "conv_strategy", "fuse_models"]
 
 
 _SGD_KEYS = ("momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach", "differentiable",
              "fused")
+# What fused members must share (the learning rate is set per epoch: lr_at, checked then).
+_SHARED = {"batch size": lambda t: t.spec.train.batch_size,
+           "training images": lambda t: tuple(t.prep.x_train.shape),
+           "train spec": lambda t: t.spec.train,
+           "device": lambda t: t.prep.device,
+           "autocast/channels_last/dtype": lambda t: (t.autocast, t.channels_last, t.dtype),
+           "classes": lambda t: t.prep.info.num_classes,
+           "optimizer hyper-parameters": lambda t: [t.opt.param_groups[0].get(k) for k in _SGD_KEYS]}
 
 
 def can_fuse(trainers: Sequence[Trainer]) -> Optional[str]:
@@ -44,62 +49,31 @@ def can_fuse(trainers: Sequence[Trainer]) -> Optional[str]:
             return f"member {i}: optimizer with {len(t.opt.param_groups)} parameter groups"
         if not isinstance(t.opt, torch.optim.SGD):
             return f"member {i}: optimizer {type(t.opt).__name__}, only SGD fuses"
-    for i, t in enumerate(ts[1:], 1):
-        a, b = t0.spec.train, t.spec.train
-        if a.batch_size != b.batch_size:
-            return f"member {i}: batch size {b.batch_size} != {a.batch_size}"
-        if t.prep.x_train.shape[0] != t0.prep.x_train.shape[0]:
-            return f"member {i}: {t.prep.x_train.shape[0]} training images != {t0.prep.x_train.shape[0]}"
-        if t.prep.x_train.shape[1:] != t0.prep.x_train.shape[1:]:
-            return (f"member {i}: image shape {tuple(t.prep.x_train.shape[1:])} != "
-                    f"{tuple(t0.prep.x_train.shape[1:])}")
-        if a != b:
-            return f"member {i}: train spec differs ({b} vs {a})"
-        if t.prep.device != t0.prep.device:
-            return f"member {i}: device {t.prep.device} != {t0.prep.device}"
-        if (t.autocast, t.channels_last, t.dtype) != (t0.autocast, t0.channels_last, t0.dtype):
-            return f"member {i}: autocast/channels_last/dtype differ"
-        if t.prep.info.num_classes != t0.prep.info.num_classes:
-            return f"member {i}: {t.prep.info.num_classes} classes != {t0.prep.info.num_classes}"
-        g, g0 = t.opt.param_groups[0], t0.opt.param_groups[0]
-        if any(g.get(k) != g0.get(k) for k in _SGD_KEYS):  # lr: set per epoch (lr_at, checked then)
-            return f"member {i}: optimizer hyper-parameters differ"
-    if t0.opt.param_groups[0].get("dampening", 0) != 0 and len(
-            {_has_momentum(t) for t in ts}) > 1:
-        return "members differ in having momentum buffers and dampening != 0"
-    for i, t in enumerate(ts):
-        if any(p.device != t0.prep.device for p in t.model.parameters()):
-            return f"member {i}: model not on {t0.prep.device}"
-        n_all = len(list(t.model.named_parameters(remove_duplicate=False)))
-        if n_all != len(list(t.model.parameters())):
+        if any(p.device != t.prep.device for p in t.model.parameters()):
+            return f"member {i}: model not on {t.prep.device}"
+        if len(list(t.model.named_parameters(remove_duplicate=False))) != len(list(t.model.parameters())):
             return f"member {i}: tied (shared) parameters do not fuse"
+    for i, t in enumerate(ts[1:], 1):
+        for what, get in _SHARED.items():
+            if get(t) != get(t0):
+                return f"member {i}: {what} {get(t)} != {get(t0)}"
+    if t0.opt.param_groups[0].get("dampening", 0) != 0:  # a missing momentum buffer fuses as zeros (reload)
+        return "SGD with dampening does not fuse"
     reason = _structure_reason([t.model for t in ts])
     if reason:
         return reason
     for i, t in enumerate(ts[1:], 1):
-        if set(_mask_names(t)) != set(_mask_names(t0)):
+        if set(t.masks()) != set(t0.masks()):
             return f"member {i}: a different set of prunable (masked) weights"
     return None
 
 
-def _mask_names(t: Trainer) -> list[str]:
-    return [t.names[p] for p in t.masker.params]
-
-
-def _has_momentum(t: Trainer) -> bool:
-    return any(st.get("momentum_buffer") is not None for st in t.opt.state.values())
-
-
 class FusedTrainer:
-    """K solo `Trainer`s trained as one program; see the module docstring.
-
-    The fused state is a copy, read from the members at construction (and by
-    `reload()`) and written back to their modules and SGD momentum buffers at
-    the end of every `train_epoch` (and by `sync_back()`), so everything
-    downstream (checkpoints, evaluation, pruning) keeps using the members' own
-    objects; a change to a member in between is lost at the next write-back.
-    `conv`: "grouped", "loop" or "auto" (`conv_strategy`).
-    """
+    """K solo `Trainer`s trained as one program. Its state is a copy, read from the members at
+    construction and by `reload()`, written back to their modules and momentum buffers after every
+    `train_epoch` and by `sync_back()`: everything downstream (checkpoints, evaluation, pruning) uses
+    the members' own objects; a change to a member in between is lost at the next write-back.
+    `conv`: "grouped", "loop" or "auto" (`conv_strategy`)."""
 
     def __init__(self, trainers: Sequence[Trainer], conv: str = "auto"):
         reason = can_fuse(trainers)
@@ -108,10 +82,8 @@ class FusedTrainer:
         self.trainers = list(trainers)
         t0 = self.trainers[0]
         self.K = len(self.trainers)
-        self.device = t0.prep.device
-        self.autocast = t0.autocast
-        # The layout the members' solo networks run in (can_fuse checked they agree).
-        self.channels_last = t0.channels_last
+        # The members' device and numerics, layout included (can_fuse checked they agree).
+        self.device, self.autocast, self.channels_last = t0.prep.device, t0.autocast, t0.channels_last
         self.conv = conv_strategy(conv, self.device, t0.prep.info.image_size)
         self.model = fuse_models([t.model for t in self.trainers], self.conv)
         # (fused tensor [K, ...], [member tensors]) by name: parameters, then stacked buffers.
@@ -124,9 +96,9 @@ class FusedTrainer:
         g = t0.opt.param_groups[0]
         self.opt = torch.optim.SGD([f for f, _ in self._params], lr=g["lr"],
                                    **{k: g[k] for k in _SGD_KEYS if k in g})
-        names = _mask_names(t0)
-        self._mask_params = [fp[n] for n in names]
-        self._mask_members = [[t.masker.masks[_mask_names(t).index(n)] for t in self.trainers] for n in names]
+        masks = [t.masks() for t in self.trainers]
+        self._mask_params = [fp[n] for n in masks[0]]
+        self._mask_members = [[m[n] for m in masks] for n in masks[0]]
         self.sparse = any(t.sparse for t in self.trainers)
         self.reload()
 
@@ -136,28 +108,23 @@ class FusedTrainer:
 
     @torch.no_grad()
     def reload(self, members: Optional[Sequence[int]] = None) -> None:
-        """(Re)read members' parameters, BatchNorm buffers and SGD momentum buffers
-        into their slots of the fused copy (all members, and their masks, by default)."""
+        """(Re)read members' parameters, buffers and momentum into their slots (all, and the masks, by default)."""
         which = range(self.K) if members is None else list(members)
         pairs = self._slots(which)
         torch._foreach_copy_([f for f, _ in pairs], [m for _, m in pairs])
         if members is None:
-            self._masks = []
-            for p, ms in zip(self._mask_params, self._mask_members):
-                m = torch.empty_like(p)  # the fused weight's dtype and layout: a plain foreach multiply
+            # In the fused weight's dtype and layout: a plain foreach multiply.
+            self._masks = [torch.empty_like(p) for p in self._mask_params]
+            for m, ms in zip(self._masks, self._mask_members):
                 for i, mi in enumerate(ms):
                     m[i].copy_(mi)
-                self._masks.append(m)
             self.opt.state.clear()
-        damp = self.opt.param_groups[0].get("dampening", 0)
         for f, ms in self._params:
             bufs = {i: self.trainers[i].opt.state.get(ms[i], {}).get("momentum_buffer") for i in which}
             have = self.opt.state.get(f, {}).get("momentum_buffer")
             if have is None and all(b is None for b in bufs.values()):
                 continue
-            if damp != 0 and (any(b is None for b in bufs.values()) or (have is None and len(bufs) < self.K)):
-                raise FuseError("members differ in having momentum buffers and dampening != 0")
-            # A missing buffer is a zero one: with dampening 0, 0 * momentum + g
+            # A missing buffer is a zero one: without dampening (can_fuse), 0 * momentum + g
             # is exactly the g SGD starts a new buffer with.
             if have is None:
                 have = self.opt.state[f]["momentum_buffer"] = torch.zeros_like(f, memory_format=torch.preserve_format)
@@ -169,9 +136,7 @@ class FusedTrainer:
 
     @torch.no_grad()
     def sync_back(self, members: Optional[Sequence[int]] = None) -> None:
-        """Write the fused state into members' own modules (parameters, BatchNorm
-        buffers) and their own `opt` momentum buffers (one foreach copy); all
-        members by default."""
+        """Write the fused state into members' own modules and momentum buffers (all by default)."""
         which = range(self.K) if members is None else list(members)
         pairs = self._slots(which)
         dst, src = [m for _, m in pairs], [f for f, _ in pairs]
@@ -180,11 +145,10 @@ class FusedTrainer:
             if buf is None:
                 continue
             for i in which:
-                t, m = self.trainers[i], ms[i]
-                st = t.opt.state[m]
+                st = self.trainers[i].opt.state[ms[i]]
                 mb = st.get("momentum_buffer")
-                if mb is None or mb.shape != m.shape:
-                    mb = st["momentum_buffer"] = torch.empty_like(m, memory_format=torch.preserve_format)
+                if mb is None or mb.shape != ms[i].shape:
+                    mb = st["momentum_buffer"] = torch.empty_like(ms[i], memory_format=torch.preserve_format)
                 dst.append(mb)
                 src.append(buf[i])
         torch._foreach_copy_(dst, src)
@@ -226,14 +190,13 @@ class FusedTrainer:
             self._apply_masks()
 
     def _apply_masks(self) -> None:
-        """MaskApplier.apply for all members: weights, then momentum buffers (bench/fuse_mutations.py
-        patches it)."""
+        """MaskApplier.apply for every member (a method: bench/fuse_mutations.py patches it)."""
         pruning.apply_masks(self._mask_params, self._masks, self.opt)
 
     end = sync_back  # hands the trained state to the `active` members
 
     def train_epoch(self, round_k: int, epoch: int, active: Optional[Sequence[int]] = None) -> list:
-        """`[t.train_epoch(round_k, epoch) for t in trainers]`, fused, through `run_epoch` (a failed
-        member's entry is its exception), written back to the `active` members (default all); an
-        inactive member's slot still trains (workers/group.py: why)."""
+        """`[t.train_epoch(round_k, epoch) for t in trainers]` through `run_epoch` (a failed member's
+        entry is its exception), handed back to the `active` members (default all; the others' slots
+        train too: workers/group.py)."""
         return run_epoch(self, round_k, epoch, None if active is None else list(active))

@@ -263,7 +263,7 @@ class RunOptions:
                                      help="At most this many same-shape lineages train as one fused program on "
                                           "one device (unset: 8 for trials that ask for a GPU, 1 on CPU).")
     # loop is each member's own conv: the solo kernels and, on CPU, the solo bits.
-    fuse_conv: str = spec_field("auto", rule=Rule(str, choices="workers.fused:CONV_STRATEGIES"),
+    fuse_conv: str = spec_field("auto", rule=Rule(str, choices="workers.fused_net:CONV_STRATEGIES"),
                                 yaml=("runtime", "fuse_conv"), help="How fused convolutions run: `grouped` "
                                 "(one conv with groups K), `loop` (each member's own) or `auto` (grouped on "
                                 "CUDA and up to 16 px on CPU, else loop).")
