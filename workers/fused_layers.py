@@ -30,10 +30,9 @@ def _layout(x: torch.Tensor):
 
 
 def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """[K, *shape] in the members' layout: slice i has member i's strides, and
-    for channels_last 4-D members the [K*O, I, h, w] view a grouped conv uses
-    is channels_last too. (The layout steers the CPU conv's algorithm: keeping
-    it is what keeps `conv="loop"` on the solo kernels.)"""
+    """[K, *shape] in the members' layout: slice i has member i's strides, and for channels_last members
+    the [K*O, I, h, w] view a grouped conv uses is channels_last too (the layout steers the CPU conv's
+    algorithm: keeping it keeps `conv="loop"` on the solo kernels)."""
     t0 = tensors[0]
     if _layout(t0) == torch.channels_last:
         K, (O, I, h, w) = len(tensors), t0.shape
@@ -60,17 +59,15 @@ def _each(t: Optional[torch.Tensor], K: int) -> Sequence[Optional[torch.Tensor]]
 
 
 def _slices(x: torch.Tensor, K: int) -> list[torch.Tensor]:
-    """The members' channel slices of x, each a dense tensor in x's own layout:
-    a kernel picks its algorithm (and so its rounding) by its operands'
-    strides, and the solo kernel saw a dense tensor."""
+    """The members' channel slices of x, each dense in x's own layout: a kernel picks its algorithm (and
+    so its rounding) by its operands' strides, and the solo kernel saw a dense tensor."""
     fmt = _layout(x)
     return [xi.contiguous(memory_format=fmt) for xi in x.chunk(K, 1)]
 
 
 class _CatDenseGrad(torch.autograd.Function):
-    """torch.cat on dim 1 whose backward hands each member a dense gradient
-    (plain cat hands out strided views of one big gradient, and the CPU
-    BatchNorm backward then reduces in another order than solo's)."""
+    """torch.cat on dim 1 whose backward hands each member a dense gradient (plain cat's strided views
+    of one big gradient make the CPU BatchNorm backward reduce in another order than solo's)."""
 
     @staticmethod
     def forward(ctx, *xs):
@@ -84,8 +81,7 @@ class _CatDenseGrad(torch.autograd.Function):
 
 
 def _cat(outs: list[torch.Tensor]) -> torch.Tensor:
-    """The members' outputs side by side on dim 1 (one member: as it is, so
-    its layout stays the solo one)."""
+    """The members' outputs side by side on dim 1 (one member's as it is: its layout stays the solo one)."""
     return outs[0] if len(outs) == 1 else _CatDenseGrad.apply(*outs)
 
 
@@ -99,6 +95,10 @@ class _Fused(nn.Module):
         for name in self.copied:
             setattr(self, name, getattr(members[0], name))
 
+    def extra_repr(self) -> str:
+        settings = [f"{n}={getattr(self, n)}" for n in self.copied]
+        return ", ".join([f"K={self.K}", *settings, f"strategy={self.strategy}"])
+
 
 class FusedConv2d(_Fused):
     """K members' Conv2d on [B, K*C_in, H, W] -> [B, K*C_out, H', W']."""
@@ -109,27 +109,19 @@ class FusedConv2d(_Fused):
         _params(self, members, "weight", "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        K = self.K
         if self.strategy == "grouped":
             b = None if self.bias is None else self.bias.flatten()
             return F.conv2d(x, self.weight.flatten(0, 1), b, self.stride, self.padding, self.dilation,
-                            self.groups * K)
+                            self.groups * self.K)
         return _cat([F.conv2d(xi, w, b, self.stride, self.padding, self.dilation, self.groups)
-                     for xi, w, b in zip(_slices(x, K), self.weight.unbind(0), _each(self.bias, K))])
-
-    def extra_repr(self) -> str:
-        return (f"K={self.K}, {self.in_channels}, {self.out_channels}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, strategy={self.strategy}")
+                     for xi, w, b in zip(_slices(x, self.K), self.weight.unbind(0), _each(self.bias, self.K))])
 
 
 class FusedBatchNorm2d(_Fused):
-    """K members' BatchNorm2d as one over K*C channels: per-member batch and
-    running statistics (the buffers are [K, C]; the kernel updates their
-    [K*C] views in place, exactly as each solo BatchNorm updates its own).
-    "loop": each member's own batch_norm call on its channel slice, the solo
-    kernel: the CPU kernel's vector loop depends on the channel count, so a
-    call over K*C channels (MobileNetV2's 2-4 channel blocks: 6-12) rounds
-    the tail differently from K calls over C."""
+    """K members' BatchNorm2d as one over K*C channels, each member's own statistics (the kernel updates
+    the [K, C] buffers' [K*C] views in place, as each solo BatchNorm its own). "loop": each member's own
+    batch_norm on its slice: the CPU kernel's vector loop depends on the channel count, so K*C channels
+    (MobileNetV2's 2-4 channel blocks: 6-12) round the tail differently from K calls over C."""
     copied = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 
     def __init__(self, members: Sequence[nn.BatchNorm2d], strategy: str = "grouped"):
@@ -154,8 +146,7 @@ class FusedBatchNorm2d(_Fused):
 
 
 class FusedLinear(_Fused):
-    """K members' Linear: [B, K*F] -> [B, K*N]: one batched matmul ("grouped"),
-    or each member's own F.linear ("loop", the solo kernel)."""
+    """K members' Linear, [B, K*F] -> [B, K*N]: one batched matmul ("grouped") or each one's F.linear ("loop")."""
     copied = ("in_features", "out_features")
 
     def __init__(self, members: Sequence[nn.Linear], strategy: str = "grouped"):
@@ -207,9 +198,8 @@ class FusedTvMFHead(_Fused):
 
 
 class FusedHarmonicConv2d(_Fused):
-    """K members' HarmonicConv2d: the fixed DCT stage is one depthwise conv over
-    K*C_in channels (the basis is the same constant in every member), then the
-    members' 1x1 mixes as a FusedConv2d."""
+    """K members' HarmonicConv2d: the fixed DCT stage (the same basis in every member) as one depthwise
+    conv over K*C_in channels, then the members' 1x1 mixes as a FusedConv2d."""
     copied = ("in_channels", "out_channels", "stride", "padding")
 
     def __init__(self, members: Sequence[HarmonicConv2d], strategy: str = "grouped"):

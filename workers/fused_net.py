@@ -4,22 +4,17 @@ trains it.
 
     model = fuse_models([m_a, m_b, ...], conv="grouped")   # K solo modules -> one module
 
-Why not torch.func.vmap. Its docs ("Patching Batch Norm") leave BatchNorm's
-in-place running-stat update unsupported when the input is batched and the
-buffers are not, and every documented fix drops the running statistics,
-which eval mode needs here. With *stacked* buffers (stack_module_state +
-functional_call) the update does go through, per member and exactly, but
-vmap then lowers each conv to a grouped conv anyway, a K=8 ResNet-18 step
-showed extra layout copies and per-BatchNorm multiplies/adds (4x as long as
-the 8 solo steps on CPU), and nothing in it can be steered: memory format,
-conv algorithm. So the members are fused explicitly, HFTA style (Wang et
-al., "Horizontally Fused Training Array", MLSys 2021): activations are
-[B, K*C, H, W], member i owning channels [i*C, (i+1)*C); each leaf with
-parameters has a fused form (a conv with groups K*g or the members' own convs
-on their slices, BatchNorm over K*C channels, batched matmul heads, ...:
-workers/fused_layers.py); parameter-free layers (ReLU, pools, zero padding)
-act per channel already; a container (ResNet, BasicBlock, Sequential, ...)
-keeps its own forward over fused children.
+Why not torch.func.vmap: its docs ("Patching Batch Norm") leave BatchNorm's in-place
+running-stat update unsupported for a batched input and unbatched buffers, and every
+documented fix drops the running statistics eval mode needs. With stacked buffers
+(stack_module_state + functional_call) the update goes through, exactly, but vmap
+lowers each conv to a grouped conv anyway, a K=8 ResNet-18 step showed extra layout
+copies and per-BatchNorm multiplies/adds (4x the 8 solo steps on CPU), and nothing in
+it can be steered (memory format, conv algorithm). So the members are fused explicitly,
+HFTA style (Wang et al., "Horizontally Fused Training Array", MLSys 2021): activations
+are [B, K*C, H, W], member i owning channels [i*C, (i+1)*C); each leaf with parameters
+has a fused form (workers/fused_layers.py); parameter-free layers (ReLU, pools, zero
+padding) act per channel already; a container keeps its own forward over fused children.
 """
 from __future__ import annotations
 
@@ -56,10 +51,9 @@ class FuseError(ValueError):
     """Members that cannot be fused (one-line reason)."""
 
 
-def _leaf_reason(mods: Sequence[nn.Module], path: str) -> Optional[str]:
+def _leaf_reason(mods: Sequence[nn.Module], where: str) -> Optional[str]:
     """Why the same-path modules of the members cannot be fused as a leaf, or None."""
     m = mods[0]
-    where = path or "<model>"
     if type(m) is nn.Conv2d:
         if m.padding_mode != "zeros":
             return f"{where}: Conv2d padding_mode {m.padding_mode!r} (only 'zeros' fuses)"
@@ -97,7 +91,7 @@ def _structure_reason(mods: Sequence[nn.Module], path: str = "") -> Optional[str
     if any(s != shapes[0] for s in shapes):
         return f"{where}: parameter/buffer shapes differ between members"
     if type(m) in _FUSED or type(m) is nn.Flatten:
-        return _leaf_reason(mods, path)
+        return _leaf_reason(mods, where)
     if type(m) in _PER_CHANNEL:
         return None
     children = [list(dict(x.named_children())) for x in mods]
