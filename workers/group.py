@@ -183,7 +183,7 @@ def _train(k: int, slots: list[tuple[Member, RoundRun]], width: int, fusion: Fus
     names = sorted(m.trial_id for m, _ in slots)
     out = {}
     for m, run in slots:
-        numerics = {**run.trainer.numerics(), "fused": width if program else 1,
+        numerics = {**run.trainer.numerics, "fused": width if program else 1,
                     "conv": program.conv if program else "solo",
                     **({"fallback": why} if why and program is None else {})}
         out[m.trial_id] = {"numerics": numerics, **info}

@@ -20,9 +20,8 @@ CPU_EVAL_BATCH = 100
 
 def _inputs(xb: torch.Tensor, info: data.DatasetInfo, device: torch.device, channels_last: bool,
             dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    x = data.normalize(xb.to(device, non_blocking=True), info)
-    if dtype != x.dtype:  # a float64 network (RunOptions.float64): the same images, exactly widened
-        x = x.to(dtype)
+    # A float64 network (RunOptions.float64): the same images, exactly widened.
+    x = data.normalize(xb.to(device, non_blocking=True), info).to(dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -53,17 +52,11 @@ def accuracy(forward, x: torch.Tensor, y: torch.Tensor, info: data.DatasetInfo, 
 
 @dataclass
 class Evaluation:
-    """One evaluation of a network: `accs` ({split}_acc, None for an empty
-    split) and, for the splits asked to predict, each image's predicted class
-    and label (int64, on the CPU, in the split's stored order)."""
+    """`accs` ({split}_acc, None for an empty split) and, for the splits asked to predict, each image's
+    predicted class and label (int64, on the CPU, in the split's stored order)."""
     accs: dict[str, Optional[float]]
     predicted: dict[str, torch.Tensor]
     labels: dict[str, torch.Tensor]
-
-
-def _batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-            and m.track_running_stats]
 
 
 @torch.no_grad()
@@ -74,7 +67,7 @@ def recalibrate_bn(model: torch.nn.Module, forward, x: torch.Tensor, info: data.
     subset, unaugmented): reset, then a no-grad train-mode pass with a
     cumulative average (momentum None). The running averages of a short round
     lag the weights they describe; this measures the network that was trained."""
-    bns = _batch_norms(model)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns or x.shape[0] == 0:
         return
     momenta = [m.momentum for m in bns]

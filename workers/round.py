@@ -50,7 +50,7 @@ class RoundRun:
         if partial is not None:
             epoch, files, meta = partial
             # A checkpoint of an attempt in another precision: its epochs are not this one's arithmetic.
-            check_precision(ctx, {k: meta.get("numerics")}, self.trainer.numerics(),
+            check_precision(ctx, {k: meta.get("numerics")}, self.trainer.numerics,
                             f" ({epoch} epoch{'s' if epoch != 1 else ''} in, a mid-round checkpoint)")
             start.model.load_state_dict(st_load(files["model.safetensors"]))
             self.trainer.load_momentum(st_load(files["momentum.safetensors"]))
@@ -97,7 +97,7 @@ class RoundRun:
             files["rewind.safetensors"] = save_tensors(self.rewind)
         self.ctx.store.check_owner(self.ctx.token)
         self.ctx.store.save_partial(self.k, self.epoch, files, {
-            "history": self.history, "started_at": self.started_at, "numerics": self.trainer.numerics(),
+            "history": self.history, "started_at": self.started_at, "numerics": self.trainer.numerics,
             "wall_s": self.wall_prev + time.perf_counter() - self.t0})
 
     def commit(self, extra: Optional[dict] = None) -> dict:

@@ -6,15 +6,14 @@
     trainer.evaluate(("train", "val", "test"), keep=True, predict=("val", "test"))
 
 No storage and no Ray here: workers/round.py drives a Trainer through a round
-(resume, checkpoints, commit), workers/group.py drives several at once.
+(resume, checkpoints, commit), workers/group.py several at once.
 
-One epoch loop (`run_epoch`) trains every lineage, alone or fused: it owns
-each member's epoch stream (`EpochStream`: the seeded data order and
-augmentation draws), the learning rate, the losses, the result rows and a
-member's failures; a *program* owns a step's arithmetic: `Solo` for a lone
-Trainer, workers/fused.py's `FusedTrainer` for K fused members. Every epoch
-reseeds from (seed, round, epoch) (workers/rng.py), so resuming at an epoch
-boundary computes the same bits as never stopping (on CPU).
+One epoch loop (`run_epoch`) trains every lineage, alone or fused: it owns each
+member's epoch stream (`EpochStream`: the seeded data order and augmentation
+draws), the learning rate, the losses, the result rows and a member's failures;
+a *program* owns a step's arithmetic (`Solo`, or workers/fused.py's
+`FusedTrainer`). Every epoch reseeds from (seed, round, epoch), so resuming at
+an epoch boundary computes the same bits as never stopping (on CPU).
 """
 from __future__ import annotations
 
@@ -105,8 +104,8 @@ class Trainer:
         t = spec.train
         # float64 only where asked (RunOptions.float64: equivalence checks); else the model's own.
         self.dtype = next(model.parameters()).dtype
-        how = numerics_of(spec, prep.device, self.dtype)
-        self.autocast, self.channels_last = how["autocast"] is not None, how["channels_last"]
+        self.numerics = numerics_of(spec, prep.device, self.dtype)  # the arithmetic every round records
+        self.autocast, self.channels_last = self.numerics["autocast"] is not None, self.numerics["channels_last"]
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
@@ -136,7 +135,6 @@ class Trainer:
             raise row
         return row
 
-    @torch.no_grad()
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> Optional[float]:
         self.model.eval()
         return accuracy(self.forward, x, y, self.prep.info, self.prep.device, self.autocast,
@@ -163,30 +161,21 @@ class Trainer:
                  for s in dict.fromkeys(splits + predict)}
         labels = {s: tensors[s][1].to(dev) for s in preds}
         hits = [(preds[s] == labels[s]).sum() for s in splits]
-        # Everything the host needs in one transfer: the counts, then the asked
-        # splits' predictions and labels (their lengths are known here).
+        # Everything the host needs in one transfer: the counts, then the asked splits' predictions and labels.
         parts = [torch.stack(hits) if hits else torch.zeros(0, dtype=torch.long, device=dev)]
         parts += [t for s in predict for t in (preds[s], labels[s].long())]
-        host = torch.cat(parts).cpu()
-        counts, rest = host[:len(hits)].tolist(), host[len(hits):]
-        out = Evaluation({}, {}, {})
-        for s, c in zip(splits, counts):
-            n = tensors[s][0].shape[0]
-            out.accs[f"{s}_acc"] = c / n if n else None
-        for s in predict:
-            n = tensors[s][0].shape[0]
-            out.predicted[s], out.labels[s], rest = rest[:n], rest[n:2 * n], rest[2 * n:]
+        counts, *rest = torch.cat(parts).cpu().split([t.shape[0] for t in parts])
+        n = {s: tensors[s][0].shape[0] for s in splits}
+        out = Evaluation({f"{s}_acc": c / n[s] if n[s] else None for s, c in zip(splits, counts.tolist())},
+                         dict(zip(predict, rest[0::2])), dict(zip(predict, rest[1::2])))
         if saved is not None:
             self.model.load_state_dict(saved, strict=False)
         return out
 
     # --- state ------------------------------------------------------------
     def momentum_state(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for p, st in self.opt.state.items():
-            if "momentum_buffer" in st and st["momentum_buffer"] is not None:
-                out[self.names[p]] = st["momentum_buffer"]
-        return out
+        return {self.names[p]: st["momentum_buffer"] for p, st in self.opt.state.items()
+                if st.get("momentum_buffer") is not None}
 
     def load_momentum(self, bufs: dict[str, torch.Tensor]) -> None:
         for p, name in self.names.items():
@@ -197,10 +186,6 @@ class Trainer:
     def masks(self) -> dict[str, torch.Tensor]:
         """{name: 0/1 mask} of the prunable weights (the masker's own tensors)."""
         return {self.names[p]: m for p, m in zip(self.masker.params, self.masker.masks)}
-
-    def numerics(self) -> dict:
-        """What arithmetic this member trains with (recorded in every round)."""
-        return numerics_of(self.spec, self.prep.device, self.dtype)
 
 
 def numerics_of(spec: TrialSpec, device: torch.device, dtype: torch.dtype) -> dict:
