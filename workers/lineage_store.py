@@ -92,9 +92,8 @@ class LineageStore:
 
     # --- spec / markers -------------------------------------------------
     def write_spec(self, spec_dict: dict, replace: bool = False) -> None:
-        path = f"{self.dir}/spec.json"
-        if replace or not self.fs.exists(path):
-            self.fs.write(path, _dumps(spec_dict))
+        if replace or not self.fs.exists(f"{self.dir}/spec.json"):
+            self.write_marker("spec.json", spec_dict)
 
     def read_spec(self) -> Optional[dict]:
         doc = self.read_marker("spec.json")
@@ -292,12 +291,10 @@ class LineageStore:
     def invalidate_from(self, k: int) -> list[int]:
         """Un-commit round k and every later round (derived from it): their manifests are renamed, not
         deleted, so what happened stays visible."""
-        gone = []
-        for j in sorted(self.manifests_any()):
-            if j >= k:
-                src = f"{self.round_dir(j)}/{MANIFEST}"
-                self.fs.move(src, f"{self.round_dir(j)}/MANIFEST.invalid-{int(time.time())}.json")
-                gone.append(j)
+        gone = [j for j in sorted(self.manifests_any()) if j >= k]
+        for j in gone:
+            d = self.round_dir(j)
+            self.fs.move(f"{d}/{MANIFEST}", f"{d}/MANIFEST.invalid-{int(time.time())}.json")
         self.sync_pointer()
         return gone
 
@@ -335,8 +332,7 @@ class LineageStore:
         self.fs.delete_dir(self.partial_dir(k))
 
     def clear_partials_before(self, k: int) -> None:
-        """Drop mid-round checkpoints of rounds already committed (a kill
-        between a round's commit and its checkpoint's removal leaves one)."""
+        """Drop committed rounds' mid-round checkpoints (a kill between a commit and their removal leaves one)."""
         for j in self._listed_rounds(f"{self.dir}/partial"):
             if j < k:
                 self.clear_partial(j)

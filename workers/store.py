@@ -20,11 +20,8 @@ A round exists only if its MANIFEST.json exists and verifies: the manifest
 carries the sha256 of every file of the round and of itself, so a torn write,
 a truncated file or a flipped bit is detected rather than trusted. Data files
 are written first, the manifest last (big_vision's pattern); on a local/NFS
-path the manifest lands by fsync + rename, on S3 a single PUT is atomic.
-
-A local path and `s3://bucket/prefix` share one pyarrow.fs code path (only the
-atomic write differs): workers/fs.py. A lineage's reads and writes are
-workers/lineage_store.py; this module is the layout and the sweep's part.
+path the manifest lands by fsync + rename, on S3 a single PUT is atomic
+(workers/fs.py: a local path and `s3://bucket/prefix` through one code path).
 """
 from __future__ import annotations
 
@@ -108,13 +105,10 @@ class SweepStore:
         return LineageStore(self, trial_id)
 
     def pointers(self, trial_ids: Iterable[str], threads: int = 32) -> dict[str, dict]:
-        """Each lineage's committed pointer ({"prefix": k, "rounds": {round: manifest
-        digest}}, LineageStore.pointer), read `threads` at a time: one small read per
-        lineage however many rounds it has."""
+        """Each lineage's committed pointer (LineageStore.pointer), read `threads` at a time: one small
+        read per lineage however many rounds it has."""
         from concurrent.futures import ThreadPoolExecutor
         tids = list(dict.fromkeys(trial_ids))
-        if not tids:
-            return {}
         with ThreadPoolExecutor(max(1, min(threads, len(tids)))) as pool:
             return dict(zip(tids, pool.map(lambda tid: self.lineage(tid).pointer(), tids)))
 
