@@ -3,15 +3,13 @@
     fusion = Fusion(opts, sweep)                       # one per run_group: the checks' cache
     program, info = fusion.program(trainers, width)    # a FusedTrainer that passed, or None (alone)
 
-Fused kernels (a grouped conv, BatchNorm over K*C channels, batched matmul
-heads) add in another order than each member's own: the same step, other
-rounding, by how much depending on the device, its libraries, the dtype and
-the network. No CI machine has every GPU, so a fused program checks itself
-where it runs: one whole step through workers/train.py's `run_epoch` (SGD
-with momentum and weight decay at epoch 1's rate, so a stale rate shows;
-masks; BatchNorm statistics; the write-back) on probe copies of the members
-whose training set is their first batch, unaugmented (no random stream is
-touched):
+Fused kernels add in another order than each member's own (workers/fused_layers.py):
+other rounding, by how much depending on the device, its libraries, the dtype and
+the network. No CI machine has every GPU, so a fused program checks itself where it
+runs: one whole step through workers/train.py's `run_epoch` (SGD with momentum and
+weight decay at epoch 1's rate, so a stale rate shows; masks; BatchNorm statistics;
+the write-back) on probe copies of the members whose training set is their first
+batch, unaugmented (no random stream is touched):
 
     fused     the fused program, in the members' numerics (dtype, autocast)
     fused64   the same in float64 on the first LOGIC_IMAGES images (its logic does not depend on the batch size)
@@ -33,14 +31,12 @@ rounds by about sqrt(L) u in a typical order, at most L u in the worst
 (another member's data, mask, momentum or statistics, a wrong rate) is off
 by the tensor's own size. In float64 a correct program is within 1e-12 of
 the RMS and a bug near 1, so the logic check is decisive in every numerics
-(tests/workers/test_fusecheck.py mutates masks, momentum, the rate, the
-data); the numerics check catches kernels that round worse than R x solo
-(in fp32 about R x 1e-6 of the RMS; under bf16, whose solo rounding of one
-step is 2-300% of it, only gross breakage). A failed check is no error: the
-group tries the next strategy (grouped, loop, each member alone), says so in
-one line, and every round records the outcome (metrics key `fuse_check`).
-Outcomes are cached per (architecture, shapes, K, strategy, device, dtype,
-autocast, torch version) in the process and in `<sweep>/fuse_checks/`.
+(bench/fuse_mutations.py); the numerics check catches kernels that round worse
+than R x solo (in fp32 about R x 1e-6 of the RMS; under bf16, whose solo
+rounding of one step is 2-300% of it, only gross breakage). A failed check is
+no error: the group tries the next strategy (grouped, loop, each member alone),
+says so in one line, and every round records the outcome (metrics key
+`fuse_check`), cached per `check_key` in the process and in `<sweep>/fuse_checks/`.
 """
 from __future__ import annotations
 
@@ -130,11 +126,11 @@ def state_copy(t: Trainer) -> dict[str, torch.Tensor]:
     return out
 
 
-def _after_one_step(program, epoch: int) -> list[dict[str, torch.Tensor]]:
-    """Per member of `program` (a FusedTrainer or a Solo of probes), after one step through
-    `run_epoch`: each parameter's update, and the momentum buffers, BatchNorm statistics and loss."""
+def _after_one_step(program) -> list[dict[str, torch.Tensor]]:
+    """Per member of `program` (a FusedTrainer or a Solo of probes), after one step through `run_epoch`
+    at epoch 1's rate: each parameter's update, and the momentum buffers, BatchNorm statistics and loss."""
     before = [state_copy(t) for t in program.trainers]
-    rows = run_epoch(program, 0, epoch)
+    rows = run_epoch(program, 0, 1)
     found = []
     for t, b, row in zip(program.trainers, before, rows):
         if isinstance(row, BaseException):
@@ -225,8 +221,8 @@ def _judge(fused: list, steps: list, u: float, ratio: float) -> dict:
     return {"fused_error": e_fused, "solo_error": e_solo, "worst": worst}
 
 
-def self_check(trainers: Sequence[Trainer], strategy: str, epoch: int = 1) -> dict:
-    """The check (module docstring) of these members fused with `strategy`, one step at `epoch`'s rate."""
+def self_check(trainers: Sequence[Trainer], strategy: str) -> dict:
+    """The check (module docstring) of these members fused with `strategy`."""
     t0 = time.perf_counter()
     dev = trainers[0].prep.device
     u = 2.0 ** -8 if trainers[0].autocast else {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24}.get(
@@ -235,15 +231,15 @@ def self_check(trainers: Sequence[Trainer], strategy: str, epoch: int = 1) -> di
     f64 = torch.float64
     n = LOGIC_IMAGES
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        fused = _after_one_step(FusedTrainer([probe(t) for t in trainers], conv=strategy), epoch)
+        fused = _after_one_step(FusedTrainer([probe(t) for t in trainers], conv=strategy))
         # The float64 program, twice the bytes per weight, runs on a few images: it
         # then needs less memory than the group's own training steps.
-        fused64 = _after_one_step(FusedTrainer([probe(t, f64, images=n) for t in trainers], conv=strategy), epoch)
+        fused64 = _after_one_step(FusedTrainer([probe(t, f64, images=n) for t in trainers], conv=strategy))
         steps, steps64 = [], []
         for t in trainers:
-            solos = [_after_one_step(Solo(probe(t, reverse=r)), epoch)[0] for r in (False, True)]
-            ref = _after_one_step(Solo(probe(t, f64)), epoch)[0]
-            ref_n, ref_n_rev = (_after_one_step(Solo(probe(t, f64, r, n)), epoch)[0] for r in (False, True))
+            solos = [_after_one_step(Solo(probe(t, reverse=r)))[0] for r in (False, True)]
+            ref = _after_one_step(Solo(probe(t, f64)))[0]
+            ref_n, ref_n_rev = (_after_one_step(Solo(probe(t, f64, r, n)))[0] for r in (False, True))
             steps.append((solos, ref))
             steps64.append(([ref_n_rev], ref_n))
         numerics = _judge(fused, steps, u, ratio)
@@ -280,24 +276,20 @@ class Fusion:
         t0 = members[0]
         first = conv_strategy(self.opts.fuse_conv, t0.prep.device, t0.prep.info.image_size)
         order = ["grouped", "loop"] if first == "grouped" else ["loop"]  # loop: the members' own kernels
-        tried = []
-        for strategy in order:
+        for i, strategy in enumerate(order):
             outcome = self.check(members, strategy)
-            tried.append(strategy)
             if outcome["passed"]:
-                if len(tried) > 1:
-                    outcome = {**outcome, "fell_back_from": tried[:-1]}
+                if i:
+                    outcome = {**outcome, "fell_back_from": order[:i]}
                 return FusedTrainer(members, conv=strategy), {"fuse_check": outcome}
-            if outcome["digest"] in self.said:
-                continue
-            self.said.add(outcome["digest"])  # once per group shape, not every round
-            w = outcome["worst"]
-            nxt = order[len(tried)] if len(tried) < len(order) else "each member alone"
-            log.warning("fusion self-check failed: %s %s K=%d on %s %s: %s error %.2e vs solo %.2e (member %d, "
-                        "%s); training with %s", outcome["key"]["arch"], strategy, width, outcome["key"]["device"],
-                        outcome["key"]["autocast"] or outcome["key"]["dtype"], "fused", w["fused"], w["solo"],
-                        w["member"], w["tensor"], nxt)
-        return None, {"fuse_check": {**outcome, "fell_back_from": tried}}
+            if outcome["digest"] not in self.said:  # once per group shape, not every round
+                self.said.add(outcome["digest"])
+                w, key = outcome["worst"], outcome["key"]
+                log.warning("fusion self-check failed: %s %s K=%d on %s %s: fused error %.2e vs solo %.2e (member "
+                            "%d, %s); training with %s", key["arch"], strategy, width, key["device"],
+                            key["autocast"] or key["dtype"], w["fused"], w["solo"], w["member"], w["tensor"],
+                            (order[i + 1:] or ["each member alone"])[0])
+        return None, {"fuse_check": {**outcome, "fell_back_from": order}}
 
     def unchecked(self, trainers: list[Trainer], width: int) -> bool:
         """Whether `width` slots of these members would still run their check (memory.py counts it)."""
@@ -314,7 +306,11 @@ class Fusion:
         outcome = self._read(digest)
         if outcome is None:
             outcome = {**self_check(members, strategy), "key": key, "digest": digest}
-            self._write(digest, outcome)
+            if self.sweep is not None:
+                try:
+                    self.sweep.write_json(self.sweep.fuse_check_name(digest), outcome)
+                except OSError as e:  # the cache is an optimisation; the outcome is in every round anyway
+                    log.warning("fusion self-check not cached (%s)", e)
             log.info("fusion self-check %s: %s %s K=%d on %s: fused error %.2e, solo %.2e",
                      "passed" if outcome["passed"] else "FAILED", key["arch"], strategy, key["K"], key["device"],
                      outcome["fused_error"], outcome["solo_error"])
@@ -328,11 +324,3 @@ class Fusion:
             return self.sweep.read_json(self.sweep.fuse_check_name(digest))
         except (OSError, ValueError):
             return None
-
-    def _write(self, digest: str, outcome: dict) -> None:
-        if self.sweep is None:
-            return
-        try:
-            self.sweep.write_json(self.sweep.fuse_check_name(digest), outcome)
-        except OSError as e:  # the cache is an optimisation; the outcome is in every round anyway
-            log.warning("fusion self-check not cached (%s)", e)
