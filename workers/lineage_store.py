@@ -83,8 +83,7 @@ class LineageStore:
         self.write_marker(f"analysis/{check_name('analysis', name)}.json", doc)
 
     def read_analysis(self, name: str) -> Optional[dict]:
-        doc = self.read_marker(f"analysis/{check_name('analysis', name)}.json")  # absent or torn: computed again
-        return doc if isinstance(doc, dict) else None
+        return self.read_marker(f"analysis/{check_name('analysis', name)}.json")  # absent or torn: computed again
 
     def analyses(self) -> list[str]:
         names = self.fs.listdir(f"{self.dir}/analysis")
@@ -96,8 +95,7 @@ class LineageStore:
             self.write_marker("spec.json", spec_dict)
 
     def read_spec(self) -> Optional[dict]:
-        doc = self.read_marker("spec.json")
-        return doc if isinstance(doc, dict) else None
+        return self.read_marker("spec.json")
 
     def claim(self, info: dict) -> str:
         """Make this attempt the lineage's owner; returns its token. A trial Tune restarts elsewhere (a
@@ -119,10 +117,12 @@ class LineageStore:
         self.write_marker("HEARTBEAT.json", {**info, "time": time.time()})
 
     def read_marker(self, name: str) -> Optional[dict]:
+        """A JSON object the lineage keeps (its spec, a marker, an analysis); None if absent, torn or not one."""
         try:
-            return json.loads(self.fs.read(f"{self.dir}/{name}"))
+            doc = json.loads(self.fs.read(f"{self.dir}/{name}"))
         except (FileNotFoundError, OSError, ValueError):
             return None
+        return doc if isinstance(doc, dict) else None
 
     def write_marker(self, name: str, info: dict) -> None:
         self.fs.write(f"{self.dir}/{name}", _dumps(info))
@@ -162,8 +162,7 @@ class LineageStore:
     def read_pointer(self) -> Optional[dict]:
         """{"prefix": k, "rounds": {round: manifest_sha256}}, or None (absent or torn)."""
         doc = self.read_marker(self.POINTER)
-        if (not isinstance(doc, dict) or not isinstance(doc.get("prefix"), int)
-                or not isinstance(doc.get("rounds"), dict)):
+        if doc is None or not isinstance(doc.get("prefix"), int) or not isinstance(doc.get("rounds"), dict):
             return None
         try:
             doc["rounds"] = {int(j): str(d) for j, d in doc["rounds"].items()}
