@@ -66,18 +66,18 @@ def pytest_configure(config):
 
 
 # The slowest modules first, slowest first (pytest --durations=0 on the 2-core VM,
-# 2026-12-07): xdist then hands the long tests out while the short ones can
+# 2026-12-08): xdist then hands the long tests out while the short ones can
 # still fill the other worker's gaps, and the two workers end together
 # instead of one idling through the last long test (that imbalance cost a
 # third of the suite's wall time). `--dist loadfile --no-loadscope-reorder`
 # (pyproject.toml) hands out one module at a time in this order.
-SLOW_FIRST = ["integration/test_slurm.py", "bench/test_bench.py", "integration/test_chaos.py",
-              "integration/test_s3_faults.py", "integration/test_sweep.py", "workers/test_fusecheck.py",
-              "integration/test_cluster_nodes.py", "workers/test_group.py", "integration/test_s3.py",
-              "integration/test_extending.py", "workers/test_lineage.py", "integration/test_scheduling.py",
-              "workers/test_fused.py", "integration/test_readme.py", "integration/test_restart_scale.py",
-              "integration/test_trackers.py", "integration/test_verbs.py", "workers/test_memory.py",
-              "integration/test_scrub.py", "integration/test_table1_archs.py"]
+SLOW_FIRST = ["integration/test_slurm.py", "integration/test_chaos.py", "bench/test_bench.py",
+              "integration/test_sweep.py", "integration/test_s3_faults.py", "integration/test_cluster_nodes.py",
+              "integration/test_adaptive_sweep.py", "workers/test_fusecheck.py", "workers/test_group.py",
+              "integration/test_s3.py", "integration/test_readme.py", "integration/test_verbs.py",
+              "integration/test_extending.py", "integration/test_scheduling.py", "workers/test_fused.py",
+              "integration/test_scrub.py", "workers/test_lineage.py", "integration/test_trackers.py",
+              "integration/test_restart_scale.py", "integration/test_table1_archs.py", "workers/test_memory.py"]
 
 
 def _slow_rank(item) -> int:
