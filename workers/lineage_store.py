@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 from workers.errors import CorruptRound, TakenOver
 from workers.fs import check_name
-from workers.migrate import rounds_without_pointer
+from workers.migrate import predates_predictions, rounds_without_pointer
 
 if TYPE_CHECKING:
     from workers.store import SweepStore
@@ -260,7 +260,7 @@ class LineageStore:
         (CorruptRound like load_round); None for a round committed before rounds recorded them."""
         from workers import predictions
         man = self.read_manifest(k)
-        if man is not None and predictions.FILE not in man["files"]:
+        if man is not None and predates_predictions(man["files"], predictions.FILE):
             return None
         return predictions.decode(self.load_round(k, [predictions.FILE])[predictions.FILE])
 

@@ -20,7 +20,7 @@ Forms handled:
 - experiments.yaml keys whose meaning moved are refused with where it went
   (`MOVED_KEYS`, orchestrator/config.py); rounds committed before per-image
   predictions were recorded are named as such where a table or the API
-  meets one (`NO_PREDICTIONS`).
+  meets one (`NO_PREDICTIONS`) and have none to read (`predates_predictions`).
 - a lineage committed before the committed pointer (COMMITTED.json) is read
   from its manifests and given one (`rounds_without_pointer`).
 - rounds committed before rounds recorded their numerics are not known to
@@ -53,6 +53,12 @@ MOVED_KEYS = {
 }
 # Rounds without per-image predictions were committed by a version before predictions.safetensors.
 NO_PREDICTIONS = "committed by an lth-sweep older than predictions.safetensors"
+
+
+def predates_predictions(files: dict, name: str) -> bool:
+    """A round committed before rounds recorded per-image predictions: its manifest lists no `name`."""
+    return name not in files
+
 
 OLD_SELECTION = "selection"
 # What those trials used when they did not say.
