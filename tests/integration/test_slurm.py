@@ -45,9 +45,14 @@ START_S = 30
 # A preempted job's grace time (the `low` partition's GraceTime).
 GRACE_S = 20
 
-# Two lineages (one per node) of 3 rounds, each round a few seconds: the stop
-# lands mid-sweep.
-SLURM_YAML = TINY_YAML.replace("[0.1, 0.2]", "[0.1]").replace("epochs: 3,", "epochs: 25,")
+# Two lineages (one per node) of 4 rounds, each round a few seconds: the stops
+# land mid-sweep.
+SLURM_YAML = (TINY_YAML.replace("[0.1, 0.2]", "[0.1]").replace("epochs: 3,", "epochs: 60,")
+              .replace("imp: {rounds: 2,", "imp: {rounds: 3,"))
+# Rounds in all. A preemption lands 3-6 s after the higher job's sbatch; after
+# the first commit 3 rounds of ~2.5 s remain per lineage (at 25 epochs and 3
+# rounds, an idle machine finished the sweep first).
+TOTAL = 8
 METRICS = ["density", "val_acc", "test_acc", "train_acc"]
 
 
@@ -404,11 +409,12 @@ def test_a_preempted_then_sigterm_stopped_sweep_is_requeued_each_time_and_resume
     assert "requeueing job" not in first and "scontrol requeue" not in first  # the requeue is Slurm's
     assert "sweep finished" not in first
     preempted = manifests(storage)
-    assert 1 <= len(preempted) < 6, f"the preemption did not land mid-sweep: {len(preempted)} of 6 rounds committed"
+    assert 1 <= len(preempted) < TOTAL, \
+        f"the preemption did not land mid-sweep: {len(preempted)} of {TOTAL} rounds committed"
 
     # 2. The requeued job resumes; as soon as its sweep runs on Ray, SIGTERM to its batch shell.
     _wait_for("the requeued job's sweep did not start",
-              lambda: f"already done; rounds committed {len(preempted)}/6" in (o := output()[len(first):])
+              lambda: f"already done; rounds committed {len(preempted)}/{TOTAL}" in (o := output()[len(first):])
               and "Ray up in" in o, fail, 240)
     t_restarted = time.monotonic()
     slurm.cmd("scancel", "--batch", "--signal=TERM", job)
@@ -417,7 +423,7 @@ def test_a_preempted_then_sigterm_stopped_sweep_is_requeued_each_time_and_resume
     t_stopped = time.monotonic()
     second = output()[len(first):]
     stopped = manifests(storage)
-    assert len(stopped) < 6, "the SIGTERM came after the sweep's end"
+    assert len(stopped) < TOTAL, "the SIGTERM came after the sweep's end"
     assert f"job {job} (restart 1): 2 node(s) [n1 n2], 1 CPU and 2 GPU each" in second, second[-3000:]
     assert "got SIGTERM: stopping the sweep gracefully" in second
     assert "stopped; committed rounds are safe. Re-run the same command to resume." in second
@@ -429,15 +435,15 @@ def test_a_preempted_then_sigterm_stopped_sweep_is_requeued_each_time_and_resume
     info = _until_completed(slurm, job, fail, 300)
     t_done = time.monotonic()
     print(f"\nslurm job {job}: first commit {t_commit - t0:.0f}s after sbatch; preempted {t_preempted - t_commit:.1f}s "
-          f"after the high job's sbatch, requeued {t_requeued - t_preempted:.0f}s later (GraceTime {GRACE_S}s); "
+          f"after the high job's sbatch ({len(preempted)}/{TOTAL} rounds committed), requeued {t_requeued - t_preempted:.0f}s later (GraceTime {GRACE_S}s); "
           f"sweep running again {t_restarted - t_requeued:.0f}s later, stopped and requeued "
-          f"{t_stopped - t_restarted:.1f}s after SIGTERM; completed {t_done - t_stopped:.0f}s later")
+          f"{t_stopped - t_restarted:.1f}s after SIGTERM ({len(stopped)}/{TOTAL}); completed {t_done - t_stopped:.0f}s later")
     text = output()
     third = text[len(first) + len(second):]
     assert slurm.job(high).get("JobState") == "COMPLETED"
     assert info["Restarts"] == "2" and info["ExitCode"] == "0:0", info
     assert f"job {job} (restart 2): 2 node(s) [n1 n2], 1 CPU and 2 GPU each" in third, third[-3000:]
-    assert f"already done; rounds committed {len(stopped)}/6" in third, third[-3000:]
+    assert f"already done; rounds committed {len(stopped)}/{TOTAL}" in third, third[-3000:]
     assert "lth-sweep run exited with status 0" in third and "sweep finished" in third
     deadline = time.monotonic() + 30
     while left := _job_processes(slurm.marker, job):  # the driver, Ray, the trials
@@ -450,7 +456,7 @@ def test_a_preempted_then_sigterm_stopped_sweep_is_requeued_each_time_and_resume
 
     after = manifests(storage)
     assert {k: after[k] for k in stopped} == stopped, "a round committed before the SIGTERM was trained again"
-    assert len(after) == 6
+    assert len(after) == TOTAL
     v = cli("verify", "-c", str(yaml), "-e", "tiny", "--storage", str(storage), cwd=tmp_path)
     assert v.returncode == 0, v.stdout + v.stderr
     got, ref = _rows(yaml, storage, tmp_path), {(r["trial_id"], r["round"]): r for r in preempt_reference}
