@@ -116,7 +116,9 @@ def built_once(tmp_path_factory, name: str, build):
     (under a file lock), and the others wait on the lock and read the same
     folder instead of building their own (a tiny sweep is 20-40 s of a 2-core
     machine). `build` returns a CompletedProcess (or None); the same comes
-    back to every caller. Readers must not change the folder."""
+    back to every caller. Readers must not change what was built (a report
+    written beside it is fine); a build that failed is tried again by the next
+    caller, in the same folder."""
     from filelock import FileLock
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):

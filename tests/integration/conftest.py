@@ -24,7 +24,7 @@ def swept(tmp_path_factory):
 
 
 def _sweep(d):
-    (d / "conf").mkdir(parents=True)
+    (d / "conf").mkdir(parents=True, exist_ok=True)
     (d / "conf" / "my.yaml").write_text(SHARED_YAML + "    trackers: [tensorboard]\n")
     r = cli("plan", *shared_flags(d), cwd=d)
     assert r.returncode == 0, r.stderr
